@@ -1,0 +1,668 @@
+/*
+ * Configuration parsing and strict checking (see config.h). Runs on the
+ * control thread only (start, reload, --check); the result is immutable.
+ */
+#define _GNU_SOURCE
+#include "config.h"
+
+#include <arpa/inet.h>
+#include <ctype.h>
+#include <errno.h>
+#include <openssl/crypto.h>
+#include <openssl/evp.h>
+#include <stdarg.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <strings.h>
+#include <unistd.h>
+
+#include "log.h"
+#include "util.h"
+
+#ifndef GR_DEFAULT_PLUGIN_DIR
+#define GR_DEFAULT_PLUGIN_DIR "/usr/local/lib/graphrouter/plugins"
+#endif
+
+#define GR_MAX_CONFIG_BYTES (64u << 20)
+
+/* ---- secrets ----------------------------------------------------------- */
+
+void gr_secret_digest(const char *value, size_t len, struct gr_secret *out)
+{
+    unsigned int n = 0;
+    if (!EVP_Digest(value, len, out->digest, &n, EVP_sha256(), NULL) || n != sizeof out->digest)
+        abort(); /* SHA-256 cannot fail short of a broken libcrypto */
+}
+
+bool gr_secret_matches(const struct gr_secret *secret, const char *value, size_t len)
+{
+    /* Comparing digests keeps both the content and the length of the secret
+     * out of the timing. */
+    struct gr_secret presented;
+    gr_secret_digest(value, len, &presented);
+    return CRYPTO_memcmp(presented.digest, secret->digest, sizeof presented.digest) == 0;
+}
+
+/* ---- check helpers ----------------------------------------------------- */
+
+__attribute__((format(printf, 4, 0))) static int fail_at(struct gr_check *c, bool have,
+                                                         struct gr_textpos at, const char *fmt,
+                                                         va_list ap)
+{
+    if (c->err)
+        return -1;
+    char *msg = gr_xvprintf(fmt, ap);
+    if (have)
+        c->err = gr_xprintf("%s:%d:%d: %s", c->file, at.line, at.col, msg);
+    else
+        c->err = gr_xprintf("%s: %s", c->file, msg);
+    free(msg);
+    return -1;
+}
+
+int gr_check_fail_member(struct gr_check *c, const json_t *obj, const char *key, const char *fmt,
+                         ...)
+{
+    struct gr_textpos at;
+    bool have = gr_jsonpos_member(c->pos, obj, key, &at) || gr_jsonpos_value(c->pos, obj, &at);
+    va_list ap;
+    va_start(ap, fmt);
+    fail_at(c, have, at, fmt, ap);
+    va_end(ap);
+    return -1;
+}
+
+int gr_check_fail_element(struct gr_check *c, const json_t *arr, size_t i, const char *fmt, ...)
+{
+    struct gr_textpos at;
+    bool have = gr_jsonpos_element(c->pos, arr, i, &at) || gr_jsonpos_value(c->pos, arr, &at);
+    va_list ap;
+    va_start(ap, fmt);
+    fail_at(c, have, at, fmt, ap);
+    va_end(ap);
+    return -1;
+}
+
+int gr_check_fail_value(struct gr_check *c, const json_t *value, const char *fmt, ...)
+{
+    struct gr_textpos at;
+    bool have = gr_jsonpos_value(c->pos, value, &at);
+    va_list ap;
+    va_start(ap, fmt);
+    fail_at(c, have, at, fmt, ap);
+    va_end(ap);
+    return -1;
+}
+
+bool gr_check_is_comment(const char *key)
+{
+    return strncmp(key, "//", 2) == 0;
+}
+
+/* Edit distance, for "did you mean". Small strings only. */
+static size_t distance(const char *a, const char *b)
+{
+    size_t la = strlen(a), lb = strlen(b);
+    if (la > 64 || lb > 64)
+        return 99;
+    size_t row[65];
+    for (size_t j = 0; j <= lb; j++)
+        row[j] = j;
+    for (size_t i = 1; i <= la; i++) {
+        size_t diag = row[0];
+        row[0] = i;
+        for (size_t j = 1; j <= lb; j++) {
+            size_t up = row[j];
+            size_t cost = tolower((unsigned char)a[i - 1]) != tolower((unsigned char)b[j - 1]);
+            size_t best = diag + cost;
+            if (row[j] + 1 < best)
+                best = row[j] + 1;
+            if (row[j - 1] + 1 < best)
+                best = row[j - 1] + 1;
+            row[j] = best;
+            diag = up;
+        }
+    }
+    return row[lb];
+}
+
+int gr_check_keys(struct gr_check *c, const json_t *obj, const char *what,
+                  const char *const *allowed)
+{
+    const char *key;
+    json_t *v;
+    json_object_foreach((json_t *)obj, key, v) {
+        if (gr_check_is_comment(key))
+            continue;
+        bool ok = false;
+        const char *near = NULL;
+        for (const char *const *a = allowed; *a; a++) {
+            if (strcmp(key, *a) == 0)
+                ok = true;
+            else if (!near && distance(key, *a) <= 2)
+                near = *a;
+        }
+        if (ok)
+            continue;
+        struct gr_buf list = {0};
+        for (const char *const *a = allowed; *a; a++)
+            gr_buf_printf(&list, "%s%s", a == allowed ? "" : ", ", *a);
+        if (near)
+            gr_check_fail_member(c, obj, key, "unknown key \"%s\" in %s; did you mean \"%s\"?",
+                                 key, what, near);
+        else
+            gr_check_fail_member(c, obj, key, "unknown key \"%s\" in %s (known keys: %s)", key,
+                                 what, list.data ? list.data : "none");
+        gr_buf_free(&list);
+        return -1;
+    }
+    return 0;
+}
+
+static const char *json_type_name(const json_t *v)
+{
+    switch (json_typeof(v)) {
+    case JSON_OBJECT: return "an object";
+    case JSON_ARRAY: return "an array";
+    case JSON_STRING: return "a string";
+    case JSON_INTEGER: return "an integer";
+    case JSON_REAL: return "a number";
+    case JSON_TRUE:
+    case JSON_FALSE: return "a boolean";
+    case JSON_NULL: return "null";
+    }
+    return "a value";
+}
+
+int gr_check_string(struct gr_check *c, const json_t *obj, const char *key, bool required,
+                    const char **out)
+{
+    const json_t *v = json_object_get(obj, key);
+    if (!v || (json_is_null(v) && !required)) {
+        if (required)
+            return gr_check_fail_value(c, obj, "missing required key \"%s\"", key);
+        return 0;
+    }
+    if (!json_is_string(v))
+        return gr_check_fail_member(c, obj, key, "\"%s\" must be a string, not %s", key,
+                                    json_type_name(v));
+    *out = json_string_value(v);
+    return 0;
+}
+
+int gr_check_uint(struct gr_check *c, const json_t *obj, const char *key, uint64_t min,
+                  uint64_t max, uint64_t *out)
+{
+    const json_t *v = json_object_get(obj, key);
+    if (!v || json_is_null(v))
+        return 0;
+    if (!json_is_integer(v))
+        return gr_check_fail_member(c, obj, key, "\"%s\" must be an integer, not %s", key,
+                                    json_type_name(v));
+    json_int_t n = json_integer_value(v);
+    if (n < 0 || (uint64_t)n < min || (uint64_t)n > max)
+        return gr_check_fail_member(c, obj, key,
+                                    "\"%s\" is %lld; it must be between %llu and %llu", key,
+                                    (long long)n, (unsigned long long)min,
+                                    (unsigned long long)max);
+    *out = (uint64_t)n;
+    return 0;
+}
+
+int gr_check_bool(struct gr_check *c, const json_t *obj, const char *key, bool *out)
+{
+    const json_t *v = json_object_get(obj, key);
+    if (!v || json_is_null(v))
+        return 0;
+    if (!json_is_boolean(v))
+        return gr_check_fail_member(c, obj, key, "\"%s\" must be true or false, not %s", key,
+                                    json_type_name(v));
+    *out = json_is_true(v);
+    return 0;
+}
+
+int gr_check_object(struct gr_check *c, const json_t *obj, const char *key, bool required,
+                    json_t **out)
+{
+    json_t *v = json_object_get(obj, key);
+    if (!v || (json_is_null(v) && !required)) {
+        if (required)
+            return gr_check_fail_value(c, obj, "missing required key \"%s\"", key);
+        return 0;
+    }
+    if (!json_is_object(v))
+        return gr_check_fail_member(c, obj, key, "\"%s\" must be an object, not %s", key,
+                                    json_type_name(v));
+    *out = v;
+    return 0;
+}
+
+int gr_check_string_list(struct gr_check *c, const json_t *obj, const char *key,
+                         const char ***out, size_t *n)
+{
+    *out = NULL;
+    *n = 0;
+    const json_t *v = json_object_get(obj, key);
+    if (!v || json_is_null(v))
+        return 0;
+    if (json_is_string(v)) {
+        *out = gr_xmalloc(sizeof **out);
+        (*out)[0] = json_string_value(v);
+        *n = 1;
+        return 0;
+    }
+    if (!json_is_array(v))
+        return gr_check_fail_member(c, obj, key,
+                                    "\"%s\" must be a string or a list of strings, not %s", key,
+                                    json_type_name(v));
+    if (json_array_size(v) == 0)
+        return gr_check_fail_member(c, obj, key,
+                                    "\"%s\" is an empty list, which would match nothing; remove "
+                                    "the key instead",
+                                    key);
+    *out = gr_xcalloc(json_array_size(v), sizeof **out);
+    for (size_t i = 0; i < json_array_size(v); i++) {
+        const json_t *e = json_array_get(v, i);
+        if (!json_is_string(e)) {
+            free(*out);
+            *out = NULL;
+            return gr_check_fail_element(c, v, i, "entries of \"%s\" must be strings, not %s",
+                                         key, json_type_name(e));
+        }
+        (*out)[i] = json_string_value(e);
+    }
+    *n = json_array_size(v);
+    return 0;
+}
+
+/* ---- sections ---------------------------------------------------------- */
+
+static unsigned default_threads(void)
+{
+    long n = sysconf(_SC_NPROCESSORS_ONLN);
+    return n < 1 ? 1 : n > 16 ? 16 : (unsigned)n;
+}
+
+static int parse_listen(struct gr_check *c, struct gr_config *cfg)
+{
+    cfg->listen_address = "127.0.0.1";
+    cfg->listen_port = 8080;
+    cfg->http_threads = default_threads();
+    json_t *listen = NULL;
+    if (gr_check_object(c, cfg->root, "listen", false, &listen) < 0)
+        return -1;
+    if (!listen)
+        return 0;
+    static const char *const keys[] = {"address", "port", "threads", NULL};
+    uint64_t port = cfg->listen_port, threads = cfg->http_threads;
+    if (gr_check_keys(c, listen, "\"listen\"", keys) < 0 ||
+        gr_check_string(c, listen, "address", false, &cfg->listen_address) < 0 ||
+        gr_check_uint(c, listen, "port", 0, 65535, &port) < 0 ||
+        gr_check_uint(c, listen, "threads", 1, 256, &threads) < 0)
+        return -1;
+    unsigned char buf[16];
+    if (inet_pton(AF_INET, cfg->listen_address, buf) != 1 &&
+        inet_pton(AF_INET6, cfg->listen_address, buf) != 1)
+        return gr_check_fail_member(c, listen, "address",
+                                    "\"address\" must be a numeric IPv4 or IPv6 address, not "
+                                    "\"%s\"",
+                                    cfg->listen_address);
+    cfg->listen_port = (unsigned)port;
+    cfg->http_threads = (unsigned)threads;
+    return 0;
+}
+
+static int check_path(struct gr_check *c, const json_t *paths, const char *key, const char *p)
+{
+    if (p[0] != '/' || strpbrk(p, "?# \t\r\n"))
+        return gr_check_fail_member(c, paths, key,
+                                    "path \"%s\" must start with '/' and hold no '?', '#' or "
+                                    "whitespace",
+                                    p);
+    if (strcmp(p, "/healthz") == 0 || strcmp(p, "/metrics") == 0)
+        return gr_check_fail_member(c, paths, key, "path \"%s\" is reserved for graphrouter", p);
+    return 0;
+}
+
+static int parse_paths(struct gr_check *c, struct gr_config *cfg)
+{
+    static const char *dflt_notifications = "/notifications", *dflt_lifecycle = "/lifecycle";
+    json_t *paths = NULL;
+    if (gr_check_object(c, cfg->root, "paths", false, &paths) < 0)
+        return -1;
+    static const char *const keys[] = {"notifications", "lifecycle", NULL};
+    if (paths && (gr_check_keys(c, paths, "\"paths\"", keys) < 0 ||
+                  gr_check_string_list(c, paths, "notifications", &cfg->notification_paths,
+                                       &cfg->n_notification_paths) < 0 ||
+                  gr_check_string_list(c, paths, "lifecycle", &cfg->lifecycle_paths,
+                                       &cfg->n_lifecycle_paths) < 0))
+        return -1;
+    if (!cfg->n_notification_paths) {
+        cfg->notification_paths = gr_xmalloc(sizeof *cfg->notification_paths);
+        cfg->notification_paths[cfg->n_notification_paths++] = dflt_notifications;
+    }
+    if (!cfg->n_lifecycle_paths) {
+        cfg->lifecycle_paths = gr_xmalloc(sizeof *cfg->lifecycle_paths);
+        cfg->lifecycle_paths[cfg->n_lifecycle_paths++] = dflt_lifecycle;
+    }
+    for (size_t i = 0; i < cfg->n_notification_paths; i++)
+        if (check_path(c, paths, "notifications", cfg->notification_paths[i]) < 0)
+            return -1;
+    for (size_t i = 0; i < cfg->n_lifecycle_paths; i++)
+        if (check_path(c, paths, "lifecycle", cfg->lifecycle_paths[i]) < 0)
+            return -1;
+    return 0;
+}
+
+static int parse_limits(struct gr_check *c, struct gr_config *cfg)
+{
+    uint64_t body = 4u << 20, conns = 1024, timeout = 30, pending = 100000;
+    json_t *limits = NULL, *store = NULL;
+    static const char *const limit_keys[] = {"max_body_bytes", "max_connections",
+                                             "connection_timeout_s", NULL};
+    static const char *const store_keys[] = {"max_pending", NULL};
+    if (gr_check_object(c, cfg->root, "limits", false, &limits) < 0 ||
+        gr_check_object(c, cfg->root, "store", false, &store) < 0)
+        return -1;
+    if (limits && (gr_check_keys(c, limits, "\"limits\"", limit_keys) < 0 ||
+                   gr_check_uint(c, limits, "max_body_bytes", 1024, 1u << 30, &body) < 0 ||
+                   gr_check_uint(c, limits, "max_connections", 1, 1000000, &conns) < 0 ||
+                   gr_check_uint(c, limits, "connection_timeout_s", 1, 3600, &timeout) < 0))
+        return -1;
+    if (store && (gr_check_keys(c, store, "\"store\"", store_keys) < 0 ||
+                  gr_check_uint(c, store, "max_pending", 1, 100000000, &pending) < 0))
+        return -1;
+    cfg->max_body_bytes = (size_t)body;
+    cfg->max_connections = (unsigned)conns;
+    cfg->connection_timeout_s = (unsigned)timeout;
+    cfg->max_pending = (size_t)pending;
+    return 0;
+}
+
+static int cmp_subscription(const void *a, const void *b)
+{
+    return strcasecmp(((const struct gr_subscription *)a)->id,
+                      ((const struct gr_subscription *)b)->id);
+}
+
+static int parse_secrets(struct gr_check *c, struct gr_config *cfg)
+{
+    const char *fallback = NULL;
+    if (gr_check_string(c, cfg->root, "client_state", false, &fallback) < 0)
+        return -1;
+    if (fallback) {
+        if (!*fallback)
+            return gr_check_fail_member(c, cfg->root, "client_state",
+                                        "\"client_state\" is empty; remove it to accept only the "
+                                        "subscriptions listed in \"subscriptions\"");
+        gr_secret_digest(fallback, strlen(fallback), &cfg->fallback_secret);
+        cfg->has_fallback_secret = true;
+    }
+
+    const json_t *subs = json_object_get(cfg->root, "subscriptions");
+    if (!subs || json_is_null(subs))
+        return 0;
+    if (!json_is_array(subs))
+        return gr_check_fail_member(c, cfg->root, "subscriptions",
+                                    "\"subscriptions\" must be a list of {\"id\", "
+                                    "\"client_state\"} objects");
+    cfg->nsubscriptions = json_array_size(subs);
+    cfg->subscriptions = gr_xcalloc(cfg->nsubscriptions, sizeof *cfg->subscriptions);
+    static const char *const keys[] = {"id", "client_state", NULL};
+    for (size_t i = 0; i < cfg->nsubscriptions; i++) {
+        const json_t *s = json_array_get(subs, i);
+        const char *id = NULL, *secret = NULL;
+        if (!json_is_object(s))
+            return gr_check_fail_element(c, subs, i,
+                                         "each subscription must be an object with \"id\" and "
+                                         "\"client_state\"");
+        if (gr_check_keys(c, s, "a subscription", keys) < 0 ||
+            gr_check_string(c, s, "id", true, &id) < 0 ||
+            gr_check_string(c, s, "client_state", true, &secret) < 0)
+            return -1;
+        if (!*id || !*secret)
+            return gr_check_fail_element(c, subs, i,
+                                         "a subscription's \"id\" and \"client_state\" must not "
+                                         "be empty");
+        for (size_t j = 0; j < i; j++)
+            if (strcasecmp(cfg->subscriptions[j].id, id) == 0)
+                return gr_check_fail_element(c, subs, i, "subscription \"%s\" is listed twice",
+                                             id);
+        cfg->subscriptions[i].id = id;
+        gr_secret_digest(secret, strlen(secret), &cfg->subscriptions[i].secret);
+    }
+    qsort(cfg->subscriptions, cfg->nsubscriptions, sizeof *cfg->subscriptions, cmp_subscription);
+    return 0;
+}
+
+static bool valid_name(const char *s, bool allow_dot)
+{
+    size_t n = strlen(s);
+    if (n == 0 || n > 64)
+        return false;
+    for (const char *p = s; *p; p++)
+        if (!isalnum((unsigned char)*p) && *p != '_' && *p != '-' && !(allow_dot && *p == '.'))
+            return false;
+    return true;
+}
+
+static int parse_retry(struct gr_check *c, const json_t *h, const char *name,
+                       struct gr_retry_policy *retry)
+{
+    uint64_t attempts = 10, initial = 1000, max = 600000;
+    json_t *obj = NULL;
+    static const char *const keys[] = {"max_attempts", "initial_backoff_ms", "max_backoff_ms",
+                                       NULL};
+    if (gr_check_object(c, h, "retry", false, &obj) < 0)
+        return -1;
+    if (obj) {
+        char *what = gr_xprintf("the retry policy of handler \"%s\"", name);
+        int rc = gr_check_keys(c, obj, what, keys);
+        free(what);
+        if (rc < 0 || gr_check_uint(c, obj, "max_attempts", 1, 1000, &attempts) < 0 ||
+            gr_check_uint(c, obj, "initial_backoff_ms", 0, 86400000, &initial) < 0 ||
+            gr_check_uint(c, obj, "max_backoff_ms", 0, 86400000, &max) < 0)
+            return -1;
+        if (max < initial)
+            return gr_check_fail_member(c, obj, "max_backoff_ms",
+                                        "\"max_backoff_ms\" (%llu) is below "
+                                        "\"initial_backoff_ms\" (%llu)",
+                                        (unsigned long long)max, (unsigned long long)initial);
+    }
+    *retry = (struct gr_retry_policy){(unsigned)attempts, (int64_t)initial, (int64_t)max};
+    return 0;
+}
+
+static int parse_handlers(struct gr_check *c, struct gr_config *cfg)
+{
+    json_t *handlers = NULL;
+    if (gr_check_object(c, cfg->root, "handlers", true, &handlers) < 0)
+        return -1;
+    cfg->handlers = gr_xcalloc(json_object_size(handlers), sizeof *cfg->handlers);
+    static const char *const keys[] = {"plugin", "config", "retry", NULL};
+    const char *name;
+    json_t *h;
+    json_object_foreach(handlers, name, h) {
+        if (gr_check_is_comment(name))
+            continue;
+        struct gr_handler_conf *hc = &cfg->handlers[cfg->nhandlers++];
+        hc->name = name;
+        hc->node = h;
+        if (!valid_name(name, true))
+            return gr_check_fail_member(c, handlers, name,
+                                        "handler name \"%s\" must be 1-64 characters of "
+                                        "A-Z a-z 0-9 _ - .",
+                                        name);
+        if (!json_is_object(h))
+            return gr_check_fail_member(c, handlers, name,
+                                        "handler \"%s\" must be an object like {\"plugin\": "
+                                        "\"file\", \"config\": {...}}",
+                                        name);
+        char *what = gr_xprintf("handler \"%s\"", name);
+        int rc = gr_check_keys(c, h, what, keys);
+        free(what);
+        if (rc < 0 || gr_check_string(c, h, "plugin", true, &hc->plugin) < 0 ||
+            gr_check_object(c, h, "config", false, &hc->config) < 0 ||
+            parse_retry(c, h, name, &hc->retry) < 0)
+            return -1;
+        if (strchr(hc->plugin, '/')) {
+            hc->plugin_path = gr_xstrdup(hc->plugin);
+        } else if (valid_name(hc->plugin, false)) {
+            hc->plugin_path = gr_xprintf("%s/%s.so", cfg->plugin_dir, hc->plugin);
+        } else {
+            return gr_check_fail_member(c, h, "plugin",
+                                        "\"plugin\" is \"%s\": use a bare name such as \"file\" "
+                                        "(loads <plugin_dir>/file.so) or a path containing '/'",
+                                        hc->plugin);
+        }
+        if (!hc->config) {
+            hc->config = json_object();
+            json_object_set_new((json_t *)h, "config", hc->config); /* owned by root */
+        }
+    }
+    return 0;
+}
+
+static int parse_top(struct gr_check *c, struct gr_config *cfg)
+{
+    static const char *const keys[] = {
+        "listen",  "paths",     "limits",   "store",           "client_state",
+        "subscriptions", "plugin_dir", "workers", "log_level", "shutdown_timeout_s",
+        "handlers", "routes",    NULL};
+    if (!json_is_object(cfg->root))
+        return gr_check_fail_value(c, cfg->root, "the configuration must be a JSON object");
+    if (gr_check_keys(c, cfg->root, "the configuration", keys) < 0 || parse_listen(c, cfg) < 0 ||
+        parse_paths(c, cfg) < 0 || parse_limits(c, cfg) < 0 || parse_secrets(c, cfg) < 0)
+        return -1;
+
+    cfg->plugin_dir = GR_DEFAULT_PLUGIN_DIR;
+    uint64_t workers = 4, shutdown = 30;
+    const char *level = "info";
+    if (gr_check_string(c, cfg->root, "plugin_dir", false, &cfg->plugin_dir) < 0 ||
+        gr_check_uint(c, cfg->root, "workers", 1, 1024, &workers) < 0 ||
+        gr_check_uint(c, cfg->root, "shutdown_timeout_s", 0, 3600, &shutdown) < 0 ||
+        gr_check_string(c, cfg->root, "log_level", false, &level) < 0)
+        return -1;
+    cfg->workers = (unsigned)workers;
+    cfg->shutdown_timeout_s = (unsigned)shutdown;
+    cfg->log_level = gr_log_level_parse(level);
+    if (cfg->log_level < 0)
+        return gr_check_fail_member(c, cfg->root, "log_level",
+                                    "\"log_level\" is \"%s\"; use error, warn, info or debug",
+                                    level);
+    if (parse_handlers(c, cfg) < 0)
+        return -1;
+
+    const json_t *routes = json_object_get(cfg->root, "routes");
+    if (!routes)
+        return gr_check_fail_value(c, cfg->root,
+                                   "missing required key \"routes\" (a list of routes)");
+    if (!json_is_array(routes))
+        return gr_check_fail_member(c, cfg->root, "routes", "\"routes\" must be a list");
+    const char **names = gr_xcalloc(cfg->nhandlers, sizeof *names);
+    for (size_t i = 0; i < cfg->nhandlers; i++)
+        names[i] = cfg->handlers[i].name;
+    int rc = gr_routes_parse(c, routes, names, cfg->nhandlers, &cfg->routes);
+    free(names);
+    return rc;
+}
+
+/* jansson's messages end in "near '<text>'"; the text may be part of a
+ * secret, so it is dropped (the position says where). */
+static void strip_near(char *msg)
+{
+    char *near = strstr(msg, " near '");
+    if (near)
+        *near = '\0';
+}
+
+int gr_config_parse(const char *file, const char *text, size_t len, struct gr_config **out,
+                    char **err)
+{
+    *out = NULL;
+    *err = NULL;
+    json_error_t jerr;
+    json_t *root = json_loadb(text, len, JSON_REJECT_DUPLICATES, &jerr);
+    if (!root) {
+        strip_near(jerr.text);
+        *err = gr_xprintf("%s:%d:%d: %s", file, jerr.line, jerr.column, jerr.text);
+        return -1;
+    }
+    struct gr_config *cfg = gr_xcalloc(1, sizeof *cfg);
+    cfg->file = gr_xstrdup(file);
+    cfg->root = root;
+    cfg->pos = gr_jsonpos_build(text, len, root);
+    struct gr_check c = {.file = file, .pos = cfg->pos};
+    if (parse_top(&c, cfg) < 0) {
+        *err = c.err;
+        gr_config_free(cfg);
+        return -1;
+    }
+    *out = cfg;
+    return 0;
+}
+
+int gr_config_load(const char *file, struct gr_config **out, char **err)
+{
+    *out = NULL;
+    FILE *f = fopen(file, "rb");
+    if (!f) {
+        *err = gr_xprintf("%s: cannot open: %s", file, strerror(errno));
+        return -1;
+    }
+    struct gr_buf text = {0};
+    char chunk[16384];
+    size_t n;
+    while ((n = fread(chunk, 1, sizeof chunk, f)) > 0) {
+        gr_buf_append(&text, chunk, n);
+        if (text.len > GR_MAX_CONFIG_BYTES) {
+            fclose(f);
+            gr_buf_free(&text);
+            *err = gr_xprintf("%s: larger than %u bytes; is this the right file?", file,
+                              GR_MAX_CONFIG_BYTES);
+            return -1;
+        }
+    }
+    int rerr = ferror(f);
+    fclose(f);
+    if (rerr) {
+        gr_buf_free(&text);
+        *err = gr_xprintf("%s: read error", file);
+        return -1;
+    }
+    int rc = gr_config_parse(file, text.data ? text.data : "", text.len, out, err);
+    gr_buf_free(&text);
+    return rc;
+}
+
+void gr_config_free(struct gr_config *cfg)
+{
+    if (!cfg)
+        return;
+    for (size_t i = 0; i < cfg->nhandlers; i++)
+        free(cfg->handlers[i].plugin_path);
+    free(cfg->handlers);
+    gr_routes_free(&cfg->routes);
+    free(cfg->subscriptions);
+    free(cfg->notification_paths);
+    free(cfg->lifecycle_paths);
+    gr_jsonpos_free(cfg->pos);
+    json_decref(cfg->root);
+    free(cfg->file);
+    free(cfg);
+}
+
+int gr_config_handler_index(const struct gr_config *cfg, const char *name)
+{
+    for (size_t i = 0; i < cfg->nhandlers; i++)
+        if (strcmp(cfg->handlers[i].name, name) == 0)
+            return (int)i;
+    return -1;
+}
+
+const struct gr_subscription *gr_config_subscription(const struct gr_config *cfg, const char *id)
+{
+    struct gr_subscription key = {.id = id};
+    return bsearch(&key, cfg->subscriptions, cfg->nsubscriptions, sizeof key, cmp_subscription);
+}

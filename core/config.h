@@ -1,0 +1,140 @@
+/*
+ * The configuration file: parsing, strict checking, and the checked result.
+ *
+ * Strict means: an unknown key, a wrong type, a value out of range or a name
+ * that refers to nothing is an error that names file:line:col. Keys that
+ * start with "//" are comments, accepted in every object. The README's
+ * "Configuration reference" documents every key; keep the two in step.
+ *
+ * A struct gr_config is immutable once parsed and belongs to one generation;
+ * strings in it point into `root` and live as long as the config.
+ */
+#ifndef GR_CONFIG_H
+#define GR_CONFIG_H
+
+#include <jansson.h>
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+
+#include "jsonpos.h"
+#include "router.h"
+
+#define GR_SECRET_DIGEST_LEN 32 /* SHA-256 */
+
+/* A clientState secret, kept only as its SHA-256 digest. */
+struct gr_secret {
+    unsigned char digest[GR_SECRET_DIGEST_LEN];
+};
+
+struct gr_subscription {
+    const char *id; /* as configured; matched case-insensitively */
+    struct gr_secret secret;
+};
+
+struct gr_retry_policy {
+    unsigned max_attempts;
+    int64_t initial_backoff_ms;
+    int64_t max_backoff_ms;
+};
+
+struct gr_handler_conf {
+    const char *name;
+    const char *plugin;  /* as written */
+    char *plugin_path;   /* resolved: <plugin_dir>/<name>.so, or the path as written */
+    json_t *config;      /* the "config" object; never NULL (empty object if absent) */
+    const json_t *node;  /* the handler's object, for error positions */
+    struct gr_retry_policy retry;
+};
+
+struct gr_config {
+    char *file;
+    json_t *root;
+    struct gr_jsonpos *pos;
+
+    const char *listen_address;
+    unsigned listen_port;
+    unsigned http_threads;
+
+    const char **notification_paths;
+    size_t n_notification_paths;
+    const char **lifecycle_paths;
+    size_t n_lifecycle_paths;
+
+    size_t max_body_bytes;
+    unsigned max_connections;
+    unsigned connection_timeout_s;
+    size_t max_pending;
+
+    bool has_fallback_secret;
+    struct gr_secret fallback_secret;
+    struct gr_subscription *subscriptions; /* sorted by id, case-insensitively */
+    size_t nsubscriptions;
+
+    const char *plugin_dir;
+    unsigned workers;
+    int log_level;
+    unsigned shutdown_timeout_s;
+
+    struct gr_handler_conf *handlers;
+    size_t nhandlers;
+    struct gr_routes routes;
+};
+
+/* Read and check a config file. On error returns -1 and sets *err to a
+ * malloc'd "FILE:LINE:COL: what is wrong" (free it). */
+int gr_config_load(const char *file, struct gr_config **out, char **err);
+/* Same, from text (tests). */
+int gr_config_parse(const char *file, const char *text, size_t len, struct gr_config **out,
+                    char **err);
+void gr_config_free(struct gr_config *cfg);
+
+/* Index of the handler named `name`, or -1. */
+int gr_config_handler_index(const struct gr_config *cfg, const char *name);
+/* The subscription's own secret, or NULL if it is not listed. */
+const struct gr_subscription *gr_config_subscription(const struct gr_config *cfg, const char *id);
+/* Digest a secret as it is stored in struct gr_secret. */
+void gr_secret_digest(const char *value, size_t len, struct gr_secret *out);
+/* Constant-time: does `value` match `secret`? */
+bool gr_secret_matches(const struct gr_secret *secret, const char *value, size_t len);
+
+/*
+ * Strict-check helpers, shared by the config, route and plugin-schema checks.
+ * Each failure records the first error (later ones are ignored) as
+ * "FILE:LINE:COL: message" at the position of the member/element named, and
+ * returns -1.
+ */
+struct gr_check {
+    const char *file;
+    const struct gr_jsonpos *pos;
+    char *err; /* first error, malloc'd */
+};
+
+int gr_check_fail_member(struct gr_check *c, const json_t *obj, const char *key, const char *fmt,
+                         ...) __attribute__((format(printf, 4, 5)));
+int gr_check_fail_element(struct gr_check *c, const json_t *arr, size_t i, const char *fmt, ...)
+    __attribute__((format(printf, 4, 5)));
+int gr_check_fail_value(struct gr_check *c, const json_t *value, const char *fmt, ...)
+    __attribute__((format(printf, 3, 4)));
+
+/* Every key of `obj` must be in `allowed` (NULL-terminated) or start with "//".
+ * `what` names the object in the message ("route \"outlook\""). */
+int gr_check_keys(struct gr_check *c, const json_t *obj, const char *what,
+                  const char *const *allowed);
+bool gr_check_is_comment(const char *key);
+
+/* Typed members. Absent (or, for optional keys, null) leaves the default;
+ * a wrong type or range is an error. */
+int gr_check_string(struct gr_check *c, const json_t *obj, const char *key, bool required,
+                    const char **out);
+int gr_check_uint(struct gr_check *c, const json_t *obj, const char *key, uint64_t min,
+                  uint64_t max, uint64_t *out);
+int gr_check_bool(struct gr_check *c, const json_t *obj, const char *key, bool *out);
+int gr_check_object(struct gr_check *c, const json_t *obj, const char *key, bool required,
+                    json_t **out);
+/* A string, or an array of strings (a lone string is a one-element list);
+ * an empty list is an error. *out is malloc'd (free it), entries borrowed. */
+int gr_check_string_list(struct gr_check *c, const json_t *obj, const char *key,
+                         const char ***out, size_t *n);
+
+#endif

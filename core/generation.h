@@ -1,0 +1,55 @@
+/*
+ * Generations: one complete, immutable set of configuration, loaded plugins,
+ * initialised handlers and compiled routes.
+ *
+ * A reload builds a new generation beside the running one; if any step
+ * fails, the new one is torn down and the old one keeps serving. On success
+ * the current-generation pointer is swapped. Work pins the generation it
+ * starts on (a reference count) and finishes on it; a retired generation is
+ * destroyed (fini, dlclose) by the control thread once its count is zero.
+ *
+ * Locking: `current` is read and swapped under a mutex held only for a
+ * pointer copy and an atomic increment, so pinning never waits for a reload.
+ */
+#ifndef GR_GENERATION_H
+#define GR_GENERATION_H
+
+#include <stdatomic.h>
+#include <stdbool.h>
+#include <stdint.h>
+
+#include "config.h"
+#include "metrics.h"
+#include "plugin_host.h"
+
+struct gr_generation {
+    atomic_int refs;
+    uint64_t id;
+    struct gr_config *cfg;
+    struct gr_plugin_lib *libs;
+    size_t nlibs;
+    struct gr_handler *handlers; /* same order as cfg->handlers */
+    size_t nhandlers;
+    struct gr_route_stats **route_stats; /* one per cfg->routes entry */
+    struct gr_generation *next_retired;  /* control thread's list */
+};
+
+/* Build a complete generation from a config file. On failure returns -1 with
+ * *err = "FILE:LINE:COL: what is wrong" (malloc'd). Control thread only. */
+int gr_generation_build(const char *file, uint64_t id, struct gr_generation **out, char **err);
+/* fini every handler, unload plugins, free. The count must be zero. */
+void gr_generation_destroy(struct gr_generation *g);
+
+struct gr_handler *gr_generation_handler(struct gr_generation *g, const char *name);
+
+/* Make `g` current (holding one reference for being current); returns the
+ * previous one, whose "current" reference the caller must drop with unpin.
+ * Swapping in NULL (at exit) leaves no current generation. */
+struct gr_generation *gr_generation_swap(struct gr_generation *g);
+/* Pin the current generation (never NULL after the first swap). */
+struct gr_generation *gr_generation_pin(void);
+void gr_generation_unpin(struct gr_generation *g);
+/* Called (from any thread) when a generation's count drops to zero. */
+void gr_generation_set_idle_hook(void (*hook)(void));
+
+#endif

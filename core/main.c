@@ -1,0 +1,333 @@
+/*
+ * graphrouter: command line, start-up, the control thread and shutdown.
+ *
+ * The main thread becomes the control thread. Signal handlers only write one
+ * byte to a pipe; the control loop reads it and acts: SIGHUP builds a new
+ * generation beside the running one and swaps it in (bursts coalesce into one
+ * reload), SIGUSR1 asks handlers to reopen their files, SIGTERM/SIGINT drain
+ * and exit. The loop also destroys retired generations once nothing pins
+ * them. Every other thread runs with these signals blocked.
+ */
+#define _GNU_SOURCE
+#include <errno.h>
+#include <fcntl.h>
+#include <getopt.h>
+#include <poll.h>
+#include <signal.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/resource.h>
+#include <unistd.h>
+
+#include "generation.h"
+#include "http.h"
+#include "log.h"
+#include "plugin_host.h"
+#include "store.h"
+#include "util.h"
+#include "worker.h"
+
+static int control_pipe[2] = {-1, -1};
+
+static void wake(char c)
+{
+    int saved = errno;
+    if (write(control_pipe[1], &c, 1) < 0) {
+        /* the pipe is full: a wake-up is already pending */
+    }
+    errno = saved;
+}
+
+static void on_signal(int sig)
+{
+    wake(sig == SIGHUP ? 'H' : sig == SIGUSR1 ? 'U' : 'T');
+}
+
+static void on_generation_idle(void)
+{
+    wake('R');
+}
+
+static void usage(FILE *out)
+{
+    fprintf(out,
+            "usage: graphrouter -c FILE [--check]\n"
+            "       graphrouter --version | -h\n"
+            "\n"
+            "Receives Microsoft Graph change notifications and routes them to handler plugins.\n"
+            "\n"
+            "  -c, --config FILE  the configuration file (JSON; see README)\n"
+            "  -t, --check        load and check the configuration, every plugin and every\n"
+            "                     handler's config, then exit: 0 if all is well, 1 otherwise\n"
+            "  -V, --version      print the version and plugin ABI, then exit\n"
+            "  -h, --help         this text\n"
+            "\n"
+            "Signals: HUP reloads the configuration and plugins, USR1 makes handlers reopen\n"
+            "their files, TERM and INT finish the work in flight and exit.\n");
+}
+
+static void warn_about(const struct gr_config *cfg)
+{
+    if (!cfg->has_fallback_secret && cfg->nsubscriptions == 0)
+        gr_warn("%s: no \"client_state\" and no \"subscriptions\": every notification will be "
+                "dropped",
+                cfg->file);
+    if (cfg->routes.n == 0)
+        gr_warn("%s: no routes: every notification will be unrouted", cfg->file);
+}
+
+static int run_check(const char *file)
+{
+    struct gr_generation *g;
+    char *err = NULL;
+    int rc = gr_generation_build(file, 1, &g, &err);
+    if (rc < 0) {
+        fprintf(stderr, "%s\n", err);
+        free(err);
+    } else {
+        warn_about(g->cfg);
+        printf("%s: ok (%zu handlers, %zu routes)\n", file, g->nhandlers, g->cfg->routes.n);
+        gr_generation_destroy(g);
+    }
+    gr_plugin_host_cleanup();
+    return rc < 0 ? 1 : 0;
+}
+
+/* Settings used once at start; a reload must not change them. */
+static char *start_only_change(const struct gr_config *a, const struct gr_config *b)
+{
+    if (strcmp(a->listen_address, b->listen_address) != 0 || a->listen_port != b->listen_port ||
+        a->http_threads != b->http_threads)
+        return gr_xprintf("\"listen\" changed (%s:%u, %u threads -> %s:%u, %u threads); the "
+                          "listener is never restarted, so restart graphrouter to apply it",
+                          a->listen_address, a->listen_port, a->http_threads, b->listen_address,
+                          b->listen_port, b->http_threads);
+    if (a->max_connections != b->max_connections ||
+        a->connection_timeout_s != b->connection_timeout_s)
+        return gr_xprintf("\"limits.max_connections\" or \"limits.connection_timeout_s\" changed; "
+                          "they apply to the listener, so restart graphrouter to apply them");
+    if (a->workers != b->workers || a->max_pending != b->max_pending)
+        return gr_xprintf("\"workers\" or \"store.max_pending\" changed; restart graphrouter to "
+                          "apply them");
+    return NULL;
+}
+
+struct control {
+    const char *file;
+    uint64_t next_id;
+    struct gr_generation *retired;
+};
+
+static void reload(struct control *ctl)
+{
+    gr_info("reload requested: building generation %llu from %s",
+            (unsigned long long)ctl->next_id, ctl->file);
+    struct gr_generation *cur = gr_generation_pin();
+    struct gr_generation *g = NULL;
+    char *err = NULL;
+    if (gr_generation_build(ctl->file, ctl->next_id, &g, &err) == 0) {
+        err = start_only_change(cur->cfg, g->cfg);
+        if (err) {
+            gr_generation_destroy(g);
+            g = NULL;
+        }
+    }
+    if (!g) {
+        gr_error("reload failed; generation %llu keeps serving: %s", (unsigned long long)cur->id,
+                 err);
+        free(err);
+        gr_metrics_reload(false);
+        gr_generation_unpin(cur);
+        return;
+    }
+    ctl->next_id++;
+    gr_log_set_level(g->cfg->log_level);
+    warn_about(g->cfg);
+    struct gr_generation *old = gr_generation_swap(g);
+    old->next_retired = ctl->retired;
+    ctl->retired = old;
+    gr_generation_unpin(old); /* its reference for being current */
+    gr_generation_unpin(cur);
+    gr_metrics_reload(true);
+    gr_info("reloaded: generation %llu serves now (%zu handlers, %zu routes)",
+            (unsigned long long)g->id, g->nhandlers, g->cfg->routes.n);
+}
+
+/* Destroy retired generations nothing uses any more. */
+static void reap(struct control *ctl)
+{
+    for (struct gr_generation **p = &ctl->retired; *p;) {
+        struct gr_generation *g = *p;
+        if (atomic_load(&g->refs) != 0) {
+            p = &g->next_retired;
+            continue;
+        }
+        *p = g->next_retired;
+        gr_info("generation %llu retired", (unsigned long long)g->id);
+        gr_generation_destroy(g);
+    }
+}
+
+static void reopen(void)
+{
+    struct gr_generation *g = gr_generation_pin();
+    gr_info("SIGUSR1: handlers reopen their files");
+    for (size_t i = 0; i < g->nhandlers; i++)
+        if (g->handlers[i].lib->desc.reopen)
+            g->handlers[i].lib->desc.reopen(g->handlers[i].state);
+    gr_generation_unpin(g);
+}
+
+static void raise_fd_limit(void)
+{
+    struct rlimit rl;
+    if (getrlimit(RLIMIT_NOFILE, &rl) == 0 && rl.rlim_cur < rl.rlim_max) {
+        rl.rlim_cur = rl.rlim_max;
+        setrlimit(RLIMIT_NOFILE, &rl);
+    }
+}
+
+static int setup_signals(sigset_t *handled)
+{
+    if (pipe2(control_pipe, O_CLOEXEC | O_NONBLOCK) != 0)
+        return -1;
+    sigemptyset(handled);
+    sigaddset(handled, SIGHUP);
+    sigaddset(handled, SIGTERM);
+    sigaddset(handled, SIGINT);
+    sigaddset(handled, SIGUSR1);
+    /* Blocked now, so every thread started from here on inherits the block;
+     * the control thread unblocks them once everything runs. */
+    pthread_sigmask(SIG_BLOCK, handled, NULL);
+    struct sigaction sa = {.sa_handler = on_signal, .sa_flags = SA_RESTART};
+    sigemptyset(&sa.sa_mask);
+    sigaction(SIGHUP, &sa, NULL);
+    sigaction(SIGTERM, &sa, NULL);
+    sigaction(SIGINT, &sa, NULL);
+    sigaction(SIGUSR1, &sa, NULL);
+    signal(SIGPIPE, SIG_IGN);
+    return 0;
+}
+
+static int run(const char *file)
+{
+    raise_fd_limit();
+    sigset_t handled;
+    if (setup_signals(&handled) < 0) {
+        gr_error("cannot create the control pipe: %s", strerror(errno));
+        return 1;
+    }
+    struct control ctl = {.file = file, .next_id = 2};
+    struct gr_generation *g = NULL;
+    char *err = NULL;
+    if (gr_generation_build(file, 1, &g, &err) < 0) {
+        gr_error("cannot start: %s", err);
+        free(err);
+        gr_plugin_host_cleanup();
+        return 1;
+    }
+    gr_log_set_level(g->cfg->log_level);
+    warn_about(g->cfg);
+    gr_generation_swap(g);
+    gr_generation_set_idle_hook(on_generation_idle);
+
+    struct gr_store *store = gr_store_new(g->cfg->max_pending);
+    struct gr_workers *workers = gr_workers_start(store, g->cfg->workers);
+    struct gr_http *http = gr_http_start(g->cfg, store, &err);
+    if (!http) {
+        gr_error("cannot start: %s", err);
+        free(err);
+        gr_store_close(store, gr_mono_ms());
+        gr_workers_join(workers, gr_wall_ms() + 5000);
+        gr_store_free(store);
+        gr_generation_destroy(gr_generation_swap(NULL));
+        gr_plugin_host_cleanup();
+        return 1;
+    }
+    gr_info("graphrouter %s listening on %s:%u (%zu handlers, %zu routes, %u workers)",
+            GR_VERSION, g->cfg->listen_address, gr_http_port(http), g->nhandlers,
+            g->cfg->routes.n, g->cfg->workers);
+    pthread_sigmask(SIG_UNBLOCK, &handled, NULL);
+
+    for (;;) {
+        struct pollfd p = {.fd = control_pipe[0], .events = POLLIN};
+        poll(&p, 1, 1000);
+        bool hup = false, term = false, usr1 = false;
+        char buf[64];
+        ssize_t n;
+        while ((n = read(control_pipe[0], buf, sizeof buf)) > 0) {
+            for (ssize_t i = 0; i < n; i++) {
+                hup |= buf[i] == 'H';
+                term |= buf[i] == 'T';
+                usr1 |= buf[i] == 'U';
+            }
+        }
+        reap(&ctl);
+        if (term)
+            break;
+        if (hup)
+            reload(&ctl);
+        if (usr1)
+            reopen();
+    }
+
+    /* Shutdown: no new requests, finish those in progress, then the queue. */
+    g = gr_generation_pin();
+    int64_t grace_ms = (int64_t)g->cfg->shutdown_timeout_s * 1000;
+    gr_generation_unpin(g);
+    int64_t deadline = gr_mono_ms() + grace_ms, wall_deadline = gr_wall_ms() + grace_ms;
+    gr_info("shutting down: finishing requests and queued work (up to %lld s)",
+            (long long)(grace_ms / 1000));
+    gr_http_quiesce(http);
+    if (!gr_http_wait_idle(http, deadline))
+        gr_warn("requests still in progress at the shutdown deadline are cut off");
+    gr_http_stop(http);
+    gr_store_close(store, deadline);
+    if (!gr_workers_join(workers, wall_deadline)) {
+        gr_error("exiting with a handler still running");
+        _exit(1);
+    }
+    size_t lost = gr_store_free(store);
+    int status = 0;
+    if (lost) {
+        gr_error("%zu queued jobs were not finished by shutdown_timeout_s and are dropped", lost);
+        status = 1;
+    }
+    struct gr_generation *last = gr_generation_swap(NULL);
+    gr_generation_unpin(last);
+    reap(&ctl);
+    gr_generation_destroy(last);
+    gr_plugin_host_cleanup();
+    gr_info("stopped");
+    return status;
+}
+
+int main(int argc, char **argv)
+{
+    static const struct option opts[] = {{"config", required_argument, NULL, 'c'},
+                                         {"check", no_argument, NULL, 't'},
+                                         {"version", no_argument, NULL, 'V'},
+                                         {"help", no_argument, NULL, 'h'},
+                                         {NULL, 0, NULL, 0}};
+    const char *file = NULL;
+    bool check = false;
+    int c;
+    while ((c = getopt_long(argc, argv, "c:tVh", opts, NULL)) != -1) {
+        switch (c) {
+        case 'c': file = optarg; break;
+        case 't': check = true; break;
+        case 'V':
+            printf("graphrouter %s (plugin ABI %d.%d)\n", GR_VERSION, GR_PLUGIN_ABI_MAJOR,
+                   GR_PLUGIN_ABI_MINOR);
+            return 0;
+        case 'h': usage(stdout); return 0;
+        default: usage(stderr); return 2;
+        }
+    }
+    if (!file || optind < argc) {
+        usage(stderr);
+        return 2;
+    }
+    return check ? run_check(file) : run(file);
+}

@@ -1,0 +1,282 @@
+/*
+ * Metrics storage and Prometheus rendering (see metrics.h). Fixed series are
+ * atomics in `m`; named series are append-only lists under `registry_lock`.
+ */
+#define _GNU_SOURCE
+#include "metrics.h"
+
+#include <pthread.h>
+#include <stdlib.h>
+#include <string.h>
+
+
+static const unsigned tracked_status[] = {200, 202, 400, 404, 405, 413, 500, 503};
+#define N_STATUS (GR_ARRAY_LEN(tracked_status) + 1) /* + "other" */
+
+/* Ack latency buckets, in seconds. */
+static const double buckets[] = {0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025,
+                                 0.05,   0.1,     0.25,   0.5,   1,      2.5,   5};
+#define N_BUCKETS GR_ARRAY_LEN(buckets)
+
+static const char *const endpoint_names[GR_EP_COUNT] = {"notifications", "lifecycle", "healthz",
+                                                        "metrics", "other"};
+static const char *const drop_names[GR_DROP_COUNT] = {
+    "malformed_item", "missing_client_state", "bad_client_state", "no_secret",
+    "validation_message"};
+static const char *const abandon_names[GR_ABANDON_COUNT] = {"handler_removed", "shutdown"};
+
+static struct {
+    atomic_uint_fast64_t requests[GR_EP_COUNT][N_STATUS];
+    atomic_uint_fast64_t latency_buckets[N_BUCKETS + 1];
+    atomic_uint_fast64_t latency_count, latency_sum_ns;
+    atomic_uint_fast64_t received, accepted, routed, unrouted;
+    atomic_uint_fast64_t dropped[GR_DROP_COUNT];
+    atomic_uint_fast64_t abandoned[GR_ABANDON_COUNT];
+    atomic_uint_fast64_t reload_ok, reload_failed;
+} m;
+
+struct named {
+    struct named *next;
+    char *name;
+    union {
+        struct gr_handler_stats handler;
+        struct gr_route_stats route;
+    } u;
+};
+
+struct gr_metric {
+    struct gr_metric *next;
+    char *handler, *name, *help;
+    bool gauge;
+    atomic_int_fast64_t value;
+};
+
+static pthread_mutex_t registry_lock = PTHREAD_MUTEX_INITIALIZER;
+static struct named *handlers, *routes;
+static struct gr_metric *plugin_metrics;
+
+#define INC(x) atomic_fetch_add_explicit(&(x), 1, memory_order_relaxed)
+#define ADD(x, n) atomic_fetch_add_explicit(&(x), (n), memory_order_relaxed)
+#define GET(x) ((unsigned long long)atomic_load_explicit(&(x), memory_order_relaxed))
+
+const char *gr_drop_reason_name(enum gr_drop_reason r)
+{
+    return (unsigned)r < GR_DROP_COUNT ? drop_names[r] : "unknown";
+}
+
+void gr_metrics_request(enum gr_endpoint ep, unsigned status)
+{
+    size_t i = 0;
+    while (i < GR_ARRAY_LEN(tracked_status) && tracked_status[i] != status)
+        i++;
+    INC(m.requests[ep < GR_EP_COUNT ? ep : GR_EP_OTHER][i]);
+}
+
+void gr_metrics_ack_latency(int64_t ns)
+{
+    double s = (double)ns / 1e9;
+    size_t i = 0;
+    while (i < N_BUCKETS && s > buckets[i])
+        i++;
+    INC(m.latency_buckets[i]);
+    INC(m.latency_count);
+    ADD(m.latency_sum_ns, (uint_fast64_t)(ns > 0 ? ns : 0));
+}
+
+void gr_metrics_items_received(size_t n) { ADD(m.received, n); }
+void gr_metrics_items_accepted(size_t n) { ADD(m.accepted, n); }
+void gr_metrics_item_dropped(enum gr_drop_reason r) { INC(m.dropped[r]); }
+void gr_metrics_item_routed(bool routed) { routed ? INC(m.routed) : INC(m.unrouted); }
+void gr_metrics_delivery_abandoned(enum gr_abandon_reason r) { INC(m.abandoned[r]); }
+void gr_metrics_reload(bool ok) { ok ? INC(m.reload_ok) : INC(m.reload_failed); }
+
+static struct named *named_get(struct named **list, const char *name)
+{
+    pthread_mutex_lock(&registry_lock);
+    struct named **p = list;
+    while (*p && strcmp((*p)->name, name) != 0)
+        p = &(*p)->next;
+    if (!*p) {
+        *p = gr_xcalloc(1, sizeof **p);
+        (*p)->name = gr_xstrdup(name);
+    }
+    struct named *n = *p;
+    pthread_mutex_unlock(&registry_lock);
+    return n;
+}
+
+struct gr_handler_stats *gr_metrics_handler(const char *name)
+{
+    return &named_get(&handlers, name)->u.handler;
+}
+
+struct gr_route_stats *gr_metrics_route(const char *name)
+{
+    return &named_get(&routes, name)->u.route;
+}
+
+struct gr_metric *gr_metrics_plugin(const char *handler, const char *name, const char *help,
+                                    bool gauge)
+{
+    if (!name || !*name || strlen(name) > 100)
+        return NULL;
+    for (const char *p = name; *p; p++)
+        if (!((*p >= 'a' && *p <= 'z') || *p == '_' || (p != name && *p >= '0' && *p <= '9')))
+            return NULL;
+    pthread_mutex_lock(&registry_lock);
+    struct gr_metric **p = &plugin_metrics, *found = NULL;
+    bool type_clash = false;
+    for (; *p; p = &(*p)->next) {
+        if (strcmp((*p)->name, name) != 0)
+            continue;
+        type_clash |= (*p)->gauge != gauge; /* one family, one type */
+        if (strcmp((*p)->handler, handler) == 0)
+            found = *p;
+    }
+    if (!found && !type_clash) {
+        found = *p = gr_xcalloc(1, sizeof **p);
+        found->handler = gr_xstrdup(handler);
+        found->name = gr_xstrdup(name);
+        found->help = gr_xstrdup(help ? help : "");
+        found->gauge = gauge;
+    }
+    pthread_mutex_unlock(&registry_lock);
+    return type_clash ? NULL : found;
+}
+
+void gr_metric_add(struct gr_metric *metric, int64_t delta)
+{
+    if (metric && (metric->gauge || delta > 0))
+        atomic_fetch_add_explicit(&metric->value, delta, memory_order_relaxed);
+}
+
+void gr_metric_set(struct gr_metric *metric, int64_t value)
+{
+    if (metric && metric->gauge)
+        atomic_store_explicit(&metric->value, value, memory_order_relaxed);
+}
+
+/* Names in labels are limited by the config check to [A-Za-z0-9_.-], so
+ * they need no escaping; help texts from plugins do. */
+static void help_line(struct gr_buf *o, const char *name, const char *type, const char *help)
+{
+    gr_buf_printf(o, "# HELP %s ", name);
+    for (const char *p = help; *p; p++) {
+        if (*p == '\\')
+            gr_buf_puts(o, "\\\\");
+        else if (*p == '\n')
+            gr_buf_puts(o, "\\n");
+        else
+            gr_buf_append(o, p, 1);
+    }
+    gr_buf_printf(o, "\n# TYPE %s %s\n", name, type);
+}
+
+void gr_metrics_render(struct gr_buf *o, const struct gr_metrics_gauges *g)
+{
+    help_line(o, "graphrouter_build_info", "gauge", "Version of the running graphrouter.");
+    gr_buf_printf(o, "graphrouter_build_info{version=\"%s\"} 1\n", GR_VERSION);
+
+    help_line(o, "graphrouter_http_requests_total", "counter",
+              "HTTP requests answered, by endpoint and status code.");
+    for (int ep = 0; ep < GR_EP_COUNT; ep++) {
+        for (size_t s = 0; s < N_STATUS; s++) {
+            unsigned long long v = GET(m.requests[ep][s]);
+            if (!v)
+                continue;
+            if (s < GR_ARRAY_LEN(tracked_status))
+                gr_buf_printf(o, "graphrouter_http_requests_total{endpoint=\"%s\",code=\"%u\"} %llu\n",
+                              endpoint_names[ep], tracked_status[s], v);
+            else
+                gr_buf_printf(o, "graphrouter_http_requests_total{endpoint=\"%s\",code=\"other\"} %llu\n",
+                              endpoint_names[ep], v);
+        }
+    }
+
+    help_line(o, "graphrouter_ack_latency_seconds", "histogram",
+              "Time from a notification POST's headers to its 202 being queued.");
+    unsigned long long cum = 0;
+    for (size_t i = 0; i <= N_BUCKETS; i++) {
+        cum += GET(m.latency_buckets[i]);
+        if (i < N_BUCKETS)
+            gr_buf_printf(o, "graphrouter_ack_latency_seconds_bucket{le=\"%g\"} %llu\n", buckets[i], cum);
+        else
+            gr_buf_printf(o, "graphrouter_ack_latency_seconds_bucket{le=\"+Inf\"} %llu\n", cum);
+    }
+    gr_buf_printf(o, "graphrouter_ack_latency_seconds_sum %.9f\n",
+                  (double)GET(m.latency_sum_ns) / 1e9);
+    gr_buf_printf(o, "graphrouter_ack_latency_seconds_count %llu\n", GET(m.latency_count));
+
+    help_line(o, "graphrouter_items_received_total", "counter",
+              "Items found in the value arrays of notification POSTs.");
+    gr_buf_printf(o, "graphrouter_items_received_total %llu\n", GET(m.received));
+    help_line(o, "graphrouter_items_accepted_total", "counter",
+              "Items that passed the clientState check and were queued.");
+    gr_buf_printf(o, "graphrouter_items_accepted_total %llu\n", GET(m.accepted));
+    help_line(o, "graphrouter_items_dropped_total", "counter",
+              "Items not queued, by reason (the POST is still answered 202).");
+    for (int r = 0; r < GR_DROP_COUNT; r++)
+        gr_buf_printf(o, "graphrouter_items_dropped_total{reason=\"%s\"} %llu\n", drop_names[r],
+                      GET(m.dropped[r]));
+    help_line(o, "graphrouter_items_routed_total", "counter",
+              "Items that at least one route sent to a handler.");
+    gr_buf_printf(o, "graphrouter_items_routed_total %llu\n", GET(m.routed));
+    help_line(o, "graphrouter_items_unrouted_total", "counter",
+              "Items that no route (not even a default route) matched.");
+    gr_buf_printf(o, "graphrouter_items_unrouted_total %llu\n", GET(m.unrouted));
+
+    help_line(o, "graphrouter_deliveries_abandoned_total", "counter",
+              "Deliveries given up without calling their handler, by reason.");
+    for (int r = 0; r < GR_ABANDON_COUNT; r++)
+        gr_buf_printf(o, "graphrouter_deliveries_abandoned_total{reason=\"%s\"} %llu\n",
+                      abandon_names[r], GET(m.abandoned[r]));
+
+    help_line(o, "graphrouter_reloads_total", "counter", "Configuration reloads, by result.");
+    gr_buf_printf(o, "graphrouter_reloads_total{result=\"success\"} %llu\n", GET(m.reload_ok));
+    gr_buf_printf(o, "graphrouter_reloads_total{result=\"failure\"} %llu\n", GET(m.reload_failed));
+    help_line(o, "graphrouter_config_generation", "gauge",
+              "Id of the configuration generation now serving (1 at start, +1 per reload).");
+    gr_buf_printf(o, "graphrouter_config_generation %llu\n", (unsigned long long)g->generation);
+
+    help_line(o, "graphrouter_queue_items", "gauge",
+              "Work in the queue: ready for a worker, delayed for a retry, or running.");
+    gr_buf_printf(o, "graphrouter_queue_items{state=\"ready\"} %zu\n", g->queue_ready);
+    gr_buf_printf(o, "graphrouter_queue_items{state=\"delayed\"} %zu\n", g->queue_delayed);
+    gr_buf_printf(o, "graphrouter_queue_items{state=\"running\"} %zu\n", g->queue_running);
+
+    pthread_mutex_lock(&registry_lock);
+    static const char *const handler_series[][2] = {
+        {"graphrouter_handler_handled_total", "Deliveries a handler completed (GR_OK)."},
+        {"graphrouter_handler_retried_total", "Deliveries a handler asked to retry (GR_RETRY)."},
+        {"graphrouter_handler_failed_total",
+         "Deliveries that failed (GR_FAIL, or retries exhausted)."}};
+    for (size_t k = 0; k < 3; k++) {
+        help_line(o, handler_series[k][0], "counter", handler_series[k][1]);
+        for (struct named *n = handlers; n; n = n->next) {
+            atomic_uint_fast64_t *v = k == 0   ? &n->u.handler.handled
+                                      : k == 1 ? &n->u.handler.retried
+                                               : &n->u.handler.failed;
+            gr_buf_printf(o, "%s{handler=\"%s\"} %llu\n", handler_series[k][0], n->name, GET(*v));
+        }
+    }
+    help_line(o, "graphrouter_route_fired_total", "counter", "Items each route fired for.");
+    for (struct named *n = routes; n; n = n->next)
+        gr_buf_printf(o, "graphrouter_route_fired_total{route=\"%s\"} %llu\n", n->name,
+                      GET(n->u.route.fired));
+    /* Plugin series, grouped by family as the text format requires. */
+    for (struct gr_metric *p = plugin_metrics; p; p = p->next) {
+        bool seen = false;
+        for (struct gr_metric *q = plugin_metrics; q != p && !seen; q = q->next)
+            seen = strcmp(q->name, p->name) == 0;
+        if (seen)
+            continue;
+        char *full = gr_xprintf("graphrouter_plugin_%s", p->name);
+        help_line(o, full, p->gauge ? "gauge" : "counter", p->help);
+        for (struct gr_metric *q = p; q; q = q->next)
+            if (strcmp(q->name, p->name) == 0)
+                gr_buf_printf(o, "%s{handler=\"%s\"} %lld\n", full, q->handler,
+                              (long long)atomic_load_explicit(&q->value, memory_order_relaxed));
+        free(full);
+    }
+    pthread_mutex_unlock(&registry_lock);
+}

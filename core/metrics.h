@@ -1,0 +1,72 @@
+/*
+ * Process-wide metrics, exported on GET /metrics in the Prometheus text
+ * format (README "Metrics" lists every series).
+ *
+ * Counters are relaxed atomics, bumped from any thread without locks.
+ * Per-handler, per-route and plugin series live in an append-only registry
+ * keyed by name, so a series survives reloads that keep the name; lookups
+ * take a mutex and happen while a generation is built, never per item.
+ */
+#ifndef GR_METRICS_H
+#define GR_METRICS_H
+
+#include <stdatomic.h>
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+
+#include "util.h"
+
+enum gr_endpoint { GR_EP_NOTIFICATIONS, GR_EP_LIFECYCLE, GR_EP_HEALTHZ, GR_EP_METRICS, GR_EP_OTHER, GR_EP_COUNT };
+
+/* Why an item of an accepted batch is not stored. */
+enum gr_drop_reason {
+    GR_DROP_MALFORMED_ITEM,       /* not an object, or no string subscriptionId */
+    GR_DROP_MISSING_CLIENT_STATE, /* clientState absent, null or not a string */
+    GR_DROP_BAD_CLIENT_STATE,     /* clientState does not match the secret */
+    GR_DROP_NO_SECRET,            /* subscription not listed and no fallback client_state */
+    GR_DROP_VALIDATION_MESSAGE,   /* Event Hubs' reachability test item */
+    GR_DROP_COUNT
+};
+const char *gr_drop_reason_name(enum gr_drop_reason r);
+
+/* Why a queued delivery was given up without calling its handler. */
+enum gr_abandon_reason { GR_ABANDON_HANDLER_REMOVED, GR_ABANDON_SHUTDOWN, GR_ABANDON_COUNT };
+
+struct gr_handler_stats {
+    atomic_uint_fast64_t handled, retried, failed;
+};
+
+struct gr_route_stats {
+    atomic_uint_fast64_t fired;
+};
+
+struct gr_metric; /* plugin series (include/graphrouter/plugin.h) */
+
+void gr_metrics_request(enum gr_endpoint ep, unsigned status);
+void gr_metrics_ack_latency(int64_t ns);
+void gr_metrics_items_received(size_t n);
+void gr_metrics_items_accepted(size_t n);
+void gr_metrics_item_dropped(enum gr_drop_reason r);
+void gr_metrics_item_routed(bool routed);
+void gr_metrics_delivery_abandoned(enum gr_abandon_reason r);
+void gr_metrics_reload(bool ok);
+
+/* Get-or-create by name; never freed. */
+struct gr_handler_stats *gr_metrics_handler(const char *name);
+struct gr_route_stats *gr_metrics_route(const char *name);
+struct gr_metric *gr_metrics_plugin(const char *handler, const char *name, const char *help,
+                                    bool gauge);
+void gr_metric_add(struct gr_metric *m, int64_t delta);
+void gr_metric_set(struct gr_metric *m, int64_t value);
+
+/* Values read when /metrics is rendered. */
+struct gr_metrics_gauges {
+    size_t queue_ready;   /* items and deliveries waiting for a worker */
+    size_t queue_delayed; /* deliveries waiting for a retry */
+    size_t queue_running; /* being worked on */
+    uint64_t generation;  /* id of the current configuration generation */
+};
+void gr_metrics_render(struct gr_buf *out, const struct gr_metrics_gauges *g);
+
+#endif

@@ -1,0 +1,93 @@
+/*
+ * The router's side of the plugin ABI (include/graphrouter/plugin.h):
+ * loading shared objects, checking their ABI, the host service table, and
+ * the private definitions of the handles plugins see as opaque.
+ *
+ * Loading: glibc's dlopen returns the already-loaded object for a path it has
+ * seen, even after the file was replaced, so a reload could never pick up a
+ * rebuilt plugin. Each load therefore goes through a fresh, uniquely named
+ * symlink in a private directory (removed right after dlopen): an unchanged
+ * file (same inode) still resolves to the loaded object, a file replaced by
+ * rename loads anew. Install plugins by rename (install(1), mv), never by
+ * writing into the loaded file.
+ */
+#ifndef GR_PLUGIN_HOST_H
+#define GR_PLUGIN_HOST_H
+
+#include <graphrouter/plugin.h>
+#include <jansson.h>
+#include <pthread.h>
+#include <stdbool.h>
+
+#include "config.h"
+#include "metrics.h"
+
+struct gr_generation;
+
+/* One loaded shared object. */
+struct gr_plugin_lib {
+    char *path; /* as configured (resolved against plugin_dir) */
+    void *dl;
+    struct gr_plugin desc; /* the plugin's descriptor, zero-filled past its size */
+};
+
+/* The targets of one GR_CONFIG_HANDLER_LIST key. */
+struct gr_emit_targets {
+    const char *key;
+    size_t *handlers; /* indices in the generation */
+    size_t n;
+};
+
+/* One configured handler (opaque to plugins). */
+struct gr_handler {
+    const char *name;
+    const struct gr_handler_conf *conf;
+    struct gr_plugin_lib *lib;
+    struct gr_generation *gen;
+    void *state;
+    bool initialized;
+    bool serial;
+    pthread_mutex_t serial_lock;
+    struct gr_handler_stats *stats;
+    struct gr_emit_targets *emit;
+    size_t nemit;
+    char *init_error;          /* set through host->init_error during init */
+    pthread_mutex_t json_lock; /* guards json_cache */
+    struct gr_json_cache *json_cache;
+};
+
+/* One emitted event, for one target handler. */
+struct gr_emitted {
+    size_t target;
+    char *json;
+    size_t len;
+};
+
+/* One delivery (opaque to plugins as struct gr_msg). */
+struct gr_msg {
+    int kind;
+    const char *json;
+    size_t len;
+    json_t *root;
+    struct gr_handler *handler;
+    struct gr_emitted *emitted;
+    size_t nemitted, cap;
+};
+
+const struct gr_host *gr_plugin_host(void);
+
+/* Load and check a plugin; *err gets "PATH: reason" on failure. */
+int gr_plugin_lib_load(const char *path, struct gr_plugin_lib *lib, char **err);
+void gr_plugin_lib_unload(struct gr_plugin_lib *lib);
+
+/* Check a handler's "config" against its plugin's schema (with positions). */
+int gr_plugin_check_config(struct gr_check *c, const struct gr_handler_conf *hc,
+                           const struct gr_plugin *desc);
+
+/* Release a handler's caches (after fini). */
+void gr_handler_release(struct gr_handler *h);
+
+/* Remove the private symlink directory (at exit). */
+void gr_plugin_host_cleanup(void);
+
+#endif

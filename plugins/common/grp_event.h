@@ -1,0 +1,73 @@
+/*
+ * Helpers shared by the bundled plugins that turn notifications into
+ * normalised events (mail, teams, drive, presence). Linked statically into
+ * each; not part of the plugin ABI. Every event these plugins emit starts
+ * with the same fields (README "Events"):
+ *
+ *   {"event": "<area>.<resource_type>.<change_type>", "resource_type",
+ *    "change_type", "tenant_id", "subscription_id", "resource",
+ *    "notification_id", "received_at", ...ids of the plugin's own}
+ *
+ * When area and resource type coincide the name is "<area>.<change_type>"
+ * ("presence.updated").
+ */
+#ifndef GRP_EVENT_H
+#define GRP_EVENT_H
+
+#include <graphrouter/plugin.h>
+#include <jansson.h>
+
+/* The host table, set by gr_plugin_entry (GRP_EVENT_PLUGIN). */
+extern const struct gr_host *grp_host;
+
+struct grp_note {
+    json_t *root; /* the routed notification, parsed (owned) */
+    const char *resource_type;
+};
+
+/* Open `msg` if it is a notification whose resource_type is one of `types`
+ * (NULL-terminated). Otherwise log why and return -1: the caller returns
+ * GR_FAIL, which shows a misrouted notification in the handler's metrics. */
+int grp_note_open(const struct gr_handler *h, struct gr_msg *msg, const char *const *types,
+                  struct grp_note *note);
+void grp_note_close(struct grp_note *note);
+
+/* A new event object holding the common fields. */
+json_t *grp_event_new(const struct grp_note *note, const char *area);
+/* event[key] = resource id `role` of the notification, or null. */
+void grp_event_id(json_t *event, const struct grp_note *note, const char *key, const char *role);
+/* The first non-null of ids `roles` (NULL-terminated), else resource_data.id. */
+void grp_event_id_or_data(json_t *event, const struct grp_note *note, const char *key,
+                          const char *const *roles);
+
+/* Emit the event to the handlers in this handler's "emit_to" and free it.
+ * Returns GR_OK, or GR_FAIL if the router refused it. */
+int grp_event_emit(struct gr_msg *msg, json_t *event);
+
+/* init() of every event plugin: the state is the handler itself. */
+int grp_init(struct gr_handler *h, void **state);
+
+/* The descriptor and entry point of an event plugin whose only config key is
+ * "emit_to"; `handle` receives the struct gr_handler * as its state. */
+#define GRP_EVENT_PLUGIN(NAME, DESCRIPTION, HANDLE)                                                \
+    static const struct gr_config_key grp_keys[] = {                                               \
+        {"emit_to", GR_CONFIG_HANDLER_LIST, 1, "the handlers that receive the events"},            \
+        {NULL, 0, 0, NULL}};                                                                       \
+    static const struct gr_plugin grp_plugin = {                                                   \
+        .abi_major = GR_PLUGIN_ABI_MAJOR,                                                          \
+        .abi_minor = GR_PLUGIN_ABI_MINOR,                                                          \
+        .size = sizeof(struct gr_plugin),                                                          \
+        .name = NAME,                                                                              \
+        .version = "1.0",                                                                          \
+        .description = DESCRIPTION,                                                                \
+        .config_keys = grp_keys,                                                                   \
+        .init = grp_init,                                                                          \
+        .handle = HANDLE,                                                                          \
+    };                                                                                             \
+    GR_PLUGIN_EXPORT const struct gr_plugin *gr_plugin_entry(const struct gr_host *host)          \
+    {                                                                                              \
+        grp_host = host;                                                                           \
+        return &grp_plugin;                                                                        \
+    }
+
+#endif

@@ -1,0 +1,24 @@
+/*
+ * presence: presence notifications -> normalised events.
+ *
+ *   {"event": "presence.updated", ...common fields..., "user_id"}
+ *
+ * user_id is the key of communications/presences/{id}, else of
+ * users/{id}/presence, else resourceData.id.
+ */
+#include "grp_event.h"
+
+static int presence_handle(void *state, struct gr_msg *msg)
+{
+    static const char *const types[] = {"presence", NULL};
+    static const char *const user_roles[] = {"presence", "user", NULL};
+    struct grp_note note;
+    if (grp_note_open(state, msg, types, &note) < 0)
+        return GR_FAIL;
+    json_t *e = grp_event_new(&note, "presence");
+    grp_event_id_or_data(e, &note, "user_id", user_roles);
+    grp_note_close(&note);
+    return grp_event_emit(msg, e);
+}
+
+GRP_EVENT_PLUGIN("presence", "presence notifications to presence.* events", presence_handle)
