@@ -40,6 +40,7 @@ static int parse_match(struct gr_check *c, const json_t *match, struct gr_route 
     for (size_t i = 0; i < n; i++) {
         int t = gr_rtype_parse(list[i]);
         if (t < 0) {
+            const char *bad = list[i]; /* jansson's string; only the array is ours */
             free(list);
             return gr_check_fail_member(
                 c, match, "resource_type",
@@ -47,7 +48,7 @@ static int parse_match(struct gr_check *c, const json_t *match, struct gr_route 
                 "user, group, conversation, chatMessage, chat, channel, team, "
                 "conversationMember, presence, callRecord, driveItem, list, alert, todoTask, "
                 "onlineMeeting, callRecording, callTranscript, lifecycle, unknown)",
-                r->name, list[i]);
+                r->name, bad);
         }
         r->types |= GR_RTYPE_BIT(t);
     }
@@ -58,11 +59,12 @@ static int parse_match(struct gr_check *c, const json_t *match, struct gr_route 
     for (size_t i = 0; i < n; i++) {
         unsigned bit = gr_change_type_bit(list[i]);
         if (!bit) {
+            const char *bad = list[i];
             free(list);
             return gr_check_fail_member(
                 c, match, "change_type",
                 "route \"%s\": unknown change_type \"%s\" (known: created, updated, deleted)",
-                r->name, list[i]);
+                r->name, bad);
         }
         r->changes |= bit;
     }

@@ -1,0 +1,117 @@
+/* The request path's batch handling: 400 reasons, and per-item clientState
+ * decisions (fallback, per-subscription, wrong, missing, no secret) within
+ * one mixed batch. */
+#include <setjmp.h>
+#include <stdarg.h>
+#include <stddef.h>
+#include <stdint.h>
+#include <string.h>
+
+#include <cmocka.h>
+
+#include "ingest.h"
+
+static const char *config_text =
+    "{\"client_state\": \"fallback-secret\","
+    " \"subscriptions\": [{\"id\": \"listed\", \"client_state\": \"own-secret\"}],"
+    " \"handlers\": {}, \"routes\": []}";
+
+static struct gr_config *load(const char *text)
+{
+    struct gr_config *cfg;
+    char *err = NULL;
+    if (gr_config_parse("i.json", text, strlen(text), &cfg, &err) != 0)
+        fail_msg("%s", err);
+    return cfg;
+}
+
+static void test_bad_bodies(void **state)
+{
+    (void)state;
+    struct gr_config *cfg = load(config_text);
+    static const struct {
+        const char *body, *reason;
+    } bad[] = {
+        {"", "not valid JSON"},
+        {"{\"value\": [", "not valid JSON"},
+        {"[1]", "no \"value\" array"},
+        {"{\"value\": {}}", "no \"value\" array"},
+        {"{\"values\": []}", "no \"value\" array"},
+        {"{\"specversion\": \"1.0\", \"data\": {}}", "CloudEvent"},
+    };
+    for (size_t i = 0; i < sizeof bad / sizeof bad[0]; i++) {
+        struct gr_ingest in;
+        gr_ingest_parse(cfg, bad[i].body, strlen(bad[i].body), 0, &in);
+        assert_int_equal(in.status, 400);
+        assert_non_null(strstr(in.reason, bad[i].reason));
+        assert_null(strchr(in.reason, '\n'));
+        gr_ingest_free(&in);
+    }
+    struct gr_ingest in;
+    gr_ingest_parse(cfg, "{\"value\": []}", 13, 0, &in);
+    assert_int_equal(in.status, 202);
+    assert_int_equal(in.njobs, 0);
+    gr_ingest_free(&in);
+    gr_config_free(cfg);
+}
+
+static void test_mixed_batch(void **state)
+{
+    (void)state;
+    struct gr_config *cfg = load(config_text);
+    const char *body =
+        "{\"value\": ["
+        "{\"subscriptionId\": \"other\", \"clientState\": \"fallback-secret\", \"n\": 0},"
+        "{\"subscriptionId\": \"listed\", \"clientState\": \"own-secret\", \"n\": 1},"
+        "{\"subscriptionId\": \"listed\", \"clientState\": \"fallback-secret\", \"n\": 2},"
+        "{\"subscriptionId\": \"other\", \"clientState\": \"wrong\", \"n\": 3},"
+        "{\"subscriptionId\": \"other\", \"n\": 4},"
+        "{\"subscriptionId\": \"other\", \"clientState\": null, \"n\": 5},"
+        "\"not an object\","
+        "{\"clientState\": \"fallback-secret\"},"
+        "{\"subscriptionId\": \"NA\", \"clientState\": \"NA\", \"changeType\": \"Validation: x\"},"
+        "{\"SubscriptionId\": \"LISTED\", \"ClientState\": \"own-secret\", \"n\": 9}"
+        "]}";
+    struct gr_ingest in;
+    gr_ingest_parse(cfg, body, strlen(body), 1234, &in);
+    assert_int_equal(in.status, 202);
+    assert_int_equal(in.received, 10);
+    assert_int_equal(in.njobs, 3);
+    assert_non_null(strstr(in.jobs[0]->payload, "\"n\":0"));
+    assert_non_null(strstr(in.jobs[1]->payload, "\"n\":1"));
+    assert_non_null(strstr(in.jobs[2]->payload, "\"n\":9"));
+    assert_int_equal(in.jobs[0]->kind, GR_JOB_ROUTE);
+    assert_int_equal(in.jobs[0]->received_ms, 1234);
+    assert_int_equal(in.dropped[GR_DROP_BAD_CLIENT_STATE], 2);
+    assert_int_equal(in.dropped[GR_DROP_MISSING_CLIENT_STATE], 2);
+    assert_int_equal(in.dropped[GR_DROP_MALFORMED_ITEM], 2);
+    assert_int_equal(in.dropped[GR_DROP_VALIDATION_MESSAGE], 1);
+    assert_int_equal(in.dropped[GR_DROP_NO_SECRET], 0);
+    gr_ingest_free(&in);
+    gr_config_free(cfg);
+}
+
+static void test_no_fallback(void **state)
+{
+    (void)state;
+    struct gr_config *cfg = load("{\"subscriptions\": [{\"id\": \"listed\", \"client_state\": "
+                                 "\"own\"}], \"handlers\": {}, \"routes\": []}");
+    const char *body = "{\"value\": [{\"subscriptionId\": \"other\", \"clientState\": \"x\"},"
+                       "{\"subscriptionId\": \"listed\", \"clientState\": \"own\"}]}";
+    struct gr_ingest in;
+    gr_ingest_parse(cfg, body, strlen(body), 0, &in);
+    assert_int_equal(in.njobs, 1);
+    assert_int_equal(in.dropped[GR_DROP_NO_SECRET], 1);
+    gr_ingest_free(&in);
+    gr_config_free(cfg);
+}
+
+int main(void)
+{
+    const struct CMUnitTest tests[] = {
+        cmocka_unit_test(test_bad_bodies),
+        cmocka_unit_test(test_mixed_batch),
+        cmocka_unit_test(test_no_fallback),
+    };
+    return cmocka_run_group_tests(tests, NULL, NULL);
+}
