@@ -37,6 +37,7 @@ struct request {
     enum gr_endpoint ep;
     int64_t start_ns;
     size_t max_body;
+    size_t received; /* body bytes so far */
     bool too_large;
     struct gr_buf body;
 };
@@ -233,13 +234,24 @@ static enum MHD_Result on_request(void *cls, struct MHD_Connection *c, const cha
         return begin(c, h, r, url, method);
     }
     if (*upload_size) {
-        if (!r->too_large && r->body.len + *upload_size > r->max_body) {
-            r->too_large = true; /* keep reading, but stop keeping */
+        /* libmicrohttpd 0.9.75 cannot answer before the body is read, so an
+         * oversized chunked body is read and discarded, then answered 413;
+         * past twice the limit the connection is closed instead. */
+        r->received += *upload_size;
+        if (!r->too_large && r->received > r->max_body) {
+            r->too_large = true;
             gr_buf_free(&r->body);
         }
         if (!r->too_large)
             gr_buf_append(&r->body, upload_data, *upload_size);
         *upload_size = 0;
+        if (r->received / 2 > r->max_body) {
+            gr_warn("notification POST cut off: body passed twice max_body_bytes %zu; connection "
+                    "closed",
+                    r->max_body);
+            gr_metrics_request(r->ep, 413);
+            return MHD_NO;
+        }
         return MHD_YES;
     }
     return finish(c, h, r);
