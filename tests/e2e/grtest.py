@@ -158,10 +158,14 @@ class Router:
         with self._lock:
             return "".join(self._lines)
 
+    def text(self):
+        """The log with the logfmt escaping of quotes and backslashes undone."""
+        return self.log().replace('\\"', '"').replace("\\\\", "\\")
+
     def wait_log(self, pattern, timeout=TIMEOUT, count=1):
         rx = re.compile(pattern)
-        self.wait_for(lambda: len(rx.findall(self.log())) >= count, timeout,
-                      "log line /%s/" % pattern)
+        self.wait_for(lambda: len(rx.findall(self.text())) >= count, timeout,
+                      "log line /%s/ in:\n%s" % (pattern, self.log()[-3000:]))
 
     def send_signal(self, sig):
         self.proc.send_signal(sig)
@@ -247,6 +251,14 @@ class Router:
 
     def metric(self, name, **labels):
         return self.metrics().get((name, frozenset(labels.items())), 0.0)
+
+    def wait_idle(self, timeout=TIMEOUT):
+        """Wait until the queue holds nothing ready, delayed or running."""
+        def idle():
+            m = self.metrics()
+            return all(m.get(("graphrouter_queue_items", frozenset({("state", st)})), 1) == 0
+                       for st in ("ready", "delayed", "running"))
+        self.wait_for(idle, timeout, "an idle queue")
 
     # -- waiting -----------------------------------------------------------
     @staticmethod
