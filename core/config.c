@@ -663,6 +663,8 @@ int gr_config_handler_index(const struct gr_config *cfg, const char *name)
 
 const struct gr_subscription *gr_config_subscription(const struct gr_config *cfg, const char *id)
 {
+    if (!cfg->nsubscriptions)
+        return NULL; /* bsearch's array must not be NULL, even when empty */
     struct gr_subscription key = {.id = id};
     return bsearch(&key, cfg->subscriptions, cfg->nsubscriptions, sizeof key, cmp_subscription);
 }

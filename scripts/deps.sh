@@ -1,0 +1,26 @@
+#!/usr/bin/env bash
+# Install the Debian packages graphrouter needs to build, run and test it,
+# when they are missing. Safe to run again; installs nothing when all is there.
+set -euo pipefail
+
+packages=(
+  build-essential cmake pkg-config   # the toolchain (gcc)
+  clang                              # the second compiler the tests build with
+  libmicrohttpd-dev                  # HTTP listener
+  libjansson-dev                     # JSON
+  libssl-dev                         # OpenSSL 3: digests, constant-time compare
+  libcmocka-dev                      # unit tests
+  python3                            # end-to-end tests (standard library only)
+)
+
+missing=()
+for p in "${packages[@]}"; do
+  dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
+done
+if ((${#missing[@]})); then
+  sudo=""
+  [ "$(id -u)" -eq 0 ] || sudo="sudo"
+  echo "graphrouter: installing ${missing[*]}" >&2
+  $sudo apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq --no-install-recommends "${missing[@]}"
+fi

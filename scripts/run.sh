@@ -1,0 +1,9 @@
+#!/usr/bin/env bash
+# Quick start, step 1: install what is missing, build, and run graphrouter in
+# the foreground on config/graphrouter.json (Ctrl-C stops it).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+scripts/deps.sh
+cmake -S . -B build -DCMAKE_BUILD_TYPE=RelWithDebInfo >/dev/null
+cmake --build build -j"$(nproc)"
+exec build/graphrouter -c config/graphrouter.json
