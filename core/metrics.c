@@ -23,7 +23,7 @@ static const char *const endpoint_names[GR_EP_COUNT] = {"notifications", "lifecy
 static const char *const drop_names[GR_DROP_COUNT] = {
     "malformed_item", "missing_client_state", "bad_client_state", "no_secret",
     "validation_message"};
-static const char *const abandon_names[GR_ABANDON_COUNT] = {"handler_removed", "shutdown"};
+static const char *const abandon_names[GR_ABANDON_COUNT] = {"handler_removed"};
 
 static struct {
     atomic_uint_fast64_t requests[GR_EP_COUNT][N_STATUS];

@@ -31,7 +31,7 @@ enum gr_drop_reason {
 const char *gr_drop_reason_name(enum gr_drop_reason r);
 
 /* Why a queued delivery was given up without calling its handler. */
-enum gr_abandon_reason { GR_ABANDON_HANDLER_REMOVED, GR_ABANDON_SHUTDOWN, GR_ABANDON_COUNT };
+enum gr_abandon_reason { GR_ABANDON_HANDLER_REMOVED, GR_ABANDON_COUNT };
 
 struct gr_handler_stats {
     atomic_uint_fast64_t handled, retried, failed;

@@ -31,7 +31,9 @@
  *   init(h, &state)        once per handler per configuration generation, on
  *                          the router's control thread. Return 0, or a
  *                          negative value after describing the problem with
- *                          host->init_error(). `h` stays valid until fini.
+ *                          host->init_error(); then release what init
+ *                          allocated, since fini is not called. `h` stays
+ *                          valid until fini.
  *   handle(state, msg)     once per delivery, on worker threads, concurrently
  *                          for the same state unless flags has
  *                          GR_PLUGIN_SERIAL. Returns GR_OK, GR_RETRY or GR_FAIL.
