@@ -147,15 +147,14 @@ static enum MHD_Result begin(struct MHD_Connection *c, struct gr_http *h, struct
             return text(c, h, r, 405, "method not allowed; use GET");
         return r->ep == GR_EP_HEALTHZ ? text(c, h, r, 200, "ok") : serve_metrics(c, h, r);
     }
-    if (atomic_load(&h->draining))
-        return text(c, h, r, 503, "graphrouter is shutting down; retry");
-
     struct gr_generation *g = gr_generation_pin();
     r->ep = endpoint_of(g->cfg, url);
     r->max_body = g->cfg->max_body_bytes;
     gr_generation_unpin(g);
     if (r->ep == GR_EP_OTHER)
         return text(c, h, r, 404, "no such endpoint");
+    if (atomic_load(&h->draining))
+        return text(c, h, r, 503, "graphrouter is shutting down; retry");
     if (strcmp(method, MHD_HTTP_METHOD_POST) != 0)
         return text(c, h, r, 405, "method not allowed; Graph delivers notifications with POST");
 
@@ -170,13 +169,13 @@ static enum MHD_Result begin(struct MHD_Connection *c, struct gr_http *h, struct
         char *end;
         errno = 0;
         unsigned long long n = strtoull(cl, &end, 10);
+        /* Only refuse here; the buffer grows with the bytes that really
+         * arrive, so a client cannot reserve memory by announcing a length. */
         if (errno == 0 && *end == '\0' && n > r->max_body) {
             gr_warn("notification POST refused: Content-Length %llu exceeds max_body_bytes %zu", n,
                     r->max_body);
             return text(c, h, r, 413, "request body is larger than limits.max_body_bytes");
         }
-        if (errno == 0 && *end == '\0')
-            gr_buf_reserve(&r->body, (size_t)n);
     }
     return MHD_YES;
 }

@@ -427,8 +427,8 @@ int gr_plugin_check_config(struct gr_check *c, const struct gr_handler_conf *hc,
     for (size_t i = 0; i < n; i++) {
         const json_t *v = json_object_get(hc->config, keys[i].name);
         if (!v || json_is_null(v)) {
-            if (keys[i].required)
-                return gr_check_fail_value(c, hc->config,
+            if (keys[i].required) /* at "config", or at the handler if it has none */
+                return gr_check_fail_member(c, hc->node, "config",
                                            "handler \"%s\": missing required key \"%s\" in "
                                            "\"config\" (%s)",
                                            hc->name, keys[i].name,

@@ -70,6 +70,8 @@ class AbiTest(RouterTest):
              r'\(plugin "file"\); did you mean "path"\?'),
             ({"plugin": "file", "config": {}},
              r'graphrouter\.json:\d+:\d+: handler "h": missing required key "path" in "config"'),
+            ({"plugin": "file"},
+             r'graphrouter\.json:\d+:\d+: handler "h": missing required key "path" in "config"'),
             ({"plugin": "file", "config": {"path": 3}},
              r'handler "h": "path" must be a string'),
             ({"plugin": "mail", "config": {"emit_to": ["nowhere"]}},
