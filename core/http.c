@@ -98,16 +98,7 @@ static enum MHD_Result handshake(struct MHD_Connection *c, struct gr_http *h, st
     }
     gr_info("validation handshake answered on the %s endpoint",
             r->ep == GR_EP_LIFECYCLE ? "lifecycle" : "notifications");
-    struct MHD_Response *resp =
-        MHD_create_response_from_buffer(len, (void *)token, MHD_RESPMEM_MUST_COPY);
-    if (!resp)
-        return MHD_NO;
-    MHD_add_response_header(resp, MHD_HTTP_HEADER_CONTENT_TYPE, "text/plain");
-    MHD_add_response_header(resp, "X-Content-Type-Options", "nosniff");
-    enum MHD_Result rc = MHD_queue_response(c, 200, resp);
-    MHD_destroy_response(resp);
-    gr_metrics_request(r->ep, 200);
-    return rc;
+    return respond(c, h, r, 200, token, "text/plain"); /* no NUL inside: checked above */
 }
 
 static enum gr_endpoint endpoint_of(const struct gr_config *cfg, const char *url)

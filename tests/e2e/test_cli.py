@@ -73,3 +73,15 @@ class CliTest(RouterTest):
         r.post(batch(item(id="two")))
         self.assertEqual([l["id"] for l in r.wait_jsonl(1)], ["two"])
         self.assertEqual([l["id"] for l in r.read_jsonl("out.jsonl.1")], ["one"])
+
+    def test_stuck_handler_at_shutdown_exits_1(self):
+        cfg = base_config(shutdown_timeout_s=1, workers=1, handlers={
+            "stuck": {"plugin": fixture_plugin("flaky"), "config": {"sleep_ms": 30000}}},
+            routes=[{"name": "r", "to": "stuck"}])
+        r = self.router(cfg)
+        r.post(batch(item(), item()))
+        r.wait_for(lambda: r.metric("graphrouter_queue_items", state="running") == 1)
+        self.assertEqual(r.stop(timeout=15), 1)
+        log = r.text()
+        self.assertIn("did not finish by the shutdown deadline: a handler is stuck", log)
+        self.assertIn("exiting with a handler still running", log)
