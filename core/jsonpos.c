@@ -156,12 +156,28 @@ static void scan_string(struct scan *s, struct gr_buf *out)
 
 static void scan_value(struct scan *s, const json_t *v);
 
+/* Not strchr(): it would also find the string's terminating NUL, and jansson
+ * lets a NUL byte through after a number ("[9\0]" parses as [9]). */
+static bool is_delimiter(int c)
+{
+    return c == ',' || c == ']' || c == '}' || c == ' ' || c == '\t' || c == '\r' || c == '\n';
+}
+
+/* Every pass of a container loop must consume input; whatever jansson
+ * tolerated that this scanner does not expect is skipped a byte at a time. */
+static void ensure_progress(struct scan *s, size_t before)
+{
+    if (s->i == before)
+        adv(s);
+}
+
 static void scan_object(struct scan *s, const json_t *obj)
 {
     struct gr_buf key = {0};
     adv(s); /* { */
     skip_ws(s);
     while (peek(s) >= 0 && peek(s) != '}') {
+        size_t before = s->i;
         skip_ws(s);
         struct gr_textpos at = s->at;
         key.len = 0;
@@ -187,6 +203,7 @@ static void scan_object(struct scan *s, const json_t *obj)
         if (peek(s) == ',')
             adv(s);
         skip_ws(s);
+        ensure_progress(s, before);
     }
     adv(s); /* } */
     gr_buf_free(&key);
@@ -198,6 +215,7 @@ static void scan_array(struct scan *s, const json_t *arr)
     skip_ws(s);
     size_t index = 0;
     while (peek(s) >= 0 && peek(s) != ']') {
+        size_t before = s->i;
         skip_ws(s);
         const json_t *child = json_is_array(arr) ? json_array_get(arr, index) : NULL;
         if (child)
@@ -208,6 +226,7 @@ static void scan_array(struct scan *s, const json_t *arr)
         if (peek(s) == ',')
             adv(s);
         skip_ws(s);
+        ensure_progress(s, before);
     }
     adv(s); /* ] */
 }
@@ -219,8 +238,8 @@ static void scan_value(struct scan *s, const json_t *v)
     case '{': scan_object(s, v); break;
     case '[': scan_array(s, v); break;
     case '"': scan_string(s, NULL); break;
-    default:
-        for (int c = peek(s); c >= 0 && !strchr(",]} \t\r\n", c); c = peek(s))
+    default: /* a number, true, false or null: up to the next delimiter */
+        for (int c = peek(s); c >= 0 && !is_delimiter(c); c = peek(s))
             adv(s);
     }
 }

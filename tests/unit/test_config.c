@@ -211,6 +211,21 @@ static void test_example_config_is_valid(void **state)
     gr_config_free(cfg);
 }
 
+/* Found by fuzzing: jansson accepts a NUL byte after a number; the position
+ * scanner used to stop on it and loop forever. */
+static void test_nul_byte_after_number(void **state)
+{
+    (void)state;
+    static const char text[] = "{\"workers\": 9\0, \"handlers\": {}, \"routes\": [], \"x\": 1}";
+    struct gr_config *cfg;
+    char *err = NULL;
+    assert_int_equal(gr_config_parse("t.json", text, sizeof text - 1, &cfg, &err), -1);
+    assert_non_null(strstr(err, "unknown key \"x\""));
+    free(err);
+    assert_int_equal(gr_config_parse("t.json", "[9\0]", 4, &cfg, &err), -1);
+    free(err);
+}
+
 static void test_missing_file(void **state)
 {
     (void)state;
@@ -229,6 +244,7 @@ int main(void)
         cmocka_unit_test(test_secrets),
         cmocka_unit_test(test_paths_and_plugins),
         cmocka_unit_test(test_example_config_is_valid),
+        cmocka_unit_test(test_nul_byte_after_number),
         cmocka_unit_test(test_missing_file),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
