@@ -14,8 +14,9 @@ static const unsigned tracked_status[] = {200, 202, 400, 404, 405, 413, 500, 503
 #define N_STATUS (GR_ARRAY_LEN(tracked_status) + 1) /* + "other" */
 
 /* Ack latency buckets, in seconds. */
-static const double buckets[] = {0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025,
-                                 0.05,   0.1,     0.25,   0.5,   1,      2.5,   5};
+static const double buckets[] = {0.00001, 0.000025, 0.00005, 0.0001, 0.00025, 0.0005,
+                                 0.001,   0.0025,   0.005,   0.01,   0.025,   0.05,
+                                 0.1,     0.25,     0.5,     1,      2.5,     5};
 #define N_BUCKETS GR_ARRAY_LEN(buckets)
 
 static const char *const endpoint_names[GR_EP_COUNT] = {"notifications", "lifecycle", "healthz",

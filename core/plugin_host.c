@@ -128,15 +128,24 @@ static const char *host_msg_json(const struct gr_msg *m, size_t *len)
     return m->json;
 }
 
+json_t *gr_msg_root(struct gr_msg *m)
+{
+    if (!m->root)
+        m->root = json_loadb(m->json, m->len, 0, NULL);
+    return m->root;
+}
+
+/* The getters take a const message but fill its parse cache: the message is
+ * used by the one thread that is handling it. */
 static const char *host_msg_field(const struct gr_msg *m, const char *name)
 {
-    return name ? json_string_value(json_object_get(m->root, name)) : NULL;
+    return name ? json_string_value(json_object_get(gr_msg_root((struct gr_msg *)m), name)) : NULL;
 }
 
 static const char *host_msg_resource_id(const struct gr_msg *m, const char *role)
 {
-    return role ? json_string_value(json_object_get(json_object_get(m->root, "resource_ids"), role))
-                : NULL;
+    json_t *ids = json_object_get(gr_msg_root((struct gr_msg *)m), "resource_ids");
+    return role ? json_string_value(json_object_get(ids, role)) : NULL;
 }
 
 static int host_emit(struct gr_msg *m, const char *key, const char *json, size_t len)

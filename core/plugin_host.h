@@ -63,18 +63,21 @@ struct gr_emitted {
     size_t len;
 };
 
-/* One delivery (opaque to plugins as struct gr_msg). */
+/* One delivery (opaque to plugins as struct gr_msg). Used by one thread. */
 struct gr_msg {
     int kind;
     const char *json;
     size_t len;
-    json_t *root;
+    json_t *root; /* parsed on first use: most plugins only read the text */
     struct gr_handler *handler;
     struct gr_emitted *emitted;
     size_t nemitted, cap;
 };
 
 const struct gr_host *gr_plugin_host(void);
+
+/* The message's JSON object, parsed on first use (NULL if it is not JSON). */
+json_t *gr_msg_root(struct gr_msg *m);
 
 /* Load and check a plugin; *err gets "PATH: reason" on failure. */
 int gr_plugin_lib_load(const char *path, struct gr_plugin_lib *lib, char **err);

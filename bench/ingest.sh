@@ -1,0 +1,628 @@
+#!/usr/bin/env bash
+# bench/ingest.sh: graphrouter's request path against nginx answering `return 202;`.
+#
+# What it measures
+#   The same request, a Graph change notification of one item
+#   (tests/vectors/docs-samples/15-outlook-message-basic.json, 703 bytes,
+#   POSTed as application/json over keep-alive connections on 127.0.0.1), sent
+#   to two servers in the same run:
+#     - nginx, a foreground child with its own temporary prefix, config, pid and
+#       logs, `location / { return 202; }`: the cost of HTTP alone, a floor;
+#     - graphrouter, built into build-bench, with a temporary config whose
+#       client_state is the body's clientState, so every request does the full
+#       ingest work (parse the batch, constant-time clientState check, queue,
+#       202), and whose workers route the item (resource_type "message") to the
+#       bundled `file` plugin, which appends it to a file in the temp dir.
+#   nginx gets as many worker processes as graphrouter has HTTP threads.
+#
+#   Phase 1, maximum rate: wrk (closed loop, CONNS connections, THREADS
+#   threads, bench/post.lua) runs against nginx and graphrouter alternately,
+#   RUNS times each; every measured run of DURATION s follows a WARMUP s run
+#   whose results are discarded. Between graphrouter runs the script waits
+#   until graphrouter's queue is empty (items accepted but not yet written by
+#   the workers), so a run never inherits the previous run's backlog, and it
+#   empties the events file so the bench data stays bounded by one run.
+#
+#   Phase 2, latency at half load: bench/openloop.c (compiled into the temp
+#   dir), a small open-loop generator, sends at a fixed rate of half
+#   graphrouter's phase-1 mean req/s and measures each request from its
+#   scheduled send time (wrk2's correction for coordinated omission). wrk
+#   cannot hold a rate (its Lua delay() has 1 ms granularity and is still
+#   closed-loop) and wrk2 is not in Debian, hence this small C generator.
+#   nginx is measured at the same rate right after, as the floor
+#   (PHASE2_NGINX=0 skips it).
+#
+# How to read the output
+#   Phase 1 prints one row per measured run, then a side-by-side summary:
+#   req/s is the mean over runs, latencies (wrk's, from send to full answer,
+#   closed loop) are the mean over runs of each run's percentile. The line
+#   "ratio graphrouter/nginx" is mean req/s over mean req/s, with the per-pair
+#   ratios (run i vs run i) beside it. The machine is shared and noisy: only
+#   these in-run ratios mean something, never the absolute numbers, and the
+#   spread between the per-pair ratios says how much to trust them.
+#   "graphrouter /metrics per run" shows, from graphrouter's own counters over
+#   each measured run: items accepted, the ack-latency histogram count, non-202
+#   answers it sent, the queue backlog left when wrk stopped, how long the
+#   workers took to empty it, and "routed/s", items written by the file
+#   plugin per second from the start of the run until the queue was empty:
+#   the rate graphrouter sustains end to end, not just acknowledges.
+#   "CPU us/req" is the server's CPU time (user + system, all its threads or
+#   processes, from /proc) per request: less sensitive to a noisy neighbour
+#   than req/s. graphrouter's is counted until its queue is empty, so it
+#   includes the workers' routing and the file plugin's writes.
+#   Phase 2 prints target and achieved rate, latency from the scheduled send
+#   (p50/p99/p99.9/max) and from the actual send ("service"), and graphrouter's
+#   own ack-latency histogram over the run (bucket upper bounds).
+#   Any non-202 answer (a 503 means the queue was full), socket error or unsent
+#   request is listed under "problems" and makes the script exit 1.
+#
+# Settings (environment variables, defaults in brackets)
+#   CONNS [32] THREADS [2] DURATION [10] WARMUP [2] RUNS [2]: wrk in phase 1
+#   GR_HTTP_THREADS [2] GR_WORKERS [2]: graphrouter listen.threads and workers
+#   NGINX_WORKERS [GR_HTTP_THREADS]: nginx worker_processes
+#   LOAD_FRACTION [0.5]: phase-2 rate as a fraction of graphrouter's max
+#   OPEN_CONNS [CONNS]: connections of the phase-2 generator
+#   PHASE2_NGINX [1]: also measure nginx at the phase-2 rate
+#   DRAIN_TIMEOUT [20]: seconds to wait for graphrouter's queue to empty
+#   KEEP_TMP [0]: 1 keeps the temp dir (configs, logs, raw results)
+#   With the defaults the whole script takes about 1.5 minutes (plus the
+#   install and the build, when they are needed).
+#
+# Needs: Debian packages wrk, nginx-light (or nginx), curl, a C compiler;
+# installed with apt-get when missing (via sudo when not root), with
+# /usr/sbin/policy-rc.d set to deny service starts during the install when
+# there is none, so the package's own nginx service is never started.
+set -euo pipefail
+
+here=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
+root=$(cd "$here/.." && pwd)
+build="$root/build-bench"
+bin="$build/graphrouter"
+plugin_dir="$build/plugins"
+body_src="$root/tests/vectors/docs-samples/15-outlook-message-basic.json"
+
+CONNS=${CONNS:-32}
+THREADS=${THREADS:-2}
+DURATION=${DURATION:-10}
+WARMUP=${WARMUP:-2}
+RUNS=${RUNS:-2}
+GR_HTTP_THREADS=${GR_HTTP_THREADS:-2}
+GR_WORKERS=${GR_WORKERS:-2}
+NGINX_WORKERS=${NGINX_WORKERS:-$GR_HTTP_THREADS}
+LOAD_FRACTION=${LOAD_FRACTION:-0.5}
+OPEN_CONNS=${OPEN_CONNS:-$CONNS}
+PHASE2_NGINX=${PHASE2_NGINX:-1}
+DRAIN_TIMEOUT=${DRAIN_TIMEOUT:-20}
+KEEP_TMP=${KEEP_TMP:-0}
+
+die() {
+  echo "ingest.sh: $*" >&2
+  exit 1
+}
+
+for v in CONNS THREADS DURATION WARMUP RUNS GR_HTTP_THREADS GR_WORKERS NGINX_WORKERS OPEN_CONNS \
+         DRAIN_TIMEOUT; do
+  [[ ${!v} =~ ^[0-9]+$ ]] && ((${!v} > 0)) || die "$v must be a positive integer (got '${!v}')"
+done
+[[ $LOAD_FRACTION =~ ^(0?\.[0-9]+|1(\.0*)?)$ ]] || die "LOAD_FRACTION must be in (0, 1]"
+((THREADS <= CONNS)) || die "THREADS ($THREADS) must not exceed CONNS ($CONNS)"
+((DURATION <= 120 && WARMUP <= 60 && RUNS <= 10)) ||
+  die "DURATION <= 120, WARMUP <= 60 and RUNS <= 10 keep the run bounded"
+
+# ---- what it needs ----------------------------------------------------------
+
+sudo=""
+[ "$(id -u)" -eq 0 ] || sudo="sudo"
+policy_created=""
+
+nginx_bin() {
+  command -v nginx 2>/dev/null || { [ -x /usr/sbin/nginx ] && echo /usr/sbin/nginx; } || true
+}
+
+install_missing() {
+  local need=()
+  command -v wrk >/dev/null 2>&1 || need+=(wrk)
+  command -v curl >/dev/null 2>&1 || need+=(curl)
+  command -v cc >/dev/null 2>&1 || need+=(gcc libc6-dev)
+  local want_nginx=0
+  [ -n "$(nginx_bin)" ] || want_nginx=1
+  ((${#need[@]} || want_nginx)) || return 0
+  echo "ingest.sh: installing what is missing" >&2
+  $sudo apt-get update -qq
+  if ((want_nginx)); then
+    # nginx-light where the release still has it, else nginx.
+    if apt-cache show nginx-light >/dev/null 2>&1; then need+=(nginx-light); else need+=(nginx); fi
+    # The package would start the system nginx service: deny service starts
+    # for the install when no policy says otherwise.
+    if [ ! -e /usr/sbin/policy-rc.d ]; then
+      $sudo sh -c 'printf "#!/bin/sh\nexit 101\n" >/usr/sbin/policy-rc.d && chmod 755 /usr/sbin/policy-rc.d'
+      policy_created=1
+    fi
+  fi
+  DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq --no-install-recommends "${need[@]}" \
+    >/dev/null
+  if [ -n "$policy_created" ]; then
+    $sudo rm -f /usr/sbin/policy-rc.d
+    policy_created=""
+  fi
+}
+
+# ---- cleanup ------------------------------------------------------------------
+
+tmp=""
+nginx_pid=""
+gr_pid=""
+loadgen_pid=""
+
+stop_pid() { # pid signal seconds
+  local pid=$1 sig=$2 secs=$3 i
+  [ -n "$pid" ] || return 0
+  kill -0 "$pid" 2>/dev/null || { wait "$pid" 2>/dev/null || true; return 0; }
+  kill -"$sig" "$pid" 2>/dev/null || true
+  for ((i = 0; i < secs * 10; i++)); do
+    kill -0 "$pid" 2>/dev/null || break
+    sleep 0.1
+  done
+  kill -0 "$pid" 2>/dev/null && kill -KILL "$pid" 2>/dev/null
+  wait "$pid" 2>/dev/null || true
+}
+
+cleanup() {
+  local rc=$?
+  trap - EXIT INT TERM
+  stop_pid "$loadgen_pid" TERM 5
+  stop_pid "$gr_pid" TERM 15
+  stop_pid "$nginx_pid" QUIT 5
+  if [ -n "$policy_created" ]; then $sudo rm -f /usr/sbin/policy-rc.d; fi
+  if [ -n "$tmp" ]; then
+    if [ "$KEEP_TMP" = 1 ]; then echo "ingest.sh: kept $tmp" >&2; else rm -rf "$tmp"; fi
+  fi
+  exit "$rc"
+}
+trap cleanup EXIT
+trap 'exit 130' INT
+trap 'exit 143' TERM
+
+install_missing
+ngx=$(nginx_bin)
+[ -n "$ngx" ] || die "nginx is not installed"
+
+if [ ! -x "$bin" ] || [ ! -f "$plugin_dir/file.so" ]; then
+  echo "ingest.sh: building graphrouter into $build" >&2
+  "$root/scripts/deps.sh"
+  cmake -S "$root" -B "$build" -DCMAKE_BUILD_TYPE=RelWithDebInfo >/dev/null
+  cmake --build "$build" -j2 >/dev/null
+fi
+[ -x "$bin" ] && [ -f "$plugin_dir/file.so" ] || die "graphrouter did not build"
+
+tmp=$(mktemp -d "${TMPDIR:-/tmp}/graphrouter-bench.XXXXXX")
+body="$tmp/body.json"
+cp "$body_src" "$body"
+cc -O2 -o "$tmp/openloop" "$here/openloop.c"
+
+# The body's clientState becomes graphrouter's client_state, so items pass.
+client_state=$(sed -n 's/.*"clientState"[[:space:]]*:[[:space:]]*"\([^"\\]*\)".*/\1/p' "$body" | head -1)
+[ -n "$client_state" ] || die "no clientState in $body_src"
+
+# ---- helpers ------------------------------------------------------------------
+
+now() { echo "$EPOCHREALTIME"; }
+
+# A TCP port nothing listens on (checked against /proc/net/tcp{,6}).
+free_port() {
+  local p i
+  for ((i = 0; i < 100; i++)); do
+    p=$((20000 + RANDOM % 40000))
+    if ! awk -v hex="$(printf ':%04X' "$p")" 'NR > 1 && $4 == "0A" && substr($2, length($2) - 4) == hex {f = 1}
+                                             END {exit !f}' /proc/net/tcp /proc/net/tcp6 2>/dev/null; then
+      echo "$p"
+      return 0
+    fi
+  done
+  die "no free port found"
+}
+
+# key=value lookup in a result line: kv LINE KEY
+kv() { awk -v k="$2" '{for (i = 1; i <= NF; i++) {split($i, a, "="); if (a[1] == k) {print a[2]; exit}}}' <<<"$1"; }
+
+# Sum of the samples of a metric in a scrape: msum FILE NAME [LABEL-SUBSTRING [EXCLUDED-SUBSTRING]]
+msum() {
+  awk -v name="$2" -v inc="${3:-}" -v exc="${4:-}" '
+    /^#/ {next}
+    { metric = $1; base = metric; sub(/\{.*/, "", base)
+      if (base != name) next
+      if (inc != "" && index(metric, inc) == 0) next
+      if (exc != "" && index(metric, exc) > 0) next
+      s += $2 }
+    END {printf "%.0f\n", s}' "$1"
+}
+
+scrape() {
+  curl -sf --max-time 5 "http://127.0.0.1:$gr_port/metrics" >"$1" ||
+    { tail -5 "$tmp/graphrouter.log" >&2; die "cannot read graphrouter's /metrics"; }
+}
+queue_len() { echo $(($(msum "$1" graphrouter_queue_items))); }
+
+# Wait until graphrouter's queue is empty; prints the seconds it took.
+drain() {
+  local t0 t1 f="$tmp/drain.prom" deadline
+  t0=$(now)
+  deadline=$(awk -v t="$t0" -v d="$DRAIN_TIMEOUT" 'BEGIN {printf "%.0f", t + d}')
+  while :; do
+    scrape "$f"
+    (($(queue_len "$f") == 0)) && break
+    if (($(printf '%.0f' "$(now)") >= deadline)); then
+      echo "ingest.sh: graphrouter's queue did not empty in ${DRAIN_TIMEOUT}s ($(queue_len "$f") left)" >&2
+      break
+    fi
+    sleep 0.1
+  done
+  t1=$(now)
+  awk -v a="$t0" -v b="$t1" 'BEGIN {printf "%.2f\n", b - a}'
+}
+
+truncate_events() { : >"$tmp/events.jsonl"; }
+drained_or_note() { # LABEL: after drain, note a queue that did not empty
+  (($(queue_len "$tmp/drain.prom") == 0)) ||
+    problems+=("$1: graphrouter's queue still held $(queue_len "$tmp/drain.prom") items after ${DRAIN_TIMEOUT}s")
+}
+
+# CPU time (user + system, all threads) of a server, in seconds: cpu_s nginx|graphrouter.
+# nginx's is its master's plus its workers'.
+clk_tck=$(getconf CLK_TCK)
+cpu_s() {
+  local pids p t=0 v
+  if [ "$1" = nginx ]; then
+    pids="$nginx_pid $(cat /proc/"$nginx_pid"/task/*/children 2>/dev/null || pgrep -P "$nginx_pid" || true)"
+  else
+    pids=$gr_pid
+  fi
+  for p in $pids; do
+    v=$(awk '{sub(/^.*\) /, ""); print $12 + $13}' "/proc/$p/stat" 2>/dev/null) || v=0
+    t=$((t + v))
+  done
+  awk -v t="$t" -v hz="$clk_tck" 'BEGIN {printf "%.2f", t / hz}'
+}
+# microseconds of CPU per request: cpu_per_req CPU-BEFORE CPU-AFTER REQUESTS
+cpu_per_req() { awk -v a="$1" -v b="$2" -v n="$3" 'BEGIN {if (n > 0) printf "%.1f", (b - a) * 1e6 / n; else print "n/a"}'; }
+
+# Histogram quantile from the bucket deltas of two scrapes: upper bound of the
+# first bucket holding the q-th fraction. hquant BEFORE AFTER Q
+hquant() {
+  awk -v q="$3" '
+    FNR == 1 {file++}
+    /^graphrouter_ack_latency_seconds_bucket/ {
+      le = $1; sub(/.*le="/, "", le); sub(/".*/, "", le)
+      if (file == 1) before[le] = $2; else { after[le] = $2; order[++n] = le } }
+    END {
+      total = after[order[n]] - before[order[n]]
+      if (total <= 0) { print "n/a"; exit }
+      for (i = 1; i <= n; i++) {
+        le = order[i]
+        if (after[le] - before[le] >= q * total) {
+          if (le == "+Inf") print "> 5 s"; else printf "<= %g ms\n", le * 1000
+          exit } } }' "$1" "$2"
+}
+
+# ---- servers --------------------------------------------------------------------
+
+start_nginx() {
+  local ng="$tmp/nginx" temp_paths="" attempt m
+  mkdir -p "$ng/temp"
+  # Temp paths inside the prefix for every module this build has, so nothing
+  # under /var/lib/nginx is touched.
+  for m in client_body proxy fastcgi uwsgi scgi; do
+    if [ "$m" = client_body ] || ! "$ngx" -V 2>&1 | grep -q -- "--without-http_${m}_module"; then
+      temp_paths+="    ${m}_temp_path $ng/temp/$m;"$'\n'
+    fi
+  done
+  for attempt in 1 2 3 4 5; do
+    nginx_port=$(free_port)
+    cat >"$ng/nginx.conf" <<EOF
+daemon off;
+master_process on;
+worker_processes $NGINX_WORKERS;
+pid $ng/nginx.pid;
+error_log $ng/error.log warn;
+events { worker_connections 4096; }
+http {
+    # Answers other than 202 are logged (and counted); 202s are not.
+    map \$status \$not_202 { 202 0; default 1; }
+    access_log $ng/non202.log combined if=\$not_202;
+$temp_paths    keepalive_requests 1000000;
+    keepalive_timeout 65;
+    server {
+        listen 127.0.0.1:$nginx_port;
+        location / { return 202; }
+    }
+}
+EOF
+    "$ngx" -q -t -p "$ng/" -e "$ng/error.log" -c "$ng/nginx.conf" >/dev/null 2>&1 ||
+      { cat "$ng/error.log" >&2; die "nginx rejects its config $ng/nginx.conf"; }
+    "$ngx" -p "$ng/" -e "$ng/error.log" -c "$ng/nginx.conf" &
+    nginx_pid=$!
+    local i
+    for ((i = 0; i < 50; i++)); do
+      if [ "$(curl -s -o /dev/null -w '%{http_code}' --max-time 1 -X POST \
+                "http://127.0.0.1:$nginx_port/notifications")" = 202 ]; then
+        : >"$ng/non202.log"
+        return 0
+      fi
+      kill -0 "$nginx_pid" 2>/dev/null || break
+      sleep 0.1
+    done
+    stop_pid "$nginx_pid" QUIT 5
+    nginx_pid=""
+  done
+  cat "$ng/error.log" >&2
+  die "nginx did not start"
+}
+
+start_graphrouter() {
+  local cfg="$tmp/graphrouter.json" i
+  cat >"$cfg" <<EOF
+{
+  "//": "bench/ingest.sh: one route, message -> the file plugin in the temp dir",
+  "listen": {"address": "127.0.0.1", "port": 0, "threads": $GR_HTTP_THREADS},
+  "paths": {"notifications": "/notifications", "lifecycle": "/lifecycle"},
+  "limits": {"max_connections": 1024, "connection_timeout_s": 30},
+  "store": {"max_pending": 1000000},
+  "client_state": "$client_state",
+  "plugin_dir": "$plugin_dir",
+  "workers": $GR_WORKERS,
+  "log_level": "info",
+  "shutdown_timeout_s": 10,
+  "handlers": {"archive": {"plugin": "file", "config": {"path": "$tmp/events.jsonl"}}},
+  "routes": [{"name": "mail", "match": {"resource_type": "message"}, "to": ["archive"]}]
+}
+EOF
+  "$bin" -c "$cfg" --check >/dev/null || die "graphrouter rejects its config $cfg"
+  : >"$tmp/graphrouter.log"
+  (cd "$tmp" && exec "$bin" -c "$cfg" 2>>"$tmp/graphrouter.log") &
+  gr_pid=$!
+  for ((i = 0; i < 100; i++)); do
+    gr_port=$(sed -n 's/.*listening on 127\.0\.0\.1:\([0-9]*\).*/\1/p' "$tmp/graphrouter.log" | head -1)
+    [ -n "$gr_port" ] && return 0
+    kill -0 "$gr_pid" 2>/dev/null || break
+    sleep 0.1
+  done
+  cat "$tmp/graphrouter.log" >&2
+  die "graphrouter did not start"
+}
+
+# One request through graphrouter's whole path: 202, accepted, routed, written.
+smoke_test() {
+  local code i
+  code=$(curl -s -o /dev/null -w '%{http_code}' --max-time 5 -H 'Content-Type: application/json' \
+    --data-binary "@$body" "http://127.0.0.1:$gr_port/notifications")
+  [ "$code" = 202 ] || die "graphrouter answered $code to the benchmark request"
+  for ((i = 0; i < 50; i++)); do
+    [ -s "$tmp/events.jsonl" ] && break
+    sleep 0.1
+  done
+  scrape "$tmp/smoke.prom"
+  [ "$(msum "$tmp/smoke.prom" graphrouter_items_accepted_total)" = 1 ] &&
+    [ "$(msum "$tmp/smoke.prom" graphrouter_items_dropped_total)" = 0 ] &&
+    [ -s "$tmp/events.jsonl" ] ||
+    die "the benchmark request was not accepted and written (see $tmp/graphrouter.log)"
+  truncate_events
+}
+
+# ---- runs -------------------------------------------------------------------------
+
+problems=()
+
+# Run a load generator in the background under a time limit and wait for it:
+# waiting in `wait` (not on a foreground child) lets INT/TERM reach the
+# cleanup trap at once, and the trap stops it. bounded SECONDS OUTFILE CMD...
+bounded() {
+  local secs=$1 out=$2 rc=0
+  shift 2
+  timeout -k 5 "$secs" "$@" >"$out" 2>&1 &
+  loadgen_pid=$!
+  wait "$loadgen_pid" || rc=$?
+  loadgen_pid=""
+  return "$rc"
+}
+
+wrk_run() { # URL SECONDS OUTFILE; the WRKRESULT line is then in OUTFILE
+  bounded $(($2 + 30)) "$3" env BENCH_BODY="$body" wrk -t"$THREADS" -c"$CONNS" -d"${2}s" \
+    --timeout 5s -s "$here/post.lua" "$1" || { cat "$3" >&2; die "wrk failed"; }
+  grep -q '^WRKRESULT' "$3" || { cat "$3" >&2; die "wrk printed no result"; }
+}
+
+open_run() { # PORT RATE SECONDS OUTFILE; the result line is then in OUTFILE
+  bounded $(($3 + 30)) "$4" "$tmp/openloop" -H 127.0.0.1 -p "$1" -u /notifications -b "$body" \
+    -r "$2" -d "$3" -c "$OPEN_CONNS" || { cat "$4" >&2; die "openloop failed"; }
+  grep -q '^target_rps=' "$4" || { cat "$4" >&2; die "openloop printed no result"; }
+}
+
+check_wrk() { # LABEL LINE
+  local k n
+  for k in non2xx connect_err read_err write_err timeout_err; do
+    n=$(kv "$2" "$k")
+    ((n == 0)) || problems+=("$1: wrk $k=$n")
+  done
+}
+
+us2ms() { awk -v u="$1" 'BEGIN {printf "%.3f", u / 1000}'; }
+
+echo "graphrouter ingest benchmark: $(nproc) CPUs, $(date -u +%Y-%m-%dT%H:%M:%SZ)"
+echo "request: POST /notifications, $(wc -c <"$body") bytes ($(basename "$body_src")), keep-alive"
+echo "graphrouter: $GR_HTTP_THREADS HTTP threads, $GR_WORKERS workers, file plugin; nginx: $NGINX_WORKERS workers, return 202"
+echo "phase 1: wrk -t$THREADS -c$CONNS, ${WARMUP}s warm-up + ${DURATION}s measured, $RUNS runs per server, alternating"
+echo
+
+start_nginx
+start_graphrouter
+smoke_test
+
+declare -a r_server r_rps r_p50 r_p99 r_p999 r_non2xx r_sockerr r_cpu
+declare -a g_acc g_ack g_non202 g_backlog g_drain g_routed
+nruns=0
+for ((run = 1; run <= RUNS; run++)); do
+  for server in nginx graphrouter; do
+    if [ "$server" = nginx ]; then url="http://127.0.0.1:$nginx_port/notifications"
+    else url="http://127.0.0.1:$gr_port/notifications"; fi
+    wrk_run "$url" "$WARMUP" "$tmp/wrk-$server-$run-warmup.txt"
+    if [ "$server" = graphrouter ]; then
+      drain >/dev/null
+      drained_or_note "phase 1 run $run warm-up"
+      truncate_events
+      scrape "$tmp/gr-$run-a.prom"
+    fi
+    t_a=$(now)
+    cpu_a=$(cpu_s "$server")
+    wrk_run "$url" "$DURATION" "$tmp/wrk-$server-$run.txt"
+    line=$(grep '^WRKRESULT' "$tmp/wrk-$server-$run.txt")
+    cpu_b=$(cpu_s "$server")
+    check_wrk "phase 1 run $run $server" "$line"
+    r_server[nruns]=$server
+    r_rps[nruns]=$(kv "$line" rps)
+    r_p50[nruns]=$(kv "$line" p50_us)
+    r_p99[nruns]=$(kv "$line" p99_us)
+    r_p999[nruns]=$(kv "$line" p999_us)
+    r_non2xx[nruns]=$(kv "$line" non2xx)
+    r_sockerr[nruns]=$(($(kv "$line" connect_err) + $(kv "$line" read_err) + $(kv "$line" write_err) + $(kv "$line" timeout_err)))
+    r_cpu[nruns]=$(cpu_per_req "$cpu_a" "$cpu_b" "$(kv "$line" requests)")
+    if [ "$server" = graphrouter ]; then
+      a="$tmp/gr-$run-a.prom" b="$tmp/gr-$run-b.prom" c="$tmp/gr-$run-c.prom"
+      scrape "$b"
+      g_drain[run]=$(drain)
+      drained_or_note "phase 1 run $run"
+      scrape "$c"
+      t_c=$(now)
+      # graphrouter's CPU per request includes its workers' routing and writing
+      # of the run's items, done by the time the queue is empty.
+      r_cpu[nruns]=$(cpu_per_req "$cpu_a" "$(cpu_s graphrouter)" "$(kv "$line" requests)")
+      g_acc[run]=$(($(msum "$b" graphrouter_items_accepted_total) - $(msum "$a" graphrouter_items_accepted_total)))
+      g_ack[run]=$(($(msum "$b" graphrouter_ack_latency_seconds_count) - $(msum "$a" graphrouter_ack_latency_seconds_count)))
+      g_non202[run]=$(($(msum "$b" graphrouter_http_requests_total 'endpoint="notifications"' 'code="202"') -
+                       $(msum "$a" graphrouter_http_requests_total 'endpoint="notifications"' 'code="202"')))
+      g_backlog[run]=$(queue_len "$b")
+      handled=$(($(msum "$c" graphrouter_handler_handled_total) - $(msum "$a" graphrouter_handler_handled_total)))
+      g_routed[run]=$(awk -v n="$handled" -v a="$t_a" -v c="$t_c" 'BEGIN {printf "%.0f", n / (c - a)}')
+      dropped=$(($(msum "$b" graphrouter_items_dropped_total) - $(msum "$a" graphrouter_items_dropped_total)))
+      failed=$(($(msum "$c" graphrouter_handler_failed_total) - $(msum "$a" graphrouter_handler_failed_total)))
+      ((g_non202[run] == 0)) || problems+=("phase 1 run $run graphrouter: ${g_non202[run]} non-202 answers (see /metrics codes)")
+      ((dropped == 0)) || problems+=("phase 1 run $run graphrouter: $dropped items dropped")
+      ((failed == 0)) || problems+=("phase 1 run $run graphrouter: $failed deliveries failed")
+      truncate_events
+    fi
+    nruns=$((nruns + 1))
+  done
+done
+ngx_non202=$(wc -l <"$tmp/nginx/non202.log")
+((ngx_non202 == 0)) || problems+=("phase 1 nginx: $ngx_non202 non-202 answers (nginx access log)")
+
+echo "Phase 1: maximum rate (wrk, closed loop)"
+printf '%-4s %-12s %10s %9s %9s %9s %8s %8s %11s\n' run server req/s "p50 ms" "p99 ms" "p99.9 ms" non-2xx sock-err "CPU us/req"
+for ((i = 0; i < nruns; i++)); do
+  printf '%-4s %-12s %10.0f %9s %9s %9s %8s %8s %11s\n' $((i / 2 + 1)) "${r_server[i]}" "${r_rps[i]}" \
+    "$(us2ms "${r_p50[i]}")" "$(us2ms "${r_p99[i]}")" "$(us2ms "${r_p999[i]}")" "${r_non2xx[i]}" "${r_sockerr[i]}" \
+    "${r_cpu[i]}"
+done
+
+mean_of() { # SERVER ARRAY-NAME
+  local -n arr=$2
+  local i s=0 n=0
+  for ((i = 0; i < nruns; i++)); do
+    [ "${r_server[i]}" = "$1" ] || continue
+    s=$(awk -v a="$s" -v b="${arr[i]}" 'BEGIN {print a + b}')
+    n=$((n + 1))
+  done
+  awk -v s="$s" -v n="$n" 'BEGIN {printf "%.1f", s / n}'
+}
+n_rps=$(mean_of nginx r_rps) g_rps=$(mean_of graphrouter r_rps)
+pairs=""
+for ((i = 0; i + 1 < nruns; i += 2)); do
+  pairs+="$(awk -v g="${r_rps[i + 1]}" -v n="${r_rps[i]}" 'BEGIN {printf "%.2f", g / n}') "
+done
+echo
+printf '%-22s %12s %12s %10s\n' "summary (mean of runs)" nginx graphrouter gr/nginx
+printf '%-22s %12.0f %12.0f %10s\n' "req/s" "$n_rps" "$g_rps" "$(awk -v g="$g_rps" -v n="$n_rps" 'BEGIN {printf "%.2f", g / n}')"
+for k in p50 p99 p999; do
+  label=$k; [ "$k" = p999 ] && label=p99.9
+  nv=$(mean_of nginx "r_$k") gv=$(mean_of graphrouter "r_$k")
+  printf '%-22s %12s %12s %10s\n' "$label latency ms" "$(us2ms "$nv")" "$(us2ms "$gv")" \
+    "$(awk -v g="$gv" -v n="$nv" 'BEGIN {printf "%.2f", g / n}')"
+done
+nv=$(mean_of nginx r_cpu) gv=$(mean_of graphrouter r_cpu)
+printf '%-22s %12s %12s %10s\n' "server CPU us/req" "$nv" "$gv" "$(awk -v g="$gv" -v n="$nv" 'BEGIN {printf "%.2f", g / n}')"
+echo "ratio graphrouter/nginx req/s: $(awk -v g="$g_rps" -v n="$n_rps" 'BEGIN {printf "%.2f", g / n}') (per pair: ${pairs% })"
+echo
+echo "graphrouter /metrics per run (over the measured ${DURATION}s)"
+printf '%-4s %10s %12s %8s %12s %9s %10s\n' run accepted "ack count" non-202 "backlog end" "drain s" "routed/s"
+for ((run = 1; run <= RUNS; run++)); do
+  printf '%-4s %10s %12s %8s %12s %9s %10s\n' "$run" "${g_acc[run]}" "${g_ack[run]}" "${g_non202[run]}" \
+    "${g_backlog[run]}" "${g_drain[run]}" "${g_routed[run]}"
+done
+
+# ---- phase 2 ------------------------------------------------------------------------
+
+rate=$(awk -v r="$g_rps" -v f="$LOAD_FRACTION" 'BEGIN {printf "%.0f", r * f}')
+((rate > 0)) || die "graphrouter's measured rate is 0"
+echo
+echo "Phase 2: graphrouter at $LOAD_FRACTION of its max = $rate req/s (open loop, $OPEN_CONNS connections, ${WARMUP}s warm-up + ${DURATION}s)"
+printf '%-12s %8s %8s %8s %8s %9s %8s %8s %9s %7s %6s %6s %7s\n' server target achieved "p50 ms" "p99 ms" \
+  "p99.9 ms" "max ms" "svc p50" "svc p99.9" non-202 errors unsent "CPU us"
+
+p2_row() { # SERVER LINE CPU-US-PER-REQ
+  local l=$2
+  printf '%-12s %8s %8.0f %8s %8s %9s %8s %8s %9s %7s %6s %6s %7s\n' "$1" "$(kv "$l" target_rps)" "$(kv "$l" rps)" \
+    "$(us2ms "$(kv "$l" p50_us)")" "$(us2ms "$(kv "$l" p99_us)")" "$(us2ms "$(kv "$l" p999_us)")" \
+    "$(us2ms "$(kv "$l" max_us)")" "$(us2ms "$(kv "$l" svc_p50_us)")" "$(us2ms "$(kv "$l" svc_p999_us)")" \
+    "$(kv "$l" other_status)" "$(($(kv "$l" errors) + $(kv "$l" unanswered)))" "$(kv "$l" unsent)" "$3"
+  local k
+  for k in other_status errors unanswered unsent; do
+    (($(kv "$l" "$k") == 0)) || problems+=("phase 2 $1: $k=$(kv "$l" "$k")")
+  done
+}
+
+open_run "$gr_port" "$rate" "$WARMUP" "$tmp/open-gr-warmup.txt"
+drain >/dev/null
+drained_or_note "phase 2 warm-up"
+truncate_events
+scrape "$tmp/gr-p2-a.prom"
+cpu_a=$(cpu_s graphrouter)
+open_run "$gr_port" "$rate" "$DURATION" "$tmp/open-gr.txt"
+gline=$(grep '^target_rps=' "$tmp/open-gr.txt")
+scrape "$tmp/gr-p2-b.prom"
+p2_backlog=$(queue_len "$tmp/gr-p2-b.prom")
+p2_drain=$(drain)
+drained_or_note "phase 2"
+gcpu=$(cpu_per_req "$cpu_a" "$(cpu_s graphrouter)" "$(kv "$gline" completed)")
+truncate_events
+if [ "$PHASE2_NGINX" = 1 ]; then
+  open_run "$nginx_port" "$rate" "$WARMUP" "$tmp/open-ngx-warmup.txt"
+  cpu_a=$(cpu_s nginx)
+  open_run "$nginx_port" "$rate" "$DURATION" "$tmp/open-ngx.txt"
+  nline=$(grep '^target_rps=' "$tmp/open-ngx.txt")
+  ncpu=$(cpu_per_req "$cpu_a" "$(cpu_s nginx)" "$(kv "$nline" completed)")
+fi
+p2_row graphrouter "$gline" "$gcpu"
+if [ "$PHASE2_NGINX" = 1 ]; then p2_row nginx "$nline" "$ncpu"; fi
+echo "(latency from each request's scheduled send time; svc = from its actual send;"
+echo " CPU us = server CPU time per request, graphrouter's including its workers)"
+
+a="$tmp/gr-p2-a.prom" b="$tmp/gr-p2-b.prom"
+cnt=$(($(msum "$b" graphrouter_ack_latency_seconds_count) - $(msum "$a" graphrouter_ack_latency_seconds_count)))
+acc=$(($(msum "$b" graphrouter_items_accepted_total) - $(msum "$a" graphrouter_items_accepted_total)))
+non202=$(($(msum "$b" graphrouter_http_requests_total 'endpoint="notifications"' 'code="202"') -
+          $(msum "$a" graphrouter_http_requests_total 'endpoint="notifications"' 'code="202"')))
+mean_ms=$(awk -v s1="$(awk '$1 == "graphrouter_ack_latency_seconds_sum" {print $2}' "$a")" \
+              -v s2="$(awk '$1 == "graphrouter_ack_latency_seconds_sum" {print $2}' "$b")" -v n="$cnt" \
+              'BEGIN {if (n > 0) printf "%.3f", (s2 - s1) / n * 1000; else print "n/a"}')
+echo "graphrouter /metrics over phase 2: items accepted $acc, ack-latency count $cnt, non-202 $non202,"
+echo "  ack latency (headers in -> 202 queued) mean $mean_ms ms, p50 $(hquant "$a" "$b" 0.5)," \
+     "p99 $(hquant "$a" "$b" 0.99), p99.9 $(hquant "$a" "$b" 0.999) (histogram buckets);"
+echo "  backlog when the load stopped $p2_backlog, emptied in ${p2_drain}s"
+((non202 == 0)) || problems+=("phase 2 graphrouter: $non202 non-202 answers in /metrics")
+
+echo
+if ((${#problems[@]})); then
+  echo "problems:"
+  printf '  %s\n' "${problems[@]}"
+  exit 1
+fi
+echo "problems: none (every answer was 202, no socket errors)"
