@@ -232,7 +232,38 @@ static int hexval(int c)
     return -1;
 }
 
-/* Copy a key, decoding %HH (but never into a NUL byte). */
+/* RFC 3629 UTF-8: no overlong forms, no surrogates, nothing past U+10FFFF. */
+static bool utf8_valid(const unsigned char *s, size_t n)
+{
+    for (size_t i = 0; i < n;) {
+        unsigned c = s[i++], cp, min;
+        size_t more;
+        if (c < 0x80)
+            continue;
+        if (c >= 0xC2 && c <= 0xDF)
+            more = 1, cp = c & 0x1F, min = 0x80;
+        else if (c >= 0xE0 && c <= 0xEF)
+            more = 2, cp = c & 0x0F, min = 0x800;
+        else if (c >= 0xF0 && c <= 0xF4)
+            more = 3, cp = c & 0x07, min = 0x10000;
+        else
+            return false;
+        if (n - i < more)
+            return false;
+        for (; more; more--, i++) {
+            if ((s[i] & 0xC0) != 0x80)
+                return false;
+            cp = (cp << 6) | (s[i] & 0x3F);
+        }
+        if (cp < min || cp > 0x10FFFF || (cp >= 0xD800 && cp <= 0xDFFF))
+            return false;
+    }
+    return true;
+}
+
+/* Copy a key, decoding %HH (but never into a NUL byte). A key that decoding
+ * would turn into bytes that are not UTF-8 (users/%FF) is kept as sent: it
+ * goes into the routed notification's JSON, which cannot hold them. */
 static char *decode_key(const char *s, size_t len)
 {
     char *out = gr_xmalloc(len + 1);
@@ -249,6 +280,10 @@ static char *decode_key(const char *s, size_t len)
         out[o++] = s[i];
     }
     out[o] = '\0';
+    if (o < len && !utf8_valid((const unsigned char *)out, o)) {
+        memcpy(out, s, len);
+        out[len] = '\0';
+    }
     return out;
 }
 

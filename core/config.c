@@ -582,6 +582,20 @@ int gr_config_parse(const char *file, const char *text, size_t len, struct gr_co
 {
     *out = NULL;
     *err = NULL;
+    /* jansson silently drops a NUL byte after a number ("4\0"); a config file
+     * has no business holding one, so say where it is. */
+    const char *nul = memchr(text, '\0', len);
+    if (nul) {
+        int line = 1, col = 1;
+        for (const char *p = text; p < nul; p++) {
+            if (*p == '\n')
+                line++, col = 1;
+            else if ((*p & 0xC0) != 0x80)
+                col++;
+        }
+        *err = gr_xprintf("%s:%d:%d: NUL byte in the configuration", file, line, col);
+        return -1;
+    }
     json_error_t jerr;
     json_t *root = json_loadb(text, len, JSON_REJECT_DUPLICATES, &jerr);
     if (!root) {

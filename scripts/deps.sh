@@ -6,6 +6,7 @@ set -euo pipefail
 packages=(
   build-essential cmake pkg-config   # the toolchain (gcc)
   clang                              # the second compiler the tests build with
+  libclang-rt-dev                    # clang's libFuzzer and sanitizer runtimes (fuzz tests)
   libmicrohttpd-dev                  # HTTP listener
   libjansson-dev                     # JSON
   libssl-dev                         # OpenSSL 3: digests, constant-time compare

@@ -141,6 +141,11 @@ static const struct classify_case cases[] = {
     /* lifecycle: any item with lifecycleEvent, whatever its resource says */
     {NULL, NULL, "reauthorizationRequired", "lifecycle", {{0}}},
     {"users/u/messages", NULL, "missed", "lifecycle", {{"user", "u"}}},
+    /* %HH is decoded unless that would not be UTF-8 (the key then stays as sent) */
+    {"users/%C3%A9l%C3%A8ve/messages/x", NULL, NULL, "message",
+     {{"user", "\xc3\xa9l\xc3\xa8ve"}, {"message", "x"}}},
+    {"users/%FF/messages('a%C3')", NULL, NULL, "message", {{"user", "%FF"}, {"message", "a%C3"}}},
+    {"users/%00x/messages/m", NULL, NULL, "message", {{"user", "%00x"}, {"message", "m"}}},
     /* malformed input never crashes and keeps what it can */
     {"users('unterminated/messages", NULL, NULL, "unknown", {{0}}},
     {"////users//u1//", NULL, NULL, "user", {{"user", "u1"}}},
