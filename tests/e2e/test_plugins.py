@@ -3,6 +3,7 @@ schema checks, emit targets and cycles, retries with backoff, GR_FAIL,
 exhausted retries, and emits dropped with a failed call."""
 
 import os
+import re
 import subprocess
 
 from grtest import BINARY, PLUGINS, RouterTest, Router, base_config, batch, fixture_plugin, item
@@ -97,6 +98,16 @@ class AbiTest(RouterTest):
         self.assertEqual(status, 1)
         self.assertRegex(text, r'graphrouter\.json:\d+:\d+: handlers emit to each other in a '
                                r'cycle \(a -> b -> a\)')
+
+    def test_plugins_export_only_their_entry_point(self):
+        # hidden visibility and --no-undefined, for the bundled and the test plugins alike
+        for d in (PLUGINS, os.path.dirname(fixture_plugin("flaky"))):
+            for so in sorted(f for f in os.listdir(d) if f.endswith(".so")):
+                out = subprocess.run(["nm", "-D", "--defined-only", os.path.join(d, so)],
+                                     capture_output=True, text=True, check=True).stdout
+                exported = re.findall(r" [TDBR] (\w+)", out)
+                want = ["some_other_function"] if so == "no_entry.so" else ["gr_plugin_entry"]
+                self.assertEqual(exported, want, so)
 
     def test_check_ok(self):
         status, text = check(base_config())
