@@ -436,6 +436,78 @@ static int parse_secrets(struct gr_check *c, struct gr_config *cfg)
     return 0;
 }
 
+#define GR_DEFAULT_JWKS_URL "https://login.microsoftonline.com/common/discovery/v2.0/keys"
+
+static int parse_tokens(struct gr_check *c, struct gr_config *cfg)
+{
+    json_t *obj = NULL;
+    if (gr_check_object(c, cfg->root, "validation_tokens", false, &obj) < 0)
+        return -1;
+    if (!obj)
+        return 0;
+    static const char *const keys[] = {"app_ids", "tenant_ids", "jwks_url", "jwks_file",
+                                       "ca_file", "refresh_s", "min_refresh_s", NULL};
+    struct gr_tokens_conf *t = &cfg->tokens;
+    uint64_t refresh = 3600, min_refresh = 300;
+    t->jwks_url = GR_DEFAULT_JWKS_URL;
+    if (gr_check_keys(c, obj, "\"validation_tokens\"", keys) < 0 ||
+        gr_check_string_list(c, obj, "app_ids", &t->app_ids, &t->napp_ids) < 0 ||
+        gr_check_string_list(c, obj, "tenant_ids", &t->tenant_ids, &t->ntenant_ids) < 0 ||
+        gr_check_string(c, obj, "jwks_url", false, &t->jwks_url) < 0 ||
+        gr_check_string(c, obj, "jwks_file", false, &t->jwks_file) < 0 ||
+        gr_check_string(c, obj, "ca_file", false, &t->ca_file) < 0 ||
+        gr_check_uint(c, obj, "refresh_s", 1, 86400, &refresh) < 0 ||
+        gr_check_uint(c, obj, "min_refresh_s", 0, 86400, &min_refresh) < 0)
+        return -1;
+    if (!t->napp_ids)
+        return gr_check_fail_value(c, obj,
+                                   "\"validation_tokens\" needs \"app_ids\": the application "
+                                   "id(s) your subscriptions were created with");
+    if (strncmp(t->jwks_url, "https://", 8) != 0)
+        return gr_check_fail_member(c, obj, "jwks_url",
+                                    "\"jwks_url\" must be an https:// URL (keys are only ever "
+                                    "fetched with TLS verification)");
+    t->refresh_s = (int64_t)refresh;
+    t->min_refresh_s = (int64_t)min_refresh;
+    cfg->has_tokens = true;
+    return 0;
+}
+
+static int parse_decryption_keys(struct gr_check *c, struct gr_config *cfg)
+{
+    const json_t *list = json_object_get(cfg->root, "decryption_keys");
+    if (!list || json_is_null(list))
+        return 0;
+    if (!json_is_array(list))
+        return gr_check_fail_member(c, cfg->root, "decryption_keys",
+                                    "\"decryption_keys\" must be a list of {\"certificate_id\", "
+                                    "\"private_key_file\", ...} objects");
+    size_t n = json_array_size(list);
+    cfg->decryption_keys = gr_xcalloc(n ? n : 1, sizeof *cfg->decryption_keys);
+    static const char *const keys[] = {"certificate_id", "private_key_file", "certificate_file",
+                                       "password_file", NULL};
+    for (size_t i = 0; i < n; i++) {
+        const json_t *k = json_array_get(list, i);
+        struct gr_decryption_key_conf *d = &cfg->decryption_keys[i];
+        if (!json_is_object(k))
+            return gr_check_fail_element(c, list, i, "each decryption key must be an object");
+        d->node = k;
+        if (gr_check_keys(c, k, "a decryption key", keys) < 0 ||
+            gr_check_string(c, k, "certificate_id", true, &d->certificate_id) < 0 ||
+            gr_check_string(c, k, "private_key_file", true, &d->private_key_file) < 0 ||
+            gr_check_string(c, k, "certificate_file", false, &d->certificate_file) < 0 ||
+            gr_check_string(c, k, "password_file", false, &d->password_file) < 0)
+            return -1;
+        for (size_t j = 0; j < i; j++)
+            if (strcmp(cfg->decryption_keys[j].certificate_id, d->certificate_id) == 0)
+                return gr_check_fail_element(c, list, i,
+                                             "certificate_id \"%s\" is listed twice",
+                                             d->certificate_id);
+        cfg->ndecryption_keys = i + 1;
+    }
+    return 0;
+}
+
 static bool valid_name(const char *s, bool allow_dot)
 {
     size_t n = strlen(s);
@@ -529,11 +601,12 @@ static int parse_top(struct gr_check *c, struct gr_config *cfg)
     static const char *const keys[] = {
         "listen",  "paths",     "limits",   "store",           "client_state",
         "subscriptions", "plugin_dir", "workers", "log_level", "shutdown_timeout_s",
-        "handlers", "routes",    NULL};
+        "validation_tokens", "decryption_keys", "handlers", "routes", NULL};
     if (!json_is_object(cfg->root))
         return gr_check_fail_value(c, cfg->root, "the configuration must be a JSON object");
     if (gr_check_keys(c, cfg->root, "the configuration", keys) < 0 || parse_listen(c, cfg) < 0 ||
-        parse_paths(c, cfg) < 0 || parse_limits(c, cfg) < 0 || parse_secrets(c, cfg) < 0)
+        parse_paths(c, cfg) < 0 || parse_limits(c, cfg) < 0 || parse_secrets(c, cfg) < 0 ||
+        parse_tokens(c, cfg) < 0 || parse_decryption_keys(c, cfg) < 0)
         return -1;
 
     cfg->plugin_dir = GR_DEFAULT_PLUGIN_DIR;
@@ -659,6 +732,9 @@ void gr_config_free(struct gr_config *cfg)
     free(cfg->handlers);
     gr_routes_free(&cfg->routes);
     free(cfg->subscriptions);
+    free(cfg->tokens.app_ids);
+    free(cfg->tokens.tenant_ids);
+    free(cfg->decryption_keys);
     free(cfg->notification_paths);
     free(cfg->lifecycle_paths);
     gr_jsonpos_free(cfg->pos);

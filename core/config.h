@@ -17,6 +17,7 @@
 #include <stddef.h>
 #include <stdint.h>
 
+#include "decrypt.h"
 #include "jsonpos.h"
 #include "router.h"
 
@@ -47,6 +48,18 @@ struct gr_handler_conf {
     struct gr_retry_policy retry;
 };
 
+/* "validation_tokens": how Graph's validation tokens are checked. */
+struct gr_tokens_conf {
+    const char **app_ids;
+    size_t napp_ids;
+    const char **tenant_ids; /* none: any tenant */
+    size_t ntenant_ids;
+    const char *jwks_url;  /* https only */
+    const char *jwks_file; /* used instead of the URL when set */
+    const char *ca_file;
+    int64_t refresh_s, min_refresh_s;
+};
+
 struct gr_config {
     char *file;
     json_t *root;
@@ -75,6 +88,11 @@ struct gr_config {
     unsigned workers;
     int log_level;
     unsigned shutdown_timeout_s;
+
+    bool has_tokens; /* "validation_tokens" present */
+    struct gr_tokens_conf tokens;
+    struct gr_decryption_key_conf *decryption_keys;
+    size_t ndecryption_keys;
 
     struct gr_handler_conf *handlers;
     size_t nhandlers;

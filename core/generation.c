@@ -149,7 +149,39 @@ static int check_cycles(struct gr_check *c, struct gr_generation *g)
     return rc;
 }
 
-int gr_generation_build(const char *file, uint64_t id, struct gr_generation **out, char **err)
+/* The validation-token keys and the decryption keys of a configuration. */
+static int build_rich(struct gr_check *c, struct gr_generation *g, struct gr_generation *prev)
+{
+    const struct gr_config *cfg = g->cfg;
+    if (cfg->ndecryption_keys &&
+        gr_keyring_load(c, cfg->decryption_keys, cfg->ndecryption_keys, &g->keyring) < 0)
+        return -1;
+    if (!cfg->has_tokens)
+        return 0;
+    const struct gr_tokens_conf *t = &cfg->tokens;
+    struct gr_jwks_options o = {.url = t->jwks_file ? NULL : t->jwks_url,
+                                .file = t->jwks_file,
+                                .ca_file = t->ca_file,
+                                .refresh_s = t->refresh_s,
+                                .min_refresh_s = t->min_refresh_s};
+    if (!o.file && prev && prev->jwks && gr_jwks_same_source(prev->jwks, &o)) {
+        g->jwks = gr_jwks_ref(prev->jwks);
+    } else {
+        char *why = NULL;
+        if (!(g->jwks = gr_jwks_new(&o, &why))) {
+            gr_check_fail_member(c, json_object_get(cfg->root, "validation_tokens"), "jwks_file",
+                                 "validation_tokens: %s", why);
+            free(why);
+            return -1;
+        }
+    }
+    g->token_policy = (struct gr_token_policy){t->app_ids, t->napp_ids, t->tenant_ids,
+                                               t->ntenant_ids};
+    return 0;
+}
+
+int gr_generation_build(const char *file, uint64_t id, struct gr_generation *prev,
+                        struct gr_generation **out, char **err)
 {
     *out = NULL;
     struct gr_config *cfg;
@@ -162,6 +194,8 @@ int gr_generation_build(const char *file, uint64_t id, struct gr_generation **ou
     g->handlers = gr_xcalloc(cfg->nhandlers, sizeof *g->handlers);
     struct gr_check c = {.file = cfg->file, .pos = cfg->pos};
     const json_t *handlers_obj = json_object_get(cfg->root, "handlers");
+    if (build_rich(&c, g, prev) < 0)
+        goto fail;
 
     for (size_t i = 0; i < cfg->nhandlers; i++) {
         struct gr_handler *h = &g->handlers[i];
@@ -230,6 +264,8 @@ void gr_generation_destroy(struct gr_generation *g)
     }
     for (size_t i = 0; i < g->nlibs; i++)
         gr_plugin_lib_unload(&g->libs[i]);
+    gr_jwks_unref(g->jwks);
+    gr_keyring_free(g->keyring);
     free(g->libs);
     free(g->handlers);
     free(g->route_stats);

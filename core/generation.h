@@ -19,6 +19,9 @@
 #include <stdint.h>
 
 #include "config.h"
+#include "decrypt.h"
+#include "jwks.h"
+#include "jwt.h"
 #include "metrics.h"
 #include "plugin_host.h"
 
@@ -31,12 +34,18 @@ struct gr_generation {
     struct gr_handler *handlers; /* same order as cfg->handlers */
     size_t nhandlers;
     struct gr_route_stats **route_stats; /* one per cfg->routes entry */
+    struct gr_jwks *jwks;                /* NULL without "validation_tokens" */
+    struct gr_token_policy token_policy;
+    struct gr_keyring *keyring;          /* NULL without "decryption_keys" */
     struct gr_generation *next_retired;  /* control thread's list */
 };
 
-/* Build a complete generation from a config file. On failure returns -1 with
+/* Build a complete generation from a config file. `prev` (may be NULL) is
+ * the generation it will replace: an unchanged JWKS URL source is shared
+ * with it, keys, cache and all. On failure returns -1 with
  * *err = "FILE:LINE:COL: what is wrong" (malloc'd). Control thread only. */
-int gr_generation_build(const char *file, uint64_t id, struct gr_generation **out, char **err);
+int gr_generation_build(const char *file, uint64_t id, struct gr_generation *prev,
+                        struct gr_generation **out, char **err);
 /* fini every handler, unload plugins, free. The count must be zero. */
 void gr_generation_destroy(struct gr_generation *g);
 

@@ -28,8 +28,9 @@ static bool is_validation_message(const char *subscription, const json_t *item)
            strncmp(change, "Validation:", 11) == 0;
 }
 
+/* `tokens` is the batch's validationTokens as JSON text (NULL if absent). */
 static void judge_item(const struct gr_config *cfg, const json_t *item, int64_t received_ms,
-                       struct gr_ingest *out)
+                       const char *tokens, struct gr_ingest *out)
 {
     const char *sub = gr_json_string_ci(item, "subscriptionId");
     if (!json_is_object(item) || !sub) {
@@ -64,6 +65,9 @@ static void judge_item(const struct gr_config *cfg, const json_t *item, int64_t 
     struct gr_job *job = gr_job_new(GR_JOB_ROUTE, text, strlen(text), NULL);
     free(text);
     job->received_ms = received_ms;
+    /* Rich items keep the tokens that must cover them; the worker checks. */
+    if (tokens && json_is_object(gr_json_get_ci(item, "encryptedContent")))
+        job->tokens = gr_xstrdup(tokens);
     out->jobs[out->njobs++] = job;
 }
 
@@ -93,8 +97,11 @@ void gr_ingest_parse(const struct gr_config *cfg, const char *body, size_t len,
     }
     out->received = json_array_size(value);
     out->jobs = gr_xcalloc(out->received, sizeof *out->jobs);
+    const json_t *tokens = json_object_get(root, "validationTokens");
+    char *tokens_text = tokens ? json_dumps(tokens, JSON_COMPACT | JSON_ENCODE_ANY) : NULL;
     for (size_t i = 0; i < out->received; i++)
-        judge_item(cfg, json_array_get(value, i), received_ms, out);
+        judge_item(cfg, json_array_get(value, i), received_ms, tokens_text, out);
+    free(tokens_text);
     json_decref(root);
 }
 

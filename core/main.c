@@ -9,6 +9,7 @@
  * them. Every other thread runs with these signals blocked.
  */
 #define _GNU_SOURCE
+#include <curl/curl.h>
 #include <errno.h>
 #include <fcntl.h>
 #include <getopt.h>
@@ -75,13 +76,17 @@ static void warn_about(const struct gr_config *cfg)
                 cfg->file);
     if (cfg->routes.n == 0)
         gr_warn("%s: no routes: every notification will be unrouted", cfg->file);
+    if (cfg->has_tokens != (cfg->ndecryption_keys > 0))
+        gr_warn("%s: rich notifications need both \"validation_tokens\" and "
+                "\"decryption_keys\"; items with encryptedContent will be dropped",
+                cfg->file);
 }
 
 static int run_check(const char *file)
 {
     struct gr_generation *g;
     char *err = NULL;
-    int rc = gr_generation_build(file, 1, &g, &err);
+    int rc = gr_generation_build(file, 1, NULL, &g, &err);
     if (rc < 0) {
         fprintf(stderr, "%s\n", err);
         free(err);
@@ -126,7 +131,7 @@ static void reload(struct control *ctl)
     struct gr_generation *cur = gr_generation_pin();
     struct gr_generation *g = NULL;
     char *err = NULL;
-    if (gr_generation_build(ctl->file, ctl->next_id, &g, &err) == 0) {
+    if (gr_generation_build(ctl->file, ctl->next_id, cur, &g, &err) == 0) {
         err = start_only_change(cur->cfg, g->cfg);
         if (err) {
             gr_generation_destroy(g);
@@ -144,6 +149,8 @@ static void reload(struct control *ctl)
     ctl->next_id++;
     gr_log_set_level(g->cfg->log_level);
     warn_about(g->cfg);
+    if (g->jwks)
+        gr_jwks_start(g->jwks);
     struct gr_generation *old = gr_generation_swap(g);
     old->next_retired = ctl->retired;
     ctl->retired = old;
@@ -221,7 +228,7 @@ static int run(const char *file)
     struct control ctl = {.file = file, .next_id = 2};
     struct gr_generation *g = NULL;
     char *err = NULL;
-    if (gr_generation_build(file, 1, &g, &err) < 0) {
+    if (gr_generation_build(file, 1, NULL, &g, &err) < 0) {
         gr_error("cannot start: %s", err);
         free(err);
         gr_plugin_host_cleanup();
@@ -229,6 +236,8 @@ static int run(const char *file)
     }
     gr_log_set_level(g->cfg->log_level);
     warn_about(g->cfg);
+    if (g->jwks)
+        gr_jwks_start(g->jwks);
     gr_generation_swap(g);
     gr_generation_set_idle_hook(on_generation_idle);
 
@@ -329,5 +338,12 @@ int main(int argc, char **argv)
         usage(stderr);
         return 2;
     }
-    return check ? run_check(file) : run(file);
+    /* Once, before any thread starts: libcurl (JWKS fetches) needs it. */
+    if (curl_global_init(CURL_GLOBAL_DEFAULT) != 0) {
+        fprintf(stderr, "graphrouter: libcurl failed to initialise\n");
+        return 1;
+    }
+    int rc = check ? run_check(file) : run(file);
+    curl_global_cleanup();
+    return rc;
 }

@@ -9,6 +9,8 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "jwt.h"
+
 
 static const unsigned tracked_status[] = {200, 202, 400, 404, 405, 413, 500, 503};
 #define N_STATUS (GR_ARRAY_LEN(tracked_status) + 1) /* + "other" */
@@ -22,8 +24,11 @@ static const double buckets[] = {0.00001, 0.000025, 0.00005, 0.0001, 0.00025, 0.
 static const char *const endpoint_names[GR_EP_COUNT] = {"notifications", "lifecycle", "healthz",
                                                         "metrics", "other"};
 static const char *const drop_names[GR_DROP_COUNT] = {
-    "malformed_item", "missing_client_state", "bad_client_state", "no_secret",
-    "validation_message"};
+    "malformed_item",         "missing_client_state",    "bad_client_state",
+    "no_secret",              "validation_message",      "rich_not_configured",
+    "token_missing",          "token_invalid",           "token_uncovered",
+    "decrypt_malformed",      "decrypt_unknown_key",     "decrypt_bad_key",
+    "decrypt_bad_signature",  "decrypt_bad_padding",     "decrypt_not_json"};
 static const char *const abandon_names[GR_ABANDON_COUNT] = {"handler_removed"};
 
 static struct {
@@ -34,6 +39,9 @@ static struct {
     atomic_uint_fast64_t dropped[GR_DROP_COUNT];
     atomic_uint_fast64_t abandoned[GR_ABANDON_COUNT];
     atomic_uint_fast64_t reload_ok, reload_failed;
+    atomic_uint_fast64_t tokens[GR_TOKEN_RESULT_COUNT];
+    atomic_uint_fast64_t jwks_ok, jwks_failed, jwks_keys;
+    atomic_int_fast64_t jwks_loaded_ms;
 } m;
 
 struct named {
@@ -90,6 +98,19 @@ void gr_metrics_item_dropped(enum gr_drop_reason r) { INC(m.dropped[r]); }
 void gr_metrics_item_routed(bool routed) { routed ? INC(m.routed) : INC(m.unrouted); }
 void gr_metrics_delivery_abandoned(enum gr_abandon_reason r) { INC(m.abandoned[r]); }
 void gr_metrics_reload(bool ok) { ok ? INC(m.reload_ok) : INC(m.reload_failed); }
+void gr_metrics_jwks_refresh(bool ok) { ok ? INC(m.jwks_ok) : INC(m.jwks_failed); }
+
+void gr_metrics_token(int result)
+{
+    if (result >= 0 && result < GR_TOKEN_RESULT_COUNT)
+        INC(m.tokens[result]);
+}
+
+void gr_metrics_jwks(size_t keys, int64_t loaded_wall_ms)
+{
+    atomic_store_explicit(&m.jwks_keys, keys, memory_order_relaxed);
+    atomic_store_explicit(&m.jwks_loaded_ms, loaded_wall_ms, memory_order_relaxed);
+}
 
 static struct named *named_get(struct named **list, const char *name)
 {
@@ -235,6 +256,23 @@ void gr_metrics_render(struct gr_buf *o, const struct gr_metrics_gauges *g)
     help_line(o, "graphrouter_reloads_total", "counter", "Configuration reloads, by result.");
     gr_buf_printf(o, "graphrouter_reloads_total{result=\"success\"} %llu\n", GET(m.reload_ok));
     gr_buf_printf(o, "graphrouter_reloads_total{result=\"failure\"} %llu\n", GET(m.reload_failed));
+    help_line(o, "graphrouter_validation_tokens_total", "counter",
+              "Distinct validation tokens, by the result of their first verification.");
+    for (int r = 0; r < GR_TOKEN_RESULT_COUNT; r++)
+        gr_buf_printf(o, "graphrouter_validation_tokens_total{result=\"%s\"} %llu\n",
+                      gr_token_result_name((enum gr_token_result)r), GET(m.tokens[r]));
+    help_line(o, "graphrouter_jwks_refreshes_total", "counter",
+              "Loads of the validation-token signing keys, by result.");
+    gr_buf_printf(o, "graphrouter_jwks_refreshes_total{result=\"success\"} %llu\n", GET(m.jwks_ok));
+    gr_buf_printf(o, "graphrouter_jwks_refreshes_total{result=\"failure\"} %llu\n",
+                  GET(m.jwks_failed));
+    help_line(o, "graphrouter_jwks_keys", "gauge", "Signing keys in force.");
+    gr_buf_printf(o, "graphrouter_jwks_keys %llu\n", GET(m.jwks_keys));
+    help_line(o, "graphrouter_jwks_loaded_timestamp_seconds", "gauge",
+              "When the signing keys in force were loaded (0: never).");
+    gr_buf_printf(o, "graphrouter_jwks_loaded_timestamp_seconds %.3f\n",
+                  (double)atomic_load_explicit(&m.jwks_loaded_ms, memory_order_relaxed) / 1000);
+
     help_line(o, "graphrouter_config_generation", "gauge",
               "Id of the configuration generation now serving (1 at start, +1 per reload).");
     gr_buf_printf(o, "graphrouter_config_generation %llu\n", (unsigned long long)g->generation);

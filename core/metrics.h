@@ -26,6 +26,17 @@ enum gr_drop_reason {
     GR_DROP_BAD_CLIENT_STATE,     /* clientState does not match the secret */
     GR_DROP_NO_SECRET,            /* subscription not listed and no fallback client_state */
     GR_DROP_VALIDATION_MESSAGE,   /* Event Hubs' reachability test item */
+    /* Rich items (with encryptedContent), judged by the worker: */
+    GR_DROP_RICH_NOT_CONFIGURED,  /* no validation_tokens or no decryption_keys configured */
+    GR_DROP_TOKEN_MISSING,        /* the POST carried no validationTokens (absent, null, []) */
+    GR_DROP_TOKEN_INVALID,        /* none of its tokens is valid */
+    GR_DROP_TOKEN_UNCOVERED,      /* valid tokens, none for the item's tenant */
+    GR_DROP_DECRYPT_MALFORMED,    /* encryptedContent lacks a field or is not base64 */
+    GR_DROP_DECRYPT_UNKNOWN_KEY,  /* no decryption key by certificate id or thumbprint */
+    GR_DROP_DECRYPT_BAD_KEY,      /* dataKey does not decrypt (RSA-OAEP) to an AES key */
+    GR_DROP_DECRYPT_BAD_SIGNATURE,/* dataSignature (HMAC) does not match: tampered */
+    GR_DROP_DECRYPT_BAD_PADDING,  /* AES-CBC decryption failed */
+    GR_DROP_DECRYPT_NOT_JSON,     /* the plaintext is not a JSON object */
     GR_DROP_COUNT
 };
 const char *gr_drop_reason_name(enum gr_drop_reason r);
@@ -51,6 +62,11 @@ void gr_metrics_item_dropped(enum gr_drop_reason r);
 void gr_metrics_item_routed(bool routed);
 void gr_metrics_delivery_abandoned(enum gr_abandon_reason r);
 void gr_metrics_reload(bool ok);
+/* Validation tokens, counted once per distinct token when first verified. */
+void gr_metrics_token(int result);
+/* The key set in force: how many keys, and when it was last loaded. */
+void gr_metrics_jwks(size_t keys, int64_t loaded_wall_ms);
+void gr_metrics_jwks_refresh(bool ok);
 
 /* Get-or-create by name; never freed. */
 struct gr_handler_stats *gr_metrics_handler(const char *name);

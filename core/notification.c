@@ -31,7 +31,7 @@ static json_t *string_or_null(const char *s)
     return s ? json_string(s) : json_null();
 }
 
-json_t *gr_notification_build(const json_t *item, int64_t received_ms,
+json_t *gr_notification_build(const json_t *item, int64_t received_ms, json_t *content,
                               struct gr_classification *cls)
 {
     const json_t *resource_data = gr_json_get_ci(item, "resourceData");
@@ -68,6 +68,8 @@ json_t *gr_notification_build(const json_t *item, int64_t received_ms,
     json_object_set_new(n, "resource_type", json_string(gr_rtype_name(cls->type)));
     json_object_set_new(n, "resource_ids", ids);
     json_object_set(n, "resource_data", resource_data ? (json_t *)resource_data : json_null());
+    if (content)
+        json_object_set_new(n, "content", content);
     json_object_set_new(n, "subscription_expiration",
                         string_or_null(gr_json_string_ci(item, "subscriptionExpirationDateTime")));
     if (lifecycle)

@@ -19,9 +19,10 @@ json_t *gr_json_get_ci(const json_t *obj, const char *key);
 const char *gr_json_string_ci(const json_t *obj, const char *key);
 
 /* Build the routed notification for `item`, received at `received_ms` (wall
- * clock). Returns a new object; `cls` receives the classification (free it
+ * clock), with `content` (its decrypted resource, or NULL; the reference is
+ * taken). Returns a new object; `cls` receives the classification (free it
  * with gr_classification_free). */
-json_t *gr_notification_build(const json_t *item, int64_t received_ms,
+json_t *gr_notification_build(const json_t *item, int64_t received_ms, json_t *content,
                               struct gr_classification *cls);
 
 /* The fields routes match on, borrowed from a built notification. */

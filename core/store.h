@@ -31,7 +31,8 @@ struct gr_job {
     char *payload;       /* ROUTE: the item's JSON; DELIVER: the message's JSON */
     size_t len;
     char *handler;       /* DELIVER: the handler's name */
-    unsigned attempts;   /* DELIVER: handle() calls made so far */
+    char *tokens;        /* ROUTE, rich items: the POST's validationTokens as JSON, or NULL */
+    unsigned attempts;   /* DELIVER: handle() calls made so far; ROUTE: waits for keys */
     int64_t received_ms; /* wall clock when the item was accepted */
     int64_t due_ms;      /* monotonic; when a delayed job becomes ready */
     struct gr_job *next; /* store-private */

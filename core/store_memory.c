@@ -43,6 +43,7 @@ void gr_job_free(struct gr_job *job)
         return;
     free(job->payload);
     free(job->handler);
+    free(job->tokens);
     free(job);
 }
 

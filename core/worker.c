@@ -16,6 +16,7 @@
 #include "log.h"
 #include "metrics.h"
 #include "notification.h"
+#include "rich.h"
 #include "util.h"
 
 #define GR_WORKER_NICE 10
@@ -48,8 +49,30 @@ static void route(struct gr_store *store, struct gr_job *job)
         return;
     }
     struct gr_generation *g = gr_generation_pin();
+    json_t *content = NULL;
+    enum gr_drop_reason why;
+    switch (gr_rich_open(g, item, job->tokens, job->received_ms, &content, &why)) {
+    case GR_RICH_WAIT: {
+        /* A kid not yet known while keys are refreshed: again in 1, 2, 4 ... 60 s. */
+        int64_t delay = job->attempts < 6 ? INT64_C(1000) << job->attempts : 60000;
+        job->attempts++;
+        gr_debug("rich item waits %lld ms for validation-token keys", (long long)delay);
+        json_decref(item);
+        gr_generation_unpin(g);
+        gr_store_retry(store, job, delay);
+        return;
+    }
+    case GR_RICH_DROP:
+        gr_metrics_item_dropped(why);
+        json_decref(item);
+        gr_generation_unpin(g);
+        gr_store_complete(store, job, NULL, 0);
+        return;
+    default:
+        break;
+    }
     struct gr_classification cls;
-    json_t *n = gr_notification_build(item, job->received_ms, &cls);
+    json_t *n = gr_notification_build(item, job->received_ms, content, &cls);
     json_decref(item);
     struct gr_route_input in;
     gr_notification_route_input(n, cls.type, &in);

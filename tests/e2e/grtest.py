@@ -26,6 +26,7 @@ import unittest
 BUILD = os.environ.get("GR_BUILD_DIR", os.path.join(os.path.dirname(__file__), "..", "..", "build"))
 SOURCE = os.environ.get("GR_SOURCE_DIR", os.path.join(os.path.dirname(__file__), "..", ".."))
 BINARY = os.path.join(BUILD, "graphrouter")
+SIMULATE = os.path.join(BUILD, "graphrouter-simulate")
 PLUGINS = os.path.join(BUILD, "plugins")
 TEST_PLUGINS = os.path.join(BUILD, "test-plugins")
 VECTORS = os.path.join(SOURCE, "tests", "vectors")
@@ -48,6 +49,55 @@ def base_config(**overrides):
         "handlers": {"out": {"plugin": "file", "config": {"path": "out.jsonl"}}},
         "routes": [{"name": "all", "match": {}, "to": ["out"]}],
     }
+    cfg.update(copy.deepcopy(overrides))
+    return cfg
+
+
+APP_ID = "4d6c7a1e-5f3b-4c2a-9e8d-7b6a5c4d3e2f"  # the tests' application id
+TENANT_A = "aaaabbbb-0000-cccc-1111-dddd2222eeee"
+TENANT_B = "bbbbcccc-1111-dddd-2222-eeee3333ffff"
+
+
+def simulate(*args, check=True):
+    """Run graphrouter-simulate; returns its stdout (JSON is parsed)."""
+    p = subprocess.run([SIMULATE, *args], capture_output=True, text=True, timeout=60)
+    if check and p.returncode != 0:
+        raise AssertionError("graphrouter-simulate %s failed (%d): %s%s"
+                             % (" ".join(args), p.returncode, p.stdout, p.stderr))
+    out = p.stdout.strip()
+    return json.loads(out) if out.startswith("{") else out
+
+
+class Keys:
+    """Fresh keys from graphrouter-simulate: an encryption key pair and a
+    token-signing key with its JWKS."""
+
+    def __init__(self, parent, name="keys", cert_id="test-cert"):
+        self.dir = os.path.join(parent, name)
+        self.cert_id = cert_id
+        simulate("keys", "--out", self.dir, "--cert-id", cert_id)
+        with open(os.path.join(self.dir, "kid")) as f:
+            self.kid = f.read().strip()
+        self.jwks = os.path.join(self.dir, "jwks.json")
+        self.key = os.path.join(self.dir, "encryption-key.pem")
+        self.cert = os.path.join(self.dir, "encryption-cert.pem")
+
+    def decryption_key(self, cert_id=None, certificate=True):
+        k = {"certificate_id": cert_id or self.cert_id, "private_key_file": self.key}
+        if certificate:
+            k["certificate_file"] = self.cert
+        return k
+
+    def notify_args(self, *extra):
+        """Arguments for a rich `graphrouter-simulate notify` with these keys."""
+        return ["notify", "--rich", "--keys", self.dir, "--cert-id", self.cert_id,
+                "--app-id", APP_ID, "--client-state", SECRET, *extra]
+
+
+def rich_config(keys, **overrides):
+    """base_config() that accepts rich notifications encrypted and signed with `keys`."""
+    cfg = base_config(validation_tokens={"app_ids": [APP_ID], "jwks_file": keys.jwks},
+                      decryption_keys=[keys.decryption_key()])
     cfg.update(copy.deepcopy(overrides))
     return cfg
 
@@ -278,6 +328,11 @@ class RouterTest(unittest.TestCase):
 
     def setUp(self):
         self._routers = []
+        self._scratch = tempfile.mkdtemp(prefix="gr-e2e-keys-")
+
+    def keys(self, name="keys", cert_id="test-cert"):
+        """Fresh keys in a directory removed after the test."""
+        return Keys(self._scratch, name, cert_id)
 
     def router(self, config, start=True):
         r = Router(config)
@@ -294,5 +349,6 @@ class RouterTest(unittest.TestCase):
             if "Sanitizer" in r.log() or "runtime error" in r.log():
                 failures.append("sanitizer report:\n" + r.log())
             r.close()
+        shutil.rmtree(self._scratch, ignore_errors=True)
         if failures:
             self.fail("\n".join(failures))

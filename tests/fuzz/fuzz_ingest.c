@@ -70,7 +70,7 @@ static void route_item(const struct gr_job *job)
     if (!json_is_object(item))
         abort(); /* ingest only accepts objects and stores them re-serialised */
     struct gr_classification cls;
-    json_t *n = gr_notification_build(item, job->received_ms, &cls);
+    json_t *n = gr_notification_build(item, job->received_ms, NULL, &cls);
     struct gr_route_input in;
     gr_notification_route_input(n, cls.type, &in);
     bool targets[1] = {false}; /* no handlers, no routes */

@@ -1,0 +1,121 @@
+/* Token coverage and decryption of rich items (see rich.h). Stateless; the
+ * JWKS object and key ring it uses are thread-safe. */
+#define _GNU_SOURCE
+#include "rich.h"
+
+#include <stdlib.h>
+#include <strings.h>
+#include <time.h>
+
+#include "decrypt.h"
+#include "jwks.h"
+#include "jwt.h"
+#include "log.h"
+#include "notification.h"
+#include "util.h"
+
+struct coverage {
+    bool covered, any_valid, unknown_kid;
+};
+
+/* Check every token once (the cache makes repeats cheap) and count each
+ * distinct token the first time it is seen. Tokens are never logged. */
+static struct coverage check_tokens(struct gr_generation *g, const json_t *tokens,
+                                    const char *tenant)
+{
+    struct coverage cov = {0};
+    int64_t now = (int64_t)time(NULL);
+    for (size_t i = 0; i < json_array_size(tokens); i++) {
+        const json_t *t = json_array_get(tokens, i);
+        struct gr_token_claims claims;
+        bool first = false;
+        enum gr_token_result r =
+            json_is_string(t) ? gr_jwks_verify(g->jwks, json_string_value(t),
+                                               json_string_length(t), now, &claims, &first)
+                              : GR_TOKEN_MALFORMED;
+        if (r == GR_TOKEN_VALID)
+            r = gr_token_policy_check(&claims, &g->token_policy, now);
+        if (first || !json_is_string(t)) {
+            gr_metrics_token((int)r);
+            if (r != GR_TOKEN_VALID && r != GR_TOKEN_UNKNOWN_KID)
+                gr_warn("validation token rejected: %s", gr_token_result_name(r));
+        }
+        if (r == GR_TOKEN_VALID) {
+            cov.any_valid = true;
+            cov.covered |= tenant && strcasecmp(claims.tid, tenant) == 0;
+        }
+        cov.unknown_kid |= r == GR_TOKEN_UNKNOWN_KID;
+        gr_token_claims_free(&claims);
+    }
+    return cov;
+}
+
+static enum gr_drop_reason decrypt_reason(enum gr_decrypt_result r)
+{
+    switch (r) {
+    case GR_DECRYPT_UNKNOWN_KEY: return GR_DROP_DECRYPT_UNKNOWN_KEY;
+    case GR_DECRYPT_BAD_KEY: return GR_DROP_DECRYPT_BAD_KEY;
+    case GR_DECRYPT_BAD_SIGNATURE: return GR_DROP_DECRYPT_BAD_SIGNATURE;
+    case GR_DECRYPT_BAD_PADDING: return GR_DROP_DECRYPT_BAD_PADDING;
+    case GR_DECRYPT_NOT_JSON: return GR_DROP_DECRYPT_NOT_JSON;
+    default: return GR_DROP_DECRYPT_MALFORMED;
+    }
+}
+
+static const char *or_none(const char *s)
+{
+    return s ? s : "(none)";
+}
+
+static enum gr_rich_outcome drop(enum gr_drop_reason *out, enum gr_drop_reason reason,
+                                 const json_t *item, const char *detail)
+{
+    *out = reason;
+    gr_warn("rich item dropped (%s): %s; subscription=%.80s tenant=%.80s",
+            gr_drop_reason_name(reason), detail,
+            or_none(gr_json_string_ci(item, "subscriptionId")),
+            or_none(gr_json_string_ci(item, "tenantId")));
+    return GR_RICH_DROP;
+}
+
+enum gr_rich_outcome gr_rich_open(struct gr_generation *g, const json_t *item, const char *tokens,
+                                  int64_t received_ms, json_t **content,
+                                  enum gr_drop_reason *reason)
+{
+    *content = NULL;
+    const json_t *ec = gr_json_get_ci(item, "encryptedContent");
+    if (!ec || json_is_null(ec))
+        return GR_RICH_PLAIN;
+    if (!json_is_object(ec))
+        return drop(reason, GR_DROP_DECRYPT_MALFORMED, item, "encryptedContent is not an object");
+    if (!g->jwks || !g->keyring)
+        return drop(reason, GR_DROP_RICH_NOT_CONFIGURED, item,
+                    "configure validation_tokens and decryption_keys to receive rich "
+                    "notifications");
+
+    json_t *list = tokens ? json_loads(tokens, JSON_DECODE_ANY, NULL) : NULL;
+    if (!json_is_array(list) || json_array_size(list) == 0) {
+        json_decref(list);
+        return drop(reason, GR_DROP_TOKEN_MISSING, item,
+                    "the POST carried no validationTokens (null tokens mean Graph could not "
+                    "encrypt for this app: see the README)");
+    }
+    struct coverage cov = check_tokens(g, list, gr_json_string_ci(item, "tenantId"));
+    json_decref(list);
+    if (!cov.covered) {
+        if (cov.unknown_kid && gr_wall_ms() - received_ms < GR_RICH_MAX_WAIT_MS &&
+            gr_jwks_wait_for_kid(g->jwks, received_ms))
+            return GR_RICH_WAIT;
+        return drop(reason, cov.any_valid ? GR_DROP_TOKEN_UNCOVERED : GR_DROP_TOKEN_INVALID, item,
+                    cov.any_valid ? "no valid validation token is for this item's tenant"
+                                  : "no validation token of the POST is valid");
+    }
+    enum gr_decrypt_result d = gr_decrypt(g->keyring, ec, content);
+    if (d != GR_DECRYPT_OK) {
+        char *why = gr_xprintf("decryption failed: %s", gr_decrypt_result_name(d));
+        enum gr_rich_outcome rc = drop(reason, decrypt_reason(d), item, why);
+        free(why);
+        return rc;
+    }
+    return GR_RICH_OK;
+}

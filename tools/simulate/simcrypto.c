@@ -1,0 +1,232 @@
+/* Keys, certificates, encryption and token signing for graphrouter-simulate. */
+#define _GNU_SOURCE
+#include "simcrypto.h"
+
+#include <errno.h>
+#include <fcntl.h>
+#include <openssl/bn.h>
+#include <openssl/core_names.h>
+#include <openssl/hmac.h>
+#include <openssl/pem.h>
+#include <openssl/rand.h>
+#include <openssl/rsa.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include "base64.h"
+#include "util.h"
+
+EVP_PKEY *sim_rsa_key(int bits)
+{
+    return EVP_RSA_gen((unsigned)bits);
+}
+
+X509 *sim_self_signed(EVP_PKEY *key, const char *common_name, int days)
+{
+    X509 *cert = X509_new();
+    unsigned char serial[16];
+    RAND_bytes(serial, sizeof serial);
+    serial[0] &= 0x7f;
+    BIGNUM *bn = BN_bin2bn(serial, sizeof serial, NULL);
+    BN_to_ASN1_INTEGER(bn, X509_get_serialNumber(cert));
+    BN_free(bn);
+    X509_set_version(cert, 2);
+    X509_gmtime_adj(X509_getm_notBefore(cert), -60);
+    X509_gmtime_adj(X509_getm_notAfter(cert), (long)days * 86400);
+    X509_NAME *name = X509_get_subject_name(cert);
+    X509_NAME_add_entry_by_txt(name, "CN", MBSTRING_UTF8, (const unsigned char *)common_name, -1,
+                               -1, 0);
+    X509_set_issuer_name(cert, name);
+    X509_set_pubkey(cert, key);
+    if (!X509_sign(cert, key, EVP_sha256())) {
+        X509_free(cert);
+        return NULL;
+    }
+    return cert;
+}
+
+void sim_thumbprint(X509 *cert, char out[41])
+{
+    unsigned char md[EVP_MAX_MD_SIZE];
+    unsigned int n = 0;
+    X509_digest(cert, EVP_sha1(), md, &n);
+    for (unsigned i = 0; i < n && i < 20; i++)
+        snprintf(out + 2 * i, 3, "%02X", md[i]);
+}
+
+char *sim_cert_base64(X509 *cert)
+{
+    unsigned char *der = NULL;
+    int len = i2d_X509(cert, &der);
+    char *b64 = len > 0 ? gr_base64_encode(der, (size_t)len) : NULL;
+    OPENSSL_free(der);
+    return b64;
+}
+
+static FILE *create(const char *path, mode_t mode)
+{
+    int fd = open(path, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, mode);
+    if (fd < 0)
+        return NULL;
+    fchmod(fd, mode); /* also when the file existed */
+    FILE *f = fdopen(fd, "w");
+    if (!f)
+        close(fd);
+    return f;
+}
+
+int sim_write_key(const char *path, EVP_PKEY *key)
+{
+    FILE *f = create(path, 0600);
+    if (!f)
+        return -1;
+    int ok = PEM_write_PrivateKey(f, key, NULL, NULL, 0, NULL, NULL);
+    return fclose(f) == 0 && ok ? 0 : -1;
+}
+
+int sim_write_cert(const char *path, X509 *cert)
+{
+    FILE *f = create(path, 0644);
+    if (!f)
+        return -1;
+    int ok = PEM_write_X509(f, cert);
+    return fclose(f) == 0 && ok ? 0 : -1;
+}
+
+EVP_PKEY *sim_read_key(const char *path)
+{
+    FILE *f = fopen(path, "r");
+    EVP_PKEY *key = f ? PEM_read_PrivateKey(f, NULL, NULL, NULL) : NULL;
+    if (f)
+        fclose(f);
+    return key;
+}
+
+X509 *sim_read_cert(const char *path)
+{
+    FILE *f = fopen(path, "r");
+    X509 *cert = f ? PEM_read_X509(f, NULL, NULL, NULL) : NULL;
+    if (f)
+        fclose(f);
+    return cert;
+}
+
+static char *bn_param_b64url(EVP_PKEY *key, const char *name)
+{
+    BIGNUM *bn = NULL;
+    if (!EVP_PKEY_get_bn_param(key, name, &bn))
+        return NULL;
+    int len = BN_num_bytes(bn);
+    unsigned char *buf = gr_xmalloc((size_t)len + 1);
+    BN_bn2bin(bn, buf);
+    char *out = gr_base64url_encode(buf, (size_t)len);
+    free(buf);
+    BN_free(bn);
+    return out;
+}
+
+json_t *sim_jwks(EVP_PKEY *key, const char *kid)
+{
+    char *n = bn_param_b64url(key, OSSL_PKEY_PARAM_RSA_N);
+    char *e = bn_param_b64url(key, OSSL_PKEY_PARAM_RSA_E);
+    json_t *doc = json_pack("{s:[{s:s,s:s,s:s,s:s,s:s,s:s}]}", "keys", "kty", "RSA", "use", "sig",
+                            "alg", "RS256", "kid", kid, "n", n, "e", e);
+    free(n);
+    free(e);
+    return doc;
+}
+
+json_t *sim_encrypt(const char *plaintext, X509 *cert, const char *cert_id, bool with_id,
+                    bool with_thumbprint, enum sim_tamper tamper)
+{
+    unsigned char key[32];
+    RAND_bytes(key, sizeof key);
+    size_t plen = strlen(plaintext);
+    unsigned char *cipher = gr_xmalloc(plen + 32);
+    int n1 = 0, n2 = 0;
+    EVP_CIPHER_CTX *aes = EVP_CIPHER_CTX_new();
+    EVP_EncryptInit_ex(aes, EVP_aes_256_cbc(), NULL, key, key); /* IV = first 16 bytes */
+    EVP_EncryptUpdate(aes, cipher, &n1, (const unsigned char *)plaintext, (int)plen);
+    EVP_EncryptFinal_ex(aes, cipher + n1, &n2);
+    EVP_CIPHER_CTX_free(aes);
+    size_t clen = (size_t)(n1 + n2);
+
+    unsigned char mac[32];
+    unsigned int mac_len = 0;
+    HMAC(EVP_sha256(), key, sizeof key, cipher, clen, mac, &mac_len);
+
+    EVP_PKEY_CTX *rsa = EVP_PKEY_CTX_new(X509_get0_pubkey(cert), NULL);
+    unsigned char wrapped[1024];
+    size_t wrapped_len = sizeof wrapped;
+    EVP_PKEY_encrypt_init(rsa);
+    EVP_PKEY_CTX_set_rsa_padding(rsa, RSA_PKCS1_OAEP_PADDING);
+    EVP_PKEY_CTX_set_rsa_oaep_md(rsa, EVP_sha1());
+    EVP_PKEY_CTX_set_rsa_mgf1_md(rsa, EVP_sha1());
+    EVP_PKEY_encrypt(rsa, wrapped, &wrapped_len, key, sizeof key);
+    EVP_PKEY_CTX_free(rsa);
+
+    if (tamper == SIM_TAMPER_DATA)
+        cipher[clen / 2] ^= 0x01; /* one bit: the MAC must catch it */
+    else if (tamper == SIM_TAMPER_MAC)
+        mac[0] ^= 0x01;
+    else if (tamper == SIM_TAMPER_KEY)
+        wrapped[wrapped_len / 2] ^= 0x01;
+
+    char *data = gr_base64_encode(cipher, clen), *sig = gr_base64_encode(mac, mac_len);
+    char *dk = gr_base64_encode(wrapped, wrapped_len);
+    json_t *ec = json_pack("{s:s,s:s,s:s}", "data", data, "dataSignature", sig, "dataKey", dk);
+    if (with_id)
+        json_object_set_new(ec, "encryptionCertificateId", json_string(cert_id));
+    if (with_thumbprint) {
+        char tp[41];
+        sim_thumbprint(cert, tp);
+        json_object_set_new(ec, "encryptionCertificateThumbprint", json_string(tp));
+    }
+    free(data);
+    free(sig);
+    free(dk);
+    free(cipher);
+    OPENSSL_cleanse(key, sizeof key);
+    return ec;
+}
+
+static char *segment(const json_t *v)
+{
+    char *text = json_dumps(v, JSON_COMPACT);
+    char *out = gr_base64url_encode((const unsigned char *)text, strlen(text));
+    free(text);
+    return out;
+}
+
+char *sim_jwt(EVP_PKEY *key, const char *kid, const char *alg, const json_t *claims)
+{
+    json_t *header = json_pack("{s:s,s:s,s:s}", "typ", "JWT", "alg", alg, "kid", kid);
+    char *h = segment(header), *p = segment(claims);
+    json_decref(header);
+    char *input = gr_xprintf("%s.%s", h, p);
+    free(h);
+    free(p);
+    if (strcmp(alg, "none") == 0) {
+        char *token = gr_xprintf("%s.", input);
+        free(input);
+        return token;
+    }
+    EVP_MD_CTX *md = EVP_MD_CTX_new();
+    size_t sig_len = 0;
+    unsigned char *sig = NULL;
+    if (EVP_DigestSignInit(md, NULL, EVP_sha256(), NULL, key) == 1 &&
+        EVP_DigestSign(md, NULL, &sig_len, (const unsigned char *)input, strlen(input)) == 1) {
+        sig = gr_xmalloc(sig_len);
+        EVP_DigestSign(md, sig, &sig_len, (const unsigned char *)input, strlen(input));
+    }
+    EVP_MD_CTX_free(md);
+    char *s64 = sig ? gr_base64url_encode(sig, sig_len) : gr_xstrdup("");
+    char *token = gr_xprintf("%s.%s", input, s64);
+    free(s64);
+    free(sig);
+    free(input);
+    return token;
+}
