@@ -149,7 +149,15 @@ json_t *sim_encrypt(const char *plaintext, X509 *cert, const char *cert_id, bool
     int n1 = 0, n2 = 0;
     EVP_CIPHER_CTX *aes = EVP_CIPHER_CTX_new();
     EVP_EncryptInit_ex(aes, EVP_aes_256_cbc(), NULL, key, key); /* IV = first 16 bytes */
-    EVP_EncryptUpdate(aes, cipher, &n1, (const unsigned char *)plaintext, (int)plen);
+    if (tamper == SIM_TAMPER_PADDING) {
+        /* one block ending in 0x00, encrypted without padding */
+        unsigned char block[16] = "{\"x\":1}       ";
+        block[15] = 0;
+        EVP_CIPHER_CTX_set_padding(aes, 0);
+        EVP_EncryptUpdate(aes, cipher, &n1, block, sizeof block);
+    } else {
+        EVP_EncryptUpdate(aes, cipher, &n1, (const unsigned char *)plaintext, (int)plen);
+    }
     EVP_EncryptFinal_ex(aes, cipher + n1, &n2);
     EVP_CIPHER_CTX_free(aes);
     size_t clen = (size_t)(n1 + n2);

@@ -31,7 +31,13 @@ X509 *sim_read_cert(const char *path);
 json_t *sim_jwks(EVP_PKEY *key, const char *kid);
 
 /* What to spoil in an encryptedContent, for tests. */
-enum sim_tamper { SIM_TAMPER_NONE, SIM_TAMPER_DATA, SIM_TAMPER_MAC, SIM_TAMPER_KEY };
+enum sim_tamper {
+    SIM_TAMPER_NONE,
+    SIM_TAMPER_DATA,   /* flip a ciphertext bit after the MAC: the MAC must catch it */
+    SIM_TAMPER_MAC,    /* flip a MAC bit */
+    SIM_TAMPER_KEY,    /* flip a bit of the wrapped key: RSA-OAEP must refuse it */
+    SIM_TAMPER_PADDING /* a correct MAC over a ciphertext whose PKCS#7 padding is wrong */
+};
 
 /* encryptedContent for `plaintext`, encrypted to `cert`. Which identifiers
  * it carries: the certificate id, the thumbprint, or both. */

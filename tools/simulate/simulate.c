@@ -68,7 +68,7 @@ static void usage(FILE *out)
 "  --token-kid KID        the header's kid (default the signing key's)\n"
 "  --tokens MODE          normal, none (no validationTokens), null, or empty\n"
 "  --cert-ref WHAT        id, thumbprint or both (default) in encryptedContent\n"
-"  --tamper WHAT          data, mac or key: spoil the encryptedContent\n"
+"  --tamper WHAT          data, mac, key or padding: spoil the encryptedContent\n"
 "  --url URL              where to POST; --ca-file FILE trusts a private CA for https\n");
 }
 
@@ -432,9 +432,10 @@ static int cmd_notify(int argc, char **argv)
             n.tamper = strcmp(optarg, "data") == 0  ? SIM_TAMPER_DATA
                        : strcmp(optarg, "mac") == 0 ? SIM_TAMPER_MAC
                        : strcmp(optarg, "key") == 0 ? SIM_TAMPER_KEY
-                                                    : SIM_TAMPER_NONE;
+                       : strcmp(optarg, "padding") == 0 ? SIM_TAMPER_PADDING
+                                                        : SIM_TAMPER_NONE;
             if (n.tamper == SIM_TAMPER_NONE)
-                die("--tamper: data, mac or key");
+                die("--tamper: data, mac, key or padding");
             break;
         case 'u': n.url = optarg; break;
         case 'P': n.ca_file = optarg; break;
