@@ -101,11 +101,22 @@ static int password_cb(char *buf, int size, int rwflag, void *u)
 
 /* PKCS#12 files from Windows often use RC2-40 or 3DES, which OpenSSL 3 keeps
  * in its legacy provider. Loading a provider explicitly turns off the
- * implicit default one, so both are loaded. */
+ * implicit default one, so both are loaded; and both are released at exit,
+ * before OpenSSL's own clean-up (registered earlier, so run later), which
+ * cannot free a provider still referenced. */
+static OSSL_PROVIDER *legacy_provider, *default_provider;
+
+static void unload_providers(void)
+{
+    OSSL_PROVIDER_unload(legacy_provider);
+    OSSL_PROVIDER_unload(default_provider);
+}
+
 static void load_providers(void)
 {
-    OSSL_PROVIDER_load(NULL, "legacy");
-    OSSL_PROVIDER_load(NULL, "default");
+    legacy_provider = OSSL_PROVIDER_load(NULL, "legacy");
+    default_provider = OSSL_PROVIDER_load(NULL, "default");
+    atexit(unload_providers);
 }
 
 static void load_legacy_provider(void)

@@ -295,8 +295,14 @@ static void *refresh_main(void *arg)
                         j->url ? j->url : j->file);
             } else {
                 gr_metrics_jwks_refresh(false);
-                gr_warn("validation-token keys not refreshed (the %s keys stay in force): %s",
-                        j->keys ? "cached" : "no", why);
+                if (j->keys)
+                    gr_warn("validation-token keys not refreshed; the cached keys stay in force: "
+                            "%s",
+                            why);
+                else
+                    gr_warn("validation-token keys could not be loaded; rich items wait until "
+                            "they are: %s",
+                            why);
                 free(why);
             }
             pthread_cond_broadcast(&j->cond);

@@ -2,6 +2,7 @@
 #define _GNU_SOURCE
 #include "grp_event.h"
 
+#include <stdarg.h>
 #include <stdlib.h>
 #include <string.h>
 #include <strings.h>
@@ -107,6 +108,23 @@ void grp_event_id_or_data(json_t *event, const struct grp_note *note, const char
         }
     }
     json_object_set_new(event, key, json_null());
+}
+
+const json_t *grp_note_content(const struct grp_note *note)
+{
+    const json_t *c = json_object_get(note->root, "content");
+    return json_is_object(c) ? c : NULL;
+}
+
+void grp_event_copy(json_t *event, const char *key, const json_t *from, ...)
+{
+    va_list ap;
+    va_start(ap, from);
+    const json_t *v = from;
+    for (const char *name = va_arg(ap, const char *); name && v; name = va_arg(ap, const char *))
+        v = json_object_get(v, name);
+    va_end(ap);
+    json_object_set_new(event, key, v ? json_deep_copy(v) : json_null());
 }
 
 int grp_event_emit(struct gr_msg *msg, json_t *event)

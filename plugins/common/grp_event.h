@@ -40,6 +40,13 @@ void grp_event_id(json_t *event, const struct grp_note *note, const char *key, c
 void grp_event_id_or_data(json_t *event, const struct grp_note *note, const char *key,
                           const char *const *roles);
 
+/* The notification's decrypted resource ("content"), or NULL for a basic
+ * notification. Borrowed from the note. */
+const json_t *grp_note_content(const struct grp_note *note);
+/* event[key] = content[path...] (a NULL-terminated list of member names),
+ * copied as is; null when any step is missing. */
+void grp_event_copy(json_t *event, const char *key, const json_t *from, ...);
+
 /* Emit the event to the handlers in this handler's "emit_to" and free it.
  * Returns GR_OK, or GR_FAIL if the router refused it. */
 int grp_event_emit(struct gr_msg *msg, json_t *event);

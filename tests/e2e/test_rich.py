@@ -1,0 +1,325 @@
+"""Rich notifications through the real binary: validation tokens and
+decryption, with keys made fresh for each test by graphrouter-simulate (and
+once with the fixed shared vectors). Covers two tenants in one POST, covered
+and uncovered items, key rotation and thumbprint lookup, every tampering,
+every kind of bad token, keys reloaded on SIGHUP, and JWKS fetched over
+HTTPS from a local server, with a key rotation while the router runs."""
+
+import copy
+import http.server
+import json
+import os
+import shutil
+import signal
+import ssl
+import subprocess
+import tempfile
+import threading
+import time
+
+from grtest import (APP_ID, BINARY, SECRET, TENANT_A, TENANT_B, VECTORS, Router, RouterTest,
+                    base_config, rich_config, simulate)
+
+NOW = int(time.time())
+
+
+def merged(*docs):
+    """One POST from several simulate outputs: their items and their tokens."""
+    out = {"value": []}
+    for d in docs:
+        out["value"] += d["value"]
+        if "validationTokens" in d:
+            out.setdefault("validationTokens", []).extend(d["validationTokens"] or [])
+    return out
+
+
+class RichTest(RouterTest):
+    def dropped(self, r, reason):
+        return r.metric("graphrouter_items_dropped_total", reason=reason)
+
+    def test_two_tenants_in_one_post(self):
+        k = self.keys()
+        r = self.router(rich_config(k))
+        out = simulate(*k.notify_args("--type", "chatMessage", "--tenant", TENANT_A, "--tenant",
+                                      TENANT_B, "--url", "http://127.0.0.1:%d/notifications"
+                                      % r.port))
+        self.assertEqual(out, "HTTP 202")
+        lines = r.wait_jsonl(2)
+        self.assertEqual(sorted(l["tenant_id"] for l in lines), sorted([TENANT_A, TENANT_B]))
+        for l in lines:
+            self.assertEqual(l["resource_type"], "chatMessage")
+            self.assertEqual(l["content"]["body"]["content"],
+                             '<div><at id="0">Adele</at> the build is green</div>')
+            self.assertEqual(l["content"]["chatId"], l["resource_ids"]["chat"])
+        self.assertEqual(r.metric("graphrouter_validation_tokens_total", result="valid"), 2)
+        # decrypted content and tokens are never logged
+        self.assertNotIn("the build is green", r.log())
+        self.assertNotIn("eyJ", r.log())
+
+    def test_one_item_covered_one_not(self):
+        k = self.keys()
+        r = self.router(rich_config(k))
+        covered = simulate(*k.notify_args("--type", "presence", "--tenant", TENANT_A))
+        uncovered = simulate(*k.notify_args("--type", "presence", "--tenant", TENANT_B,
+                                            "--tokens", "none"))
+        self.assertEqual(r.post(merged(covered, uncovered))[0], 202)
+        lines = r.wait_jsonl(1)
+        r.wait_for(lambda: self.dropped(r, "token_uncovered") == 1)
+        r.wait_idle()
+        lines = r.read_jsonl()
+        self.assertEqual([(l["tenant_id"], l["content"]["availability"]) for l in lines],
+                         [(TENANT_A, "Busy")])
+        r.wait_log(r"rich item dropped \(token_uncovered\): no valid validation token is for "
+                   r"this item's tenant; subscription=\S+ tenant=" + TENANT_B)
+
+    def test_rotation_and_thumbprint(self):
+        old, new = self.keys("old", "cert-old"), self.keys("new", "cert-new")
+        cfg = rich_config(old)
+        cfg["decryption_keys"] = [old.decryption_key(), new.decryption_key()]
+        r = self.router(cfg)
+        base = ["notify", "--rich", "--app-id", APP_ID, "--client-state", SECRET,
+                "--signing-key", os.path.join(old.dir, "signing-key.pem"), "--kid", old.kid]
+        docs = [simulate(*base, "--cert", old.cert, "--cert-id", "cert-old"),
+                simulate(*base, "--cert", new.cert, "--cert-id", "cert-new"),
+                # Graph may send only the thumbprint
+                simulate(*base, "--cert", new.cert, "--cert-ref", "thumbprint")]
+        self.assertEqual(r.post(merged(*docs))[0], 202)
+        self.assertEqual(len(r.wait_jsonl(3)), 3)
+        # a key loaded without its certificate has no thumbprint to be found by
+        cfg["decryption_keys"] = [old.decryption_key(), new.decryption_key(certificate=False)]
+        r.write_config(cfg)
+        r.send_signal(signal.SIGHUP)
+        r.wait_for(lambda: r.metric("graphrouter_reloads_total", result="success") == 1)
+        self.assertEqual(r.post(simulate(*base, "--cert", new.cert, "--cert-ref",
+                                         "thumbprint"))[0], 202)
+        r.wait_for(lambda: self.dropped(r, "decrypt_unknown_key") == 1)
+
+    def test_tampering_and_unknown_key(self):
+        k, stranger = self.keys(), self.keys("stranger", "stranger-cert")
+        r = self.router(rich_config(k))
+        cases = {"data": "decrypt_bad_signature", "mac": "decrypt_bad_signature",
+                 "key": "decrypt_bad_key", "padding": "decrypt_bad_padding"}
+        for tamper in cases:
+            self.assertEqual(r.post(simulate(*k.notify_args("--tamper", tamper)))[0], 202)
+        # encrypted to a certificate this router has no key for
+        unknown = simulate("notify", "--rich", "--app-id", APP_ID, "--client-state", SECRET,
+                           "--cert", stranger.cert, "--cert-id", "stranger-cert",
+                           "--signing-key", os.path.join(k.dir, "signing-key.pem"),
+                           "--kid", k.kid)
+        self.assertEqual(r.post(unknown)[0], 202)
+        r.wait_for(lambda: self.dropped(r, "decrypt_bad_signature") == 2)
+        for reason in ("decrypt_bad_key", "decrypt_bad_padding", "decrypt_unknown_key"):
+            r.wait_for(lambda: self.dropped(r, reason) == 1, what=reason)
+        r.wait_idle()
+        self.assertEqual(r.read_jsonl(), [])
+        r.wait_log(r"rich item dropped \(decrypt_bad_signature\): decryption failed: "
+                   r"bad_signature")
+
+    def test_bad_tokens(self):
+        k = self.keys()
+        r = self.router(rich_config(k, validation_tokens={
+            "app_ids": [APP_ID], "jwks_file": k.jwks, "tenant_ids": [TENANT_A, TENANT_B]}))
+        cases = [
+            (["--token-claims", json.dumps({"exp": NOW - 3600, "nbf": NOW - 7200})], "expired"),
+            (["--token-claims", json.dumps({"nbf": NOW + 7200})], "not_yet_valid"),
+            (["--token-claims", json.dumps({"aud": "someone-else"})], "bad_audience"),
+            (["--token-claims", json.dumps({"azp": "11111111-2222-3333-4444-555555555555"})],
+             "bad_caller"),
+            (["--token-version", "1", "--token-claims", json.dumps({"appid": "x"})], "bad_caller"),
+            (["--token-claims", json.dumps({"iss": "https://evil.example/%s/v2.0" % TENANT_A})],
+             "bad_issuer"),
+            (["--token-kid", "no-such-kid"], "unknown_kid"),
+            (["--token-alg", "none"], "bad_alg"),
+            (["--token-alg", "HS256"], "bad_alg"),
+            (["--tenant", "cccccccc-0000-0000-0000-000000000000"], "bad_tenant"),
+        ]
+        for args, _ in cases:
+            tenant = [] if "--tenant" in args else ["--tenant", TENANT_A]
+            self.assertEqual(r.post(simulate(*k.notify_args(*tenant, *args)))[0], 202)
+        for result in {c[1] for c in cases}:
+            want = sum(1 for c in cases if c[1] == result)
+            r.wait_for(lambda: r.metric("graphrouter_validation_tokens_total",
+                                        result=result) == want, what=result)
+        r.wait_for(lambda: self.dropped(r, "token_invalid") == len(cases))
+        # a POST without tokens, with null tokens, or with none at all
+        for mode in ("none", "null", "empty"):
+            self.assertEqual(r.post(simulate(*k.notify_args("--tokens", mode)))[0], 202)
+        r.wait_for(lambda: self.dropped(r, "token_missing") == 3)
+        # and a good one still passes; v1 tokens too
+        r.post(simulate(*k.notify_args("--tenant", TENANT_B, "--token-version", "1")))
+        self.assertEqual(len(r.wait_jsonl(1)), 1)
+        r.wait_log(r"validation token rejected: bad_alg")
+
+    def test_shared_vectors(self):
+        """The fixed vectors: two tenants, tokens valid until 2100, the vector key."""
+        syn = os.path.join(VECTORS, "synthetic")
+        key = os.path.join(self._scratch, "vector.key")
+        shutil.copy(os.path.join(syn, "enc_private_key.pem"), key)
+        os.chmod(key, 0o600)
+        with open(os.path.join(syn, "jwt_cases.json")) as f:
+            cases = json.load(f)
+        cfg = base_config(
+            subscriptions=[{"id": "76222963-cc7b-42d2-882d-8aaa69cb2ba3", "client_state": "s3cr3t-A"},
+                           {"id": "5cfe2387-163c-4006-81bb-1b5e1e060afe", "client_state": "s3cr3t-B"}],
+            validation_tokens={"app_ids": cases["app_ids"], "tenant_ids": cases["tenant_ids"],
+                               "jwks_file": os.path.join(syn, "jwks.json")},
+            decryption_keys=[{"certificate_id": "router-test-cert-2025", "private_key_file": key,
+                              "certificate_file": os.path.join(syn, "enc_certificate.pem")}])
+        r = self.router(cfg)
+        with open(os.path.join(syn, "rich_notification_two_tenants_with_tokens.json"), "rb") as f:
+            self.assertEqual(r.post(f.read())[0], 202)
+        lines = sorted(r.wait_jsonl(2), key=lambda l: l["tenant_id"])
+        for line, name in zip(lines, ("expected_plaintext_item0.json",
+                                      "expected_plaintext_item1.json")):
+            with open(os.path.join(syn, name)) as f:
+                self.assertEqual(line["content"], json.load(f))
+        self.assertEqual([l["resource_type"] for l in lines], ["chatMessage", "presence"])
+
+    def test_events_carry_content(self):
+        k = self.keys()
+        cfg = rich_config(k, handlers={
+            "teams": {"plugin": "teams", "config": {"emit_to": "out"}},
+            "presence": {"plugin": "presence", "config": {"emit_to": "out"}},
+            "out": {"plugin": "file", "config": {"path": "out.jsonl"}}},
+            routes=[{"name": "t", "match": {"resource_type": "chatMessage"}, "to": "teams"},
+                    {"name": "p", "match": {"resource_type": "presence"}, "to": "presence"}])
+        r = self.router(cfg)
+        r.post(merged(simulate(*k.notify_args("--type", "chatMessage")),
+                      simulate(*k.notify_args("--type", "presence"))))
+        events = {e["event"]: e for e in r.wait_jsonl(2)}
+        chat = events["teams.chatMessage.created"]
+        self.assertEqual(chat["body"], {"content_type": "html", "content":
+                                        '<div><at id="0">Adele</at> the build is green</div>'})
+        self.assertEqual((chat["from"]["type"], chat["from"]["display_name"]),
+                         ("user", "Megan Bowen"))
+        self.assertEqual([m["display_name"] for m in chat["mentions"]], ["Adele Vance"])
+        self.assertRegex(chat["created_at"], r"^\d{4}-\d\d-\d\dT")
+        self.assertEqual(chat["message_type"], "message")
+        p = events["presence.updated"]
+        self.assertEqual((p["availability"], p["activity"]), ("Busy", "InACall"))
+
+    def test_key_files_are_checked(self):
+        k = self.keys()
+        os.chmod(k.key, 0o644)
+        r = Router(rich_config(k))
+        try:
+            p = subprocess.run([BINARY, "-c", r.config_path, "--check"], capture_output=True,
+                               text=True, timeout=60)
+        finally:
+            r.close()
+        self.assertEqual(p.returncode, 1)
+        self.assertRegex(p.stderr, r'graphrouter\.json:\d+:\d+: decryption key "test-cert": .*'
+                                   r'encryption-key\.pem is readable or writable by group or '
+                                   r'others \(mode 0644\)')
+
+
+class JwksServer:
+    """A JWKS over HTTPS on 127.0.0.1, with a self-signed certificate."""
+
+    def __init__(self, directory):
+        self.cert = os.path.join(directory, "tls.pem")
+        keyfile = os.path.join(directory, "tls.key")
+        subprocess.run(["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-keyout",
+                        keyfile, "-out", self.cert, "-days", "1", "-subj", "/CN=127.0.0.1",
+                        "-addext", "subjectAltName=IP:127.0.0.1"], check=True,
+                       capture_output=True)
+        self.body, self.status, self.requests = b"{}", 200, 0
+        server = self
+
+        class Handler(http.server.BaseHTTPRequestHandler):
+            def do_GET(self):
+                server.requests += 1
+                self.send_response(server.status)
+                self.send_header("Content-Type", "application/json")
+                self.send_header("Content-Length", str(len(server.body)))
+                self.end_headers()
+                self.wfile.write(server.body)
+
+            def log_message(self, *args):
+                pass
+
+        self.httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+        ctx.load_cert_chain(self.cert, keyfile)
+        self.httpd.socket = ctx.wrap_socket(self.httpd.socket, server_side=True)
+        self.url = "https://127.0.0.1:%d/keys" % self.httpd.server_address[1]
+        threading.Thread(target=self.httpd.serve_forever, daemon=True).start()
+
+    def serve(self, *jwks_files):
+        keys = []
+        for path in jwks_files:
+            with open(path) as f:
+                keys += json.load(f)["keys"]
+        self.body = json.dumps({"keys": keys}).encode()
+
+    def close(self):
+        self.httpd.shutdown()
+        self.httpd.server_close()
+
+
+class JwksOverHttpsTest(RouterTest):
+    def setUp(self):
+        super().setUp()
+        self.server = JwksServer(self._scratch)
+
+    def tearDown(self):
+        self.server.close()
+        super().tearDown()
+
+    def config(self, keys, **tokens):
+        cfg = rich_config(keys)
+        cfg["validation_tokens"] = dict({"app_ids": [APP_ID], "jwks_url": self.server.url,
+                                         "ca_file": self.server.cert}, **tokens)
+        return cfg
+
+    def test_rotation_while_running(self):
+        k1, k2 = self.keys("k1"), self.keys("k2")
+        self.server.serve(k1.jwks)
+        r = self.router(self.config(k1, refresh_s=3600, min_refresh_s=5))
+        r.wait_for(lambda: r.metric("graphrouter_jwks_keys") == 1)
+        loaded = r.metric("graphrouter_jwks_loaded_timestamp_seconds")
+        self.assertEqual(r.post(simulate(*k1.notify_args()))[0], 202)
+        r.wait_jsonl(1)
+        # Entra publishes a new signing key; tokens signed with it arrive
+        self.server.serve(k1.jwks, k2.jwks)
+        signed_by_k2 = lambda: simulate(
+            "notify", "--rich", "--app-id", APP_ID, "--client-state", SECRET, "--cert", k1.cert,
+            "--cert-id", k1.cert_id, "--signing-key", os.path.join(k2.dir, "signing-key.pem"),
+            "--kid", k2.kid)
+        # keys loaded less than min_refresh_s ago are fresh: an unknown kid is final
+        self.assertEqual(r.post(signed_by_k2())[0], 202)
+        self.assertLess(time.time() - loaded, 5)
+        r.wait_for(lambda: r.metric("graphrouter_items_dropped_total",
+                                    reason="token_invalid") == 1)
+        self.assertEqual(self.server.requests, 1)
+        # past it, an unknown kid fetches the keys again and the item waits for them
+        time.sleep(max(0.0, loaded + 5.2 - time.time()))
+        self.assertEqual(r.post(signed_by_k2())[0], 202)
+        self.assertEqual(len(r.wait_jsonl(2)), 2)
+        self.assertEqual(r.metric("graphrouter_jwks_keys"), 2)
+        self.assertEqual(r.metric("graphrouter_jwks_refreshes_total", result="success"), 2)
+        self.assertEqual(self.server.requests, 2)
+
+    def test_failed_refresh_keeps_keys(self):
+        k = self.keys()
+        self.server.serve(k.jwks)
+        r = self.router(self.config(k, refresh_s=1))
+        r.wait_for(lambda: r.metric("graphrouter_jwks_keys") == 1)
+        self.server.status = 500
+        r.wait_for(lambda: r.metric("graphrouter_jwks_refreshes_total", result="failure") >= 1)
+        r.wait_log(r"validation-token keys not refreshed; the cached keys stay in force: "
+                   r"fetching https://127\.0\.0\.1:\d+/keys failed: .*500")
+        self.assertEqual(r.post(simulate(*k.notify_args()))[0], 202)
+        self.assertEqual(len(r.wait_jsonl(1)), 1)
+
+    def test_tls_is_verified(self):
+        k = self.keys()
+        self.server.serve(k.jwks)
+        cfg = self.config(k)
+        del cfg["validation_tokens"]["ca_file"]  # the server's certificate is not trusted
+        r = self.router(cfg)
+        r.wait_for(lambda: r.metric("graphrouter_jwks_refreshes_total", result="failure") == 1)
+        r.wait_log(r"validation-token keys could not be loaded; rich items wait until they are: "
+                   r"fetching https://127\.0\.0\.1:\d+/keys failed: .*(SSL certificate|self.signed)")
+        self.assertEqual(self.server.requests, 0)
+        self.assertEqual(r.metric("graphrouter_jwks_keys"), 0)
