@@ -306,15 +306,23 @@ enum gr_token_result gr_token_cache_verify(struct gr_token_cache *cache, const c
     }
     pthread_mutex_unlock(&cache->lock);
 
-    /* Verify outside the lock: it is the slow part, and concurrent first
-     * sightings of one token merely verify it twice. */
+    /* Verify outside the lock: it is the slow part. Two threads meeting a
+     * new token at once both verify it; only the one that caches its result
+     * reports a first sighting, so each token is counted once. */
     struct gr_token_claims fresh;
     enum gr_token_result rc = gr_token_verify(token, len, lookup, lookup_ctx, &fresh);
-    *first_seen = true;
-    if (rc == GR_TOKEN_UNKNOWN_KID)
+    if (rc == GR_TOKEN_UNKNOWN_KID) {
+        *first_seen = true; /* not cached: a refresh may publish the kid */
         return rc;
+    }
     pthread_mutex_lock(&cache->lock);
     e = find(cache, digest);
+    if (e->used && e->until > now) { /* another thread was quicker */
+        pthread_mutex_unlock(&cache->lock);
+        *claims = fresh;
+        return rc;
+    }
+    *first_seen = true;
     if (!e->used) {
         if (cache->n + 1 > cache->cap / 2) {
             drop_entries(cache, now, false);

@@ -79,8 +79,10 @@ enum gr_token_result gr_token_policy_check(const struct gr_token_claims *c,
 struct gr_token_cache;
 struct gr_token_cache *gr_token_cache_new(size_t capacity);
 void gr_token_cache_free(struct gr_token_cache *c);
-/* Verify through the cache. *first_seen is set when the result was computed
- * now (for counting each token once). `claims` is filled on VALID. */
+/* Verify through the cache. *first_seen is set for the one call that put
+ * the token's result in the cache (so each token is counted once), and for
+ * every call that met an unknown kid (never cached). `claims` is filled on
+ * VALID. */
 enum gr_token_result gr_token_cache_verify(struct gr_token_cache *cache, const char *token,
                                            size_t len, gr_key_lookup_fn lookup, void *lookup_ctx,
                                            int64_t now, struct gr_token_claims *claims,

@@ -1,6 +1,8 @@
+#define _GNU_SOURCE
 /* Validation tokens: every case of tests/vectors/synthetic/jwt_cases.json at
  * its validation_time_unix against its JWKS, the clock skew at both ends,
  * the verification cache, and base64 strictness. */
+#include <pthread.h>
 #include <setjmp.h>
 #include <stdarg.h>
 #include <stddef.h>
@@ -196,6 +198,51 @@ static void test_cache(void **state)
     }
 }
 
+struct racer {
+    pthread_barrier_t *start;
+    struct gr_jwks *jwks;
+    const char *token;
+    int64_t now;
+    bool first;
+    enum gr_token_result result;
+};
+
+static void *race(void *arg)
+{
+    struct racer *r = arg;
+    struct gr_token_claims c;
+    pthread_barrier_wait(r->start);
+    r->result = gr_jwks_verify(r->jwks, r->token, strlen(r->token), r->now, &c, &r->first);
+    gr_token_claims_free(&c);
+    return NULL;
+}
+
+/* Threads that meet one new token at once: all get the result, one counts it. */
+static void test_cache_counts_once_under_concurrency(void **state)
+{
+    struct fixture *f = *state;
+    enum { N = 8 };
+    static const char *const names[] = {"valid_v1_tenantB", "wrong_publisher_azp"};
+    for (size_t k = 0; k < 2; k++) {
+        pthread_barrier_t start;
+        pthread_barrier_init(&start, NULL, N);
+        struct racer r[N];
+        pthread_t t[N];
+        for (int i = 0; i < N; i++) {
+            r[i] = (struct racer){&start, f->jwks, token_of(f, names[k]), f->now, false, 0};
+            pthread_create(&t[i], NULL, race, &r[i]);
+        }
+        int firsts = 0;
+        for (int i = 0; i < N; i++) {
+            pthread_join(t[i], NULL);
+            firsts += r[i].first;
+            assert_int_equal(r[i].result, k == 0 ? GR_TOKEN_VALID : GR_TOKEN_BAD_CALLER);
+        }
+        assert_int_equal(firsts, 1);
+        pthread_barrier_destroy(&start);
+    }
+}
+
 static void test_cache_bound(void **state)
 {
     (void)state;
@@ -248,6 +295,7 @@ int main(void)
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_every_vector_case), cmocka_unit_test(test_claims_and_skew),
         cmocka_unit_test(test_malformed),         cmocka_unit_test(test_cache),
+        cmocka_unit_test(test_cache_counts_once_under_concurrency),
         cmocka_unit_test(test_cache_bound),       cmocka_unit_test(test_base64),
     };
     return cmocka_run_group_tests(tests, setup, teardown);
