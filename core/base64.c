@@ -1,6 +1,7 @@
 /* Base64 in both alphabets (see base64.h). */
 #include "base64.h"
 
+#include <pthread.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -11,23 +12,22 @@ static const char std_alphabet[] =
 static const char url_alphabet[] =
     "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_";
 
-static int value_of(char c, bool url)
+/* value + 1 of every byte in each alphabet; 0 = not in it. Built once. */
+static unsigned char std_values[256], url_values[256];
+
+static void build_tables(void)
 {
-    if (c >= 'A' && c <= 'Z')
-        return c - 'A';
-    if (c >= 'a' && c <= 'z')
-        return c - 'a' + 26;
-    if (c >= '0' && c <= '9')
-        return c - '0' + 52;
-    if (c == (url ? '-' : '+'))
-        return 62;
-    if (c == (url ? '_' : '/'))
-        return 63;
-    return -1;
+    for (int i = 0; i < 64; i++) {
+        std_values[(unsigned char)std_alphabet[i]] = (unsigned char)(i + 1);
+        url_values[(unsigned char)url_alphabet[i]] = (unsigned char)(i + 1);
+    }
 }
 
 static unsigned char *decode(const char *s, size_t len, size_t *out_len, bool url)
 {
+    static pthread_once_t once = PTHREAD_ONCE_INIT;
+    pthread_once(&once, build_tables);
+    const unsigned char *values = url ? url_values : std_values;
     size_t pad = 0;
     while (len > 0 && s[len - 1] == '=' && pad < 2) {
         len--;
@@ -36,29 +36,47 @@ static unsigned char *decode(const char *s, size_t len, size_t *out_len, bool ur
     if (len % 4 == 1 || (pad && (len + pad) % 4 != 0))
         return NULL;
     unsigned char *out = gr_xmalloc(len / 4 * 3 + 3);
-    size_t o = 0;
-    unsigned acc = 0;
-    int bits = 0;
-    for (size_t i = 0; i < len; i++) {
-        int v = value_of(s[i], url);
-        if (v < 0) {
+    const unsigned char *in = (const unsigned char *)s;
+    size_t i = 0, o = 0;
+    for (; i + 4 <= len; i += 4) { /* whole quads */
+        unsigned a = values[in[i]], b = values[in[i + 1]], c = values[in[i + 2]],
+                 d = values[in[i + 3]];
+        if (!a || !b || !c || !d) {
             free(out);
             return NULL;
         }
-        acc = (acc << 6) | (unsigned)v;
-        bits += 6;
-        if (bits >= 8) {
-            bits -= 8;
-            out[o++] = (unsigned char)(acc >> bits);
-            acc &= (1u << bits) - 1;
-        }
+        unsigned v = (a - 1) << 18 | (b - 1) << 12 | (c - 1) << 6 | (d - 1);
+        out[o++] = (unsigned char)(v >> 16);
+        out[o++] = (unsigned char)(v >> 8);
+        out[o++] = (unsigned char)v;
     }
-    if (acc != 0) { /* non-canonical: bits set past the end */
-        free(out);
-        return NULL;
+    if (i < len) { /* 2 or 3 characters left */
+        unsigned v = 0;
+        size_t left = len - i;
+        for (size_t k = 0; k < left; k++) {
+            unsigned x = values[in[i + k]];
+            if (!x) {
+                free(out);
+                return NULL;
+            }
+            v = v << 6 | (x - 1);
+        }
+        if (left == 2) {
+            if (v & 0xf) /* non-canonical: bits set past the end */
+                goto bad;
+            out[o++] = (unsigned char)(v >> 4);
+        } else {
+            if (v & 0x3)
+                goto bad;
+            out[o++] = (unsigned char)(v >> 10);
+            out[o++] = (unsigned char)(v >> 2);
+        }
     }
     *out_len = o;
     return out;
+bad:
+    free(out);
+    return NULL;
 }
 
 unsigned char *gr_base64_decode(const char *s, size_t len, size_t *out_len)
