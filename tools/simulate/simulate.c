@@ -91,6 +91,25 @@ static char *path_in(const char *dir, const char *name)
 
 /* ---- keys -------------------------------------------------------------- */
 
+/* mkdir -p; the last directory is private (it holds private keys). */
+static int make_dirs(const char *path)
+{
+    char *p = gr_xstrdup(path);
+    int rc = 0;
+    for (char *s = p + 1; *s && rc == 0; s++) {
+        if (*s != '/')
+            continue;
+        *s = '\0';
+        if (mkdir(p, 0755) != 0 && errno != EEXIST)
+            rc = -1;
+        *s = '/';
+    }
+    if (rc == 0 && mkdir(p, 0700) != 0 && errno != EEXIST)
+        rc = -1;
+    free(p);
+    return rc;
+}
+
 static int cmd_keys(int argc, char **argv)
 {
     static const struct option opts[] = {{"out", required_argument, NULL, 'o'},
@@ -120,7 +139,7 @@ static int cmd_keys(int argc, char **argv)
         sim_guid(kid_buf);
         kid = kid_buf;
     }
-    if (mkdir(out, 0700) != 0 && errno != EEXIST)
+    if (make_dirs(out) != 0)
         die("cannot create %s: %s", out, strerror(errno));
 
     EVP_PKEY *enc = sim_rsa_key(bits), *sign = sim_rsa_key(2048);
