@@ -9,7 +9,9 @@ packages=(
   libclang-rt-dev                    # clang's libFuzzer and sanitizer runtimes (fuzz tests)
   libmicrohttpd-dev                  # HTTP listener
   libjansson-dev                     # JSON
-  libssl-dev                         # OpenSSL 3: digests, constant-time compare
+  libssl-dev                         # OpenSSL 3: tokens, decryption, digests
+  libcurl4-openssl-dev               # fetching validation-token signing keys (JWKS)
+  openssl                            # tests: a TLS certificate for the local JWKS server
   libcmocka-dev                      # unit tests
   python3                            # end-to-end tests (standard library only)
 )
