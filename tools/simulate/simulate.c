@@ -159,17 +159,19 @@ static int cmd_keys(int argc, char **argv)
         die("cannot write the files in %s: %s", out, strerror(errno));
     char tp[41];
     sim_thumbprint(cert, tp);
-    printf("encryption certificate thumbprint: %s\n"
+    printf("encryptionCertificate (base64 DER, for the subscription; also in %s):\n%s\n\n"
+           "encryption certificate thumbprint: %s\n"
            "token signing key kid:             %s\n"
-           "\n"
-           "In graphrouter's configuration:\n"
+           "\n",
+           files[2], b64, tp, kid);
+    printf("In graphrouter's configuration:\n"
            "  \"decryption_keys\": [{\"certificate_id\": \"%s\", \"private_key_file\": \"%s\",\n"
            "                       \"certificate_file\": \"%s\"}],\n"
            "  \"validation_tokens\": {\"app_ids\": [\"<your app id>\"], \"jwks_file\": \"%s\"}\n"
            "\n"
            "A real subscription's encryptionCertificateId is \"%s\" and its\n"
            "encryptionCertificate the contents of %s.\n",
-           tp, kid, cert_id, files[0], files[1], files[4], cert_id, files[2]);
+           cert_id, files[0], files[1], files[4], cert_id, files[2]);
     for (size_t i = 0; i < GR_ARRAY_LEN(files); i++)
         free(files[i]);
     free(b64);
