@@ -44,7 +44,8 @@ struct gr_jwks {
     struct keyset *keys;
     int64_t last_success_wall_ms; /* 0: never */
     int64_t last_attempt_ms;      /* monotonic; 0: never */
-    bool fetching, requested, stopping, started;
+    bool fetching, requested, started;
+    atomic_bool stopping; /* also read, unlocked, by a transfer in progress */
     pthread_t thread;
 };
 
@@ -166,6 +167,16 @@ static size_t on_body(char *data, size_t size, size_t nmemb, void *userp)
     return n;
 }
 
+/* Abort a transfer when the key set is being dropped, so that dropping it
+ * (on the control thread) never waits for a slow server. */
+static int on_progress(void *userp, curl_off_t dltotal, curl_off_t dlnow, curl_off_t ultotal,
+                       curl_off_t ulnow)
+{
+    (void)dltotal, (void)dlnow, (void)ultotal, (void)ulnow;
+    const struct gr_jwks *j = userp;
+    return atomic_load(&j->stopping) ? 1 : 0;
+}
+
 static char *fetch_url(const struct gr_jwks *j, size_t *len, char **why)
 {
     CURL *c = curl_easy_init();
@@ -193,6 +204,9 @@ static char *fetch_url(const struct gr_jwks *j, size_t *len, char **why)
     curl_easy_setopt(c, CURLOPT_ERRORBUFFER, errbuf);
     curl_easy_setopt(c, CURLOPT_WRITEFUNCTION, on_body);
     curl_easy_setopt(c, CURLOPT_WRITEDATA, &b);
+    curl_easy_setopt(c, CURLOPT_NOPROGRESS, 0L);
+    curl_easy_setopt(c, CURLOPT_XFERINFOFUNCTION, on_progress);
+    curl_easy_setopt(c, CURLOPT_XFERINFODATA, (void *)j);
     CURLcode rc = curl_easy_perform(c);
     curl_easy_cleanup(c);
     if (rc != CURLE_OK) {
@@ -273,7 +287,7 @@ static void *refresh_main(void *arg)
 {
     struct gr_jwks *j = arg;
     pthread_mutex_lock(&j->lock);
-    while (!j->stopping) {
+    while (!atomic_load(&j->stopping)) {
         int64_t now = gr_mono_ms();
         int64_t due = !j->last_attempt_ms ? now
                       : j->keys           ? j->last_attempt_ms + j->refresh_ms
@@ -336,7 +350,7 @@ void gr_jwks_unref(struct gr_jwks *j)
     if (!j || atomic_fetch_sub(&j->refs, 1) != 1)
         return;
     pthread_mutex_lock(&j->lock);
-    j->stopping = true;
+    atomic_store(&j->stopping, true);
     pthread_cond_broadcast(&j->cond);
     bool started = j->started;
     pthread_mutex_unlock(&j->lock);

@@ -223,12 +223,13 @@ class JwksServer:
                         keyfile, "-out", self.cert, "-days", "1", "-subj", "/CN=127.0.0.1",
                         "-addext", "subjectAltName=IP:127.0.0.1"], check=True,
                        capture_output=True)
-        self.body, self.status, self.requests = b"{}", 200, 0
+        self.body, self.status, self.requests, self.delay = b"{}", 200, 0, 0
         server = self
 
         class Handler(http.server.BaseHTTPRequestHandler):
             def do_GET(self):
                 server.requests += 1
+                time.sleep(server.delay)
                 self.send_response(server.status)
                 self.send_header("Content-Type", "application/json")
                 self.send_header("Content-Length", str(len(server.body)))
@@ -311,6 +312,26 @@ class JwksOverHttpsTest(RouterTest):
                    r"fetching https://127\.0\.0\.1:\d+/keys failed: .*500")
         self.assertEqual(r.post(simulate(*k.notify_args()))[0], 202)
         self.assertEqual(len(r.wait_jsonl(1)), 1)
+
+    def test_hanging_server_holds_up_nothing(self):
+        k = self.keys()
+        self.server.serve(k.jwks)
+        self.server.delay = 30  # longer than the 15 s transfer limit
+        r = self.router(self.config(k))
+        r.wait_for(lambda: self.server.requests == 1)
+        # a reload that drops this source retires the generation fetching from it
+        cfg = self.config(k)
+        cfg["validation_tokens"] = {"app_ids": [APP_ID], "jwks_file": k.jwks}
+        r.write_config(cfg)
+        t0 = time.monotonic()
+        r.send_signal(signal.SIGHUP)
+        r.wait_log(r"generation 1 retired")
+        self.assertLess(time.monotonic() - t0, 5)
+        self.assertEqual(r.post(simulate(*k.notify_args()))[0], 202)
+        r.wait_jsonl(1)
+        t0 = time.monotonic()
+        self.assertEqual(r.stop(), 0)
+        self.assertLess(time.monotonic() - t0, 5)
 
     def test_tls_is_verified(self):
         k = self.keys()
