@@ -41,7 +41,7 @@ int main(int argc, char **argv)
     gr_buf_puts(&body, "\"},\"from\":{\"user\":{\"id\":\"8ea0e38b\",\"displayName\":\"Megan\"}}}");
     json_t **items = gr_xcalloc(n, sizeof *items);
     for (size_t i = 0; i < n; i++)
-        items[i] = sim_encrypt(body.data, cert, "bench", true, true, SIM_TAMPER_NONE);
+        items[i] = sim_encrypt(body.data, cert, "bench", true, true, SIM_TAMPER_NONE, 256);
 
     char *text = gr_xprintf("{\"decryption_keys\": [{\"certificate_id\": \"bench\", "
                             "\"private_key_file\": \"%s\"}], \"handlers\": {}, \"routes\": []}",

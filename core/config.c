@@ -498,11 +498,7 @@ static int parse_decryption_keys(struct gr_check *c, struct gr_config *cfg)
             gr_check_string(c, k, "certificate_file", false, &d->certificate_file) < 0 ||
             gr_check_string(c, k, "password_file", false, &d->password_file) < 0)
             return -1;
-        for (size_t j = 0; j < i; j++)
-            if (strcmp(cfg->decryption_keys[j].certificate_id, d->certificate_id) == 0)
-                return gr_check_fail_element(c, list, i,
-                                             "certificate_id \"%s\" is listed twice",
-                                             d->certificate_id);
+        /* One certificate_id may name several keys: a rotation that kept the id. */
         cfg->ndecryption_keys = i + 1;
     }
     return 0;

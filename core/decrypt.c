@@ -192,8 +192,7 @@ static int load_one(const struct gr_decryption_key_conf *k, struct ring_key *out
         pass = (char *)read_secret(k->password_file, true, &pass_len, why);
         if (!pass)
             return -1;
-        while (pass_len && (pass[pass_len - 1] == '\n' || pass[pass_len - 1] == '\r'))
-            pass[--pass_len] = '\0';
+        pass[strcspn(pass, "\r\n")] = '\0'; /* the first line */
     }
     unsigned char *buf = read_secret(k->private_key_file, true, &key_len, why);
     X509 *cert = NULL;
@@ -208,8 +207,9 @@ static int load_one(const struct gr_decryption_key_conf *k, struct ring_key *out
                           k->password_file ? "; is the password right?" : "; encrypted? set password_file");
         goto fail;
     }
-    if (EVP_PKEY_get_base_id(pkey) != EVP_PKEY_RSA || EVP_PKEY_get_bits(pkey) < 2048) {
-        *why = gr_xprintf("%s: Graph needs an RSA key of 2048 bits or more", k->private_key_file);
+    if (EVP_PKEY_get_base_id(pkey) != EVP_PKEY_RSA || EVP_PKEY_get_bits(pkey) < 2048 ||
+        EVP_PKEY_get_bits(pkey) > 4096) {
+        *why = gr_xprintf("%s: Graph needs an RSA key of 2048 to 4096 bits", k->private_key_file);
         goto fail;
     }
     if (k->certificate_file) {
@@ -275,16 +275,24 @@ size_t gr_keyring_size(const struct gr_keyring *ring)
 
 /* ---- decrypting -------------------------------------------------------- */
 
-static const struct ring_key *find_key(const struct gr_keyring *ring, const char *id,
-                                       const char *tp)
+/* The keys that may have encrypted an item, best first: the one with its
+ * thumbprint, then those with its certificate id (several, when a rotation
+ * kept the id). At most ring->n; returns how many. */
+static size_t candidate_keys(const struct gr_keyring *ring, const char *id, const char *tp,
+                             const struct ring_key **out)
 {
-    for (size_t i = 0; id && i < ring->n; i++)
-        if (strcmp(ring->v[i].certificate_id, id) == 0)
-            return &ring->v[i];
+    size_t n = 0;
     for (size_t i = 0; tp && i < ring->n; i++)
         if (ring->v[i].thumbprint[0] && strcasecmp(ring->v[i].thumbprint, tp) == 0)
-            return &ring->v[i];
-    return NULL;
+            out[n++] = &ring->v[i];
+    for (size_t i = 0; id && i < ring->n; i++) {
+        bool listed = false;
+        for (size_t j = 0; j < n; j++)
+            listed |= out[j] == &ring->v[i];
+        if (!listed && strcmp(ring->v[i].certificate_id, id) == 0)
+            out[n++] = &ring->v[i];
+    }
+    return n;
 }
 
 /* RSA-OAEP with SHA-1 and MGF1-SHA-1, as Graph encrypts dataKey. */
@@ -315,11 +323,16 @@ enum gr_decrypt_result gr_decrypt(const struct gr_keyring *ring, const json_t *e
     const char *sig64 = gr_json_string_ci(ec, "dataSignature");
     if (!data64 || !key64 || !sig64)
         return GR_DECRYPT_MALFORMED;
-    const struct ring_key *k = ring ? find_key(ring, gr_json_string_ci(ec, "encryptionCertificateId"),
-                                               gr_json_string_ci(ec, "encryptionCertificateThumbprint"))
-                                    : NULL;
-    if (!k)
+    if (!ring || !ring->n)
         return GR_DECRYPT_UNKNOWN_KEY;
+    const struct ring_key **candidates = gr_xcalloc(ring->n, sizeof *candidates);
+    size_t ncandidates = candidate_keys(ring, gr_json_string_ci(ec, "encryptionCertificateId"),
+                                        gr_json_string_ci(ec, "encryptionCertificateThumbprint"),
+                                        candidates);
+    if (!ncandidates) {
+        free(candidates);
+        return GR_DECRYPT_UNKNOWN_KEY;
+    }
 
     enum gr_decrypt_result rc = GR_DECRYPT_MALFORMED;
     size_t wrapped_len = 0, data_len = 0, sig_len = 0, key_len = 0, plain_len = 0;
@@ -332,11 +345,14 @@ enum gr_decrypt_result gr_decrypt(const struct gr_keyring *ring, const json_t *e
     if (!wrapped || !data || !sig)
         goto out;
 
-    rc = GR_DECRYPT_BAD_KEY;
-    key_len = sizeof key;
-    if ((size_t)EVP_PKEY_get_size(k->pkey) > sizeof key ||
-        !unwrap_key(k->pkey, wrapped, wrapped_len, key, &key_len) ||
-        (key_len != 16 && key_len != 24 && key_len != 32))
+    rc = GR_DECRYPT_BAD_KEY; /* keys are at most 4096 bits: 512 bytes suffice */
+    bool unwrapped = false;
+    for (size_t i = 0; i < ncandidates && !unwrapped; i++) {
+        key_len = sizeof key;
+        unwrapped = unwrap_key(candidates[i]->pkey, wrapped, wrapped_len, key, &key_len) &&
+                    (key_len == 16 || key_len == 24 || key_len == 32);
+    }
+    if (!unwrapped)
         goto out;
 
     /* The MAC first: tampered ciphertext is never decrypted. */
@@ -366,6 +382,7 @@ enum gr_decrypt_result gr_decrypt(const struct gr_keyring *ring, const json_t *e
         json_decref(doc);
     }
 out:
+    free(candidates);
     EVP_CIPHER_CTX_free(aes);
     OPENSSL_cleanse(key, sizeof key);
     if (plain) {

@@ -195,6 +195,8 @@ static enum MHD_Result finish(struct MHD_Connection *c, struct gr_http *h, struc
     for (int d = 0; d < GR_DROP_COUNT; d++)
         for (size_t k = 0; k < in.dropped[d]; k++)
             gr_metrics_item_dropped((enum gr_drop_reason)d);
+    for (size_t k = 0; k < in.tokens_skipped; k++)
+        gr_metrics_token(GR_TOKEN_MALFORMED);
     if (in.njobs && gr_store_append(h->store, in.jobs, in.njobs) < 0) {
         gr_warn("notification POST refused with 503: the queue is full (store.max_pending); "
                 "Graph will retry");

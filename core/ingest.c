@@ -2,6 +2,7 @@
 #define _GNU_SOURCE
 #include "ingest.h"
 
+#include <stdbool.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -28,9 +29,30 @@ static bool is_validation_message(const char *subscription, const json_t *item)
            strncmp(change, "Validation:", 11) == 0;
 }
 
-/* `tokens` is the batch's validationTokens as JSON text (NULL if absent). */
+/* The POST's validationTokens, read when its first rich item needs them. */
+struct batch_tokens {
+    const json_t *value;
+    bool read;
+    struct gr_token_list *list;
+};
+
+static struct gr_token_list *tokens_for_rich_item(struct batch_tokens *b, struct gr_ingest *out)
+{
+    if (!b->read) {
+        b->read = true;
+        const char *why;
+        b->list = gr_token_list_new(b->value, &out->tokens_skipped, &why);
+        if (why || out->tokens_skipped)
+            gr_warn("validationTokens: %s%s%zu entr%s skipped (not a string, longer than %d "
+                    "bytes, or not a JWT naming a tenant); rich items not covered are dropped",
+                    why ? why : "", why ? "; " : "", out->tokens_skipped,
+                    out->tokens_skipped == 1 ? "y" : "ies", GR_TOKEN_MAX_BYTES);
+    }
+    return gr_token_list_ref(b->list);
+}
+
 static void judge_item(const struct gr_config *cfg, const json_t *item, int64_t received_ms,
-                       const char *tokens, struct gr_ingest *out)
+                       struct batch_tokens *tokens, struct gr_ingest *out)
 {
     const char *sub = gr_json_string_ci(item, "subscriptionId");
     if (!json_is_object(item) || !sub) {
@@ -65,9 +87,9 @@ static void judge_item(const struct gr_config *cfg, const json_t *item, int64_t 
     struct gr_job *job = gr_job_new(GR_JOB_ROUTE, text, strlen(text), NULL);
     free(text);
     job->received_ms = received_ms;
-    /* Rich items keep the tokens that must cover them; the worker checks. */
-    if (tokens && json_is_object(gr_json_get_ci(item, "encryptedContent")))
-        job->tokens = gr_xstrdup(tokens);
+    /* Rich items share the tokens that must cover them; a worker checks. */
+    if (json_is_object(gr_json_get_ci(item, "encryptedContent")))
+        job->tokens = tokens_for_rich_item(tokens, out);
     out->jobs[out->njobs++] = job;
 }
 
@@ -97,11 +119,10 @@ void gr_ingest_parse(const struct gr_config *cfg, const char *body, size_t len,
     }
     out->received = json_array_size(value);
     out->jobs = gr_xcalloc(out->received, sizeof *out->jobs);
-    const json_t *tokens = json_object_get(root, "validationTokens");
-    char *tokens_text = tokens ? json_dumps(tokens, JSON_COMPACT | JSON_ENCODE_ANY) : NULL;
+    struct batch_tokens tokens = {.value = json_object_get(root, "validationTokens")};
     for (size_t i = 0; i < out->received; i++)
-        judge_item(cfg, json_array_get(value, i), received_ms, tokens_text, out);
-    free(tokens_text);
+        judge_item(cfg, json_array_get(value, i), received_ms, &tokens, out);
+    gr_token_list_unref(tokens.list);
     json_decref(root);
 }
 

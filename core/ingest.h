@@ -27,6 +27,7 @@ struct gr_ingest {
     size_t njobs;
     size_t received;
     size_t dropped[GR_DROP_COUNT];
+    size_t tokens_skipped; /* validationTokens entries that are not usable tokens */
 };
 
 void gr_ingest_parse(const struct gr_config *cfg, const char *body, size_t len,

@@ -24,7 +24,6 @@
 #include "util.h"
 
 #define GR_JWKS_MAX_BYTES (1u << 20)
-#define GR_JWKS_RETRY_AFTER_ERROR_MS 60000
 #define GR_TOKEN_CACHE_CAPACITY 4096
 
 struct keyset {
@@ -44,7 +43,7 @@ struct gr_jwks {
     struct keyset *keys;
     int64_t last_success_wall_ms; /* 0: never */
     int64_t last_attempt_ms;      /* monotonic; 0: never */
-    bool fetching, requested, started;
+    bool fetching, requested, started, last_failed;
     atomic_bool stopping; /* also read, unlocked, by a transfer in progress */
     pthread_t thread;
 };
@@ -268,6 +267,7 @@ struct gr_jwks *gr_jwks_new(const struct gr_jwks_options *o, char **err)
         j->keys = s;
         j->last_success_wall_ms = gr_wall_ms();
         j->last_attempt_ms = gr_mono_ms();
+        gr_metrics_jwks_refresh(true);
     }
     return j;
 }
@@ -289,9 +289,11 @@ static void *refresh_main(void *arg)
     pthread_mutex_lock(&j->lock);
     while (!atomic_load(&j->stopping)) {
         int64_t now = gr_mono_ms();
+        /* After a failure, again after min_refresh_s (at least a second). */
+        int64_t retry_ms = j->min_refresh_ms > 1000 ? j->min_refresh_ms : 1000;
         int64_t due = !j->last_attempt_ms ? now
-                      : j->keys           ? j->last_attempt_ms + j->refresh_ms
-                                          : j->last_attempt_ms + GR_JWKS_RETRY_AFTER_ERROR_MS;
+                      : j->last_failed    ? j->last_attempt_ms + retry_ms
+                                          : j->last_attempt_ms + j->refresh_ms;
         if (j->requested || due <= now) {
             j->requested = false;
             j->fetching = true;
@@ -301,6 +303,7 @@ static void *refresh_main(void *arg)
             pthread_mutex_lock(&j->lock);
             j->fetching = false;
             j->last_attempt_ms = gr_mono_ms();
+            j->last_failed = !s;
             if (s) {
                 size_t n = s->n;
                 install(j, s);

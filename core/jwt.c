@@ -59,18 +59,24 @@ static json_t *segment_json(const char *s, size_t len)
     return v;
 }
 
+/* A NumericDate, seconds since the epoch. Bounded, so that adding the skew
+ * can never overflow; later than the year 36812 is not a date anyone sends. */
+#define GR_MAX_NUMERIC_DATE (INT64_C(1) << 40)
+
 static bool number_claim(const json_t *claims, const char *name, int64_t *out)
 {
     const json_t *v = json_object_get(claims, name);
-    if (json_is_integer(v)) {
-        *out = (int64_t)json_integer_value(v);
-        return true;
-    }
-    if (json_is_real(v) && isfinite(json_real_value(v)) && fabs(json_real_value(v)) < 9e15) {
-        *out = (int64_t)json_real_value(v);
-        return true;
-    }
-    return false;
+    double d;
+    if (json_is_integer(v))
+        d = (double)json_integer_value(v);
+    else if (json_is_real(v) && isfinite(json_real_value(v)))
+        d = json_real_value(v);
+    else
+        return false;
+    if (d < 0 || d > (double)GR_MAX_NUMERIC_DATE)
+        return false;
+    *out = json_is_integer(v) ? (int64_t)json_integer_value(v) : (int64_t)d;
+    return true;
 }
 
 static bool signature_ok(EVP_PKEY *key, const char *input, size_t input_len,
@@ -185,6 +191,83 @@ out:
     if (rc != GR_TOKEN_VALID)
         gr_token_claims_free(claims);
     return rc;
+}
+
+/* ---- token lists ------------------------------------------------------- */
+
+/* The tid a token's payload claims, without verifying anything. */
+static char *claimed_tid(const char *token, size_t len)
+{
+    const char *dot1 = memchr(token, '.', len);
+    const char *dot2 = dot1 ? memchr(dot1 + 1, '.', len - (size_t)(dot1 + 1 - token)) : NULL;
+    if (!dot2)
+        return NULL;
+    json_t *payload = segment_json(dot1 + 1, (size_t)(dot2 - dot1 - 1));
+    const char *tid = json_string_value(json_object_get(payload, "tid"));
+    char *out = tid ? gr_xstrdup(tid) : NULL;
+    json_decref(payload);
+    return out;
+}
+
+struct gr_token_list *gr_token_list_new(const json_t *tokens, size_t *skipped, const char **why)
+{
+    *skipped = 0;
+    *why = NULL;
+    if (!json_is_array(tokens) || json_array_size(tokens) == 0) {
+        *why = !tokens ? "the POST has no validationTokens"
+               : json_is_null(tokens) ? "the POST's validationTokens is null"
+                                      : "the POST's validationTokens is not a list of tokens";
+        return NULL;
+    }
+    if (json_array_size(tokens) > GR_TOKEN_LIST_MAX) {
+        *why = "the POST's validationTokens holds more than 100 tokens";
+        return NULL;
+    }
+    struct gr_token_list *l = gr_xcalloc(1, sizeof *l);
+    atomic_init(&l->refs, 1);
+    l->v = gr_xcalloc(json_array_size(tokens), sizeof *l->v);
+    for (size_t i = 0; i < json_array_size(tokens); i++) {
+        const json_t *t = json_array_get(tokens, i);
+        size_t len = json_string_length(t);
+        if (!json_is_string(t) || len == 0 || len > GR_TOKEN_MAX_BYTES) {
+            (*skipped)++;
+            continue;
+        }
+        char *tid = claimed_tid(json_string_value(t), len);
+        if (!tid) { /* not even a JWT with a tenant: it can cover nothing */
+            (*skipped)++;
+            continue;
+        }
+        struct gr_listed_token *e = &l->v[l->n++];
+        e->token = gr_xstrndup(json_string_value(t), len);
+        e->len = len;
+        e->claimed_tid = tid;
+    }
+    if (!l->n) {
+        *why = "the POST's validationTokens holds no usable token";
+        gr_token_list_unref(l);
+        return NULL;
+    }
+    return l;
+}
+
+struct gr_token_list *gr_token_list_ref(struct gr_token_list *l)
+{
+    if (l)
+        atomic_fetch_add(&l->refs, 1);
+    return l;
+}
+
+void gr_token_list_unref(struct gr_token_list *l)
+{
+    if (!l || atomic_fetch_sub(&l->refs, 1) != 1)
+        return;
+    for (size_t i = 0; i < l->n; i++) {
+        free(l->v[i].token);
+        free(l->v[i].claimed_tid);
+    }
+    free(l->v);
+    free(l);
 }
 
 static bool one_of_ci(const char *s, const char *const *list, size_t n)

@@ -18,7 +18,9 @@
 #ifndef GR_JWT_H
 #define GR_JWT_H
 
+#include <jansson.h>
 #include <openssl/evp.h>
+#include <stdatomic.h>
 #include <stdbool.h>
 #include <stddef.h>
 #include <stdint.h>
@@ -68,6 +70,36 @@ struct gr_token_policy {
 
 enum gr_token_result gr_token_policy_check(const struct gr_token_claims *c,
                                            const struct gr_token_policy *p, int64_t now);
+
+/*
+ * The validationTokens of one POST, read once on the request path and shared
+ * (reference-counted) by its rich items, however many there are. Bounded: at
+ * most GR_TOKEN_LIST_MAX tokens of at most GR_TOKEN_MAX_BYTES each, so a POST
+ * cannot make its items hold more than a few megabytes of tokens. Each entry
+ * records the tenant the token claims (unverified: it only picks which
+ * tokens are worth verifying for an item). Immutable once built.
+ */
+#define GR_TOKEN_LIST_MAX 100
+
+struct gr_listed_token {
+    char *token;
+    size_t len;
+    char *claimed_tid;
+};
+
+struct gr_token_list {
+    atomic_int refs;
+    size_t n;
+    struct gr_listed_token *v;
+};
+
+/* A list from a POST's "validationTokens" value. NULL (and *why set, for a
+ * log line) when it is absent, null, not a list, empty or over the limits.
+ * Entries that are not strings, are longer than GR_TOKEN_MAX_BYTES or do not
+ * decode to a payload with a tid are left out and counted in *skipped. */
+struct gr_token_list *gr_token_list_new(const json_t *tokens, size_t *skipped, const char **why);
+struct gr_token_list *gr_token_list_ref(struct gr_token_list *l);
+void gr_token_list_unref(struct gr_token_list *l);
 
 /*
  * A cache of gr_token_verify results keyed by the SHA-256 of the token:

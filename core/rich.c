@@ -15,35 +15,38 @@
 #include "util.h"
 
 struct coverage {
-    bool covered, any_valid, unknown_kid;
+    bool covered, any_candidate, unknown_kid;
 };
 
-/* Check every token once (the cache makes repeats cheap) and count each
- * distinct token the first time it is seen. Tokens are never logged. */
-static struct coverage check_tokens(struct gr_generation *g, const json_t *tokens,
-                                    const char *tenant)
+/* Verify the tokens that claim the item's tenant (the cache makes repeats
+ * cheap), stopping at the first valid one, and count each distinct token the
+ * first time it is verified. Tokens are never logged. */
+static struct coverage check_tokens(struct gr_generation *g, const struct gr_token_list *tokens,
+                                    const char *tenant, int64_t received_s)
 {
     struct coverage cov = {0};
-    int64_t now = (int64_t)time(NULL);
-    for (size_t i = 0; i < json_array_size(tokens); i++) {
-        const json_t *t = json_array_get(tokens, i);
+    size_t tried = 0;
+    for (size_t i = 0; tenant && i < tokens->n && !cov.covered; i++) {
+        const struct gr_listed_token *t = &tokens->v[i];
+        if (strcasecmp(t->claimed_tid, tenant) != 0)
+            continue;
+        if (tried++ == GR_RICH_MAX_CANDIDATES)
+            break;
+        cov.any_candidate = true;
         struct gr_token_claims claims;
         bool first = false;
         enum gr_token_result r =
-            json_is_string(t) ? gr_jwks_verify(g->jwks, json_string_value(t),
-                                               json_string_length(t), now, &claims, &first)
-                              : GR_TOKEN_MALFORMED;
+            gr_jwks_verify(g->jwks, t->token, t->len, received_s, &claims, &first);
         if (r == GR_TOKEN_VALID)
-            r = gr_token_policy_check(&claims, &g->token_policy, now);
-        if (first || !json_is_string(t)) {
+            r = gr_token_policy_check(&claims, &g->token_policy, received_s);
+        if (first) {
             gr_metrics_token((int)r);
             if (r != GR_TOKEN_VALID && r != GR_TOKEN_UNKNOWN_KID)
-                gr_warn("validation token rejected: %s", gr_token_result_name(r));
+                gr_warn("validation token rejected: %s; tenant=%.80s", gr_token_result_name(r),
+                        tenant);
         }
-        if (r == GR_TOKEN_VALID) {
-            cov.any_valid = true;
-            cov.covered |= tenant && strcasecmp(claims.tid, tenant) == 0;
-        }
+        /* the verified tid, not the claimed one, decides */
+        cov.covered = r == GR_TOKEN_VALID && strcasecmp(claims.tid, tenant) == 0;
         cov.unknown_kid |= r == GR_TOKEN_UNKNOWN_KID;
         gr_token_claims_free(&claims);
     }
@@ -78,9 +81,9 @@ static enum gr_rich_outcome drop(enum gr_drop_reason *out, enum gr_drop_reason r
     return GR_RICH_DROP;
 }
 
-enum gr_rich_outcome gr_rich_open(struct gr_generation *g, const json_t *item, const char *tokens,
-                                  int64_t received_ms, json_t **content,
-                                  enum gr_drop_reason *reason)
+enum gr_rich_outcome gr_rich_open(struct gr_generation *g, const json_t *item,
+                                  const struct gr_token_list *tokens, int64_t received_ms,
+                                  json_t **content, enum gr_drop_reason *reason)
 {
     *content = NULL;
     const json_t *ec = gr_json_get_ci(item, "encryptedContent");
@@ -93,22 +96,24 @@ enum gr_rich_outcome gr_rich_open(struct gr_generation *g, const json_t *item, c
                     "configure validation_tokens and decryption_keys to receive rich "
                     "notifications");
 
-    json_t *list = tokens ? json_loads(tokens, JSON_DECODE_ANY, NULL) : NULL;
-    if (!json_is_array(list) || json_array_size(list) == 0) {
-        json_decref(list);
+    if (!tokens)
         return drop(reason, GR_DROP_TOKEN_MISSING, item,
-                    "the POST carried no validationTokens (null tokens mean Graph could not "
-                    "encrypt for this app: see the README)");
-    }
-    struct coverage cov = check_tokens(g, list, gr_json_string_ci(item, "tenantId"));
-    json_decref(list);
+                    "its POST carried no usable validationTokens (null tokens mean Graph could "
+                    "not encrypt for this app: see the README)");
+    /* The same tenant the routed notification reports. */
+    const char *tenant = gr_json_string_ci(item, "tenantId");
+    if (!tenant)
+        tenant = gr_json_string_ci(item, "organizationId");
+    struct coverage cov = check_tokens(g, tokens, tenant, received_ms / 1000);
     if (!cov.covered) {
         if (cov.unknown_kid && gr_wall_ms() - received_ms < GR_RICH_MAX_WAIT_MS &&
             gr_jwks_wait_for_kid(g->jwks, received_ms))
             return GR_RICH_WAIT;
-        return drop(reason, cov.any_valid ? GR_DROP_TOKEN_UNCOVERED : GR_DROP_TOKEN_INVALID, item,
-                    cov.any_valid ? "no valid validation token is for this item's tenant"
-                                  : "no validation token of the POST is valid");
+        return drop(reason, cov.any_candidate ? GR_DROP_TOKEN_INVALID : GR_DROP_TOKEN_UNCOVERED,
+                    item,
+                    cov.any_candidate ? "no validation token for this item's tenant is valid"
+                                      : "no validation token of the POST is for this item's "
+                                        "tenant");
     }
     enum gr_decrypt_result d = gr_decrypt(g->keyring, ec, content);
     if (d != GR_DECRYPT_OK) {

@@ -25,9 +25,14 @@ enum gr_rich_outcome {
 /* How long an item may wait for keys before it is dropped. */
 #define GR_RICH_MAX_WAIT_MS (10 * 60 * 1000)
 
-/* `tokens` is the POST's validationTokens as JSON text, or NULL. */
-enum gr_rich_outcome gr_rich_open(struct gr_generation *g, const json_t *item, const char *tokens,
-                                  int64_t received_ms, json_t **content,
-                                  enum gr_drop_reason *reason);
+/* `tokens` is the item's POST's validationTokens (NULL: none usable).
+ * Tokens are judged as of `received_ms`, when Graph delivered them. */
+enum gr_rich_outcome gr_rich_open(struct gr_generation *g, const json_t *item,
+                                  const struct gr_token_list *tokens, int64_t received_ms,
+                                  json_t **content, enum gr_drop_reason *reason);
+
+/* An item is checked against at most this many tokens claiming its tenant
+ * (Graph sends one per tenant and app). */
+#define GR_RICH_MAX_CANDIDATES 16
 
 #endif

@@ -23,6 +23,8 @@
 #include <stddef.h>
 #include <stdint.h>
 
+#include "jwt.h"
+
 enum gr_job_kind { GR_JOB_ROUTE = 1, GR_JOB_DELIVER = 2 };
 
 struct gr_job {
@@ -31,7 +33,7 @@ struct gr_job {
     char *payload;       /* ROUTE: the item's JSON; DELIVER: the message's JSON */
     size_t len;
     char *handler;       /* DELIVER: the handler's name */
-    char *tokens;        /* ROUTE, rich items: the POST's validationTokens as JSON, or NULL */
+    struct gr_token_list *tokens; /* ROUTE, rich items: their POST's validationTokens (shared) */
     unsigned attempts;   /* DELIVER: handle() calls made so far; ROUTE: waits for keys */
     int64_t received_ms; /* wall clock when the item was accepted */
     int64_t due_ms;      /* monotonic; when a delayed job becomes ready */

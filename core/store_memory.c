@@ -43,7 +43,7 @@ void gr_job_free(struct gr_job *job)
         return;
     free(job->payload);
     free(job->handler);
-    free(job->tokens);
+    gr_token_list_unref(job->tokens);
     free(job);
 }
 

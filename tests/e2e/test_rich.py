@@ -7,6 +7,7 @@ HTTPS from a local server, with a key rotation while the router runs."""
 
 import copy
 import http.server
+import re
 import json
 import os
 import shutil
@@ -69,8 +70,8 @@ class RichTest(RouterTest):
         lines = r.read_jsonl()
         self.assertEqual([(l["tenant_id"], l["content"]["availability"]) for l in lines],
                          [(TENANT_A, "Busy")])
-        r.wait_log(r"rich item dropped \(token_uncovered\): no valid validation token is for "
-                   r"this item's tenant; subscription=\S+ tenant=" + TENANT_B)
+        r.wait_log(r"rich item dropped \(token_uncovered\): no validation token of the POST is "
+                   r"for this item's tenant; subscription=\S+ tenant=" + TENANT_B)
 
     def test_rotation_and_thumbprint(self):
         old, new = self.keys("old", "cert-old"), self.keys("new", "cert-new")
@@ -149,6 +150,47 @@ class RichTest(RouterTest):
         r.post(simulate(*k.notify_args("--tenant", TENANT_B, "--token-version", "1")))
         self.assertEqual(len(r.wait_jsonl(1)), 1)
         r.wait_log(r"validation token rejected: bad_alg")
+
+    def test_aes_key_sizes(self):
+        k = self.keys()
+        r = self.router(rich_config(k))
+        r.post(merged(*(simulate(*k.notify_args("--aes-bits", bits)) for bits in ("128", "192"))))
+        self.assertEqual([l["resource_type"] for l in r.wait_jsonl(2)], ["message", "message"])
+
+    def test_token_array_limits(self):
+        k = self.keys()
+        r = self.router(rich_config(k))
+        doc = simulate(*k.notify_args("--count", "3"))
+        good = doc["validationTokens"][0]
+        # more than 100 tokens: none are used, one log line for the POST
+        doc["validationTokens"] = [good] * 101
+        self.assertEqual(r.post(doc)[0], 202)
+        r.wait_for(lambda: self.dropped(r, "token_missing") == 3)
+        r.wait_log(r"validationTokens: the POST's validationTokens holds more than 100 tokens")
+        # entries that are not usable tokens are skipped and counted once, not per item
+        doc["validationTokens"] = [1, None, "not-a-jwt", "x" * 20000, good]
+        self.assertEqual(r.post(doc)[0], 202)
+        self.assertEqual(len(r.wait_jsonl(3)), 3)
+        self.assertEqual(r.metric("graphrouter_validation_tokens_total", result="malformed"), 4)
+        self.assertEqual(len(re.findall(r"4 entries skipped", r.log())), 1)
+
+    def test_many_large_tokens_stay_bounded(self):
+        """One POST of 1,500 rich items and 100 tokens of 10 KB: the tokens are held
+        once for the POST, not once per item (which took 1.5 GB)."""
+        k = self.keys()
+        r = self.router(rich_config(k))
+        doc = simulate(*k.notify_args("--count", "1500", "--tenant", TENANT_A))
+        payload = json.dumps({"tid": TENANT_A, "pad": "p" * 7400}).encode()
+        junk = "eyJhbGciOiJSUzI1NiIsImtpZCI6IngifQ.%s.c2ln" % (
+            __import__("base64").urlsafe_b64encode(payload).decode().rstrip("="))
+        doc["validationTokens"] += [junk] * 99
+        body = json.dumps(doc)
+        self.assertLess(len(body), 4 << 20)
+        self.assertEqual(r.post(body)[0], 202)
+        r.wait_jsonl(1500, timeout=120)
+        with open("/proc/%d/status" % r.proc.pid) as f:
+            peak_kb = int(re.search(r"VmHWM:\s+(\d+) kB", f.read()).group(1))
+        self.assertLess(peak_kb, 400 * 1024, "peak RSS %d MB" % (peak_kb // 1024))
 
     def test_shared_vectors(self):
         """The fixed vectors: two tenants, tokens valid until 2100, the vector key."""
@@ -240,6 +282,7 @@ class JwksServer:
                 pass
 
         self.httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.httpd.handle_error = lambda request, address: None  # clients that hang up
         ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
         ctx.load_cert_chain(self.cert, keyfile)
         self.httpd.socket = ctx.wrap_socket(self.httpd.socket, server_side=True)
@@ -319,6 +362,10 @@ class JwksOverHttpsTest(RouterTest):
         self.server.delay = 30  # longer than the 15 s transfer limit
         r = self.router(self.config(k))
         r.wait_for(lambda: self.server.requests == 1)
+        # the 202 never waits for keys: the item waits in the queue instead
+        t0 = time.monotonic()
+        self.assertEqual(r.post(simulate(*k.notify_args("--type", "presence")))[0], 202)
+        self.assertLess(time.monotonic() - t0, 1)
         # a reload that drops this source retires the generation fetching from it
         cfg = self.config(k)
         cfg["validation_tokens"] = {"app_ids": [APP_ID], "jwks_file": k.jwks}
@@ -328,10 +375,24 @@ class JwksOverHttpsTest(RouterTest):
         r.wait_log(r"generation 1 retired")
         self.assertLess(time.monotonic() - t0, 5)
         self.assertEqual(r.post(simulate(*k.notify_args()))[0], 202)
-        r.wait_jsonl(1)
+        # both the waiting item and the new one are routed with the file's keys
+        self.assertEqual(sorted(l["resource_type"] for l in r.wait_jsonl(2)),
+                         ["message", "presence"])
         t0 = time.monotonic()
         self.assertEqual(r.stop(), 0)
         self.assertLess(time.monotonic() - t0, 5)
+
+    def test_failed_first_fetch_is_retried_after_min_refresh(self):
+        k = self.keys()
+        self.server.serve(k.jwks)
+        self.server.status = 503
+        r = self.router(self.config(k, refresh_s=3600, min_refresh_s=1))
+        r.wait_for(lambda: r.metric("graphrouter_jwks_refreshes_total", result="failure") >= 1)
+        self.assertEqual(r.post(simulate(*k.notify_args()))[0], 202)  # waits for the keys
+        self.server.status = 200
+        # retried after min_refresh_s (1 s), not refresh_s (an hour)
+        r.wait_for(lambda: r.metric("graphrouter_jwks_keys") == 1, timeout=10)
+        self.assertEqual(len(r.wait_jsonl(1)), 1)
 
     def test_tls_is_verified(self):
         k = self.keys()

@@ -159,24 +159,34 @@ static void test_every_failure(void **state)
     static const struct {
         enum sim_tamper tamper;
         const char *plain;
+        int aes_bits;
         enum gr_decrypt_result want;
     } cases[] = {
-        {SIM_TAMPER_NONE, "{\"ok\": true}", GR_DECRYPT_OK},
-        {SIM_TAMPER_DATA, "{\"ok\": true}", GR_DECRYPT_BAD_SIGNATURE},
-        {SIM_TAMPER_MAC, "{\"ok\": true}", GR_DECRYPT_BAD_SIGNATURE},
-        {SIM_TAMPER_KEY, "{\"ok\": true}", GR_DECRYPT_BAD_KEY},
-        {SIM_TAMPER_PADDING, "{}", GR_DECRYPT_BAD_PADDING},
-        {SIM_TAMPER_NONE, "not json", GR_DECRYPT_NOT_JSON},
-        {SIM_TAMPER_NONE, "[1, 2]", GR_DECRYPT_NOT_JSON},
+        {SIM_TAMPER_NONE, "{\"ok\": true}", 256, GR_DECRYPT_OK},
+        {SIM_TAMPER_NONE, "{\"ok\": true}", 192, GR_DECRYPT_OK},
+        {SIM_TAMPER_NONE, "{\"ok\": \"a block-aligned text..\"}", 128, GR_DECRYPT_OK},
+        {SIM_TAMPER_DATA, "{\"ok\": true}", 256, GR_DECRYPT_BAD_SIGNATURE},
+        {SIM_TAMPER_DATA, "{\"ok\": true}", 128, GR_DECRYPT_BAD_SIGNATURE},
+        {SIM_TAMPER_MAC, "{\"ok\": true}", 256, GR_DECRYPT_BAD_SIGNATURE},
+        {SIM_TAMPER_KEY, "{\"ok\": true}", 256, GR_DECRYPT_BAD_KEY},
+        {SIM_TAMPER_PADDING, "{}", 256, GR_DECRYPT_BAD_PADDING},
+        {SIM_TAMPER_PADDING, "{}", 192, GR_DECRYPT_BAD_PADDING},
+        {SIM_TAMPER_NONE, "not json", 256, GR_DECRYPT_NOT_JSON},
+        {SIM_TAMPER_NONE, "[1, 2]", 256, GR_DECRYPT_NOT_JSON},
     };
     for (size_t i = 0; i < sizeof cases / sizeof cases[0]; i++) {
         json_t *ec = sim_encrypt(cases[i].plain, cert, "router-test-cert-2025", true, true,
-                                 cases[i].tamper);
+                                 cases[i].tamper, cases[i].aes_bits);
         json_t *content;
         enum gr_decrypt_result r = gr_decrypt(ring, ec, &content);
         if (r != cases[i].want)
             fail_msg("case %zu: %s, expected %s", i, gr_decrypt_result_name(r),
                      gr_decrypt_result_name(cases[i].want));
+        if (r == GR_DECRYPT_OK) {
+            json_t *want = json_loads(cases[i].plain, 0, NULL);
+            assert_true(json_equal(content, want));
+            json_decref(want);
+        }
         json_decref(content);
         json_decref(ec);
     }
@@ -224,7 +234,7 @@ static void expect_loads(const char *key, const char *cert, const char *pass_fil
         fail_msg("%s: %s", key, err);
     /* the key works: by thumbprint if it came with a certificate, else by id */
     json_t *ec = sim_encrypt("{\"k\": 1}", x, "c", !cert && !strstr(key, ".p12"), true,
-                             SIM_TAMPER_NONE);
+                             SIM_TAMPER_NONE, 256);
     json_t *content;
     assert_int_equal(gr_decrypt(ring, ec, &content), GR_DECRYPT_OK);
     json_decref(content);
@@ -241,6 +251,40 @@ static void expect_refused(const char *keys_json, const char *where, const char 
     if (strncmp(err, where, strlen(where)) != 0 || !strstr(err, what))
         fail_msg("got %s\nwant %s...%s", err, where, what);
     free(err);
+}
+
+/* A rotation that kept the certificate id: both keys decrypt their items,
+ * with or without a thumbprint in the item. */
+static void test_one_id_two_keys(void **state)
+{
+    (void)state;
+    EVP_PKEY *k1 = sim_rsa_key(2048), *k2 = sim_rsa_key(2048);
+    X509 *c1 = sim_self_signed(k1, "one", 30), *c2 = sim_self_signed(k2, "two", 30);
+    char *p1 = write_pem_key(k1, "k1.pem", false, NULL), *p2 = write_pem_key(k2, "k2.pem", false, NULL);
+    char *json, *err;
+    if (asprintf(&json, "[{\"certificate_id\": \"same\", \"private_key_file\": \"%s\"},"
+                        " {\"certificate_id\": \"same\", \"private_key_file\": \"%s\"}]",
+                 p1, p2) < 0)
+        abort();
+    struct gr_keyring *ring = ring_from(json, &err);
+    assert_non_null(ring);
+    for (int i = 0; i < 2; i++) {
+        json_t *ec = sim_encrypt("{\"n\": 1}", i ? c2 : c1, "same", true, false, SIM_TAMPER_NONE, 256);
+        json_t *content;
+        assert_int_equal(gr_decrypt(ring, ec, &content), GR_DECRYPT_OK);
+        json_decref(content);
+        json_decref(ec);
+    }
+    gr_keyring_free(ring);
+    unlink(p1);
+    unlink(p2);
+    free(p1);
+    free(p2);
+    free(json);
+    X509_free(c1);
+    X509_free(c2);
+    EVP_PKEY_free(k1);
+    EVP_PKEY_free(k2);
 }
 
 static void test_key_formats(void **state)
@@ -296,12 +340,22 @@ static void test_key_formats(void **state)
         abort();
     expect_refused(json, "k.json:1:22: ", "does not belong to the private key");
     free(json);
+    /* a key Graph would not use: over 4096 bits */
+    EVP_PKEY *huge = EVP_RSA_gen(4104);
+    char *huge_path = write_pem_key(huge, "huge.pem", false, NULL);
+    if (asprintf(&json, "[{\"certificate_id\": \"c\", \"private_key_file\": \"%s\"}]", huge_path) < 0)
+        abort();
+    expect_refused(json, "k.json:1:22: ", "RSA key of 2048 to 4096 bits");
+    free(json);
+    EVP_PKEY_free(huge);
+    unlink(huge_path);
+    free(huge_path);
     /* a weak key */
     EVP_PKEY *weak = EVP_RSA_gen(1024);
     char *weak_path = write_pem_key(weak, "weak.pem", false, NULL);
     if (asprintf(&json, "[{\"certificate_id\": \"c\", \"private_key_file\": \"%s\"}]", weak_path) < 0)
         abort();
-    expect_refused(json, "k.json:1:22: ", "RSA key of 2048 bits or more");
+    expect_refused(json, "k.json:1:22: ", "RSA key of 2048 to 4096 bits");
     free(json);
     /* a missing file */
     expect_refused("[{\"certificate_id\": \"c\", \"private_key_file\": \"/nonexistent\"}]",
@@ -339,6 +393,7 @@ int main(void)
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_vectors),
         cmocka_unit_test(test_every_failure),
+        cmocka_unit_test(test_one_id_two_keys),
         cmocka_unit_test(test_key_formats),
     };
     return cmocka_run_group_tests(tests, setup, teardown);

@@ -17,6 +17,7 @@
 #include "base64.h"
 #include "jwks.h"
 #include "jwt.h"
+#include "simcrypto.h"
 
 #define VECTORS GR_SOURCE_DIR "/tests/vectors/synthetic/"
 
@@ -126,6 +127,54 @@ static void test_every_vector_case(void **state)
                      GR_TOKEN_VALID;
         assert_int_equal(valid, json_is_true(json_object_get(c, "expect_valid")));
     }
+}
+
+/* The key-confusion attack: an HS256 token whose HMAC key is the RSA public
+ * key as published. A verifier that let the token pick its algorithm would
+ * accept it; this one refuses any alg but RS256. */
+static void test_key_confusion(void **state)
+{
+    struct fixture *f = *state;
+    EVP_PKEY *key = sim_read_key(VECTORS "jwt_signing_private_key.pem");
+    assert_non_null(key);
+    const char *valid = token_of(f, "valid_v2_tenantA");
+    const char *dot1 = strchr(valid, '.'), *dot2 = strchr(dot1 + 1, '.');
+    size_t n;
+    unsigned char *raw = gr_base64url_decode(dot1 + 1, (size_t)(dot2 - dot1 - 1), &n);
+    json_t *claims = json_loadb((const char *)raw, n, 0, NULL);
+    free(raw);
+    char *forged = sim_jwt(key, "synthetic-kid-1", "HS256", claims);
+    assert_int_equal(check(f, forged, f->now), GR_TOKEN_BAD_ALG);
+    char *honest = sim_jwt(key, "synthetic-kid-1", "RS256", claims); /* the same claims, signed right */
+    assert_int_equal(check(f, honest, f->now), GR_TOKEN_VALID);
+    free(forged);
+    free(honest);
+    json_decref(claims);
+    EVP_PKEY_free(key);
+}
+
+/* exp and nbf so large that adding the skew would overflow are malformed. */
+static void test_huge_dates(void **state)
+{
+    struct fixture *f = *state;
+    EVP_PKEY *key = sim_read_key(VECTORS "jwt_signing_private_key.pem");
+    static const char *const dates[] = {"{\"exp\": 9223372036854775807}", "{\"nbf\": 9223372036854775807}",
+                                        "{\"exp\": -1}", "{\"exp\": 1e300}"};
+    for (size_t i = 0; i < sizeof dates / sizeof dates[0]; i++) {
+        json_t *claims = json_pack("{s:s,s:s,s:s,s:s,s:s,s:I}", "aud", f->apps[0], "iss",
+                                   "https://login.microsoftonline.com/aaaabbbb-0000-cccc-1111-dddd2222eeee/v2.0",
+                                   "tid", "aaaabbbb-0000-cccc-1111-dddd2222eeee", "azp",
+                                   GR_GRAPH_CHANGE_TRACKING_APP, "ver", "2.0", "exp",
+                                   (json_int_t)4102444800);
+        json_t *over = json_loads(dates[i], 0, NULL);
+        json_object_update(claims, over);
+        char *t = sim_jwt(key, "synthetic-kid-1", "RS256", claims);
+        assert_int_equal(check(f, t, f->now), GR_TOKEN_MALFORMED);
+        free(t);
+        json_decref(over);
+        json_decref(claims);
+    }
+    EVP_PKEY_free(key);
 }
 
 static void test_claims_and_skew(void **state)
@@ -294,6 +343,7 @@ int main(void)
 {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_every_vector_case), cmocka_unit_test(test_claims_and_skew),
+        cmocka_unit_test(test_key_confusion),     cmocka_unit_test(test_huge_dates),
         cmocka_unit_test(test_malformed),         cmocka_unit_test(test_cache),
         cmocka_unit_test(test_cache_counts_once_under_concurrency),
         cmocka_unit_test(test_cache_bound),       cmocka_unit_test(test_base64),

@@ -140,15 +140,19 @@ json_t *sim_jwks(EVP_PKEY *key, const char *kid)
 }
 
 json_t *sim_encrypt(const char *plaintext, X509 *cert, const char *cert_id, bool with_id,
-                    bool with_thumbprint, enum sim_tamper tamper)
+                    bool with_thumbprint, enum sim_tamper tamper, int aes_bits)
 {
     unsigned char key[32];
+    size_t key_len = aes_bits == 128 ? 16 : aes_bits == 192 ? 24 : 32;
+    const EVP_CIPHER *aes_cipher = key_len == 16   ? EVP_aes_128_cbc()
+                                   : key_len == 24 ? EVP_aes_192_cbc()
+                                                   : EVP_aes_256_cbc();
     RAND_bytes(key, sizeof key);
     size_t plen = strlen(plaintext);
     unsigned char *cipher = gr_xmalloc(plen + 32);
     int n1 = 0, n2 = 0;
     EVP_CIPHER_CTX *aes = EVP_CIPHER_CTX_new();
-    EVP_EncryptInit_ex(aes, EVP_aes_256_cbc(), NULL, key, key); /* IV = first 16 bytes */
+    EVP_EncryptInit_ex(aes, aes_cipher, NULL, key, key); /* IV = first 16 bytes */
     if (tamper == SIM_TAMPER_PADDING) {
         /* one block ending in 0x00, encrypted without padding */
         unsigned char block[16] = "{\"x\":1}       ";
@@ -164,7 +168,7 @@ json_t *sim_encrypt(const char *plaintext, X509 *cert, const char *cert_id, bool
 
     unsigned char mac[32];
     unsigned int mac_len = 0;
-    HMAC(EVP_sha256(), key, sizeof key, cipher, clen, mac, &mac_len);
+    HMAC(EVP_sha256(), key, (int)key_len, cipher, clen, mac, &mac_len);
 
     EVP_PKEY_CTX *rsa = EVP_PKEY_CTX_new(X509_get0_pubkey(cert), NULL);
     unsigned char wrapped[1024];
@@ -173,7 +177,7 @@ json_t *sim_encrypt(const char *plaintext, X509 *cert, const char *cert_id, bool
     EVP_PKEY_CTX_set_rsa_padding(rsa, RSA_PKCS1_OAEP_PADDING);
     EVP_PKEY_CTX_set_rsa_oaep_md(rsa, EVP_sha1());
     EVP_PKEY_CTX_set_rsa_mgf1_md(rsa, EVP_sha1());
-    EVP_PKEY_encrypt(rsa, wrapped, &wrapped_len, key, sizeof key);
+    EVP_PKEY_encrypt(rsa, wrapped, &wrapped_len, key, key_len);
     EVP_PKEY_CTX_free(rsa);
 
     if (tamper == SIM_TAMPER_DATA)
@@ -222,9 +226,27 @@ char *sim_jwt(EVP_PKEY *key, const char *kid, const char *alg, const json_t *cla
         free(input);
         return token;
     }
-    EVP_MD_CTX *md = EVP_MD_CTX_new();
     size_t sig_len = 0;
     unsigned char *sig = NULL;
+    if (strcmp(alg, "HS256") == 0) {
+        BIO *pem = BIO_new(BIO_s_mem());
+        char *pub = NULL;
+        PEM_write_bio_PUBKEY(pem, key);
+        long pub_len = BIO_get_mem_data(pem, &pub);
+        unsigned int mac_len = 0;
+        sig = gr_xmalloc(EVP_MAX_MD_SIZE);
+        HMAC(EVP_sha256(), pub, (int)pub_len, (const unsigned char *)input, strlen(input), sig,
+             &mac_len);
+        sig_len = mac_len;
+        BIO_free(pem);
+        char *s64 = gr_base64url_encode(sig, sig_len);
+        char *token = gr_xprintf("%s.%s", input, s64);
+        free(s64);
+        free(sig);
+        free(input);
+        return token;
+    }
+    EVP_MD_CTX *md = EVP_MD_CTX_new();
     if (EVP_DigestSignInit(md, NULL, EVP_sha256(), NULL, key) == 1 &&
         EVP_DigestSign(md, NULL, &sig_len, (const unsigned char *)input, strlen(input)) == 1) {
         sig = gr_xmalloc(sig_len);

@@ -39,14 +39,17 @@ enum sim_tamper {
     SIM_TAMPER_PADDING /* a correct MAC over a ciphertext whose PKCS#7 padding is wrong */
 };
 
-/* encryptedContent for `plaintext`, encrypted to `cert`. Which identifiers
- * it carries: the certificate id, the thumbprint, or both. */
+/* encryptedContent for `plaintext`, encrypted to `cert` with an AES key of
+ * `aes_bits` (128, 192 or 256; Graph uses 256). Which identifiers it
+ * carries: the certificate id, the thumbprint, or both. */
 json_t *sim_encrypt(const char *plaintext, X509 *cert, const char *cert_id, bool with_id,
-                    bool with_thumbprint, enum sim_tamper tamper);
+                    bool with_thumbprint, enum sim_tamper tamper, int aes_bits);
 
-/* A signed JWT: header {"typ":"JWT","alg":alg,"kid":kid} and `claims`.
- * alg "none" gets no signature; any other alg is signed RS256 with `key`
- * (a header that lies about its algorithm, as an attacker's would). */
+/* A signed JWT: header {"typ":"JWT","alg":alg,"kid":kid} and `claims`,
+ * signed RS256 with `key`. Attacks for testing receivers: alg "none" gets no
+ * signature; alg "HS256" is signed HMAC-SHA256 keyed with the PEM of `key`'s
+ * public half (the key-confusion attack on verifiers that let the token
+ * choose the algorithm); any other alg is signed RS256 under a lying header. */
 char *sim_jwt(EVP_PKEY *key, const char *kid, const char *alg, const json_t *claims);
 
 #endif

@@ -64,11 +64,13 @@ static void usage(FILE *out)
 "  --content FILE         the resource JSON to encrypt (default: a realistic one)\n"
 "  --token-version 1|2    v1 (appid, sts.windows.net) or v2 (azp) tokens; default 2\n"
 "  --token-claims JSON    claims merged over the defaults; null removes one\n"
-"  --token-alg ALG        the header's alg (RS256; none and HS256 make bad tokens)\n"
+"  --token-alg ALG        the header's alg: RS256; none (unsigned) and HS256 (HMAC keyed\n"
+"                         with the public key: key confusion) make attack tokens\n"
 "  --token-kid KID        the header's kid (default the signing key's)\n"
 "  --tokens MODE          normal, none (no validationTokens), null, or empty\n"
 "  --cert-ref WHAT        id, thumbprint or both (default) in encryptedContent\n"
 "  --tamper WHAT          data, mac, key or padding: spoil the encryptedContent\n"
+"  --aes-bits N           the AES key: 256 (as Graph), 192 or 128\n"
 "  --url URL              where to POST; --ca-file FILE trusts a private CA for https\n");
 }
 
@@ -133,8 +135,8 @@ static int cmd_keys(int argc, char **argv)
     }
     if (!out)
         die("keys: --out DIR is required");
-    if (bits < 2048 || bits > 8192)
-        die("keys: --bits must be 2048 to 8192");
+    if (bits < 2048 || bits > 4096)
+        die("keys: --bits must be 2048 to 4096 (what Graph accepts)");
     if (!kid) {
         sim_guid(kid_buf);
         kid = kid_buf;
@@ -194,6 +196,7 @@ struct notify {
     int token_version;
     const char *token_claims, *token_alg, *token_kid, *tokens_mode, *cert_ref;
     enum sim_tamper tamper;
+    int aes_bits;
     char *owned_kid; /* read from DIR/kid */
     const char *url, *ca_file;
     X509 *cert;
@@ -320,7 +323,8 @@ static json_t *build_item(const struct notify *n, const char *tenant, const char
         const char *ref = n->cert_ref ? n->cert_ref : "both";
         bool with_id = strcmp(ref, "thumbprint") != 0, with_tp = strcmp(ref, "id") != 0;
         json_object_set_new(item, "encryptedContent",
-                            sim_encrypt(plain, n->cert, n->cert_id, with_id, with_tp, n->tamper));
+                            sim_encrypt(plain, n->cert, n->cert_id, with_id, with_tp, n->tamper,
+                                        n->aes_bits));
         free(plain);
     }
     sim_resource_free(&r);
@@ -418,9 +422,10 @@ static int cmd_notify(int argc, char **argv)
         {"token-kid", required_argument, NULL, 'D'},     {"tokens", required_argument, NULL, 'M'},
         {"cert-ref", required_argument, NULL, 'R'},      {"tamper", required_argument, NULL, 'X'},
         {"url", required_argument, NULL, 'u'},           {"ca-file", required_argument, NULL, 'P'},
+        {"aes-bits", required_argument, NULL, 'B'},
         {NULL, 0, NULL, 0}};
     struct notify n = {.type = "message", .count = 1, .token_version = 2,
-                       .cert_id = "graphrouter-simulate"};
+                       .cert_id = "graphrouter-simulate", .aes_bits = 256};
     int c;
     while ((c = getopt_long(argc, argv, "", opts, NULL)) != -1) {
         switch (c) {
@@ -460,6 +465,11 @@ static int cmd_notify(int argc, char **argv)
             break;
         case 'u': n.url = optarg; break;
         case 'P': n.ca_file = optarg; break;
+        case 'B':
+            n.aes_bits = atoi(optarg);
+            if (n.aes_bits != 128 && n.aes_bits != 192 && n.aes_bits != 256)
+                die("--aes-bits: 128, 192 or 256");
+            break;
         default: usage(stderr); return 2;
         }
     }
