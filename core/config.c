@@ -357,26 +357,61 @@ static int parse_paths(struct gr_check *c, struct gr_config *cfg)
 
 static int parse_limits(struct gr_check *c, struct gr_config *cfg)
 {
-    uint64_t body = 4u << 20, conns = 1024, timeout = 30, pending = 100000;
-    json_t *limits = NULL, *store = NULL;
+    uint64_t body = 4u << 20, conns = 1024, timeout = 30;
+    json_t *limits = NULL;
     static const char *const limit_keys[] = {"max_body_bytes", "max_connections",
                                              "connection_timeout_s", NULL};
-    static const char *const store_keys[] = {"max_pending", NULL};
-    if (gr_check_object(c, cfg->root, "limits", false, &limits) < 0 ||
-        gr_check_object(c, cfg->root, "store", false, &store) < 0)
+    if (gr_check_object(c, cfg->root, "limits", false, &limits) < 0)
         return -1;
     if (limits && (gr_check_keys(c, limits, "\"limits\"", limit_keys) < 0 ||
                    gr_check_uint(c, limits, "max_body_bytes", 1024, 1u << 30, &body) < 0 ||
                    gr_check_uint(c, limits, "max_connections", 1, 1000000, &conns) < 0 ||
                    gr_check_uint(c, limits, "connection_timeout_s", 1, 3600, &timeout) < 0))
         return -1;
-    if (store && (gr_check_keys(c, store, "\"store\"", store_keys) < 0 ||
-                  gr_check_uint(c, store, "max_pending", 1, 100000000, &pending) < 0))
-        return -1;
     cfg->max_body_bytes = (size_t)body;
     cfg->max_connections = (unsigned)conns;
     cfg->connection_timeout_s = (unsigned)timeout;
-    cfg->max_pending = (size_t)pending;
+    return 0;
+}
+
+static int parse_store(struct gr_check *c, struct gr_config *cfg)
+{
+    json_t *store = NULL;
+    static const char *const keys[] = {"path", "max_pending", "max_pending_bytes", "max_db_bytes",
+                                       "synchronous", "dedupe_window_s", "retention_s", NULL};
+    uint64_t pending = 100000, bytes = UINT64_C(1) << 30, db = 0, window = 4 * 3600,
+             retention = 24 * 3600;
+    const char *sync = "full";
+    cfg->store_path = "var/graphrouter.db";
+    if (gr_check_object(c, cfg->root, "store", false, &store) < 0)
+        return -1;
+    if (store && (gr_check_keys(c, store, "\"store\"", keys) < 0 ||
+                  gr_check_string(c, store, "path", false, &cfg->store_path) < 0 ||
+                  gr_check_uint(c, store, "max_pending", 1, 1000000000, &pending) < 0 ||
+                  gr_check_uint(c, store, "max_pending_bytes", 1024, UINT64_C(1) << 40, &bytes) < 0 ||
+                  gr_check_uint(c, store, "max_db_bytes", 0, UINT64_C(1) << 42, &db) < 0 ||
+                  gr_check_string(c, store, "synchronous", false, &sync) < 0 ||
+                  gr_check_uint(c, store, "dedupe_window_s", 0, 30 * 86400, &window) < 0 ||
+                  gr_check_uint(c, store, "retention_s", 0, 365 * 86400, &retention) < 0))
+        return -1;
+    if (!*cfg->store_path)
+        return gr_check_fail_member(c, store, "path", "\"path\" is empty");
+    if (strcmp(sync, "full") != 0 && strcmp(sync, "normal") != 0)
+        return gr_check_fail_member(c, store, "synchronous",
+                                    "\"synchronous\" is \"%s\": use \"full\" (the default: a "
+                                    "202 survives power loss) or \"normal\" (faster; the last "
+                                    "acknowledged items may be lost on power loss)",
+                                    sync);
+    if (db && db < (UINT64_C(1) << 20))
+        return gr_check_fail_member(c, store, "max_db_bytes",
+                                    "\"max_db_bytes\" is %llu: 0 (no cap) or at least 1 MiB",
+                                    (unsigned long long)db);
+    cfg->max_pending = pending;
+    cfg->max_pending_bytes = bytes;
+    cfg->max_db_bytes = db;
+    cfg->synchronous_full = strcmp(sync, "full") == 0;
+    cfg->dedupe_window_s = (int64_t)window;
+    cfg->retention_s = (int64_t)retention;
     return 0;
 }
 
@@ -548,7 +583,7 @@ static int parse_handlers(struct gr_check *c, struct gr_config *cfg)
     if (gr_check_object(c, cfg->root, "handlers", true, &handlers) < 0)
         return -1;
     cfg->handlers = gr_xcalloc(json_object_size(handlers), sizeof *cfg->handlers);
-    static const char *const keys[] = {"plugin", "config", "retry", NULL};
+    static const char *const keys[] = {"plugin", "config", "retry", "concurrency", NULL};
     const char *name;
     json_t *h;
     json_object_foreach(handlers, name, h) {
@@ -570,10 +605,13 @@ static int parse_handlers(struct gr_check *c, struct gr_config *cfg)
         char *what = gr_xprintf("handler \"%s\"", name);
         int rc = gr_check_keys(c, h, what, keys);
         free(what);
+        uint64_t concurrency = 0;
         if (rc < 0 || gr_check_string(c, h, "plugin", true, &hc->plugin) < 0 ||
             gr_check_object(c, h, "config", false, &hc->config) < 0 ||
-            parse_retry(c, h, name, &hc->retry) < 0)
+            parse_retry(c, h, name, &hc->retry) < 0 ||
+            gr_check_uint(c, h, "concurrency", 0, 1024, &concurrency) < 0)
             return -1;
+        hc->concurrency = (unsigned)concurrency;
         if (strchr(hc->plugin, '/')) {
             hc->plugin_path = gr_xstrdup(hc->plugin);
         } else if (valid_name(hc->plugin, false)) {
@@ -601,7 +639,8 @@ static int parse_top(struct gr_check *c, struct gr_config *cfg)
     if (!json_is_object(cfg->root))
         return gr_check_fail_value(c, cfg->root, "the configuration must be a JSON object");
     if (gr_check_keys(c, cfg->root, "the configuration", keys) < 0 || parse_listen(c, cfg) < 0 ||
-        parse_paths(c, cfg) < 0 || parse_limits(c, cfg) < 0 || parse_secrets(c, cfg) < 0 ||
+        parse_paths(c, cfg) < 0 || parse_limits(c, cfg) < 0 || parse_store(c, cfg) < 0 ||
+        parse_secrets(c, cfg) < 0 ||
         parse_tokens(c, cfg) < 0 || parse_decryption_keys(c, cfg) < 0)
         return -1;
 

@@ -41,6 +41,7 @@ struct gr_retry_policy {
 
 struct gr_handler_conf {
     const char *name;
+    unsigned concurrency; /* 0: any number of workers; 1: one at a time, in order */
     const char *plugin;  /* as written */
     char *plugin_path;   /* resolved: <plugin_dir>/<name>.so, or the path as written */
     json_t *config;      /* the "config" object; never NULL (empty object if absent) */
@@ -77,7 +78,12 @@ struct gr_config {
     size_t max_body_bytes;
     unsigned max_connections;
     unsigned connection_timeout_s;
-    size_t max_pending;
+
+    /* "store" */
+    const char *store_path;
+    uint64_t max_pending, max_pending_bytes, max_db_bytes;
+    bool synchronous_full;
+    int64_t dedupe_window_s, retention_s;
 
     bool has_fallback_secret;
     struct gr_secret fallback_secret;

@@ -238,6 +238,11 @@ int gr_generation_build(const char *file, uint64_t id, struct gr_generation *pre
         }
         h->initialized = true;
     }
+    g->store_handlers = gr_xcalloc(g->nhandlers ? g->nhandlers : 1, sizeof *g->store_handlers);
+    for (size_t i = 0; i < g->nhandlers; i++)
+        g->store_handlers[i] = (struct gr_store_handler){g->handlers[i].name,
+                                                         g->handlers[i].conf->concurrency,
+                                                         g->handlers[i].conf->retry.max_attempts};
     g->route_stats = gr_xcalloc(cfg->routes.n, sizeof *g->route_stats);
     for (size_t r = 0; r < cfg->routes.n; r++)
         g->route_stats[r] = gr_metrics_route(cfg->routes.v[r].name);
@@ -269,6 +274,7 @@ void gr_generation_destroy(struct gr_generation *g)
     free(g->libs);
     free(g->handlers);
     free(g->route_stats);
+    free(g->store_handlers);
     gr_config_free(g->cfg);
     free(g);
 }

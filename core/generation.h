@@ -24,6 +24,7 @@
 #include "jwt.h"
 #include "metrics.h"
 #include "plugin_host.h"
+#include "store.h"
 
 struct gr_generation {
     atomic_int refs;
@@ -37,6 +38,7 @@ struct gr_generation {
     struct gr_jwks *jwks;                /* NULL without "validation_tokens" */
     struct gr_token_policy token_policy;
     struct gr_keyring *keyring;          /* NULL without "decryption_keys" */
+    struct gr_store_handler *store_handlers; /* what workers may take, per handler */
     struct gr_generation *next_retired;  /* control thread's list */
 };
 

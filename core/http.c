@@ -40,7 +40,35 @@ struct request {
     size_t received; /* body bytes so far */
     bool too_large;
     struct gr_buf body;
+    /* While the store commits the accepted items, the connection is
+     * suspended; the store's writer resumes it with the outcome. */
+    struct MHD_Connection *conn;
+    struct gr_append *append;
+    bool committed;
+    enum gr_append_result result;
+    size_t duplicates;
 };
+
+static void free_append(struct gr_append *a)
+{
+    if (!a)
+        return;
+    for (size_t i = 0; i < a->n; i++)
+        free(a->items[i].body);
+    free(a->items);
+    gr_token_list_unref(a->tokens);
+    free(a);
+}
+
+/* On the store's writer thread: the items are stored, or not. */
+static void on_appended(void *ctx, enum gr_append_result result, size_t duplicates)
+{
+    struct request *r = ctx;
+    r->result = result;
+    r->duplicates = duplicates;
+    r->committed = true;
+    MHD_resume_connection(r->conn);
+}
 
 static enum MHD_Result respond(struct MHD_Connection *c, struct gr_http *h, struct request *r,
                                unsigned status, const char *body, const char *content_type)
@@ -118,10 +146,11 @@ static enum MHD_Result serve_metrics(struct MHD_Connection *c, struct gr_http *h
     struct gr_store_stats st;
     gr_store_stats(h->store, &st);
     struct gr_generation *g = gr_generation_pin();
-    struct gr_metrics_gauges gauges = {st.ready, st.delayed, st.running, g ? g->id : 0};
+    struct gr_metrics_gauges gauges = {&st, g ? g->id : 0};
     gr_generation_unpin(g);
     struct gr_buf out = {0};
     gr_metrics_render(&out, &gauges);
+    gr_store_stats_free(&st);
     enum MHD_Result rc = respond(c, h, r, 200, out.data, "text/plain; version=0.0.4; charset=utf-8");
     gr_buf_free(&out);
     return rc;
@@ -171,16 +200,39 @@ static enum MHD_Result begin(struct MHD_Connection *c, struct gr_http *h, struct
     return MHD_YES;
 }
 
-/* Last call: the whole body is in. */
+/* The store has answered: 202, or 503 when nothing could be stored. */
+static enum MHD_Result answer_committed(struct MHD_Connection *c, struct gr_http *h,
+                                        struct request *r)
+{
+    size_t n = r->append->n;
+    free_append(r->append);
+    r->append = NULL;
+    if (r->result == GR_APPEND_OK) {
+        gr_metrics_items_accepted(n - r->duplicates);
+        gr_metrics_duplicates(r->duplicates);
+        return respond(c, h, r, 202, NULL, NULL);
+    }
+    bool full = r->result == GR_APPEND_FULL;
+    gr_metrics_store_rejected(full);
+    gr_warn("notification POST refused with 503: %s; Graph will retry",
+            full ? "the store is full (store.max_pending / max_pending_bytes)"
+                 : "the store cannot write");
+    return text(c, h, r, 503, full ? "store full; retry later" : "store unavailable; retry later");
+}
+
+/* Last call: the whole body is in (or, resumed, the store has answered). */
 static enum MHD_Result finish(struct MHD_Connection *c, struct gr_http *h, struct request *r)
 {
+    if (r->committed)
+        return answer_committed(c, h, r);
     if (r->too_large) {
         gr_warn("notification POST refused: body exceeds max_body_bytes %zu", r->max_body);
         return text(c, h, r, 413, "request body is larger than limits.max_body_bytes");
     }
+    int64_t received_ms = gr_wall_ms();
     struct gr_generation *g = gr_generation_pin();
     struct gr_ingest in;
-    gr_ingest_parse(g->cfg, r->body.data ? r->body.data : "", r->body.len, gr_wall_ms(), &in);
+    gr_ingest_parse(g->cfg, r->body.data ? r->body.data : "", r->body.len, &in);
     gr_generation_unpin(g);
     gr_buf_free(&r->body);
 
@@ -197,17 +249,22 @@ static enum MHD_Result finish(struct MHD_Connection *c, struct gr_http *h, struc
             gr_metrics_item_dropped((enum gr_drop_reason)d);
     for (size_t k = 0; k < in.tokens_skipped; k++)
         gr_metrics_token(GR_TOKEN_MALFORMED);
-    if (in.njobs && gr_store_append(h->store, in.jobs, in.njobs) < 0) {
-        gr_warn("notification POST refused with 503: the queue is full (store.max_pending); "
-                "Graph will retry");
-        rc = text(c, h, r, 503, "queue full; retry later");
+    if (!in.nitems) { /* nothing to keep: answered at once */
         gr_ingest_free(&in);
-        return rc;
+        return respond(c, h, r, 202, NULL, NULL);
     }
-    gr_metrics_items_accepted(in.njobs);
-    in.njobs = 0; /* the store owns them now */
+    struct gr_append *a = gr_xcalloc(1, sizeof *a);
+    *a = (struct gr_append){.items = in.items, .n = in.nitems, .tokens = in.tokens,
+                            .received_ms = received_ms, .done = on_appended, .ctx = r};
+    in.items = NULL;
+    in.nitems = 0;
+    in.tokens = NULL;
     gr_ingest_free(&in);
-    return respond(c, h, r, 202, NULL, NULL);
+    r->append = a;
+    r->conn = c;
+    MHD_suspend_connection(c); /* before the store can answer */
+    gr_store_append(h->store, a);
+    return MHD_YES;
 }
 
 static enum MHD_Result on_request(void *cls, struct MHD_Connection *c, const char *url,
@@ -259,6 +316,7 @@ static void on_completed(void *cls, struct MHD_Connection *c, void **req_cls,
     if (!r)
         return;
     gr_buf_free(&r->body);
+    free_append(r->append);
     free(r);
     *req_cls = NULL;
     atomic_fetch_sub(&h->inflight, 1);
@@ -280,7 +338,7 @@ struct gr_http *gr_http_start(const struct gr_config *cfg, struct gr_store *stor
 {
     struct sockaddr_storage ss = {0};
     unsigned flags = MHD_USE_INTERNAL_POLLING_THREAD | MHD_USE_EPOLL | MHD_USE_ITC |
-                     MHD_USE_ERROR_LOG;
+                     MHD_ALLOW_SUSPEND_RESUME | MHD_USE_ERROR_LOG;
     struct sockaddr_in *v4 = (struct sockaddr_in *)&ss;
     struct sockaddr_in6 *v6 = (struct sockaddr_in6 *)&ss;
     if (inet_pton(AF_INET, cfg->listen_address, &v4->sin_addr) == 1) {

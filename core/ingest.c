@@ -2,7 +2,10 @@
 #define _GNU_SOURCE
 #include "ingest.h"
 
+#include <ctype.h>
+#include <openssl/evp.h>
 #include <stdbool.h>
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -29,30 +32,64 @@ static bool is_validation_message(const char *subscription, const json_t *item)
            strncmp(change, "Validation:", 11) == 0;
 }
 
-/* The POST's validationTokens, read when its first rich item needs them. */
-struct batch_tokens {
-    const json_t *value;
-    bool read;
-    struct gr_token_list *list;
-};
-
-static struct gr_token_list *tokens_for_rich_item(struct batch_tokens *b, struct gr_ingest *out)
+/* The POST's validationTokens, read once, when its first rich item needs them. */
+static void read_tokens(const json_t *value, struct gr_ingest *out, bool *read)
 {
-    if (!b->read) {
-        b->read = true;
-        const char *why;
-        b->list = gr_token_list_new(b->value, &out->tokens_skipped, &why);
-        if (why || out->tokens_skipped)
-            gr_warn("validationTokens: %s%s%zu entr%s skipped (not a string, longer than %d "
-                    "bytes, or not a JWT naming a tenant); rich items not covered are dropped",
-                    why ? why : "", why ? "; " : "", out->tokens_skipped,
-                    out->tokens_skipped == 1 ? "y" : "ies", GR_TOKEN_MAX_BYTES);
-    }
-    return gr_token_list_ref(b->list);
+    if (*read)
+        return;
+    *read = true;
+    const char *why;
+    out->tokens = gr_token_list_new(value, &out->tokens_skipped, &why);
+    if (why || out->tokens_skipped)
+        gr_warn("validationTokens: %s%s%zu entr%s skipped (not a string, longer than %d bytes, "
+                "or not a JWT naming a tenant); rich items not covered are dropped",
+                why ? why : "", why ? "; " : "", out->tokens_skipped,
+                out->tokens_skipped == 1 ? "y" : "ies", GR_TOKEN_MAX_BYTES);
 }
 
-static void judge_item(const struct gr_config *cfg, const json_t *item, int64_t received_ms,
-                       struct batch_tokens *tokens, struct gr_ingest *out)
+static void hash_field(EVP_MD_CTX *md, const char *tag, const char *value)
+{
+    EVP_DigestUpdate(md, tag, strlen(tag) + 1);
+    if (value)
+        EVP_DigestUpdate(md, value, strlen(value) + 1);
+}
+
+bool gr_ingest_dedupe_key(const json_t *item, unsigned char key[32])
+{
+    const json_t *data = gr_json_get_ci(item, "resourceData");
+    const char *id = gr_json_string_ci(item, "id");
+    const char *etag = gr_json_string_ci(data, "@odata.etag");
+    const json_t *seq = gr_json_get_ci(data, "sequenceNumber");
+    char seqbuf[32];
+    const char *seqs = json_string_value(seq);
+    if (!seqs && json_is_integer(seq)) {
+        snprintf(seqbuf, sizeof seqbuf, "%" JSON_INTEGER_FORMAT, json_integer_value(seq));
+        seqs = seqbuf;
+    }
+    if (!id && !etag && !seqs)
+        return false;
+    const char *ct = gr_json_string_ci(item, "changeType");
+    char *change = gr_xstrdup(ct ? ct : "");
+    for (char *p = change; *p; p++)
+        *p = (char)tolower((unsigned char)*p);
+    EVP_MD_CTX *md = EVP_MD_CTX_new();
+    unsigned int n = 0;
+    EVP_DigestInit_ex(md, EVP_sha256(), NULL);
+    hash_field(md, "subscription", gr_json_string_ci(item, "subscriptionId"));
+    hash_field(md, "change", change);
+    hash_field(md, "resource", gr_json_string_ci(item, "resource"));
+    hash_field(md, "lifecycle", gr_json_string_ci(item, "lifecycleEvent"));
+    hash_field(md, "id", id);
+    hash_field(md, "etag", etag);
+    hash_field(md, "sequence", seqs);
+    EVP_DigestFinal_ex(md, key, &n);
+    EVP_MD_CTX_free(md);
+    free(change);
+    return true;
+}
+
+static void judge_item(const struct gr_config *cfg, const json_t *item, const json_t *tokens,
+                       bool *tokens_read, struct gr_ingest *out)
 {
     const char *sub = gr_json_string_ci(item, "subscriptionId");
     if (!json_is_object(item) || !sub) {
@@ -83,18 +120,18 @@ static void judge_item(const struct gr_config *cfg, const json_t *item, int64_t 
                     : "clientState does not match the top-level client_state");
         return;
     }
-    char *text = json_dumps(item, JSON_COMPACT);
-    struct gr_job *job = gr_job_new(GR_JOB_ROUTE, text, strlen(text), NULL);
-    free(text);
-    job->received_ms = received_ms;
-    /* Rich items share the tokens that must cover them; a worker checks. */
-    if (json_is_object(gr_json_get_ci(item, "encryptedContent")))
-        job->tokens = tokens_for_rich_item(tokens, out);
-    out->jobs[out->njobs++] = job;
+    struct gr_store_item *it = &out->items[out->nitems++];
+    it->body = json_dumps(item, JSON_COMPACT);
+    it->len = strlen(it->body);
+    it->has_dedupe = gr_ingest_dedupe_key(item, it->dedupe);
+    /* Rich items keep the POST's tokens that must cover them; a worker checks. */
+    it->rich = json_is_object(gr_json_get_ci(item, "encryptedContent"));
+    if (it->rich)
+        read_tokens(tokens, out, tokens_read);
 }
 
 void gr_ingest_parse(const struct gr_config *cfg, const char *body, size_t len,
-                     int64_t received_ms, struct gr_ingest *out)
+                     struct gr_ingest *out)
 {
     *out = (struct gr_ingest){.status = 202};
     json_error_t jerr;
@@ -118,19 +155,20 @@ void gr_ingest_parse(const struct gr_config *cfg, const char *body, size_t len,
         return;
     }
     out->received = json_array_size(value);
-    out->jobs = gr_xcalloc(out->received, sizeof *out->jobs);
-    struct batch_tokens tokens = {.value = json_object_get(root, "validationTokens")};
+    out->items = gr_xcalloc(out->received ? out->received : 1, sizeof *out->items);
+    const json_t *tokens = json_object_get(root, "validationTokens");
+    bool tokens_read = false;
     for (size_t i = 0; i < out->received; i++)
-        judge_item(cfg, json_array_get(value, i), received_ms, &tokens, out);
-    gr_token_list_unref(tokens.list);
+        judge_item(cfg, json_array_get(value, i), tokens, &tokens_read, out);
     json_decref(root);
 }
 
 void gr_ingest_free(struct gr_ingest *in)
 {
-    for (size_t i = 0; i < in->njobs; i++)
-        gr_job_free(in->jobs[i]);
-    free(in->jobs);
+    for (size_t i = 0; i < in->nitems; i++)
+        free(in->items[i].body);
+    free(in->items);
+    gr_token_list_unref(in->tokens);
     free(in->reason);
     *in = (struct gr_ingest){0};
 }

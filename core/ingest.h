@@ -6,13 +6,17 @@
  * judged on its own: its clientState must match its subscription's own
  * secret if the subscription is listed, else the top-level client_state (a
  * listed subscription never accepts the fallback). Items that pass become
- * ROUTE jobs holding the item exactly as received; the others are counted by
- * reason and logged (never a secret or the presented value). Nothing here
- * does I/O beyond logging. Thread-safe: reads only the immutable config.
+ * store items: the item's JSON (re-serialised compactly, encrypted content
+ * untouched) with its duplicate key, for the HTTP layer to append; the others
+ * are counted by reason and logged (never a secret or the presented value).
+ * Nothing here does I/O beyond logging. Thread-safe: reads only the immutable
+ * config.
  */
 #ifndef GR_INGEST_H
 #define GR_INGEST_H
 
+#include <jansson.h>
+#include <stdbool.h>
 #include <stddef.h>
 #include <stdint.h>
 
@@ -23,17 +27,24 @@
 struct gr_ingest {
     int status;   /* 202, or 400 with `reason` */
     char *reason; /* one line, for a 400 */
-    struct gr_job **jobs;
-    size_t njobs;
+    struct gr_store_item *items; /* accepted, to append */
+    size_t nitems;
+    struct gr_token_list *tokens; /* the POST's validationTokens, if a rich item needs them */
     size_t received;
     size_t dropped[GR_DROP_COUNT];
     size_t tokens_skipped; /* validationTokens entries that are not usable tokens */
 };
 
 void gr_ingest_parse(const struct gr_config *cfg, const char *body, size_t len,
-                     int64_t received_ms, struct gr_ingest *out);
-/* Frees the reason and any jobs still held (set njobs = 0 after handing the
- * jobs to the store). */
+                     struct gr_ingest *out);
+/* Frees the reason, the tokens and any items still held (set nitems = 0
+ * and tokens = NULL after handing them to the store). */
 void gr_ingest_free(struct gr_ingest *in);
+
+/* The identity of a change, for dropping Graph's duplicate deliveries:
+ * SHA-256 over subscriptionId, changeType, resource and the item's id,
+ * resourceData's @odata.etag and sequenceNumber. Returns false (no identity:
+ * never treated as a duplicate) when none of the last three is present. */
+bool gr_ingest_dedupe_key(const json_t *item, unsigned char key[32]);
 
 #endif

@@ -26,6 +26,7 @@
 #include "log.h"
 #include "plugin_host.h"
 #include "store.h"
+#include "store_admin.h"
 #include "util.h"
 #include "worker.h"
 
@@ -54,6 +55,8 @@ static void usage(FILE *out)
 {
     fprintf(out,
             "usage: graphrouter -c FILE [--check]\n"
+            "       graphrouter -c FILE status\n"
+            "       graphrouter -c FILE dlq list | show ID | replay ID | replay --all | purge\n"
             "       graphrouter --version | -h\n"
             "\n"
             "Receives Microsoft Graph change notifications and routes them to handler plugins.\n"
@@ -63,6 +66,9 @@ static void usage(FILE *out)
             "                     handler's config, then exit: 0 if all is well, 1 otherwise\n"
             "  -V, --version      print the version and plugin ABI, then exit\n"
             "  -h, --help         this text\n"
+            "\n"
+            "status shows the deliveries pending, in progress and dead per handler; dlq lists,\n"
+            "shows, replays and purges dead letters. Both work while graphrouter runs.\n"
             "\n"
             "Signals: HUP reloads the configuration and plugins, USR1 makes handlers reopen\n"
             "their files, TERM and INT finish the work in flight and exit.\n");
@@ -112,9 +118,14 @@ static char *start_only_change(const struct gr_config *a, const struct gr_config
         a->connection_timeout_s != b->connection_timeout_s)
         return gr_xprintf("\"limits.max_connections\" or \"limits.connection_timeout_s\" changed; "
                           "they apply to the listener, so restart graphrouter to apply them");
-    if (a->workers != b->workers || a->max_pending != b->max_pending)
-        return gr_xprintf("\"workers\" or \"store.max_pending\" changed; restart graphrouter to "
-                          "apply them");
+    if (a->workers != b->workers)
+        return gr_xprintf("\"workers\" changed; restart graphrouter to apply it");
+    if (strcmp(a->store_path, b->store_path) != 0 || a->max_pending != b->max_pending ||
+        a->max_pending_bytes != b->max_pending_bytes || a->max_db_bytes != b->max_db_bytes ||
+        a->synchronous_full != b->synchronous_full || a->dedupe_window_s != b->dedupe_window_s ||
+        a->retention_s != b->retention_s)
+        return gr_xprintf("\"store\" changed; the store is opened once, so restart graphrouter "
+                          "to apply it");
     return NULL;
 }
 
@@ -122,6 +133,7 @@ struct control {
     const char *file;
     uint64_t next_id;
     struct gr_generation *retired;
+    struct gr_store *store;
 };
 
 static void reload(struct control *ctl)
@@ -152,6 +164,7 @@ static void reload(struct control *ctl)
     if (g->jwks)
         gr_jwks_start(g->jwks);
     struct gr_generation *old = gr_generation_swap(g);
+    gr_store_set_handlers(ctl->store, g->store_handlers, g->nhandlers);
     old->next_retired = ctl->retired;
     ctl->retired = old;
     gr_generation_unpin(old); /* its reference for being current */
@@ -241,22 +254,38 @@ static int run(const char *file)
     gr_generation_swap(g);
     gr_generation_set_idle_hook(on_generation_idle);
 
-    struct gr_store *store = gr_store_new(g->cfg->max_pending);
+    const struct gr_config *cfg = g->cfg;
+    struct gr_store_config sc = {.path = cfg->store_path,
+                                 .max_pending = cfg->max_pending,
+                                 .max_pending_bytes = cfg->max_pending_bytes,
+                                 .max_db_bytes = cfg->max_db_bytes,
+                                 .synchronous_full = cfg->synchronous_full,
+                                 .dedupe_window_ms = cfg->dedupe_window_s * 1000,
+                                 .retention_ms = cfg->retention_s * 1000};
+    struct gr_store *store = gr_store_sqlite_open(&sc, g->store_handlers, g->nhandlers, &err);
+    if (!store) {
+        gr_error("cannot start: %s", err);
+        free(err);
+        gr_generation_destroy(gr_generation_swap(NULL));
+        gr_plugin_host_cleanup();
+        return 1;
+    }
+    ctl.store = store;
     struct gr_workers *workers = gr_workers_start(store, g->cfg->workers);
     struct gr_http *http = gr_http_start(g->cfg, store, &err);
     if (!http) {
         gr_error("cannot start: %s", err);
         free(err);
-        gr_store_close(store, gr_mono_ms());
+        gr_store_stop_taking(store);
         gr_workers_join(workers, gr_wall_ms() + 5000);
-        gr_store_free(store);
+        gr_store_close(store);
         gr_generation_destroy(gr_generation_swap(NULL));
         gr_plugin_host_cleanup();
         return 1;
     }
-    gr_info("graphrouter %s listening on %s:%u (%zu handlers, %zu routes, %u workers)",
+    gr_info("graphrouter %s listening on %s:%u (%zu handlers, %zu routes, %u workers, store %s)",
             GR_VERSION, g->cfg->listen_address, gr_http_port(http), g->nhandlers,
-            g->cfg->routes.n, g->cfg->workers);
+            g->cfg->routes.n, g->cfg->workers, g->cfg->store_path);
     pthread_sigmask(SIG_UNBLOCK, &handled, NULL);
 
     for (;;) {
@@ -281,28 +310,27 @@ static int run(const char *file)
             reopen();
     }
 
-    /* Shutdown: no new requests, finish those in progress, then the queue. */
+    /* Shutdown: no new requests; those in progress are answered (their items
+     * committed); workers finish what they hold; what waits stays stored. */
     g = gr_generation_pin();
     int64_t grace_ms = (int64_t)g->cfg->shutdown_timeout_s * 1000;
     gr_generation_unpin(g);
     int64_t deadline = gr_mono_ms() + grace_ms, wall_deadline = gr_wall_ms() + grace_ms;
-    gr_info("shutting down: finishing requests and queued work (up to %lld s)",
+    gr_info("shutting down: finishing requests and the deliveries in progress (up to %lld s)",
             (long long)(grace_ms / 1000));
     gr_http_quiesce(http);
     if (!gr_http_wait_idle(http, deadline))
         gr_warn("requests still in progress at the shutdown deadline are cut off");
     gr_http_stop(http);
-    gr_store_close(store, deadline);
+    gr_store_stop_taking(store);
     if (!gr_workers_join(workers, wall_deadline)) {
+        /* Its delivery stays "running" in the store and is taken again at
+         * the next start, counting this attempt. */
         gr_error("exiting with a handler still running");
         _exit(1);
     }
-    size_t lost = gr_store_free(store);
+    gr_store_close(store);
     int status = 0;
-    if (lost) {
-        gr_error("%zu queued jobs were not finished by shutdown_timeout_s and are dropped", lost);
-        status = 1;
-    }
     struct gr_generation *last = gr_generation_swap(NULL);
     gr_generation_unpin(last);
     reap(&ctl);
@@ -334,9 +362,16 @@ int main(int argc, char **argv)
         default: usage(stderr); return 2;
         }
     }
-    if (!file || optind < argc) {
+    if (!file) {
         usage(stderr);
         return 2;
+    }
+    if (optind < argc) { /* status, dlq ... */
+        if (check) {
+            usage(stderr);
+            return 2;
+        }
+        return gr_store_admin(file, argc - optind, argv + optind);
     }
     /* Once, before any thread starts: libcurl (JWKS fetches) needs it. */
     if (curl_global_init(CURL_GLOBAL_DEFAULT) != 0) {

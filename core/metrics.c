@@ -10,6 +10,7 @@
 #include <string.h>
 
 #include "jwt.h"
+#include "store.h"
 
 
 static const unsigned tracked_status[] = {200, 202, 400, 404, 405, 413, 500, 503};
@@ -29,7 +30,6 @@ static const char *const drop_names[GR_DROP_COUNT] = {
     "token_missing",          "token_invalid",           "token_uncovered",
     "decrypt_malformed",      "decrypt_unknown_key",     "decrypt_bad_key",
     "decrypt_bad_signature",  "decrypt_bad_padding",     "decrypt_not_json"};
-static const char *const abandon_names[GR_ABANDON_COUNT] = {"handler_removed"};
 
 static struct {
     atomic_uint_fast64_t requests[GR_EP_COUNT][N_STATUS];
@@ -37,7 +37,9 @@ static struct {
     atomic_uint_fast64_t latency_count, latency_sum_ns;
     atomic_uint_fast64_t received, accepted, routed, unrouted;
     atomic_uint_fast64_t dropped[GR_DROP_COUNT];
-    atomic_uint_fast64_t abandoned[GR_ABANDON_COUNT];
+    atomic_uint_fast64_t commit_buckets[N_BUCKETS + 1], commit_count, commit_sum_ns;
+    atomic_uint_fast64_t batch_buckets[8], batch_sum, store_failures, duplicates;
+    atomic_uint_fast64_t rejected_full, rejected_error;
     atomic_uint_fast64_t reload_ok, reload_failed;
     atomic_uint_fast64_t tokens[GR_TOKEN_RESULT_COUNT];
     atomic_uint_fast64_t jwks_ok, jwks_failed, jwks_keys;
@@ -96,7 +98,27 @@ void gr_metrics_items_received(size_t n) { ADD(m.received, n); }
 void gr_metrics_items_accepted(size_t n) { ADD(m.accepted, n); }
 void gr_metrics_item_dropped(enum gr_drop_reason r) { INC(m.dropped[r]); }
 void gr_metrics_item_routed(bool routed) { routed ? INC(m.routed) : INC(m.unrouted); }
-void gr_metrics_delivery_abandoned(enum gr_abandon_reason r) { INC(m.abandoned[r]); }
+static const unsigned batch_bounds[] = {1, 2, 4, 8, 16, 32, 64}; /* + Inf */
+
+void gr_metrics_store_commit(int64_t ns, size_t requests)
+{
+    double s = (double)ns / 1e9;
+    size_t i = 0;
+    while (i < N_BUCKETS && s > buckets[i])
+        i++;
+    INC(m.commit_buckets[i]);
+    INC(m.commit_count);
+    ADD(m.commit_sum_ns, (uint_fast64_t)(ns > 0 ? ns : 0));
+    size_t b = 0;
+    while (b < GR_ARRAY_LEN(batch_bounds) && requests > batch_bounds[b])
+        b++;
+    INC(m.batch_buckets[b]);
+    ADD(m.batch_sum, requests);
+}
+
+void gr_metrics_store_failure(void) { INC(m.store_failures); }
+void gr_metrics_duplicates(size_t n) { ADD(m.duplicates, n); }
+void gr_metrics_store_rejected(bool full) { full ? INC(m.rejected_full) : INC(m.rejected_error); }
 void gr_metrics_reload(bool ok) { ok ? INC(m.reload_ok) : INC(m.reload_failed); }
 void gr_metrics_jwks_refresh(bool ok) { ok ? INC(m.jwks_ok) : INC(m.jwks_failed); }
 
@@ -247,11 +269,41 @@ void gr_metrics_render(struct gr_buf *o, const struct gr_metrics_gauges *g)
               "Items that no route (not even a default route) matched.");
     gr_buf_printf(o, "graphrouter_items_unrouted_total %llu\n", GET(m.unrouted));
 
-    help_line(o, "graphrouter_deliveries_abandoned_total", "counter",
-              "Deliveries given up without calling their handler, by reason.");
-    for (int r = 0; r < GR_ABANDON_COUNT; r++)
-        gr_buf_printf(o, "graphrouter_deliveries_abandoned_total{reason=\"%s\"} %llu\n",
-                      abandon_names[r], GET(m.abandoned[r]));
+    help_line(o, "graphrouter_items_duplicate_total", "counter",
+              "Items acknowledged but not stored: the same change within store.dedupe_window_s.");
+    gr_buf_printf(o, "graphrouter_items_duplicate_total %llu\n", GET(m.duplicates));
+    help_line(o, "graphrouter_store_rejected_total", "counter",
+              "POSTs answered 503 because the store was full or could not write.");
+    gr_buf_printf(o, "graphrouter_store_rejected_total{reason=\"full\"} %llu\n", GET(m.rejected_full));
+    gr_buf_printf(o, "graphrouter_store_rejected_total{reason=\"error\"} %llu\n",
+                  GET(m.rejected_error));
+    help_line(o, "graphrouter_store_failures_total", "counter",
+              "Store transactions that failed (their appends were answered 503).");
+    gr_buf_printf(o, "graphrouter_store_failures_total %llu\n", GET(m.store_failures));
+    help_line(o, "graphrouter_store_commit_seconds", "histogram",
+              "Time of one store transaction, fsync included (group commit).");
+    cum = 0;
+    for (size_t i = 0; i <= N_BUCKETS; i++) {
+        cum += GET(m.commit_buckets[i]);
+        if (i < N_BUCKETS)
+            gr_buf_printf(o, "graphrouter_store_commit_seconds_bucket{le=\"%g\"} %llu\n", buckets[i], cum);
+        else
+            gr_buf_printf(o, "graphrouter_store_commit_seconds_bucket{le=\"+Inf\"} %llu\n", cum);
+    }
+    gr_buf_printf(o, "graphrouter_store_commit_seconds_sum %.9f\n", (double)GET(m.commit_sum_ns) / 1e9);
+    gr_buf_printf(o, "graphrouter_store_commit_seconds_count %llu\n", GET(m.commit_count));
+    help_line(o, "graphrouter_store_commit_batch", "histogram",
+              "Requests (appends, takes, completions) grouped into one store transaction.");
+    cum = 0;
+    for (size_t i = 0; i <= GR_ARRAY_LEN(batch_bounds); i++) {
+        cum += GET(m.batch_buckets[i]);
+        if (i < GR_ARRAY_LEN(batch_bounds))
+            gr_buf_printf(o, "graphrouter_store_commit_batch_bucket{le=\"%u\"} %llu\n", batch_bounds[i], cum);
+        else
+            gr_buf_printf(o, "graphrouter_store_commit_batch_bucket{le=\"+Inf\"} %llu\n", cum);
+    }
+    gr_buf_printf(o, "graphrouter_store_commit_batch_sum %llu\n", GET(m.batch_sum));
+    gr_buf_printf(o, "graphrouter_store_commit_batch_count %llu\n", GET(m.commit_count));
 
     help_line(o, "graphrouter_reloads_total", "counter", "Configuration reloads, by result.");
     gr_buf_printf(o, "graphrouter_reloads_total{result=\"success\"} %llu\n", GET(m.reload_ok));
@@ -277,11 +329,35 @@ void gr_metrics_render(struct gr_buf *o, const struct gr_metrics_gauges *g)
               "Id of the configuration generation now serving (1 at start, +1 per reload).");
     gr_buf_printf(o, "graphrouter_config_generation %llu\n", (unsigned long long)g->generation);
 
-    help_line(o, "graphrouter_queue_items", "gauge",
-              "Work in the queue: ready for a worker, delayed for a retry, or running.");
-    gr_buf_printf(o, "graphrouter_queue_items{state=\"ready\"} %zu\n", g->queue_ready);
-    gr_buf_printf(o, "graphrouter_queue_items{state=\"delayed\"} %zu\n", g->queue_delayed);
-    gr_buf_printf(o, "graphrouter_queue_items{state=\"running\"} %zu\n", g->queue_running);
+    const struct gr_store_stats *st = g->store;
+    help_line(o, "graphrouter_store_items_pending", "gauge",
+              "Stored items not yet done (what store.max_pending counts).");
+    gr_buf_printf(o, "graphrouter_store_items_pending %llu\n", (unsigned long long)st->items_pending);
+    help_line(o, "graphrouter_store_bytes_pending", "gauge",
+              "Bytes of those items (what store.max_pending_bytes counts).");
+    gr_buf_printf(o, "graphrouter_store_bytes_pending %llu\n", (unsigned long long)st->bytes_pending);
+    help_line(o, "graphrouter_store_items_to_route", "gauge", "Stored items not yet routed.");
+    gr_buf_printf(o, "graphrouter_store_items_to_route %llu\n", (unsigned long long)st->items_to_route);
+    static const char *const unit_series[][2] = {
+        {"graphrouter_deliveries_pending", "Deliveries waiting for their handler (due or delayed)."},
+        {"graphrouter_deliveries_running", "Deliveries their handler is working on."},
+        {"graphrouter_dead_letters", "Deliveries given up on, kept for graphrouter dlq."}};
+    for (size_t k = 0; k < 3; k++) {
+        help_line(o, unit_series[k][0], "gauge", unit_series[k][1]);
+        for (size_t i = 0; i < st->nhandlers; i++)
+            gr_buf_printf(o, "%s{handler=\"%s\"} %llu\n", unit_series[k][0], st->handlers[i].name,
+                          (unsigned long long)(k == 0   ? st->handlers[i].pending
+                                               : k == 1 ? st->handlers[i].running
+                                                        : st->handlers[i].dead));
+    }
+    help_line(o, "graphrouter_oldest_pending_seconds", "gauge",
+              "Age of each handler's oldest pending delivery (0: none).");
+    int64_t now_ms = gr_wall_ms();
+    for (size_t i = 0; i < st->nhandlers; i++)
+        gr_buf_printf(o, "graphrouter_oldest_pending_seconds{handler=\"%s\"} %.3f\n", st->handlers[i].name,
+                      st->handlers[i].oldest_pending_ms
+                          ? (double)(now_ms - st->handlers[i].oldest_pending_ms) / 1000
+                          : 0.0);
 
     pthread_mutex_lock(&registry_lock);
     static const char *const handler_series[][2] = {

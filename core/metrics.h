@@ -41,8 +41,6 @@ enum gr_drop_reason {
 };
 const char *gr_drop_reason_name(enum gr_drop_reason r);
 
-/* Why a queued delivery was given up without calling its handler. */
-enum gr_abandon_reason { GR_ABANDON_HANDLER_REMOVED, GR_ABANDON_COUNT };
 
 struct gr_handler_stats {
     atomic_uint_fast64_t handled, retried, failed;
@@ -60,13 +58,18 @@ void gr_metrics_items_received(size_t n);
 void gr_metrics_items_accepted(size_t n);
 void gr_metrics_item_dropped(enum gr_drop_reason r);
 void gr_metrics_item_routed(bool routed);
-void gr_metrics_delivery_abandoned(enum gr_abandon_reason r);
 void gr_metrics_reload(bool ok);
 /* Validation tokens, counted once per distinct token when first verified. */
 void gr_metrics_token(int result);
 /* The key set in force: how many keys, and when it was last loaded. */
 void gr_metrics_jwks(size_t keys, int64_t loaded_wall_ms);
 void gr_metrics_jwks_refresh(bool ok);
+/* The store: a committed transaction (its time and how many requests it
+ * carried), a transaction that failed, duplicates skipped, POSTs refused. */
+void gr_metrics_store_commit(int64_t ns, size_t requests);
+void gr_metrics_store_failure(void);
+void gr_metrics_duplicates(size_t n);
+void gr_metrics_store_rejected(bool full);
 
 /* Get-or-create by name; never freed. */
 struct gr_handler_stats *gr_metrics_handler(const char *name);
@@ -76,12 +79,12 @@ struct gr_metric *gr_metrics_plugin(const char *handler, const char *name, const
 void gr_metric_add(struct gr_metric *m, int64_t delta);
 void gr_metric_set(struct gr_metric *m, int64_t value);
 
+struct gr_store_stats;
+
 /* Values read when /metrics is rendered. */
 struct gr_metrics_gauges {
-    size_t queue_ready;   /* items and deliveries waiting for a worker */
-    size_t queue_delayed; /* deliveries waiting for a retry */
-    size_t queue_running; /* being worked on */
-    uint64_t generation;  /* id of the current configuration generation */
+    const struct gr_store_stats *store;
+    uint64_t generation; /* id of the current configuration generation */
 };
 void gr_metrics_render(struct gr_buf *out, const struct gr_metrics_gauges *g);
 

@@ -210,6 +210,15 @@ static void host_metric_set(struct gr_metric *m, int64_t value)
     gr_metric_set(m, value);
 }
 
+GR_PLUGIN_PRINTF(2, 3) static void host_set_error(struct gr_msg *m, const char *fmt, ...)
+{
+    va_list ap;
+    va_start(ap, fmt);
+    free(m->error);
+    m->error = gr_xvprintf(fmt, ap);
+    va_end(ap);
+}
+
 static const struct gr_host host_table = {
     .abi_major = GR_PLUGIN_ABI_MAJOR,
     .abi_minor = GR_PLUGIN_ABI_MINOR,
@@ -233,6 +242,7 @@ static const struct gr_host host_table = {
     .metric = host_metric,
     .metric_add = host_metric_add,
     .metric_set = host_metric_set,
+    .set_error = host_set_error,
 };
 
 const struct gr_host *gr_plugin_host(void)

@@ -72,6 +72,7 @@ struct gr_msg {
     struct gr_handler *handler;
     struct gr_emitted *emitted;
     size_t nemitted, cap;
+    char *error; /* set through host->set_error */
 };
 
 const struct gr_host *gr_plugin_host(void);

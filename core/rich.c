@@ -124,3 +124,13 @@ enum gr_rich_outcome gr_rich_open(struct gr_generation *g, const json_t *item,
     }
     return GR_RICH_OK;
 }
+
+enum gr_decrypt_result gr_rich_content(struct gr_generation *g, const json_t *item,
+                                       json_t **content)
+{
+    *content = NULL;
+    const json_t *ec = gr_json_get_ci(item, "encryptedContent");
+    if (!json_is_object(ec))
+        return GR_DECRYPT_OK;
+    return g->keyring ? gr_decrypt(g->keyring, ec, content) : GR_DECRYPT_UNKNOWN_KEY;
+}

@@ -31,6 +31,11 @@ enum gr_rich_outcome gr_rich_open(struct gr_generation *g, const json_t *item,
                                   const struct gr_token_list *tokens, int64_t received_ms,
                                   json_t **content, enum gr_drop_reason *reason);
 
+/* At delivery: the content of an item routed earlier (its tokens were checked
+ * then). GR_DECRYPT_OK with *content NULL for a basic item. */
+enum gr_decrypt_result gr_rich_content(struct gr_generation *g, const json_t *item,
+                                       json_t **content);
+
 /* An item is checked against at most this many tokens claiming its tenant
  * (Graph sends one per tenant and app). */
 #define GR_RICH_MAX_CANDIDATES 16

@@ -1,20 +1,23 @@
 /*
- * The store: where accepted items and pending deliveries wait for a worker.
+ * The store: where accepted items and their deliveries wait, durably.
  *
- * Units of work are jobs. A ROUTE job is one accepted item, exactly as it
- * arrived; a worker classifies and routes it against the configuration
- * generation current at that moment and completes it with one DELIVER job per
- * target handler. A DELIVER job is one (message, handler) pair; completing it
- * adds the events the handler emitted as new DELIVER jobs, in the same step.
+ * An item is a change notification exactly as Graph sent it (rich content
+ * still encrypted), stored before the POST is answered 202. A worker routes
+ * it against the configuration current at that moment; routing turns it into
+ * one delivery unit per target handler. A unit runs the handler; what the
+ * handler emits becomes new units in the same step that completes its parent.
+ * Units end done, or dead (a dead letter: kept with its handler, attempts and
+ * last error until replayed or purged).
  *
- * This implementation keeps jobs in memory: bounded by max_pending, so a POST
- * that would exceed it is refused (503) instead of accepted and lost, but not
- * durable across a crash. The interface is what a durable backend needs:
- * append is all-or-nothing and happens before the HTTP answer, and
- * completing a job and adding its follow-up jobs is one step.
+ * Promises, whatever the backend:
+ *   - an append is all-or-nothing and durable when its callback reports OK;
+ *   - taking a unit records the attempt before the handler runs, so a handler
+ *     that kills the process still uses up attempts;
+ *   - completing a unit and storing the units it emitted is one step;
+ *   - work that was running when the process died is taken again.
  *
- * Thread-safety: every function may be called from any thread; one mutex
- * guards the queues, held only for list and heap operations.
+ * Thread-safety: every function may be called from any thread. Backends run
+ * their own I/O threads; callbacks arrive on them and must be short.
  */
 #ifndef GR_STORE_H
 #define GR_STORE_H
@@ -25,54 +28,150 @@
 
 #include "jwt.h"
 
-enum gr_job_kind { GR_JOB_ROUTE = 1, GR_JOB_DELIVER = 2 };
+/* ---- appending (the request path) --------------------------------------- */
 
-struct gr_job {
-    enum gr_job_kind kind;
-    int msg_kind;        /* DELIVER: GR_MSG_NOTIFICATION or GR_MSG_EVENT */
-    char *payload;       /* ROUTE: the item's JSON; DELIVER: the message's JSON */
+struct gr_store_item {
+    char *body; /* the item's JSON, as received (owned) */
     size_t len;
-    char *handler;       /* DELIVER: the handler's name */
-    struct gr_token_list *tokens; /* ROUTE, rich items: their POST's validationTokens (shared) */
-    unsigned attempts;   /* DELIVER: handle() calls made so far; ROUTE: waits for keys */
-    int64_t received_ms; /* wall clock when the item was accepted */
-    int64_t due_ms;      /* monotonic; when a delayed job becomes ready */
-    struct gr_job *next; /* store-private */
+    bool rich;  /* has encryptedContent: keeps its POST's tokens */
+    bool has_dedupe;
+    unsigned char dedupe[32]; /* SHA-256 of what identifies a change (see ingest.c) */
 };
 
-/* Allocate a job; the payload (and handler, if any) are copied. */
-struct gr_job *gr_job_new(enum gr_job_kind kind, const char *payload, size_t len,
-                          const char *handler);
-void gr_job_free(struct gr_job *job);
+enum gr_append_result {
+    GR_APPEND_OK,    /* stored durably */
+    GR_APPEND_FULL,  /* over store.max_pending / max_pending_bytes: nothing stored */
+    GR_APPEND_ERROR  /* could not write (disk full, I/O error): nothing stored */
+};
+
+struct gr_append {
+    struct gr_store_item *items; /* owned */
+    size_t n;
+    struct gr_token_list *tokens; /* the POST's validationTokens, for its rich items (ref) */
+    int64_t received_ms;
+    /* Called once, on a store thread, when the outcome is known. */
+    void (*done)(void *ctx, enum gr_append_result result, size_t duplicates);
+    void *ctx;
+};
+
+/* ---- working (the workers) ---------------------------------------------- */
+
+enum gr_work_kind { GR_WORK_ROUTE = 1, GR_WORK_DELIVER = 2 };
+
+struct gr_work {
+    enum gr_work_kind kind;
+    int64_t id;      /* ROUTE: the item's id; DELIVER: the unit's id */
+    int64_t item_id;
+    char *body;      /* the item as received */
+    size_t len;
+    int64_t received_ms;
+    struct gr_token_list *tokens; /* ROUTE, rich items */
+    unsigned attempts;            /* ROUTE: waits for keys so far; DELIVER: this attempt's number */
+    char *handler;                /* DELIVER */
+    char *event;                  /* DELIVER: an emitted event's JSON, or NULL: the notification */
+    size_t event_len;
+};
+void gr_work_free(struct gr_work *w);
+
+/* What a handler may be given: its name, how many units may run at once
+ * (0: any number; 1: one at a time, in order) and its retry limit. */
+struct gr_store_handler {
+    const char *name;
+    unsigned concurrency;
+    unsigned max_attempts;
+};
+
+struct gr_route_outcome {
+    enum { GR_ROUTED, GR_ROUTE_DROPPED, GR_ROUTE_WAIT } result;
+    const char *const *handlers; /* GR_ROUTED: targets (none: unrouted) */
+    size_t nhandlers;
+    const char *note;   /* GR_ROUTE_DROPPED: why, kept with the item */
+    int64_t delay_ms;   /* GR_ROUTE_WAIT */
+};
+
+struct gr_emitted_event {
+    const char *handler;
+    const char *json;
+    size_t len;
+};
+
+struct gr_delivery_outcome {
+    enum { GR_DELIVERED, GR_DELIVERY_RETRY, GR_DELIVERY_DEAD } result;
+    int64_t delay_ms;                     /* GR_DELIVERY_RETRY */
+    const char *error;                    /* RETRY, DEAD: kept as last_error */
+    const struct gr_emitted_event *events; /* GR_DELIVERED: stored with the completion */
+    size_t nevents;
+};
+
+/* ---- the interface ------------------------------------------------------- */
+
+struct gr_store_stats_handler {
+    char name[65];
+    uint64_t pending, running, dead;
+    int64_t oldest_pending_ms; /* wall clock; 0: none */
+};
+
+struct gr_store_stats {
+    uint64_t items_pending, bytes_pending; /* not yet done: what the limits count */
+    uint64_t items_to_route;
+    struct gr_store_stats_handler *handlers; /* as of the last refresh */
+    size_t nhandlers;
+};
 
 struct gr_store;
 
-struct gr_store *gr_store_new(size_t max_pending);
-/* Frees whatever is left; returns how many jobs that was. */
-size_t gr_store_free(struct gr_store *s);
-
-/* Accept all `n` jobs or none: -1 (and nothing taken) when they would push
- * the store past max_pending or it is closed. On success the store owns them. */
-int gr_store_append(struct gr_store *s, struct gr_job **jobs, size_t n);
-
-/* Wait for the next ready job. NULL once the store is closed and either
- * empty with nothing running, or past its close deadline. */
-struct gr_job *gr_store_take(struct gr_store *s);
-
-/* Finish a taken job, adding its follow-up jobs (owned by the store now;
- * never refused, since they belong to work already accepted). Frees `job`. */
-void gr_store_complete(struct gr_store *s, struct gr_job *job, struct gr_job **follow_up,
-                       size_t n);
-/* Put a taken job back, ready again after delay_ms. */
-void gr_store_retry(struct gr_store *s, struct gr_job *job, int64_t delay_ms);
-
-/* Stop accepting appends; take() drains what is left until deadline_ms
- * (monotonic), then returns NULL. */
-void gr_store_close(struct gr_store *s, int64_t deadline_ms);
-
-struct gr_store_stats {
-    size_t ready, delayed, running;
+struct gr_store_ops {
+    void (*append)(struct gr_store *s, struct gr_append *a);
+    /* The next work, preferring deliveries or routing; blocks up to wait_ms.
+     * Returns 1 with *out set, 0 if nothing came, -1 once the store is
+     * closing. */
+    int (*take)(struct gr_store *s, const struct gr_store_handler *h, size_t nh,
+                bool prefer_delivery, int64_t wait_ms, struct gr_work **out);
+    void (*routed)(struct gr_store *s, struct gr_work *w, const struct gr_route_outcome *o);
+    void (*delivered)(struct gr_store *s, struct gr_work *w, const struct gr_delivery_outcome *o);
+    /* The handlers the configuration has now (after a reload): pending units
+     * of any other become dead letters. */
+    void (*set_handlers)(struct gr_store *s, const struct gr_store_handler *h, size_t nh);
+    void (*stats)(struct gr_store *s, struct gr_store_stats *out);
+    /* Stop handing out work; take() returns -1 once nothing runs. */
+    void (*stop_taking)(struct gr_store *s);
+    void (*close)(struct gr_store *s);
 };
-void gr_store_stats(struct gr_store *s, struct gr_store_stats *out);
+
+struct gr_store {
+    const struct gr_store_ops *ops;
+};
+
+static inline void gr_store_append(struct gr_store *s, struct gr_append *a) { s->ops->append(s, a); }
+static inline int gr_store_take(struct gr_store *s, const struct gr_store_handler *h, size_t nh,
+                                bool prefer_delivery, int64_t wait_ms, struct gr_work **out)
+{
+    return s->ops->take(s, h, nh, prefer_delivery, wait_ms, out);
+}
+static inline void gr_store_routed(struct gr_store *s, struct gr_work *w,
+                                   const struct gr_route_outcome *o) { s->ops->routed(s, w, o); }
+static inline void gr_store_delivered(struct gr_store *s, struct gr_work *w,
+                                      const struct gr_delivery_outcome *o) { s->ops->delivered(s, w, o); }
+static inline void gr_store_set_handlers(struct gr_store *s, const struct gr_store_handler *h,
+                                         size_t nh) { s->ops->set_handlers(s, h, nh); }
+static inline void gr_store_stats(struct gr_store *s, struct gr_store_stats *out) { s->ops->stats(s, out); }
+static inline void gr_store_stop_taking(struct gr_store *s) { s->ops->stop_taking(s); }
+static inline void gr_store_close(struct gr_store *s) { s->ops->close(s); }
+
+void gr_store_stats_free(struct gr_store_stats *st);
+
+/* ---- the SQLite backend -------------------------------------------------- */
+
+struct gr_store_config {
+    const char *path;
+    uint64_t max_pending, max_pending_bytes, max_db_bytes; /* 0: no db size cap */
+    bool synchronous_full; /* false: "normal", documented as weaker */
+    int64_t dedupe_window_ms, retention_ms;
+};
+
+/* Open (creating it, mode 0600) and recover: running work is pending again,
+ * or dead once its handler's attempts are used up. */
+struct gr_store *gr_store_sqlite_open(const struct gr_store_config *c,
+                                      const struct gr_store_handler *h, size_t nh, char **err);
 
 #endif

@@ -1,5 +1,5 @@
 /* The worker pool (see worker.h). Workers share nothing but the store and
- * the generation pointer; all per-job state is on the stack. */
+ * the generation pointer; all per-work state is on the stack. */
 #define _GNU_SOURCE
 #include "worker.h"
 
@@ -39,40 +39,42 @@ int64_t gr_backoff_ms(const struct gr_retry_policy *p, unsigned attempts)
     return (int64_t)arc4random_uniform((uint32_t)cap + 1);
 }
 
-static void route(struct gr_store *store, struct gr_job *job)
+static void route(struct gr_store *store, struct gr_work *w)
 {
-    json_t *item = json_loadb(job->payload, job->len, 0, NULL);
+    struct gr_route_outcome o = {.result = GR_ROUTE_DROPPED};
+    json_t *item = json_loadb(w->body, w->len, 0, NULL);
     if (!item) { /* cannot happen for what ingest stored; never lose it silently */
-        gr_error("stored item is not JSON; dropping it");
+        gr_error("stored item %lld is not JSON; dropping it", (long long)w->id);
+        o.note = "not JSON";
         gr_metrics_item_routed(false);
-        gr_store_complete(store, job, NULL, 0);
+        gr_store_routed(store, w, &o);
         return;
     }
     struct gr_generation *g = gr_generation_pin();
     json_t *content = NULL;
     enum gr_drop_reason why;
-    switch (gr_rich_open(g, item, job->tokens, job->received_ms, &content, &why)) {
-    case GR_RICH_WAIT: {
+    switch (gr_rich_open(g, item, w->tokens, w->received_ms, &content, &why)) {
+    case GR_RICH_WAIT:
         /* A kid not yet known while keys are refreshed: again in 1, 2, 4 ... 60 s. */
-        int64_t delay = job->attempts < 6 ? INT64_C(1000) << job->attempts : 60000;
-        job->attempts++;
-        gr_debug("rich item waits %lld ms for validation-token keys", (long long)delay);
+        o.result = GR_ROUTE_WAIT;
+        o.delay_ms = w->attempts < 6 ? INT64_C(1000) << w->attempts : 60000;
+        gr_debug("rich item waits %lld ms for validation-token keys", (long long)o.delay_ms);
         json_decref(item);
         gr_generation_unpin(g);
-        gr_store_retry(store, job, delay);
+        gr_store_routed(store, w, &o);
         return;
-    }
     case GR_RICH_DROP:
         gr_metrics_item_dropped(why);
+        o.note = gr_drop_reason_name(why);
         json_decref(item);
         gr_generation_unpin(g);
-        gr_store_complete(store, job, NULL, 0);
+        gr_store_routed(store, w, &o);
         return;
     default:
         break;
     }
     struct gr_classification cls;
-    json_t *n = gr_notification_build(item, job->received_ms, content, &cls);
+    json_t *n = gr_notification_build(item, w->received_ms, content, &cls);
     json_decref(item);
     struct gr_route_input in;
     gr_notification_route_input(n, cls.type, &in);
@@ -84,30 +86,20 @@ static void route(struct gr_store *store, struct gr_job *job)
         if (fired[r])
             atomic_fetch_add_explicit(&g->route_stats[r]->fired, 1, memory_order_relaxed);
     gr_metrics_item_routed(nfired > 0);
-
-    struct gr_job **out = gr_xcalloc(g->nhandlers ? g->nhandlers : 1, sizeof *out);
-    size_t nout = 0;
-    if (nfired) {
-        char *text = json_dumps(n, JSON_COMPACT);
-        size_t len = strlen(text);
-        for (size_t i = 0; i < g->nhandlers; i++) {
-            if (!targets[i])
-                continue;
-            struct gr_job *d = gr_job_new(GR_JOB_DELIVER, text, len, g->handlers[i].name);
-            d->msg_kind = GR_MSG_NOTIFICATION;
-            d->received_ms = job->received_ms;
-            out[nout++] = d;
-        }
-        free(text);
-    } else {
+    const char **names = gr_xcalloc(g->nhandlers ? g->nhandlers : 1, sizeof *names);
+    for (size_t i = 0; i < g->nhandlers; i++)
+        if (targets[i])
+            names[o.nhandlers++] = g->handlers[i].name;
+    o.result = GR_ROUTED;
+    o.handlers = names;
+    if (!nfired)
         gr_info("item not routed: no route matched; resource_type=%s subscription=%.80s",
                 gr_rtype_name(cls.type), in.subscription_id ? in.subscription_id : "(none)");
-    }
+    gr_store_routed(store, w, &o); /* copies the names: the generation may go */
     gr_generation_unpin(g);
     gr_classification_free(&cls);
     json_decref(n);
-    gr_store_complete(store, job, out, nout);
-    free(out);
+    free(names);
     free(fired);
     free(targets);
 }
@@ -116,87 +108,136 @@ static void route(struct gr_store *store, struct gr_job *job)
 static const char *delivery_kind(struct gr_msg *msg)
 {
     const char *type = json_string_value(json_object_get(gr_msg_root(msg), "resource_type"));
-    return type ? type : msg->kind == GR_MSG_EVENT ? "event" : "message";
+    return type ? type : msg->kind == GR_MSG_EVENT ? "event" : "notification";
 }
 
-static void deliver(struct gr_store *store, struct gr_job *job)
+/* The notification a stored item stands for, as JSON text; NULL with *why
+ * when its content no longer decrypts (a key removed since it was routed). */
+static char *rebuild(struct gr_generation *g, const struct gr_work *w, const char **why)
+{
+    json_t *item = json_loadb(w->body, w->len, 0, NULL), *content;
+    enum gr_decrypt_result d = item ? gr_rich_content(g, item, &content) : GR_DECRYPT_MALFORMED;
+    if (d != GR_DECRYPT_OK) {
+        *why = gr_decrypt_result_name(d);
+        json_decref(item);
+        return NULL;
+    }
+    struct gr_classification cls;
+    json_t *n = gr_notification_build(item, w->received_ms, content, &cls);
+    char *text = json_dumps(n, JSON_COMPACT);
+    gr_classification_free(&cls);
+    json_decref(n);
+    json_decref(item);
+    return text;
+}
+
+static void deliver(struct gr_store *store, struct gr_work *w)
 {
     struct gr_generation *g = gr_generation_pin();
-    struct gr_handler *h = gr_generation_handler(g, job->handler);
+    struct gr_delivery_outcome o = {.result = GR_DELIVERY_DEAD};
+    struct gr_handler *h = gr_generation_handler(g, w->handler);
     if (!h) {
-        gr_warn("delivery to handler \"%s\" dropped: the reloaded configuration has no such "
-                "handler",
-                job->handler);
-        gr_metrics_delivery_abandoned(GR_ABANDON_HANDLER_REMOVED);
+        gr_warn("delivery to handler \"%s\" is a dead letter: the configuration has no such "
+                "handler now",
+                w->handler);
+        o.error = "the handler is no longer configured";
         gr_generation_unpin(g);
-        gr_store_complete(store, job, NULL, 0);
+        gr_store_delivered(store, w, &o);
         return;
     }
-    struct gr_msg msg = {.kind = job->msg_kind, .json = job->payload, .len = job->len, .handler = h};
-    job->attempts++;
+    const char *why = NULL;
+    char *text = w->event ? NULL : rebuild(g, w, &why);
+    if (!w->event && !text) {
+        char *error = gr_xprintf("the content no longer decrypts: %s", why);
+        gr_warn("delivery to handler \"%s\" is a dead letter: %s", h->name, error);
+        atomic_fetch_add_explicit(&h->stats->failed, 1, memory_order_relaxed);
+        o.error = error;
+        gr_generation_unpin(g);
+        gr_store_delivered(store, w, &o);
+        free(error);
+        return;
+    }
+    struct gr_msg msg = {.kind = w->event ? GR_MSG_EVENT : GR_MSG_NOTIFICATION,
+                         .json = w->event ? w->event : text,
+                         .len = w->event ? w->event_len : strlen(text),
+                         .handler = h};
     if (h->serial)
         pthread_mutex_lock(&h->serial_lock);
     int rc = h->lib->desc.handle(h->state, &msg);
     if (h->serial)
         pthread_mutex_unlock(&h->serial_lock);
 
-    struct gr_job **out = NULL;
-    size_t nout = 0;
-    int64_t retry_in = -1;
+    struct gr_emitted_event *events = NULL;
+    char *error = NULL;
+    unsigned max = h->conf->retry.max_attempts;
     if (rc == GR_OK) {
         atomic_fetch_add_explicit(&h->stats->handled, 1, memory_order_relaxed);
-        out = gr_xcalloc(msg.nemitted ? msg.nemitted : 1, sizeof *out);
-        for (size_t i = 0; i < msg.nemitted; i++) {
-            struct gr_job *e = gr_job_new(GR_JOB_DELIVER, msg.emitted[i].json, msg.emitted[i].len,
-                                          g->handlers[msg.emitted[i].target].name);
-            e->msg_kind = GR_MSG_EVENT;
-            e->received_ms = job->received_ms;
-            out[nout++] = e;
-        }
-    } else if (rc == GR_RETRY && job->attempts < h->conf->retry.max_attempts) {
+        events = gr_xcalloc(msg.nemitted ? msg.nemitted : 1, sizeof *events);
+        for (size_t i = 0; i < msg.nemitted; i++)
+            events[i] = (struct gr_emitted_event){g->handlers[msg.emitted[i].target].name,
+                                                  msg.emitted[i].json, msg.emitted[i].len};
+        o = (struct gr_delivery_outcome){.result = GR_DELIVERED, .events = events,
+                                         .nevents = msg.nemitted};
+    } else if (rc == GR_RETRY && w->attempts < max) {
         atomic_fetch_add_explicit(&h->stats->retried, 1, memory_order_relaxed);
-        retry_in = gr_backoff_ms(&h->conf->retry, job->attempts);
-        gr_info("handler \"%s\" asked to retry a %s (attempt %u of %u); next try in %lld ms",
-                h->name, delivery_kind(&msg), job->attempts, h->conf->retry.max_attempts, (long long)retry_in);
+        o.result = GR_DELIVERY_RETRY;
+        o.delay_ms = gr_backoff_ms(&h->conf->retry, w->attempts);
+        o.error = msg.error ? msg.error : "GR_RETRY";
+        gr_info("handler \"%s\" asked to retry delivery %lld (%s, attempt %u of %u: %s); next "
+                "try in %lld ms",
+                h->name, (long long)w->id, delivery_kind(&msg), w->attempts, max, o.error,
+                (long long)o.delay_ms);
     } else {
         atomic_fetch_add_explicit(&h->stats->failed, 1, memory_order_relaxed);
         if (rc == GR_RETRY)
-            gr_warn("handler \"%s\" gave up on a %s after %u attempts", h->name, delivery_kind(&msg),
-                    job->attempts);
+            error = gr_xprintf("gave up after %u attempts: %s", w->attempts,
+                               msg.error ? msg.error : "GR_RETRY");
         else if (rc == GR_FAIL)
-            gr_warn("handler \"%s\" failed a %s (GR_FAIL)", h->name, delivery_kind(&msg));
+            error = gr_xstrdup(msg.error ? msg.error : "GR_FAIL");
         else
-            gr_error("handler \"%s\" returned %d, which is not GR_OK, GR_RETRY or GR_FAIL; "
-                     "treated as GR_FAIL",
-                     h->name, rc);
+            error = gr_xprintf("handle() returned %d, not GR_OK, GR_RETRY or GR_FAIL", rc);
+        o.error = error;
+        gr_warn("handler \"%s\": delivery %lld (%s) is a dead letter: %s (graphrouter dlq show "
+                "%lld)",
+                h->name, (long long)w->id, delivery_kind(&msg), error, (long long)w->id);
     }
+    gr_store_delivered(store, w, &o); /* copies events and error */
     for (size_t i = 0; i < msg.nemitted; i++)
         free(msg.emitted[i].json);
     free(msg.emitted);
+    free(msg.error);
     json_decref(msg.root);
+    free(events);
+    free(error);
+    free(text);
     gr_generation_unpin(g);
-    if (retry_in >= 0)
-        gr_store_retry(store, job, retry_in);
-    else
-        gr_store_complete(store, job, out, nout);
-    free(out);
 }
 
 static void *worker_main(void *arg)
 {
     struct gr_workers *w = arg;
     /* Workers yield the CPU to the HTTP threads: Graph times the 202, while
-     * queued work can wait (the queue bound turns lasting overload into 503s).
-     * Measured with bench/ingest.sh on 2 cores at half load: ack p99 fell
-     * from 5-11 ms to 1-3 ms. Raising one's nice value needs no privilege. */
+     * stored work can wait (the store's limits turn lasting overload into
+     * 503s). Measured with bench/ingest.sh on 2 cores at half load: ack p99
+     * fell from 5-11 ms to 1-3 ms. Raising one's nice value needs no privilege. */
     if (setpriority(PRIO_PROCESS, (id_t)gettid(), GR_WORKER_NICE) != 0)
         gr_debug("worker priority unchanged: %s", strerror(errno));
-    struct gr_job *job;
-    while ((job = gr_store_take(w->store)) != NULL) {
-        if (job->kind == GR_JOB_ROUTE)
-            route(w->store, job);
+    bool prefer_delivery = true; /* alternate, so neither starves the other */
+    for (;;) {
+        struct gr_generation *g = gr_generation_pin();
+        struct gr_work *work;
+        int rc = gr_store_take(w->store, g->store_handlers, g->nhandlers, prefer_delivery, 1000,
+                               &work);
+        gr_generation_unpin(g);
+        if (rc < 0)
+            break;
+        if (rc == 0)
+            continue;
+        prefer_delivery = !prefer_delivery;
+        if (work->kind == GR_WORK_ROUTE)
+            route(w->store, work);
         else
-            deliver(w->store, job);
+            deliver(w->store, work);
     }
     return NULL;
 }

@@ -1,14 +1,17 @@
 /*
- * Workers: threads that take jobs from the store and do the slow part.
+ * Workers: threads that take work from the store and do the slow part.
  *
- *   ROUTE   pin the current generation, classify the item, match the routes,
- *           complete the job with one DELIVER job per target handler.
- *   DELIVER pin the current generation, call the handler's handle():
- *           GR_OK    -> done; the events it emitted become DELIVER jobs
- *           GR_RETRY -> again after exponential backoff with full jitter,
- *                       until the handler's retry.max_attempts
- *           GR_FAIL  -> given up, counted and logged
- * Each job runs entirely on the generation it pinned.
+ *   ROUTE    pin the current generation; for a rich item check its tokens and
+ *            decrypt it (rich.c); classify; match the routes; record one
+ *            delivery per target handler, or why the item was dropped.
+ *   DELIVER  pin the current generation; rebuild the notification from the
+ *            stored item (decrypting again: content never touches disk) or
+ *            take the stored event; call the handler's handle():
+ *            GR_OK    -> done; the events it emitted are stored with that
+ *            GR_RETRY -> again after exponential backoff with full jitter,
+ *                        until the handler's retry.max_attempts
+ *            GR_FAIL  -> a dead letter, with the handler's error
+ * Each piece of work runs entirely on the generation it pinned.
  */
 #ifndef GR_WORKER_H
 #define GR_WORKER_H
@@ -22,8 +25,8 @@ struct gr_workers;
 
 struct gr_workers *gr_workers_start(struct gr_store *store, unsigned n);
 /* Wait until wall-clock deadline_ms for every worker to exit (they do once
- * the store is closed and drained, see gr_store_close). Returns false if one
- * is still running (stuck in a handler); then nothing is freed. */
+ * gr_store_stop_taking was called and their work is handed back). Returns
+ * false if one is still running (stuck in a handler); then nothing is freed. */
 bool gr_workers_join(struct gr_workers *w, int64_t deadline_wall_ms);
 
 /* Delay before attempt number `attempts + 1`, full jitter: uniform in

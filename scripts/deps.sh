@@ -11,6 +11,8 @@ packages=(
   libjansson-dev                     # JSON
   libssl-dev                         # OpenSSL 3: tokens, decryption, digests
   libcurl4-openssl-dev               # fetching validation-token signing keys (JWKS)
+  libsqlite3-dev                     # the durable store
+  sqlite3                            # the sqlite3 shell, to inspect the store (README)
   openssl                            # tests: a TLS certificate for the local JWKS server
   libcmocka-dev                      # unit tests
   python3                            # end-to-end tests (standard library only)

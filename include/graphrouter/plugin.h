@@ -62,7 +62,7 @@ extern "C" {
 #endif
 
 #define GR_PLUGIN_ABI_MAJOR 1
-#define GR_PLUGIN_ABI_MINOR 0
+#define GR_PLUGIN_ABI_MINOR 1
 
 #if defined(__GNUC__) || defined(__clang__)
 #define GR_PLUGIN_EXPORT __attribute__((visibility("default")))
@@ -211,6 +211,13 @@ struct gr_host {
                                 int is_gauge);
     void (*metric_add)(struct gr_metric *m, int64_t delta);
     void (*metric_set)(struct gr_metric *m, int64_t value); /* gauges only */
+
+    /* ---- since ABI 1.1 (check GR_HOST_HAS(host, set_error)) --------------
+     * Say why this handle() call answers GR_RETRY or GR_FAIL: "HTTP 503",
+     * "exit status 3". Kept as the delivery's last error, shown by
+     * `graphrouter dlq` and in the log. The text is copied; the last call
+     * wins. Only during the handle() call that received `msg`. */
+    void (*set_error)(struct gr_msg *msg, const char *fmt, ...) GR_PLUGIN_PRINTF(2, 3);
 };
 
 /* True if the running router's host table has `field` (for plugins built

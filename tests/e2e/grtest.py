@@ -172,7 +172,8 @@ class Router:
     def read_jsonl(self, rel="out.jsonl"):
         try:
             with open(self.path(rel)) as f:
-                return [json.loads(line) for line in f if line.strip()]
+                # a line still being written (no newline yet) is not read
+                return [json.loads(line) for line in f if line.endswith("\n") and line.strip()]
         except FileNotFoundError:
             return []
 
@@ -184,6 +185,8 @@ class Router:
 
     # -- process -----------------------------------------------------------
     def start(self, args=()):
+        """Start the router (again, after stop(): same directory and store)."""
+        self.port = None
         self.proc = subprocess.Popen([BINARY, "-c", self.config_path, *args], cwd=self.dir,
                                      stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
                                      errors="replace")
@@ -303,12 +306,10 @@ class Router:
         return self.metrics().get((name, frozenset(labels.items())), 0.0)
 
     def wait_idle(self, timeout=TIMEOUT):
-        """Wait until the queue holds nothing ready, delayed or running."""
-        def idle():
-            m = self.metrics()
-            return all(m.get(("graphrouter_queue_items", frozenset({("state", st)})), 1) == 0
-                       for st in ("ready", "delayed", "running"))
-        self.wait_for(idle, timeout, "an idle queue")
+        """Wait until every stored item is done: routed, and each of its
+        deliveries (emitted events included) done or a dead letter."""
+        self.wait_for(lambda: self.metric("graphrouter_store_items_pending") == 0, timeout,
+                      "every stored item to be done")
 
     # -- waiting -----------------------------------------------------------
     @staticmethod

@@ -93,7 +93,7 @@ class DocsSamplesTest(RouterTest):
             worker_stage = extra["dropped"] == "rich_not_configured"
             self.assertEqual(r.metric("graphrouter_items_accepted_total"),
                              len(items) if worker_stage else 0)
-        self.assertEqual(r.stop(), 0)
+        self.assertEqual(r.stop(), 0, r.log())
         self.assertEqual(len(r.read_jsonl()), len(types or []))
 
     def test_rich_samples_with_keys_configured(self):

@@ -84,7 +84,12 @@ class HttpTest(RouterTest):
                        "graphrouter_items_unrouted_total", "graphrouter_handler_handled_total",
                        "graphrouter_handler_retried_total", "graphrouter_handler_failed_total",
                        "graphrouter_reloads_total", "graphrouter_route_fired_total",
-                       "graphrouter_queue_items", "graphrouter_config_generation"):
+                       "graphrouter_config_generation", "graphrouter_store_items_pending",
+                       "graphrouter_store_bytes_pending", "graphrouter_store_items_to_route",
+                       "graphrouter_deliveries_pending", "graphrouter_deliveries_running",
+                       "graphrouter_dead_letters", "graphrouter_oldest_pending_seconds",
+                       "graphrouter_store_commit_seconds", "graphrouter_store_commit_batch",
+                       "graphrouter_store_rejected_total", "graphrouter_items_duplicate_total"):
             self.assertIn("# TYPE %s " % family, text)
         m = r.metrics()
         get = lambda name, **l: m.get((name, frozenset(l.items())), 0)

@@ -42,10 +42,10 @@ def flaky_to_out(flaky_config, retry=None):
 
 class AbiTest(RouterTest):
     def test_wrong_abi_is_refused(self):
-        for name, want in (("abi_major", "built for plugin ABI 2.0, but this graphrouter "
-                                         "provides ABI 1.0"),
-                           ("abi_minor", "built for plugin ABI 1.1, but this graphrouter "
-                                         "provides ABI 1.0")):
+        for name, want in (("abi_major", "built for plugin ABI 2.1, but this graphrouter "
+                                         "provides ABI 1.1"),
+                           ("abi_minor", "built for plugin ABI 1.2, but this graphrouter "
+                                         "provides ABI 1.1")):
             path = fixture_plugin(name)
             cfg = base_config(handlers={"bad": {"plugin": path}}, routes=[])
             for status, text in (check(cfg), start_fails(cfg)):
@@ -125,7 +125,7 @@ class DeliveryTest(RouterTest):
         r.wait_for(lambda: get("graphrouter_handler_handled_total") == 1)
         self.assertEqual(get("graphrouter_handler_retried_total"), 2)
         self.assertEqual(get("graphrouter_handler_failed_total"), 0)
-        r.wait_log(r'handler "f" asked to retry a message \(attempt 2 of 10\)')
+        r.wait_log(r'handler "f" asked to retry delivery \d+ \(message, attempt 2 of 10: GR_RETRY\)')
 
     def test_retries_exhausted(self):
         r = self.router(flaky_to_out({"fail_times": 100, "emit_always": True},
@@ -134,7 +134,8 @@ class DeliveryTest(RouterTest):
         r.post(batch(item()))
         r.wait_for(lambda: r.metric("graphrouter_handler_failed_total", handler="f") == 1)
         self.assertEqual(r.metric("graphrouter_handler_retried_total", handler="f"), 2)
-        r.wait_log(r'handler "f" gave up on a message after 3 attempts')
+        r.wait_log(r'handler "f": delivery \d+ \(message\) is a dead letter: gave up after 3 '
+                   r'attempts: GR_RETRY \(graphrouter dlq show \d+\)')
         # events emitted by calls that did not succeed are dropped
         r.wait_idle()
         self.assertEqual(r.read_jsonl(), [])
@@ -148,7 +149,7 @@ class DeliveryTest(RouterTest):
         r.wait_idle()
         self.assertEqual([l["id"] for l in r.read_jsonl()], ["b"])
         self.assertEqual(r.metric("graphrouter_handler_retried_total", handler="f"), 0)
-        r.wait_log(r'handler "f" failed a message \(GR_FAIL\)')
+        r.wait_log(r'handler "f": delivery \d+ \(message\) is a dead letter: GR_FAIL')
 
     def test_misrouted_notification_fails_visibly(self):
         cfg = base_config(handlers={"mail": {"plugin": "mail", "config": {"emit_to": "out"}},

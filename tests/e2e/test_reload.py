@@ -41,13 +41,13 @@ class ReloadTest(RouterTest):
         r = self.router(good)
         statuses, stop = [], threading.Event()
 
-        def traffic():
+        def traffic(thread):
             n = 0
-            while not stop.is_set():
-                statuses.append(r.post(batch(item(id="t%d" % n)))[0])
+            while not stop.is_set():  # distinct ids: equal ones would be duplicates
+                statuses.append(r.post(batch(item(id="t%d-%d" % (thread, n))))[0])
                 n += 1
 
-        threads = [threading.Thread(target=traffic) for _ in range(2)]
+        threads = [threading.Thread(target=traffic, args=(t,)) for t in range(2)]
         for t in threads:
             t.start()
         moved = copy.deepcopy(good)
@@ -61,7 +61,7 @@ class ReloadTest(RouterTest):
             (dict(good, routs=[]), r'graphrouter\.json:\d+:\d+: unknown key "routs"'),
             (dict(good, routes=[{"name": "r", "to": ["missing"]}]),
              r'handler "missing", which is not defined'),
-            (abi, r"abi_major\.so was built for plugin ABI 2\.0, but this graphrouter provides ABI 1\.0"),
+            (abi, r"abi_major\.so was built for plugin ABI 2\.1, but this graphrouter provides ABI 1\.1"),
             (bad_init, r'handler "b" \(plugin [^)]*file\.so\): init failed: cannot open '
                        r'/proc/graphrouter/cannot\.jsonl'),
             (moved, r'"listen" changed'),
@@ -134,7 +134,7 @@ class ReloadTest(RouterTest):
             routes=[{"name": "r", "to": "slow"}])
         r = self.router(cfg)
         r.post(batch(item(id="in-flight")))
-        r.wait_for(lambda: r.metric("graphrouter_queue_items", state="running") == 1)
+        r.wait_for(lambda: r.metric("graphrouter_deliveries_running", handler="slow") == 1)
         # the new generation has no "slow" handler at all
         r.write_config(base_config())
         r.send_signal(signal.SIGHUP)

@@ -14,9 +14,9 @@
  * len by the core code (the system jansson is not instrumented).
  *
  * Checks, beyond "no crash, leak or UB": the status is 202 or 400; a 400 has a
- * one-line reason and no jobs; a 202 has no reason and every item of the
- * batch is either accepted or dropped for exactly one reason; every job holds
- * a JSON object.
+ * one-line reason and no items; a 202 has no reason and every item of the
+ * batch is either accepted or dropped for exactly one reason; every accepted
+ * item is a JSON object of exactly its stated length, ready to store.
  */
 #include <jansson.h>
 #include <stdbool.h>
@@ -62,15 +62,20 @@ int LLVMFuzzerInitialize(int *argc, char ***argv)
     return 0;
 }
 
-/* What a worker does with an accepted item (core/worker.c, route_job). */
-static void route_item(const struct gr_job *job)
+/* What a worker does with a stored item (core/worker.c, route). */
+static void route_item(const struct gr_store_item *it)
 {
     json_error_t jerr;
-    json_t *item = json_loadb(job->payload, job->len, 0, &jerr);
+    if (!it->body || strlen(it->body) != it->len)
+        abort();
+    json_t *item = json_loadb(it->body, it->len, 0, &jerr);
     if (!json_is_object(item))
         abort(); /* ingest only accepts objects and stores them re-serialised */
+    unsigned char key[32];
+    if (gr_ingest_dedupe_key(item, key) != it->has_dedupe)
+        abort(); /* the key depends on the item's content only */
     struct gr_classification cls;
-    json_t *n = gr_notification_build(item, job->received_ms, NULL, &cls);
+    json_t *n = gr_notification_build(item, 1700000000000, NULL, &cls);
     struct gr_route_input in;
     gr_notification_route_input(n, cls.type, &in);
     bool targets[1] = {false}; /* no handlers, no routes */
@@ -94,10 +99,10 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
         memcpy(body, data, size);
 
     struct gr_ingest in;
-    gr_ingest_parse(cfg, body, size, 1700000000000, &in);
+    gr_ingest_parse(cfg, body, size, &in);
 
     if (in.status == 400) {
-        if (!in.reason || strchr(in.reason, '\n') || in.njobs != 0)
+        if (!in.reason || strchr(in.reason, '\n') || in.nitems != 0)
             abort();
     } else if (in.status == 202) {
         if (in.reason)
@@ -105,13 +110,10 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
         size_t dropped = 0;
         for (size_t r = 0; r < GR_DROP_COUNT; r++)
             dropped += in.dropped[r];
-        if (in.njobs + dropped != in.received)
+        if (in.nitems + dropped != in.received)
             abort();
-        for (size_t i = 0; i < in.njobs; i++) {
-            if (!in.jobs[i] || in.jobs[i]->kind != GR_JOB_ROUTE || !in.jobs[i]->payload)
-                abort();
-            route_item(in.jobs[i]);
-        }
+        for (size_t i = 0; i < in.nitems; i++)
+            route_item(&in.items[i]);
     } else {
         abort();
     }

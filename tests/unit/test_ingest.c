@@ -3,6 +3,7 @@
  * one mixed batch. */
 #include <setjmp.h>
 #include <stdarg.h>
+#include <stdbool.h>
 #include <stddef.h>
 #include <stdint.h>
 #include <string.h>
@@ -41,16 +42,16 @@ static void test_bad_bodies(void **state)
     };
     for (size_t i = 0; i < sizeof bad / sizeof bad[0]; i++) {
         struct gr_ingest in;
-        gr_ingest_parse(cfg, bad[i].body, strlen(bad[i].body), 0, &in);
+        gr_ingest_parse(cfg, bad[i].body, strlen(bad[i].body), &in);
         assert_int_equal(in.status, 400);
         assert_non_null(strstr(in.reason, bad[i].reason));
         assert_null(strchr(in.reason, '\n'));
         gr_ingest_free(&in);
     }
     struct gr_ingest in;
-    gr_ingest_parse(cfg, "{\"value\": []}", 13, 0, &in);
+    gr_ingest_parse(cfg, "{\"value\": []}", 13, &in);
     assert_int_equal(in.status, 202);
-    assert_int_equal(in.njobs, 0);
+    assert_int_equal(in.nitems, 0);
     gr_ingest_free(&in);
     gr_config_free(cfg);
 }
@@ -73,15 +74,16 @@ static void test_mixed_batch(void **state)
         "{\"SubscriptionId\": \"LISTED\", \"ClientState\": \"own-secret\", \"n\": 9}"
         "]}";
     struct gr_ingest in;
-    gr_ingest_parse(cfg, body, strlen(body), 1234, &in);
+    gr_ingest_parse(cfg, body, strlen(body), &in);
     assert_int_equal(in.status, 202);
     assert_int_equal(in.received, 10);
-    assert_int_equal(in.njobs, 3);
-    assert_non_null(strstr(in.jobs[0]->payload, "\"n\":0"));
-    assert_non_null(strstr(in.jobs[1]->payload, "\"n\":1"));
-    assert_non_null(strstr(in.jobs[2]->payload, "\"n\":9"));
-    assert_int_equal(in.jobs[0]->kind, GR_JOB_ROUTE);
-    assert_int_equal(in.jobs[0]->received_ms, 1234);
+    assert_int_equal(in.nitems, 3);
+    assert_non_null(strstr(in.items[0].body, "\"n\":0"));
+    assert_non_null(strstr(in.items[1].body, "\"n\":1"));
+    assert_non_null(strstr(in.items[2].body, "\"n\":9"));
+    assert_int_equal(in.items[0].len, strlen(in.items[0].body));
+    assert_false(in.items[0].rich);
+    assert_null(in.tokens); /* no rich item: the tokens are not even read */
     assert_int_equal(in.dropped[GR_DROP_BAD_CLIENT_STATE], 2);
     assert_int_equal(in.dropped[GR_DROP_MISSING_CLIENT_STATE], 2);
     assert_int_equal(in.dropped[GR_DROP_MALFORMED_ITEM], 2);
@@ -99,11 +101,58 @@ static void test_no_fallback(void **state)
     const char *body = "{\"value\": [{\"subscriptionId\": \"other\", \"clientState\": \"x\"},"
                        "{\"subscriptionId\": \"listed\", \"clientState\": \"own\"}]}";
     struct gr_ingest in;
-    gr_ingest_parse(cfg, body, strlen(body), 0, &in);
-    assert_int_equal(in.njobs, 1);
+    gr_ingest_parse(cfg, body, strlen(body), &in);
+    assert_int_equal(in.nitems, 1);
     assert_int_equal(in.dropped[GR_DROP_NO_SECRET], 1);
     gr_ingest_free(&in);
     gr_config_free(cfg);
+}
+
+static bool key_of(const char *text, unsigned char key[32])
+{
+    json_t *item = json_loads(text, 0, NULL);
+    assert_non_null(item);
+    bool has = gr_ingest_dedupe_key(item, key);
+    json_decref(item);
+    return has;
+}
+
+static void test_dedupe_keys(void **state)
+{
+    (void)state;
+    unsigned char a[32], b[32];
+    /* without an id, an etag or a sequence number a change has no identity */
+    assert_false(key_of("{\"subscriptionId\": \"s\", \"changeType\": \"updated\", "
+                        "\"resource\": \"communications/presences/u\", \"resourceData\": "
+                        "{\"id\": \"u\"}}", a));
+    /* the same change: same key, whatever else differs (clientState, order, case of changeType) */
+    assert_true(key_of("{\"subscriptionId\": \"s\", \"changeType\": \"created\", \"resource\": "
+                       "\"r\", \"clientState\": \"x\", \"resourceData\": {\"@odata.etag\": \"W/1\"}}", a));
+    assert_true(key_of("{\"resourceData\": {\"@odata.etag\": \"W/1\"}, \"changeType\": \"Created\", "
+                       "\"resource\": \"r\", \"subscriptionId\": \"s\"}", b));
+    assert_memory_equal(a, b, 32);
+    /* another etag, resource, subscription or change type: another change */
+    static const char *const others[] = {
+        "{\"subscriptionId\": \"s\", \"changeType\": \"created\", \"resource\": \"r\", "
+        "\"resourceData\": {\"@odata.etag\": \"W/2\"}}",
+        "{\"subscriptionId\": \"s\", \"changeType\": \"created\", \"resource\": \"r2\", "
+        "\"resourceData\": {\"@odata.etag\": \"W/1\"}}",
+        "{\"subscriptionId\": \"t\", \"changeType\": \"created\", \"resource\": \"r\", "
+        "\"resourceData\": {\"@odata.etag\": \"W/1\"}}",
+        "{\"subscriptionId\": \"s\", \"changeType\": \"updated\", \"resource\": \"r\", "
+        "\"resourceData\": {\"@odata.etag\": \"W/1\"}}",
+    };
+    for (size_t i = 0; i < sizeof others / sizeof others[0]; i++) {
+        assert_true(key_of(others[i], b));
+        assert_memory_not_equal(a, b, 32);
+    }
+    /* the notification's own id, or an Entra sequence number (string or number) */
+    assert_true(key_of("{\"subscriptionId\": \"s\", \"id\": \"n1\"}", a));
+    assert_true(key_of("{\"subscriptionId\": \"s\", \"id\": \"n2\"}", b));
+    assert_memory_not_equal(a, b, 32);
+    assert_true(key_of("{\"subscriptionId\": \"s\", \"resourceData\": {\"sequenceNumber\": 7}}", a));
+    assert_true(key_of("{\"subscriptionId\": \"s\", \"resourceData\": {\"sequenceNumber\": \"7\"}}", b));
+    assert_memory_equal(a, b, 32);
 }
 
 int main(void)
@@ -112,6 +161,7 @@ int main(void)
         cmocka_unit_test(test_bad_bodies),
         cmocka_unit_test(test_mixed_batch),
         cmocka_unit_test(test_no_fallback),
+        cmocka_unit_test(test_dedupe_keys),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }

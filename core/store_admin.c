@@ -1,0 +1,256 @@
+/* The status and dlq commands (see store_admin.h). Single-threaded. */
+#define _GNU_SOURCE
+#include "store_admin.h"
+
+#include <jansson.h>
+#include <sqlite3.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "config.h"
+#include "util.h"
+
+static void age(int64_t ms, char out[32])
+{
+    if (ms <= 0) {
+        snprintf(out, 32, "-");
+        return;
+    }
+    long long s = ms / 1000;
+    if (s < 60)
+        snprintf(out, 32, "%llds", s);
+    else if (s < 3600)
+        snprintf(out, 32, "%lldm%02llds", s / 60, s % 60);
+    else if (s < 86400)
+        snprintf(out, 32, "%lldh%02lldm", s / 3600, s / 60 % 60);
+    else
+        snprintf(out, 32, "%lldd%02lldh", s / 86400, s / 3600 % 24);
+}
+
+static int fail(sqlite3 *db, const char *what)
+{
+    fprintf(stderr, "graphrouter: %s: %s\n", what, sqlite3_errmsg(db));
+    return 1;
+}
+
+static int status(sqlite3 *db, const struct gr_config *cfg)
+{
+    sqlite3_stmt *st;
+    if (sqlite3_prepare_v2(db, "SELECT count(*), coalesce(sum(length(body)), 0), "
+                               "coalesce(sum(state IN (0, 3)), 0) FROM items WHERE state != 2",
+                           -1, &st, NULL) != SQLITE_OK)
+        return fail(db, "reading the store");
+    if (sqlite3_step(st) == SQLITE_ROW)
+        printf("store %s: %lld items pending (%lld bytes), %lld not yet routed\n", cfg->store_path,
+               sqlite3_column_int64(st, 0), sqlite3_column_int64(st, 1), sqlite3_column_int64(st, 2));
+    sqlite3_finalize(st);
+    if (sqlite3_prepare_v2(db,
+                           "WITH h(name) AS (SELECT DISTINCT handler FROM units) "
+                           "SELECT name, (SELECT count(*) FROM units WHERE handler = name AND state = 0),"
+                           " (SELECT count(*) FROM units WHERE handler = name AND state = 1),"
+                           " (SELECT count(*) FROM units WHERE handler = name AND state = 3),"
+                           " (SELECT min(created_ms) FROM units WHERE handler = name AND state = 0) "
+                           "FROM h ORDER BY name",
+                           -1, &st, NULL) != SQLITE_OK)
+        return fail(db, "reading the store");
+    printf("%-24s %10s %12s %12s %16s\n", "HANDLER", "PENDING", "IN PROGRESS", "DEAD LETTERS",
+           "OLDEST PENDING");
+    int64_t now = gr_wall_ms();
+    while (sqlite3_step(st) == SQLITE_ROW) {
+        char a[32];
+        age(sqlite3_column_type(st, 4) == SQLITE_NULL ? 0 : now - sqlite3_column_int64(st, 4), a);
+        const char *name = (const char *)sqlite3_column_text(st, 0);
+        printf("%-24s %10lld %12lld %12lld %16s%s\n", name, sqlite3_column_int64(st, 1),
+               sqlite3_column_int64(st, 2), sqlite3_column_int64(st, 3), a,
+               gr_config_handler_index(cfg, name) < 0 ? "  (not configured)" : "");
+    }
+    sqlite3_finalize(st);
+    return 0;
+}
+
+/* A one-line description of what a delivery carries. */
+static char *what(const char *body, const char *event)
+{
+    json_t *v = json_loads(event ? event : body, 0, NULL);
+    const char *s = event ? json_string_value(json_object_get(v, "event"))
+                          : json_string_value(json_object_get(v, "resource"));
+    if (!s && !event)
+        s = json_string_value(json_object_get(v, "lifecycleEvent"));
+    char *out = gr_xprintf("%s %.60s", event ? "event" : "notification", s ? s : "");
+    json_decref(v);
+    return out;
+}
+
+static int dlq_list(sqlite3 *db)
+{
+    sqlite3_stmt *st;
+    if (sqlite3_prepare_v2(db, "SELECT u.id, u.handler, u.attempts, u.finished_ms, u.last_error, "
+                               "i.body, u.event FROM units u JOIN items i ON i.id = u.item_id "
+                               "WHERE u.state = 3 ORDER BY u.id",
+                           -1, &st, NULL) != SQLITE_OK)
+        return fail(db, "reading the store");
+    printf("%-8s %-20s %8s %8s  %-40s %s\n", "ID", "HANDLER", "ATTEMPTS", "AGE", "LAST ERROR",
+           "WHAT");
+    int64_t now = gr_wall_ms();
+    int n = 0;
+    while (sqlite3_step(st) == SQLITE_ROW) {
+        char a[32];
+        age(now - sqlite3_column_int64(st, 3), a);
+        const char *err = (const char *)sqlite3_column_text(st, 4);
+        char *w = what((const char *)sqlite3_column_text(st, 5),
+                       (const char *)sqlite3_column_text(st, 6));
+        printf("%-8lld %-20s %8d %8s  %-40.40s %s\n", sqlite3_column_int64(st, 0),
+               sqlite3_column_text(st, 1), sqlite3_column_int(st, 2), a, err ? err : "", w);
+        free(w);
+        n++;
+    }
+    sqlite3_finalize(st);
+    fprintf(stderr, "%d dead letter%s\n", n, n == 1 ? "" : "s");
+    return 0;
+}
+
+static int dlq_show(sqlite3 *db, const char *id)
+{
+    sqlite3_stmt *st;
+    if (sqlite3_prepare_v2(db, "SELECT u.id, u.handler, u.state, u.attempts, u.created_ms, "
+                               "u.finished_ms, u.last_error, i.body, u.event, i.received_ms "
+                               "FROM units u JOIN items i ON i.id = u.item_id WHERE u.id = ?1",
+                           -1, &st, NULL) != SQLITE_OK)
+        return fail(db, "reading the store");
+    sqlite3_bind_int64(st, 1, strtoll(id, NULL, 10));
+    if (sqlite3_step(st) != SQLITE_ROW) {
+        sqlite3_finalize(st);
+        fprintf(stderr, "graphrouter: no delivery %s in the store\n", id);
+        return 1;
+    }
+    static const char *const states[] = {"pending", "running", "done", "dead"};
+    char created[GR_RFC3339_LEN], finished[GR_RFC3339_LEN], received[GR_RFC3339_LEN];
+    gr_rfc3339(sqlite3_column_int64(st, 4), created);
+    gr_rfc3339(sqlite3_column_int64(st, 5), finished);
+    gr_rfc3339(sqlite3_column_int64(st, 9), received);
+    int state = sqlite3_column_int(st, 2);
+    json_t *out = json_pack("{s:I,s:s,s:s,s:i,s:s,s:s?,s:s?,s:s}", "id",
+                            (json_int_t)sqlite3_column_int64(st, 0), "handler",
+                            sqlite3_column_text(st, 1), "state",
+                            state >= 0 && state < 4 ? states[state] : "unknown", "attempts",
+                            sqlite3_column_int(st, 3), "created_at", created, "finished_at",
+                            sqlite3_column_type(st, 5) == SQLITE_NULL ? NULL : finished,
+                            "last_error", sqlite3_column_text(st, 6), "item_received_at", received);
+    /* The item as received: rich content stays encrypted. */
+    json_object_set_new(out, "item", json_loads((const char *)sqlite3_column_text(st, 7), 0, NULL));
+    if (sqlite3_column_type(st, 8) != SQLITE_NULL)
+        json_object_set_new(out, "event",
+                            json_loads((const char *)sqlite3_column_text(st, 8), 0, NULL));
+    sqlite3_finalize(st);
+    char *text = json_dumps(out, JSON_INDENT(2));
+    printf("%s\n", text);
+    free(text);
+    json_decref(out);
+    return 0;
+}
+
+/* Dead letters back to pending, attempts from zero; their items open again. */
+static int dlq_replay(sqlite3 *db, const char *id)
+{
+    bool all = strcmp(id, "--all") == 0;
+    sqlite3_stmt *st;
+    if (sqlite3_exec(db, "BEGIN IMMEDIATE", NULL, NULL, NULL) != SQLITE_OK)
+        return fail(db, "locking the store");
+    if (sqlite3_prepare_v2(db, all ? "UPDATE items SET state = 1, done_ms = NULL WHERE id IN "
+                                     "(SELECT item_id FROM units WHERE state = 3)"
+                                   : "UPDATE items SET state = 1, done_ms = NULL WHERE id = "
+                                     "(SELECT item_id FROM units WHERE id = ?1 AND state = 3)",
+                           -1, &st, NULL) != SQLITE_OK ||
+        (!all && sqlite3_bind_int64(st, 1, strtoll(id, NULL, 10)) != SQLITE_OK) ||
+        sqlite3_step(st) != SQLITE_DONE) {
+        sqlite3_exec(db, "ROLLBACK", NULL, NULL, NULL);
+        return fail(db, "replaying");
+    }
+    sqlite3_finalize(st);
+    if (sqlite3_prepare_v2(db, all ? "UPDATE units SET state = 0, attempts = 0, finished_ms = "
+                                     "NULL, due_ms = ?2 WHERE state = 3"
+                                   : "UPDATE units SET state = 0, attempts = 0, finished_ms = "
+                                     "NULL, due_ms = ?2 WHERE id = ?1 AND state = 3",
+                           -1, &st, NULL) != SQLITE_OK) {
+        sqlite3_exec(db, "ROLLBACK", NULL, NULL, NULL);
+        return fail(db, "replaying");
+    }
+    if (!all)
+        sqlite3_bind_int64(st, 1, strtoll(id, NULL, 10));
+    sqlite3_bind_int64(st, 2, gr_wall_ms());
+    int rc = sqlite3_step(st);
+    int n = sqlite3_changes(db);
+    sqlite3_finalize(st);
+    if (rc != SQLITE_DONE || sqlite3_exec(db, "COMMIT", NULL, NULL, NULL) != SQLITE_OK) {
+        sqlite3_exec(db, "ROLLBACK", NULL, NULL, NULL);
+        return fail(db, "replaying");
+    }
+    if (!all && n == 0) {
+        fprintf(stderr, "graphrouter: no dead letter %s in the store\n", id);
+        return 1;
+    }
+    printf("%d dead letter%s replayed\n", n, n == 1 ? "" : "s");
+    return 0;
+}
+
+static int dlq_purge(sqlite3 *db)
+{
+    if (sqlite3_exec(db, "DELETE FROM units WHERE state = 3", NULL, NULL, NULL) != SQLITE_OK)
+        return fail(db, "purging");
+    int n = sqlite3_changes(db);
+    printf("%d dead letter%s purged\n", n, n == 1 ? "" : "s");
+    return 0;
+}
+
+static int usage(void)
+{
+    fprintf(stderr, "usage: graphrouter -c FILE status\n"
+                    "       graphrouter -c FILE dlq list | show ID | replay ID | replay --all | "
+                    "purge\n");
+    return 2;
+}
+
+int gr_store_admin(const char *config_file, int argc, char **argv)
+{
+    bool is_status = strcmp(argv[0], "status") == 0;
+    if (!is_status && (strcmp(argv[0], "dlq") != 0 || argc < 2))
+        return usage();
+    const char *cmd = is_status ? "status" : argv[1];
+    bool needs_id = strcmp(cmd, "show") == 0 || strcmp(cmd, "replay") == 0;
+    if ((is_status && argc != 1) || (!is_status && argc != (needs_id ? 3 : 2)))
+        return usage();
+    struct gr_config *cfg;
+    char *err = NULL;
+    if (gr_config_load(config_file, &cfg, &err) < 0) {
+        fprintf(stderr, "%s\n", err);
+        free(err);
+        return 1;
+    }
+    sqlite3 *db = NULL;
+    if (sqlite3_open_v2(cfg->store_path, &db, SQLITE_OPEN_READWRITE, NULL) != SQLITE_OK) {
+        fprintf(stderr, "graphrouter: no store at %s (%s); has graphrouter run with this "
+                        "configuration?\n",
+                cfg->store_path, sqlite3_errmsg(db));
+        sqlite3_close(db);
+        gr_config_free(cfg);
+        return 1;
+    }
+    sqlite3_busy_timeout(db, 10000);
+    int rc;
+    if (is_status)
+        rc = status(db, cfg);
+    else if (strcmp(cmd, "list") == 0)
+        rc = dlq_list(db);
+    else if (strcmp(cmd, "show") == 0)
+        rc = dlq_show(db, argv[2]);
+    else if (strcmp(cmd, "replay") == 0)
+        rc = dlq_replay(db, argv[2]);
+    else if (strcmp(cmd, "purge") == 0)
+        rc = dlq_purge(db);
+    else
+        rc = usage();
+    sqlite3_close(db);
+    gr_config_free(cfg);
+    return rc;
+}

@@ -1,0 +1,1121 @@
+/*
+ * The SQLite store (see store.h): one database in WAL mode, one writer
+ * thread that owns the connection.
+ *
+ * Every write (appends from HTTP threads, takes and completions from
+ * workers) is a request queued to the writer, which runs all the requests
+ * that queued up while its previous transaction committed in one new
+ * transaction: group commit for the whole process. A transaction holding an
+ * append commits with synchronous=FULL (the 202 promise survives power loss)
+ * unless store.synchronous is "normal"; one holding only takes and
+ * completions commits with NORMAL: losing it to a power cut repeats work,
+ * which at-least-once allows, and WAL keeps it across a process crash.
+ *
+ * Tables:
+ *   batches(id, tokens)                    a POST's validationTokens, once
+ *   items(id, received_ms, body, batch_id, state, due_ms, attempts, note, done_ms)
+ *       state 0 to route, 3 routing, 1 routed (units open), 2 done
+ *   units(id, item_id, handler, event, state, attempts, due_ms, created_ms,
+ *         finished_ms, last_error)
+ *       state 0 pending, 1 running, 2 done, 3 dead
+ *   dedupe(key, seen_ms)
+ *
+ * Locking: `lock` guards the request queue, the counters and the cached
+ * statistics; the connection is used by the writer thread only.
+ */
+#define _GNU_SOURCE
+#include <errno.h>
+#include <fcntl.h>
+#include <pthread.h>
+#include <sqlite3.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <time.h>
+#include <unistd.h>
+
+#include "log.h"
+#include "metrics.h"
+#include "store.h"
+#include "util.h"
+
+enum { ITEM_TO_ROUTE = 0, ITEM_ROUTED = 1, ITEM_DONE = 2, ITEM_ROUTING = 3 };
+enum { UNIT_PENDING = 0, UNIT_RUNNING = 1, UNIT_DONE = 2, UNIT_DEAD = 3 };
+
+#define MAINTENANCE_MS 1000 /* purge, recount, statistics, sweep */
+#define PURGE_BATCH 2000
+
+static const char schema[] =
+    "CREATE TABLE IF NOT EXISTS batches(id INTEGER PRIMARY KEY, tokens TEXT NOT NULL);"
+    "CREATE TABLE IF NOT EXISTS items("
+    "  id INTEGER PRIMARY KEY, received_ms INTEGER NOT NULL, body TEXT NOT NULL,"
+    "  batch_id INTEGER, state INTEGER NOT NULL, due_ms INTEGER NOT NULL,"
+    "  attempts INTEGER NOT NULL DEFAULT 0, note TEXT, done_ms INTEGER);"
+    "CREATE INDEX IF NOT EXISTS items_todo ON items(state, due_ms);"
+    "CREATE INDEX IF NOT EXISTS items_done ON items(state, done_ms);"
+    "CREATE INDEX IF NOT EXISTS items_batch ON items(batch_id);"
+    "CREATE TABLE IF NOT EXISTS units("
+    "  id INTEGER PRIMARY KEY, item_id INTEGER NOT NULL, handler TEXT NOT NULL, event TEXT,"
+    "  state INTEGER NOT NULL, attempts INTEGER NOT NULL DEFAULT 0, due_ms INTEGER NOT NULL,"
+    "  created_ms INTEGER NOT NULL, finished_ms INTEGER, last_error TEXT);"
+    "CREATE INDEX IF NOT EXISTS units_take ON units(handler, state, id);"
+    "CREATE INDEX IF NOT EXISTS units_item ON units(item_id, state);"
+    "CREATE INDEX IF NOT EXISTS units_due ON units(state, due_ms);"
+    "CREATE TABLE IF NOT EXISTS dedupe(key BLOB PRIMARY KEY, seen_ms INTEGER NOT NULL)"
+    "  WITHOUT ROWID;"
+    "CREATE INDEX IF NOT EXISTS dedupe_age ON dedupe(seen_ms);"
+    "PRAGMA user_version = 1;";
+
+enum req_kind { REQ_APPEND, REQ_TAKE, REQ_ROUTED, REQ_DELIVERED, REQ_HANDLERS };
+
+struct req {
+    enum req_kind kind;
+    struct req *next;
+    struct gr_append *append; /* REQ_APPEND */
+    size_t dups;              /* REQ_APPEND: duplicates skipped */
+    /* REQ_TAKE */
+    struct gr_store_handler *handlers;
+    size_t nh;
+    bool prefer_delivery;
+    struct gr_work *taken;
+    int64_t next_due_ms;
+    bool done;
+    /* REQ_ROUTED, REQ_DELIVERED: the work and a copy of its outcome */
+    struct gr_work *work;
+    int result;
+    char **targets;
+    size_t ntargets;
+    char *text; /* note or error */
+    int64_t delay_ms;
+    struct gr_emitted_event *events; /* strings owned */
+    size_t nevents;
+};
+
+enum stmt_id {
+    S_INS_BATCH, S_INS_ITEM, S_DEDUPE_GET, S_DEDUPE_PUT, S_ROUTE_NEXT, S_ITEM_STATE,
+    S_ITEM_WAIT, S_ITEM_DONE, S_INS_UNIT, S_UNIT_NEXT, S_UNIT_HEAD, S_UNIT_GET, S_UNIT_RUN,
+    S_UNIT_FINISH, S_UNIT_RETRY, S_ITEM_OPEN, S_NEXT_DUE_UNIT, S_NEXT_DUE_ITEM, S_COUNT
+};
+
+static const char *const stmt_sql[S_COUNT] = {
+    [S_INS_BATCH] = "INSERT INTO batches(tokens) VALUES(?1)",
+    [S_INS_ITEM] = "INSERT INTO items(received_ms, body, batch_id, state, due_ms) "
+                   "VALUES(?1, ?2, ?3, 0, ?1)",
+    [S_DEDUPE_GET] = "SELECT seen_ms FROM dedupe WHERE key = ?1",
+    [S_DEDUPE_PUT] = "INSERT INTO dedupe(key, seen_ms) VALUES(?1, ?2) "
+                     "ON CONFLICT(key) DO UPDATE SET seen_ms = excluded.seen_ms",
+    [S_ROUTE_NEXT] = "SELECT i.id, i.body, i.received_ms, i.attempts, b.tokens FROM items i "
+                     "LEFT JOIN batches b ON b.id = i.batch_id "
+                     "WHERE i.state = 0 AND i.due_ms <= ?1 ORDER BY i.due_ms, i.id LIMIT 1",
+    [S_ITEM_STATE] = "UPDATE items SET state = ?2 WHERE id = ?1",
+    [S_ITEM_WAIT] = "UPDATE items SET state = 0, due_ms = ?2, attempts = attempts + 1 "
+                    "WHERE id = ?1",
+    [S_ITEM_DONE] = "UPDATE items SET state = 2, done_ms = ?2, note = coalesce(?3, note) "
+                    "WHERE id = ?1",
+    [S_INS_UNIT] = "INSERT INTO units(item_id, handler, event, state, due_ms, created_ms) "
+                   "VALUES(?1, ?2, ?3, 0, ?4, ?4)",
+    [S_UNIT_NEXT] = "SELECT id FROM units WHERE handler = ?1 AND state = 0 AND due_ms <= ?2 "
+                    "ORDER BY id LIMIT 1",
+    [S_UNIT_HEAD] = "SELECT id, state, due_ms FROM units WHERE handler = ?1 AND state IN (0, 1) "
+                    "ORDER BY id LIMIT 1",
+    [S_UNIT_GET] = "SELECT u.item_id, u.event, u.attempts, i.body, i.received_ms FROM units u "
+                   "JOIN items i ON i.id = u.item_id WHERE u.id = ?1",
+    [S_UNIT_RUN] = "UPDATE units SET state = 1, attempts = attempts + 1 WHERE id = ?1",
+    [S_UNIT_FINISH] = "UPDATE units SET state = ?2, finished_ms = ?3, last_error = ?4 "
+                      "WHERE id = ?1",
+    [S_UNIT_RETRY] = "UPDATE units SET state = 0, due_ms = ?2, last_error = ?3 WHERE id = ?1",
+    [S_ITEM_OPEN] = "SELECT 1 FROM units WHERE item_id = ?1 AND state IN (0, 1) LIMIT 1",
+    [S_NEXT_DUE_UNIT] = "SELECT min(due_ms) FROM units WHERE state = 0",
+    [S_NEXT_DUE_ITEM] = "SELECT min(due_ms) FROM items WHERE state = 0",
+};
+
+struct sqlite_store {
+    struct gr_store base;
+    struct gr_store_config cfg;
+    char *path;
+    sqlite3 *db;
+    sqlite3_stmt *stmt[S_COUNT];
+    pthread_t writer;
+
+    pthread_mutex_t lock;
+    pthread_cond_t wake;     /* the writer: requests queued */
+    pthread_cond_t answered; /* takers: a take was answered */
+    pthread_cond_t work;     /* idle takers: new work may exist */
+    struct req *head, *tail;
+    bool stopping, taking_stopped;
+    uint64_t work_seq;
+    uint64_t items_pending, bytes_pending, items_to_route;
+    struct gr_store_stats_handler *stats;
+    size_t nstats;
+    struct gr_store_handler *handlers; /* the current configuration's */
+    size_t nhandlers;
+    bool handlers_changed;
+    unsigned rr; /* round-robin start among handlers */
+    int64_t next_maintenance_ms;
+    bool failing; /* the last transaction failed: log once */
+};
+
+#define S(st, i) ((st)->stmt[i])
+
+/* ---- small helpers ----------------------------------------------------- */
+
+static int step_done(sqlite3_stmt *st)
+{
+    int rc = sqlite3_step(st);
+    sqlite3_reset(st);
+    return rc == SQLITE_DONE || rc == SQLITE_ROW ? 0 : rc;
+}
+
+static char *column_text(sqlite3_stmt *st, int col, size_t *len)
+{
+    const unsigned char *t = sqlite3_column_text(st, col);
+    if (!t)
+        return NULL;
+    size_t n = (size_t)sqlite3_column_bytes(st, col);
+    if (len)
+        *len = n;
+    return gr_xstrndup((const char *)t, n);
+}
+
+static int exec(sqlite3 *db, const char *sql)
+{
+    char *msg = NULL;
+    int rc = sqlite3_exec(db, sql, NULL, NULL, &msg);
+    if (rc != SQLITE_OK)
+        gr_error("store: %s: %s", sql, msg ? msg : sqlite3_errstr(rc));
+    sqlite3_free(msg);
+    return rc;
+}
+
+void gr_work_free(struct gr_work *w)
+{
+    if (!w)
+        return;
+    free(w->body);
+    free(w->handler);
+    free(w->event);
+    gr_token_list_unref(w->tokens);
+    free(w);
+}
+
+void gr_store_stats_free(struct gr_store_stats *st)
+{
+    free(st->handlers);
+    *st = (struct gr_store_stats){0};
+}
+
+static void free_req(struct req *r)
+{
+    for (size_t i = 0; i < r->ntargets; i++)
+        free(r->targets[i]);
+    free(r->targets);
+    for (size_t i = 0; i < r->nevents; i++) {
+        free((char *)r->events[i].handler);
+        free((char *)r->events[i].json);
+    }
+    free(r->events);
+    free(r->text);
+    free(r->handlers);
+    gr_work_free(r->work); /* a completion's work, done with */
+    free(r);
+}
+
+static void enqueue(struct sqlite_store *s, struct req *r)
+{
+    pthread_mutex_lock(&s->lock);
+    if (s->tail)
+        s->tail->next = r;
+    else
+        s->head = r;
+    s->tail = r;
+    pthread_cond_signal(&s->wake);
+    pthread_mutex_unlock(&s->lock);
+}
+
+/* ---- requests, run by the writer inside a transaction ------------------ */
+
+#define APPEND_FULL (-1)
+
+/* Returns 0, APPEND_FULL (over the limits, counting what this transaction
+ * already added: nothing written), or an SQLite error. */
+static int do_append(struct sqlite_store *s, struct gr_append *a, uint64_t batch_items,
+                     uint64_t batch_bytes, size_t *dups, uint64_t *bytes)
+{
+    *dups = 0;
+    *bytes = 0;
+    for (size_t i = 0; i < a->n; i++)
+        *bytes += a->items[i].len;
+    pthread_mutex_lock(&s->lock);
+    bool full = s->items_pending + batch_items + a->n > s->cfg.max_pending ||
+                s->bytes_pending + batch_bytes + *bytes > s->cfg.max_pending_bytes;
+    pthread_mutex_unlock(&s->lock);
+    if (full)
+        return APPEND_FULL;
+    sqlite3_int64 batch = 0;
+    if (a->tokens) {
+        json_t *list = json_array();
+        for (size_t i = 0; i < a->tokens->n; i++)
+            json_array_append_new(list, json_stringn(a->tokens->v[i].token, a->tokens->v[i].len));
+        char *text = json_dumps(list, JSON_COMPACT);
+        json_decref(list);
+        sqlite3_bind_text(S(s, S_INS_BATCH), 1, text, -1, free);
+        int rc = step_done(S(s, S_INS_BATCH));
+        sqlite3_clear_bindings(S(s, S_INS_BATCH));
+        if (rc)
+            return rc;
+        batch = sqlite3_last_insert_rowid(s->db);
+    }
+    int64_t window_start = a->received_ms - s->cfg.dedupe_window_ms;
+    for (size_t i = 0; i < a->n; i++) {
+        struct gr_store_item *it = &a->items[i];
+        if (it->has_dedupe) {
+            sqlite3_stmt *get = S(s, S_DEDUPE_GET);
+            sqlite3_bind_blob(get, 1, it->dedupe, sizeof it->dedupe, SQLITE_STATIC);
+            bool seen = sqlite3_step(get) == SQLITE_ROW && sqlite3_column_int64(get, 0) >= window_start;
+            sqlite3_reset(get);
+            if (seen) {
+                (*dups)++;
+                *bytes -= it->len;
+                continue;
+            }
+            sqlite3_stmt *put = S(s, S_DEDUPE_PUT);
+            sqlite3_bind_blob(put, 1, it->dedupe, sizeof it->dedupe, SQLITE_STATIC);
+            sqlite3_bind_int64(put, 2, a->received_ms);
+            int rc = step_done(put);
+            if (rc)
+                return rc;
+        }
+        sqlite3_stmt *ins = S(s, S_INS_ITEM);
+        sqlite3_bind_int64(ins, 1, a->received_ms);
+        sqlite3_bind_text(ins, 2, it->body, (int)it->len, SQLITE_STATIC);
+        if (it->rich && batch)
+            sqlite3_bind_int64(ins, 3, batch);
+        else
+            sqlite3_bind_null(ins, 3);
+        int rc = step_done(ins);
+        if (rc)
+            return rc;
+    }
+    return 0;
+}
+
+static struct gr_work *take_route(struct sqlite_store *s, int64_t now)
+{
+    sqlite3_stmt *st = S(s, S_ROUTE_NEXT);
+    sqlite3_bind_int64(st, 1, now);
+    struct gr_work *w = NULL;
+    if (sqlite3_step(st) == SQLITE_ROW) {
+        w = gr_xcalloc(1, sizeof *w);
+        w->kind = GR_WORK_ROUTE;
+        w->id = w->item_id = sqlite3_column_int64(st, 0);
+        w->body = column_text(st, 1, &w->len);
+        w->received_ms = sqlite3_column_int64(st, 2);
+        w->attempts = (unsigned)sqlite3_column_int(st, 3);
+        if (sqlite3_column_type(st, 4) != SQLITE_NULL) {
+            json_t *list = json_loads((const char *)sqlite3_column_text(st, 4), 0, NULL);
+            size_t skipped;
+            const char *why;
+            w->tokens = gr_token_list_new(list, &skipped, &why);
+            json_decref(list);
+        }
+    }
+    sqlite3_reset(st);
+    if (w) {
+        sqlite3_stmt *up = S(s, S_ITEM_STATE);
+        sqlite3_bind_int64(up, 1, w->id);
+        sqlite3_bind_int(up, 2, ITEM_ROUTING);
+        if (step_done(up)) {
+            gr_work_free(w);
+            return NULL;
+        }
+    }
+    return w;
+}
+
+/* The unit a handler may run next, or 0. */
+static sqlite3_int64 unit_for(struct sqlite_store *s, const struct gr_store_handler *h,
+                              int64_t now)
+{
+    sqlite3_int64 id = 0;
+    if (h->concurrency == 1) { /* in order: only its oldest open unit, when due and idle */
+        sqlite3_stmt *st = S(s, S_UNIT_HEAD);
+        sqlite3_bind_text(st, 1, h->name, -1, SQLITE_STATIC);
+        if (sqlite3_step(st) == SQLITE_ROW && sqlite3_column_int(st, 1) == UNIT_PENDING &&
+            sqlite3_column_int64(st, 2) <= now)
+            id = sqlite3_column_int64(st, 0);
+        sqlite3_reset(st);
+        return id;
+    }
+    sqlite3_stmt *st = S(s, S_UNIT_NEXT);
+    sqlite3_bind_text(st, 1, h->name, -1, SQLITE_STATIC);
+    sqlite3_bind_int64(st, 2, now);
+    if (sqlite3_step(st) == SQLITE_ROW)
+        id = sqlite3_column_int64(st, 0);
+    sqlite3_reset(st);
+    return id;
+}
+
+/* Running units per handler, counted from the table (cheap: indexed). */
+static unsigned running_of(struct sqlite_store *s, const char *handler)
+{
+    sqlite3_stmt *st;
+    unsigned n = 0;
+    if (sqlite3_prepare_v2(s->db, "SELECT count(*) FROM units WHERE handler = ?1 AND state = 1",
+                           -1, &st, NULL) == SQLITE_OK) {
+        sqlite3_bind_text(st, 1, handler, -1, SQLITE_STATIC);
+        if (sqlite3_step(st) == SQLITE_ROW)
+            n = (unsigned)sqlite3_column_int(st, 0);
+        sqlite3_finalize(st);
+    }
+    return n;
+}
+
+static struct gr_work *take_delivery(struct sqlite_store *s, const struct req *r, int64_t now)
+{
+    for (size_t k = 0; k < r->nh; k++) {
+        const struct gr_store_handler *h = &r->handlers[(s->rr + k) % r->nh];
+        if (h->concurrency > 1 && running_of(s, h->name) >= h->concurrency)
+            continue;
+        sqlite3_int64 id = unit_for(s, h, now);
+        if (!id)
+            continue;
+        s->rr = (unsigned)((s->rr + k + 1) % r->nh);
+        sqlite3_stmt *run = S(s, S_UNIT_RUN);
+        sqlite3_bind_int64(run, 1, id);
+        if (step_done(run))
+            return NULL;
+        sqlite3_stmt *st = S(s, S_UNIT_GET);
+        sqlite3_bind_int64(st, 1, id);
+        struct gr_work *w = NULL;
+        if (sqlite3_step(st) == SQLITE_ROW) {
+            w = gr_xcalloc(1, sizeof *w);
+            w->kind = GR_WORK_DELIVER;
+            w->id = id;
+            w->item_id = sqlite3_column_int64(st, 0);
+            w->event = column_text(st, 1, &w->event_len);
+            w->attempts = (unsigned)sqlite3_column_int(st, 2);
+            w->body = column_text(st, 3, &w->len);
+            w->received_ms = sqlite3_column_int64(st, 4);
+            w->handler = gr_xstrdup(h->name);
+        }
+        sqlite3_reset(st);
+        return w;
+    }
+    return NULL;
+}
+
+static int64_t next_due(struct sqlite_store *s)
+{
+    int64_t due = INT64_MAX;
+    for (int q = S_NEXT_DUE_UNIT; q <= S_NEXT_DUE_ITEM; q++) {
+        sqlite3_stmt *st = S(s, q);
+        if (sqlite3_step(st) == SQLITE_ROW && sqlite3_column_type(st, 0) != SQLITE_NULL &&
+            sqlite3_column_int64(st, 0) < due)
+            due = sqlite3_column_int64(st, 0);
+        sqlite3_reset(st);
+    }
+    return due;
+}
+
+static void do_take(struct sqlite_store *s, struct req *r, int64_t now)
+{
+    r->taken = NULL;
+    if (s->taking_stopped)
+        return;
+    if (r->prefer_delivery)
+        r->taken = take_delivery(s, r, now);
+    if (!r->taken)
+        r->taken = take_route(s, now);
+    if (!r->taken && !r->prefer_delivery)
+        r->taken = take_delivery(s, r, now);
+    if (!r->taken)
+        r->next_due_ms = next_due(s);
+}
+
+/* An item whose units are all finished is done. Returns 1 if it became so. */
+static int close_item_if_finished(struct sqlite_store *s, int64_t item, int64_t now)
+{
+    sqlite3_stmt *st = S(s, S_ITEM_OPEN);
+    sqlite3_bind_int64(st, 1, item);
+    bool open = sqlite3_step(st) == SQLITE_ROW;
+    sqlite3_reset(st);
+    if (open)
+        return 0;
+    sqlite3_stmt *up = S(s, S_ITEM_DONE);
+    sqlite3_bind_int64(up, 1, item);
+    sqlite3_bind_int64(up, 2, now);
+    sqlite3_bind_null(up, 3);
+    return step_done(up) ? -1 : 1;
+}
+
+static int insert_unit(struct sqlite_store *s, int64_t item, const char *handler,
+                       const char *event, size_t len, int64_t now)
+{
+    sqlite3_stmt *st = S(s, S_INS_UNIT);
+    sqlite3_bind_int64(st, 1, item);
+    sqlite3_bind_text(st, 2, handler, -1, SQLITE_STATIC);
+    if (event)
+        sqlite3_bind_text(st, 3, event, (int)len, SQLITE_STATIC);
+    else
+        sqlite3_bind_null(st, 3);
+    sqlite3_bind_int64(st, 4, now);
+    int rc = step_done(st);
+    sqlite3_clear_bindings(st);
+    return rc;
+}
+
+/* Returns 0, or an SQLite error; *finished_bytes counts items now done. */
+static int do_routed(struct sqlite_store *s, struct req *r, int64_t now, uint64_t *done_items,
+                     uint64_t *done_bytes, bool *new_work)
+{
+    struct gr_work *w = r->work;
+    if (r->result == GR_ROUTE_WAIT) {
+        sqlite3_stmt *st = S(s, S_ITEM_WAIT);
+        sqlite3_bind_int64(st, 1, w->id);
+        sqlite3_bind_int64(st, 2, now + r->delay_ms);
+        return step_done(st);
+    }
+    if (r->result == GR_ROUTED && r->ntargets) {
+        for (size_t i = 0; i < r->ntargets; i++) {
+            int rc = insert_unit(s, w->id, r->targets[i], NULL, 0, now);
+            if (rc)
+                return rc;
+        }
+        sqlite3_stmt *st = S(s, S_ITEM_STATE);
+        sqlite3_bind_int64(st, 1, w->id);
+        sqlite3_bind_int(st, 2, ITEM_ROUTED);
+        *new_work = true;
+        return step_done(st);
+    }
+    /* dropped, or nothing routes it: done, with why */
+    sqlite3_stmt *st = S(s, S_ITEM_DONE);
+    sqlite3_bind_int64(st, 1, w->id);
+    sqlite3_bind_int64(st, 2, now);
+    sqlite3_bind_text(st, 3, r->text ? r->text : "unrouted", -1, SQLITE_STATIC);
+    int rc = step_done(st);
+    if (!rc) {
+        (*done_items)++;
+        *done_bytes += w->len;
+    }
+    return rc;
+}
+
+static int do_delivered(struct sqlite_store *s, struct req *r, int64_t now, uint64_t *done_items,
+                        uint64_t *done_bytes, bool *new_work)
+{
+    struct gr_work *w = r->work;
+    if (r->result == GR_DELIVERY_RETRY) {
+        sqlite3_stmt *st = S(s, S_UNIT_RETRY);
+        sqlite3_bind_int64(st, 1, w->id);
+        sqlite3_bind_int64(st, 2, now + r->delay_ms);
+        sqlite3_bind_text(st, 3, r->text, -1, SQLITE_STATIC);
+        return step_done(st);
+    }
+    for (size_t i = 0; i < r->nevents; i++) {
+        int rc = insert_unit(s, w->item_id, r->events[i].handler, r->events[i].json,
+                             r->events[i].len, now);
+        if (rc)
+            return rc;
+        *new_work = true;
+    }
+    sqlite3_stmt *st = S(s, S_UNIT_FINISH);
+    sqlite3_bind_int64(st, 1, w->id);
+    sqlite3_bind_int(st, 2, r->result == GR_DELIVERED ? UNIT_DONE : UNIT_DEAD);
+    sqlite3_bind_int64(st, 3, now);
+    if (r->text)
+        sqlite3_bind_text(st, 4, r->text, -1, SQLITE_STATIC);
+    else
+        sqlite3_bind_null(st, 4);
+    int rc = step_done(st);
+    sqlite3_clear_bindings(st);
+    if (rc)
+        return rc;
+    int closed = close_item_if_finished(s, w->item_id, now);
+    if (closed < 0)
+        return SQLITE_ERROR;
+    if (closed) {
+        (*done_items)++;
+        *done_bytes += w->len;
+    }
+    return 0;
+}
+
+static int do_handlers(struct sqlite_store *s, struct req *r)
+{
+    pthread_mutex_lock(&s->lock);
+    free(s->handlers);
+    s->handlers = r->handlers;
+    s->nhandlers = r->nh;
+    r->handlers = NULL;
+    s->handlers_changed = true;
+    pthread_mutex_unlock(&s->lock);
+    return 0;
+}
+
+/* ---- the writer -------------------------------------------------------- */
+
+static void finish_requests(struct sqlite_store *s, struct req *batch, int rc)
+{
+    for (struct req *r = batch, *next; r; r = next) {
+        next = r->next;
+        if (r->kind == REQ_APPEND) {
+            struct gr_append *a = r->append;
+            enum gr_append_result res = rc ? GR_APPEND_ERROR
+                                        : r->result ? GR_APPEND_FULL
+                                                    : GR_APPEND_OK;
+            a->done(a->ctx, res, r->dups);
+            free_req(r);
+        } else if (r->kind == REQ_TAKE) {
+            pthread_mutex_lock(&s->lock);
+            if (rc && r->taken) { /* the take did not commit: give nothing out */
+                gr_work_free(r->taken);
+                r->taken = NULL;
+                r->next_due_ms = 0;
+            }
+            r->done = true;
+            pthread_cond_broadcast(&s->answered);
+            pthread_mutex_unlock(&s->lock);
+        } else {
+            free_req(r);
+        }
+    }
+}
+
+/* Run a batch of requests in one transaction. */
+static void run_batch(struct sqlite_store *s, struct req *batch)
+{
+    int64_t t0 = gr_mono_ns(), now = gr_wall_ms();
+    size_t nreq = 0, nappend = 0;
+    for (struct req *r = batch; r; r = r->next) {
+        nreq++;
+        nappend += r->kind == REQ_APPEND;
+    }
+    exec(s->db, nappend && s->cfg.synchronous_full ? "PRAGMA synchronous = FULL"
+                                                   : "PRAGMA synchronous = NORMAL");
+    int rc = exec(s->db, "BEGIN IMMEDIATE");
+    uint64_t added_items = 0, added_bytes = 0, done_items = 0, done_bytes = 0;
+    bool new_work = false;
+    struct req *retry_head = NULL, **retry_tail = &retry_head;
+    for (struct req *r = batch; r && !rc; r = r->next) {
+        switch (r->kind) {
+        case REQ_APPEND: {
+            uint64_t bytes;
+            rc = do_append(s, r->append, added_items, added_bytes, &r->dups, &bytes);
+            r->result = rc == APPEND_FULL; /* this request only: the others go on */
+            if (rc == APPEND_FULL) {
+                rc = 0;
+            } else if (!rc) {
+                added_items += r->append->n - r->dups;
+                added_bytes += bytes;
+                new_work |= r->append->n > r->dups;
+            }
+            break;
+        }
+        case REQ_TAKE: do_take(s, r, now); break;
+        case REQ_ROUTED: rc = do_routed(s, r, now, &done_items, &done_bytes, &new_work); break;
+        case REQ_DELIVERED: rc = do_delivered(s, r, now, &done_items, &done_bytes, &new_work); break;
+        case REQ_HANDLERS: rc = do_handlers(s, r); break;
+        }
+    }
+    if (!rc)
+        rc = exec(s->db, "COMMIT");
+    if (rc) {
+        exec(s->db, "ROLLBACK");
+        if (!s->failing)
+            gr_error("store: writing %s failed (%s); POSTs get 503 until it works again",
+                     s->path, sqlite3_errmsg(s->db));
+        s->failing = true;
+        gr_metrics_store_failure();
+        /* Completions must not be lost: they are tried again. */
+        for (struct req **p = &batch; *p;) {
+            struct req *r = *p;
+            if (r->kind == REQ_ROUTED || r->kind == REQ_DELIVERED) {
+                *p = r->next;
+                r->next = NULL;
+                *retry_tail = r;
+                retry_tail = &r->next;
+            } else {
+                p = &r->next;
+            }
+        }
+    } else {
+        if (s->failing)
+            gr_info("store: writing %s works again", s->path);
+        s->failing = false;
+        pthread_mutex_lock(&s->lock);
+        s->items_pending += added_items;
+        s->bytes_pending += added_bytes;
+        s->items_pending -= done_items < s->items_pending ? done_items : s->items_pending;
+        s->bytes_pending -= done_bytes < s->bytes_pending ? done_bytes : s->bytes_pending;
+        if (new_work)
+            s->work_seq++;
+        pthread_cond_broadcast(&s->work);
+        pthread_mutex_unlock(&s->lock);
+        gr_metrics_store_commit(gr_mono_ns() - t0, nreq);
+    }
+    finish_requests(s, batch, rc);
+    if (retry_head) {
+        struct timespec pause = {0, 100 * 1000000};
+        nanosleep(&pause, NULL); /* a failing disk is not hammered */
+        pthread_mutex_lock(&s->lock);
+        *retry_tail = s->head;
+        s->head = retry_head;
+        if (!s->tail)
+            s->tail = retry_head;
+        while (s->tail->next)
+            s->tail = s->tail->next;
+        pthread_mutex_unlock(&s->lock);
+    }
+}
+
+/* Pending units of handlers no longer configured become dead letters. */
+static void sweep_removed_handlers(struct sqlite_store *s, int64_t now)
+{
+    pthread_mutex_lock(&s->lock);
+    bool changed = s->handlers_changed;
+    s->handlers_changed = false;
+    struct gr_buf sql = {0};
+    if (changed && s->nhandlers) {
+        gr_buf_puts(&sql, "UPDATE units SET state = 3, finished_ms = ?1, last_error = "
+                          "'the handler is no longer configured' WHERE state = 0 AND handler "
+                          "NOT IN (");
+        for (size_t i = 0; i < s->nhandlers; i++)
+            gr_buf_printf(&sql, "%s?%zu", i ? ", " : "", i + 2);
+        gr_buf_puts(&sql, ")");
+    }
+    pthread_mutex_unlock(&s->lock);
+    if (!sql.data)
+        return;
+    sqlite3_stmt *st;
+    if (sqlite3_prepare_v2(s->db, sql.data, -1, &st, NULL) == SQLITE_OK) {
+        sqlite3_bind_int64(st, 1, now);
+        pthread_mutex_lock(&s->lock);
+        for (size_t i = 0; i < s->nhandlers; i++)
+            sqlite3_bind_text(st, (int)i + 2, s->handlers[i].name, -1, SQLITE_TRANSIENT);
+        pthread_mutex_unlock(&s->lock);
+        if (sqlite3_step(st) == SQLITE_DONE && sqlite3_changes(s->db) > 0) {
+            gr_warn("store: %d pending deliveries are dead letters: their handler is no longer "
+                    "configured (graphrouter dlq replay brings them back)",
+                    sqlite3_changes(s->db));
+            exec(s->db, "UPDATE items SET state = 2, done_ms = strftime('%s') * 1000 "
+                        "WHERE state = 1 AND NOT EXISTS (SELECT 1 FROM units "
+                        "WHERE item_id = items.id AND state IN (0, 1))");
+        }
+        sqlite3_finalize(st);
+    }
+    gr_buf_free(&sql);
+}
+
+static void purge(struct sqlite_store *s, int64_t now)
+{
+    sqlite3_stmt *st;
+    static const char *const sql[] = {
+        /* finished items past retention without dead letters, their units first */
+        "DELETE FROM units WHERE item_id IN (SELECT id FROM items WHERE state = 2 AND "
+        "done_ms < ?1 AND NOT EXISTS (SELECT 1 FROM units d WHERE d.item_id = items.id AND "
+        "d.state = 3) LIMIT 2000)",
+        "DELETE FROM items WHERE id IN (SELECT id FROM items WHERE state = 2 AND done_ms < ?1 "
+        "AND NOT EXISTS (SELECT 1 FROM units WHERE item_id = items.id) LIMIT 2000)",
+        "DELETE FROM batches WHERE id IN (SELECT id FROM batches b WHERE NOT EXISTS (SELECT 1 "
+        "FROM items WHERE batch_id = b.id) LIMIT 2000)",
+        "DELETE FROM dedupe WHERE key IN (SELECT key FROM dedupe WHERE seen_ms < ?2 LIMIT 2000)",
+    };
+    exec(s->db, "BEGIN IMMEDIATE");
+    for (size_t i = 0; i < GR_ARRAY_LEN(sql); i++) {
+        if (sqlite3_prepare_v2(s->db, sql[i], -1, &st, NULL) != SQLITE_OK)
+            continue;
+        if (sqlite3_bind_parameter_count(st) >= 1)
+            sqlite3_bind_int64(st, 1, now - s->cfg.retention_ms);
+        if (sqlite3_bind_parameter_count(st) >= 2)
+            sqlite3_bind_int64(st, 2, now - s->cfg.dedupe_window_ms);
+        sqlite3_step(st);
+        sqlite3_finalize(st);
+    }
+    exec(s->db, "COMMIT");
+}
+
+/* Counters and per-handler statistics, from the tables (also catches what
+ * `graphrouter dlq replay` changed from outside). */
+static void recount(struct sqlite_store *s)
+{
+    sqlite3_stmt *st;
+    uint64_t items = 0, bytes = 0, to_route = 0;
+    if (sqlite3_prepare_v2(s->db, "SELECT count(*), coalesce(sum(length(body)), 0), "
+                                  "coalesce(sum(state IN (0, 3)), 0) FROM items WHERE state != 2",
+                           -1, &st, NULL) == SQLITE_OK) {
+        if (sqlite3_step(st) == SQLITE_ROW) {
+            items = (uint64_t)sqlite3_column_int64(st, 0);
+            bytes = (uint64_t)sqlite3_column_int64(st, 1);
+            to_route = (uint64_t)sqlite3_column_int64(st, 2);
+        }
+        sqlite3_finalize(st);
+    }
+    struct gr_store_stats_handler *stats = NULL;
+    size_t n = 0;
+    if (sqlite3_prepare_v2(s->db, "SELECT handler, state, count(*), min(created_ms) FROM units "
+                                  "WHERE state IN (0, 1, 3) GROUP BY handler, state",
+                           -1, &st, NULL) == SQLITE_OK) {
+        while (sqlite3_step(st) == SQLITE_ROW) {
+            const char *name = (const char *)sqlite3_column_text(st, 0);
+            size_t i = 0;
+            while (i < n && strcmp(stats[i].name, name) != 0)
+                i++;
+            if (i == n) {
+                stats = gr_xrealloc(stats, (n + 1) * sizeof *stats);
+                stats[n] = (struct gr_store_stats_handler){0};
+                snprintf(stats[n].name, sizeof stats[n].name, "%s", name);
+                n++;
+            }
+            uint64_t count = (uint64_t)sqlite3_column_int64(st, 2);
+            switch (sqlite3_column_int(st, 1)) {
+            case UNIT_PENDING:
+                stats[i].pending = count;
+                stats[i].oldest_pending_ms = sqlite3_column_int64(st, 3);
+                break;
+            case UNIT_RUNNING: stats[i].running = count; break;
+            default: stats[i].dead = count;
+            }
+        }
+        sqlite3_finalize(st);
+    }
+    pthread_mutex_lock(&s->lock);
+    bool more = s->items_pending != items || s->items_to_route != to_route;
+    s->items_pending = items;
+    s->bytes_pending = bytes;
+    s->items_to_route = to_route;
+    free(s->stats);
+    s->stats = stats;
+    s->nstats = n;
+    if (more) /* something changed outside, e.g. a replay */
+        s->work_seq++;
+    pthread_cond_broadcast(&s->work);
+    pthread_mutex_unlock(&s->lock);
+}
+
+static void maintenance(struct sqlite_store *s)
+{
+    int64_t now = gr_wall_ms();
+    sweep_removed_handlers(s, now);
+    purge(s, now);
+    recount(s);
+}
+
+static void *writer_main(void *arg)
+{
+    struct sqlite_store *s = arg;
+    for (;;) {
+        pthread_mutex_lock(&s->lock);
+        while (!s->head && !s->stopping && gr_mono_ms() < s->next_maintenance_ms) {
+            int64_t until = s->next_maintenance_ms;
+            struct timespec ts = {.tv_sec = until / 1000, .tv_nsec = (until % 1000) * 1000000};
+            pthread_cond_timedwait(&s->wake, &s->lock, &ts);
+        }
+        struct req *batch = s->head;
+        s->head = s->tail = NULL;
+        bool stop = s->stopping && !batch;
+        pthread_mutex_unlock(&s->lock);
+        if (stop)
+            break;
+        if (batch)
+            run_batch(s, batch);
+        if (gr_mono_ms() >= s->next_maintenance_ms) {
+            maintenance(s);
+            s->next_maintenance_ms = gr_mono_ms() + MAINTENANCE_MS;
+        }
+    }
+    return NULL;
+}
+
+/* ---- the interface ------------------------------------------------------ */
+
+static void sq_append(struct gr_store *base, struct gr_append *a)
+{
+    struct req *r = gr_xcalloc(1, sizeof *r);
+    r->kind = REQ_APPEND;
+    r->append = a;
+    enqueue((struct sqlite_store *)base, r);
+}
+
+static int sq_take(struct gr_store *base, const struct gr_store_handler *h, size_t nh,
+                   bool prefer_delivery, int64_t wait_ms, struct gr_work **out)
+{
+    struct sqlite_store *s = (struct sqlite_store *)base;
+    *out = NULL;
+    pthread_mutex_lock(&s->lock);
+    bool stopped = s->taking_stopped;
+    uint64_t seq = s->work_seq;
+    pthread_mutex_unlock(&s->lock);
+    if (stopped)
+        return -1;
+    struct req *r = gr_xcalloc(1, sizeof *r);
+    r->kind = REQ_TAKE;
+    r->handlers = gr_xcalloc(nh ? nh : 1, sizeof *r->handlers);
+    memcpy(r->handlers, h, nh * sizeof *h);
+    r->nh = nh;
+    r->prefer_delivery = prefer_delivery;
+    enqueue(s, r);
+    pthread_mutex_lock(&s->lock);
+    while (!r->done)
+        pthread_cond_wait(&s->answered, &s->lock);
+    *out = r->taken;
+    int64_t due = r->next_due_ms;
+    if (!*out) { /* nothing now: wait for new work, the next due time, or wait_ms */
+        int64_t now = gr_wall_ms(), wait = wait_ms;
+        if (due > now && due - now < wait)
+            wait = due - now;
+        if (due <= now && due)
+            wait = wait < 200 ? wait : 200; /* due but its handler is busy */
+        int64_t until = gr_mono_ms() + (wait > 0 ? wait : 0);
+        struct timespec ts = {.tv_sec = until / 1000, .tv_nsec = (until % 1000) * 1000000};
+        while (s->work_seq == seq && !s->taking_stopped && gr_mono_ms() < until)
+            if (pthread_cond_timedwait(&s->work, &s->lock, &ts) == ETIMEDOUT)
+                break;
+    }
+    pthread_mutex_unlock(&s->lock);
+    free_req(r); /* frees the copy of the handler list (the names are the caller's) */
+    return *out ? 1 : 0;
+}
+
+static char **copy_strings(const char *const *v, size_t n)
+{
+    char **out = gr_xcalloc(n ? n : 1, sizeof *out);
+    for (size_t i = 0; i < n; i++)
+        out[i] = gr_xstrdup(v[i]);
+    return out;
+}
+
+static void sq_routed(struct gr_store *base, struct gr_work *w, const struct gr_route_outcome *o)
+{
+    struct req *r = gr_xcalloc(1, sizeof *r);
+    r->kind = REQ_ROUTED;
+    r->work = w;
+    r->result = o->result;
+    r->targets = copy_strings(o->handlers, o->nhandlers);
+    r->ntargets = o->result == GR_ROUTED ? o->nhandlers : 0;
+    r->text = o->note ? gr_xstrdup(o->note) : NULL;
+    r->delay_ms = o->delay_ms;
+    enqueue((struct sqlite_store *)base, r);
+}
+
+static void sq_delivered(struct gr_store *base, struct gr_work *w,
+                         const struct gr_delivery_outcome *o)
+{
+    struct req *r = gr_xcalloc(1, sizeof *r);
+    r->kind = REQ_DELIVERED;
+    r->work = w;
+    r->result = o->result;
+    r->text = o->error ? gr_xstrdup(o->error) : NULL;
+    r->delay_ms = o->delay_ms;
+    if (o->result == GR_DELIVERED && o->nevents) {
+        r->events = gr_xcalloc(o->nevents, sizeof *r->events);
+        for (size_t i = 0; i < o->nevents; i++)
+            r->events[i] = (struct gr_emitted_event){gr_xstrdup(o->events[i].handler),
+                                                     gr_xstrndup(o->events[i].json, o->events[i].len),
+                                                     o->events[i].len};
+        r->nevents = o->nevents;
+    }
+    enqueue((struct sqlite_store *)base, r);
+}
+
+static void sq_set_handlers(struct gr_store *base, const struct gr_store_handler *h, size_t nh)
+{
+    struct req *r = gr_xcalloc(1, sizeof *r);
+    r->kind = REQ_HANDLERS;
+    r->handlers = gr_xcalloc(nh ? nh : 1, sizeof *r->handlers);
+    for (size_t i = 0; i < nh; i++) {
+        r->handlers[i] = h[i];
+        r->handlers[i].name = gr_xstrdup(h[i].name);
+    }
+    r->nh = nh;
+    enqueue((struct sqlite_store *)base, r);
+}
+
+static void sq_stats(struct gr_store *base, struct gr_store_stats *out)
+{
+    struct sqlite_store *s = (struct sqlite_store *)base;
+    pthread_mutex_lock(&s->lock);
+    out->items_pending = s->items_pending;
+    out->bytes_pending = s->bytes_pending;
+    out->items_to_route = s->items_to_route;
+    out->nhandlers = s->nstats;
+    out->handlers = gr_xcalloc(s->nstats ? s->nstats : 1, sizeof *out->handlers);
+    memcpy(out->handlers, s->stats, s->nstats * sizeof *s->stats);
+    pthread_mutex_unlock(&s->lock);
+}
+
+static void sq_stop_taking(struct gr_store *base)
+{
+    struct sqlite_store *s = (struct sqlite_store *)base;
+    pthread_mutex_lock(&s->lock);
+    s->taking_stopped = true;
+    pthread_cond_broadcast(&s->work);
+    pthread_mutex_unlock(&s->lock);
+}
+
+static void free_handlers(struct gr_store_handler *h, size_t n)
+{
+    for (size_t i = 0; i < n; i++)
+        free((char *)h[i].name);
+    free(h);
+}
+
+static void sq_close(struct gr_store *base)
+{
+    struct sqlite_store *s = (struct sqlite_store *)base;
+    pthread_mutex_lock(&s->lock);
+    s->stopping = true;
+    pthread_cond_signal(&s->wake);
+    pthread_mutex_unlock(&s->lock);
+    pthread_join(s->writer, NULL);
+    for (int i = 0; i < S_COUNT; i++)
+        sqlite3_finalize(s->stmt[i]);
+    exec(s->db, "PRAGMA wal_checkpoint(TRUNCATE)");
+    sqlite3_close(s->db);
+    free_handlers(s->handlers, s->nhandlers);
+    free(s->stats);
+    pthread_cond_destroy(&s->wake);
+    pthread_cond_destroy(&s->answered);
+    pthread_cond_destroy(&s->work);
+    pthread_mutex_destroy(&s->lock);
+    free(s->path);
+    free(s);
+}
+
+static const struct gr_store_ops sqlite_ops = {
+    .append = sq_append,
+    .take = sq_take,
+    .routed = sq_routed,
+    .delivered = sq_delivered,
+    .set_handlers = sq_set_handlers,
+    .stats = sq_stats,
+    .stop_taking = sq_stop_taking,
+    .close = sq_close,
+};
+
+/* Create missing parent directories and the file itself, private. */
+static int prepare_path(const char *path, char **err)
+{
+    char *dir = gr_xstrdup(path);
+    for (char *p = dir + 1; *p; p++) {
+        if (*p != '/')
+            continue;
+        *p = '\0';
+        if (mkdir(dir, 0750) != 0 && errno != EEXIST) {
+            *err = gr_xprintf("store: cannot create %s: %s", dir, strerror(errno));
+            free(dir);
+            return -1;
+        }
+        *p = '/';
+    }
+    free(dir);
+    int fd = open(path, O_RDWR | O_CREAT | O_CLOEXEC, 0600);
+    if (fd < 0) {
+        *err = gr_xprintf("store: cannot open %s: %s", path, strerror(errno));
+        return -1;
+    }
+    close(fd);
+    return 0;
+}
+
+/* Work that was running when the process stopped. */
+static int recover(struct sqlite_store *s, const struct gr_store_handler *h, size_t nh)
+{
+    int rc = exec(s->db, "UPDATE items SET state = 0 WHERE state = 3");
+    sqlite3_stmt *st;
+    if (!rc && sqlite3_prepare_v2(s->db,
+                                  "UPDATE units SET state = CASE WHEN attempts >= ?2 THEN 3 ELSE "
+                                  "0 END, due_ms = ?3, finished_ms = CASE WHEN attempts >= ?2 "
+                                  "THEN ?3 END, last_error = 'graphrouter stopped while the "
+                                  "handler ran (a crash?)' WHERE state = 1 AND handler = ?1",
+                                  -1, &st, NULL) == SQLITE_OK) {
+        int64_t now = gr_wall_ms();
+        for (size_t i = 0; i < nh && !rc; i++) {
+            sqlite3_bind_text(st, 1, h[i].name, -1, SQLITE_STATIC);
+            sqlite3_bind_int(st, 2, (int)h[i].max_attempts);
+            sqlite3_bind_int64(st, 3, now);
+            rc = step_done(st);
+            if (!rc && sqlite3_changes(s->db))
+                gr_warn("store: %d deliveries to handler \"%s\" were running when graphrouter "
+                        "stopped; they are taken again (or dead letters once their attempts "
+                        "are used up)",
+                        sqlite3_changes(s->db), h[i].name);
+        }
+        sqlite3_finalize(st);
+    }
+    if (!rc)
+        rc = exec(s->db, "UPDATE units SET state = 0 WHERE state = 1"); /* unknown handlers */
+    if (!rc)
+        rc = exec(s->db, "UPDATE items SET state = 2, done_ms = strftime('%s') * 1000 "
+                         "WHERE state = 1 AND NOT EXISTS (SELECT 1 FROM units "
+                         "WHERE item_id = items.id AND state IN (0, 1))");
+    return rc;
+}
+
+struct gr_store *gr_store_sqlite_open(const struct gr_store_config *c,
+                                      const struct gr_store_handler *h, size_t nh, char **err)
+{
+    if (prepare_path(c->path, err) < 0)
+        return NULL;
+    struct sqlite_store *s = gr_xcalloc(1, sizeof *s);
+    s->base.ops = &sqlite_ops;
+    s->cfg = *c;
+    s->path = gr_xstrdup(c->path);
+    int rc = sqlite3_open_v2(c->path, &s->db, SQLITE_OPEN_READWRITE | SQLITE_OPEN_NOMUTEX, NULL);
+    if (rc == SQLITE_OK) {
+        sqlite3_busy_timeout(s->db, 5000);
+        sqlite3_extended_result_codes(s->db, 1);
+    }
+    char *pragmas = gr_xprintf("PRAGMA journal_mode = WAL; PRAGMA synchronous = %s; "
+                               "PRAGMA foreign_keys = OFF; PRAGMA temp_store = MEMORY; "
+                               "PRAGMA cache_size = -16000;%s",
+                               c->synchronous_full ? "FULL" : "NORMAL", "");
+    if (rc == SQLITE_OK && c->max_db_bytes) {
+        char *cap = gr_xprintf("PRAGMA max_page_count = %llu",
+                               (unsigned long long)(c->max_db_bytes / 4096));
+        rc = exec(s->db, cap);
+        free(cap);
+    }
+    if (rc == SQLITE_OK)
+        rc = exec(s->db, pragmas);
+    free(pragmas);
+    if (rc == SQLITE_OK)
+        rc = exec(s->db, schema);
+    for (int i = 0; rc == SQLITE_OK && i < S_COUNT; i++)
+        rc = sqlite3_prepare_v3(s->db, stmt_sql[i], -1, SQLITE_PREPARE_PERSISTENT, &s->stmt[i],
+                                NULL);
+    if (rc == SQLITE_OK)
+        rc = recover(s, h, nh);
+    if (rc != SQLITE_OK) {
+        *err = gr_xprintf("store: cannot open %s: %s", c->path,
+                          s->db ? sqlite3_errmsg(s->db) : sqlite3_errstr(rc));
+        for (int i = 0; i < S_COUNT; i++)
+            sqlite3_finalize(s->stmt[i]);
+        sqlite3_close(s->db);
+        free(s->path);
+        free(s);
+        return NULL;
+    }
+    pthread_mutex_init(&s->lock, NULL);
+    pthread_condattr_t attr;
+    pthread_condattr_init(&attr);
+    pthread_condattr_setclock(&attr, CLOCK_MONOTONIC);
+    pthread_cond_init(&s->wake, &attr);
+    pthread_cond_init(&s->answered, &attr);
+    pthread_cond_init(&s->work, &attr);
+    pthread_condattr_destroy(&attr);
+    s->handlers = gr_xcalloc(nh ? nh : 1, sizeof *s->handlers);
+    for (size_t i = 0; i < nh; i++) {
+        s->handlers[i] = h[i];
+        s->handlers[i].name = gr_xstrdup(h[i].name);
+    }
+    s->nhandlers = nh;
+    s->handlers_changed = true;
+    maintenance(s);
+    s->next_maintenance_ms = gr_mono_ms() + MAINTENANCE_MS;
+    if (pthread_create(&s->writer, NULL, writer_main, s) != 0) {
+        *err = gr_xstrdup("store: cannot start its writer thread");
+        sq_close(&s->base);
+        return NULL;
+    }
+    return &s->base;
+}
