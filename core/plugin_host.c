@@ -219,6 +219,15 @@ GR_PLUGIN_PRINTF(2, 3) static void host_set_error(struct gr_msg *m, const char *
     va_end(ap);
 }
 
+#define GR_MAX_RETRY_AFTER_MS (INT64_C(86400) * 1000)
+
+static void host_retry_after(struct gr_msg *m, int64_t ms)
+{
+    if (ms > GR_MAX_RETRY_AFTER_MS)
+        ms = GR_MAX_RETRY_AFTER_MS;
+    m->retry_after_ms = ms > 0 ? ms : 0;
+}
+
 static const struct gr_host host_table = {
     .abi_major = GR_PLUGIN_ABI_MAJOR,
     .abi_minor = GR_PLUGIN_ABI_MINOR,
@@ -243,6 +252,7 @@ static const struct gr_host host_table = {
     .metric_add = host_metric_add,
     .metric_set = host_metric_set,
     .set_error = host_set_error,
+    .retry_after = host_retry_after,
 };
 
 const struct gr_host *gr_plugin_host(void)

@@ -73,6 +73,7 @@ struct gr_msg {
     struct gr_emitted *emitted;
     size_t nemitted, cap;
     char *error; /* set through host->set_error */
+    int64_t retry_after_ms; /* set through host->retry_after; 0: none */
 };
 
 const struct gr_host *gr_plugin_host(void);

@@ -182,6 +182,8 @@ static void deliver(struct gr_store *store, struct gr_work *w)
         atomic_fetch_add_explicit(&h->stats->retried, 1, memory_order_relaxed);
         o.result = GR_DELIVERY_RETRY;
         o.delay_ms = gr_backoff_ms(&h->conf->retry, w->attempts);
+        if (msg.retry_after_ms > o.delay_ms) /* the receiver's Retry-After */
+            o.delay_ms = msg.retry_after_ms;
         o.error = msg.error ? msg.error : "GR_RETRY";
         gr_info("handler \"%s\" asked to retry delivery %lld (%s, attempt %u of %u: %s); next "
                 "try in %lld ms",

@@ -218,6 +218,10 @@ struct gr_host {
      * `graphrouter dlq` and in the log. The text is copied; the last call
      * wins. Only during the handle() call that received `msg`. */
     void (*set_error)(struct gr_msg *msg, const char *fmt, ...) GR_PLUGIN_PRINTF(2, 3);
+    /* With GR_RETRY: the receiving end asked to wait at least `ms` before the
+     * next attempt (an HTTP Retry-After). The router waits the longer of this
+     * and its own backoff, capped at one day. Only during handle(). */
+    void (*retry_after)(struct gr_msg *msg, int64_t ms);
 };
 
 /* True if the running router's host table has `field` (for plugins built
