@@ -215,7 +215,7 @@ static enum MHD_Result answer_committed(struct MHD_Connection *c, struct gr_http
     bool full = r->result == GR_APPEND_FULL;
     gr_metrics_store_rejected(full);
     gr_warn("notification POST refused with 503: %s; Graph will retry",
-            full ? "the store is full (store.max_pending / max_pending_bytes)"
+            full ? "the store is full (store.max_pending, max_pending_bytes or max_db_bytes)"
                  : "the store cannot write");
     return text(c, h, r, 503, full ? "store full; retry later" : "store unavailable; retry later");
 }

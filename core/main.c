@@ -227,6 +227,7 @@ static int setup_signals(sigset_t *handled)
     sigaction(SIGINT, &sa, NULL);
     sigaction(SIGUSR1, &sa, NULL);
     signal(SIGPIPE, SIG_IGN);
+    signal(SIGXFSZ, SIG_IGN); /* a file size limit fails the write (the store answers 503) */
     return 0;
 }
 
@@ -350,7 +351,7 @@ int main(int argc, char **argv)
     const char *file = NULL;
     bool check = false;
     int c;
-    while ((c = getopt_long(argc, argv, "c:tVh", opts, NULL)) != -1) {
+    while ((c = getopt_long(argc, argv, "+c:tVh", opts, NULL)) != -1) {
         switch (c) {
         case 'c': file = optarg; break;
         case 't': check = true; break;

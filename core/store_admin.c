@@ -69,7 +69,8 @@ static int status(sqlite3 *db, const struct gr_config *cfg)
     return 0;
 }
 
-/* A one-line description of what a delivery carries. */
+/* What a delivery carries, as two words: "notification RESOURCE" or
+ * "event NAME" ("-" when absent). */
 static char *what(const char *body, const char *event)
 {
     json_t *v = json_loads(event ? event : body, 0, NULL);
@@ -77,8 +78,21 @@ static char *what(const char *body, const char *event)
                           : json_string_value(json_object_get(v, "resource"));
     if (!s && !event)
         s = json_string_value(json_object_get(v, "lifecycleEvent"));
-    char *out = gr_xprintf("%s %.60s", event ? "event" : "notification", s ? s : "");
+    char *out = gr_xprintf("%s %.80s", event ? "event" : "notification", s && *s ? s : "-");
+    for (char *p = strchr(out, ' ') + 1; *p; p++)
+        if ((unsigned char)*p <= ' ' || *p == 0x7f)
+            *p = '_'; /* one word, one line */
     json_decref(v);
+    return out;
+}
+
+/* An error text on one line: control characters become spaces. */
+static char *one_line(const unsigned char *text)
+{
+    char *out = gr_xstrdup(text ? (const char *)text : "");
+    for (char *p = out; *p; p++)
+        if ((unsigned char)*p < ' ' || *p == 0x7f)
+            *p = ' ';
     return out;
 }
 
@@ -90,19 +104,20 @@ static int dlq_list(sqlite3 *db)
                                "WHERE u.state = 3 ORDER BY u.id",
                            -1, &st, NULL) != SQLITE_OK)
         return fail(db, "reading the store");
-    printf("%-8s %-20s %8s %8s  %-40s %s\n", "ID", "HANDLER", "ATTEMPTS", "AGE", "LAST ERROR",
-           "WHAT");
+    printf("%-8s %-20s %8s %8s  %-50s %s\n", "ID", "HANDLER", "ATTEMPTS", "AGE", "WHAT",
+           "LAST ERROR");
     int64_t now = gr_wall_ms();
     int n = 0;
     while (sqlite3_step(st) == SQLITE_ROW) {
         char a[32];
         age(now - sqlite3_column_int64(st, 3), a);
-        const char *err = (const char *)sqlite3_column_text(st, 4);
+        char *err = one_line(sqlite3_column_text(st, 4));
         char *w = what((const char *)sqlite3_column_text(st, 5),
                        (const char *)sqlite3_column_text(st, 6));
-        printf("%-8lld %-20s %8d %8s  %-40.40s %s\n", sqlite3_column_int64(st, 0),
-               sqlite3_column_text(st, 1), sqlite3_column_int(st, 2), a, err ? err : "", w);
+        printf("%-8lld %-20s %8d %8s  %-50s %s\n", sqlite3_column_int64(st, 0),
+               sqlite3_column_text(st, 1), sqlite3_column_int(st, 2), a, w, err);
         free(w);
+        free(err);
         n++;
     }
     sqlite3_finalize(st);

@@ -73,6 +73,7 @@ struct req {
     struct req *next;
     struct gr_append *append; /* REQ_APPEND */
     size_t dups;              /* REQ_APPEND: duplicates skipped */
+    bool failed;              /* undone alone (its savepoint rolled back) */
     /* REQ_TAKE */
     struct gr_store_handler *handlers;
     size_t nh;
@@ -93,8 +94,8 @@ struct req {
 
 enum stmt_id {
     S_INS_BATCH, S_INS_ITEM, S_DEDUPE_GET, S_DEDUPE_PUT, S_ROUTE_NEXT, S_ITEM_STATE,
-    S_ITEM_WAIT, S_ITEM_DONE, S_INS_UNIT, S_UNIT_NEXT, S_UNIT_HEAD, S_UNIT_GET, S_UNIT_RUN,
-    S_UNIT_FINISH, S_UNIT_RETRY, S_ITEM_OPEN, S_NEXT_DUE_UNIT, S_NEXT_DUE_ITEM, S_COUNT
+    S_ITEM_WAIT, S_ITEM_DONE, S_INS_UNIT, S_UNIT_NEXT, S_UNIT_HEAD, S_FIRST_UNROUTED, S_UNIT_GET, S_UNIT_RUN,
+    S_UNIT_FINISH, S_UNIT_RETRY, S_ITEM_OPEN, S_NEXT_DUE_UNIT, S_NEXT_DUE_ITEM, S_USED_PAGES, S_COUNT
 };
 
 static const char *const stmt_sql[S_COUNT] = {
@@ -116,8 +117,9 @@ static const char *const stmt_sql[S_COUNT] = {
                    "VALUES(?1, ?2, ?3, 0, ?4, ?4)",
     [S_UNIT_NEXT] = "SELECT id FROM units WHERE handler = ?1 AND state = 0 AND due_ms <= ?2 "
                     "ORDER BY id LIMIT 1",
-    [S_UNIT_HEAD] = "SELECT id, state, due_ms FROM units WHERE handler = ?1 AND state IN (0, 1) "
-                    "ORDER BY id LIMIT 1",
+    [S_UNIT_HEAD] = "SELECT id, state, due_ms, item_id FROM units WHERE handler = ?1 AND "
+                    "state IN (0, 1) ORDER BY item_id, id LIMIT 1",
+    [S_FIRST_UNROUTED] = "SELECT min(id) FROM items WHERE state = 3 OR (state = 0 AND due_ms <= ?1)",
     [S_UNIT_GET] = "SELECT u.item_id, u.event, u.attempts, i.body, i.received_ms FROM units u "
                    "JOIN items i ON i.id = u.item_id WHERE u.id = ?1",
     [S_UNIT_RUN] = "UPDATE units SET state = 1, attempts = attempts + 1 WHERE id = ?1",
@@ -127,6 +129,8 @@ static const char *const stmt_sql[S_COUNT] = {
     [S_ITEM_OPEN] = "SELECT 1 FROM units WHERE item_id = ?1 AND state IN (0, 1) LIMIT 1",
     [S_NEXT_DUE_UNIT] = "SELECT min(due_ms) FROM units WHERE state = 0",
     [S_NEXT_DUE_ITEM] = "SELECT min(due_ms) FROM items WHERE state = 0",
+    [S_USED_PAGES] = "SELECT p.page_count - f.freelist_count FROM pragma_page_count AS p, "
+                     "pragma_freelist_count AS f",
 };
 
 struct sqlite_store {
@@ -153,6 +157,7 @@ struct sqlite_store {
     unsigned rr; /* round-robin start among handlers */
     int64_t next_maintenance_ms;
     bool failing; /* the last transaction failed: log once */
+    uint64_t page_size;
 };
 
 #define S(st, i) ((st)->stmt[i])
@@ -249,6 +254,14 @@ static int do_append(struct sqlite_store *s, struct gr_append *a, uint64_t batch
     bool full = s->items_pending + batch_items + a->n > s->cfg.max_pending ||
                 s->bytes_pending + batch_bytes + *bytes > s->cfg.max_pending_bytes;
     pthread_mutex_unlock(&s->lock);
+    if (!full && s->cfg.max_db_bytes) {
+        /* Appends stop at 90% of max_db_bytes: the rest is kept for routing
+         * and completing what is already stored, so a full store drains. */
+        sqlite3_stmt *st = S(s, S_USED_PAGES);
+        uint64_t used = sqlite3_step(st) == SQLITE_ROW ? (uint64_t)sqlite3_column_int64(st, 0) : 0;
+        sqlite3_reset(st);
+        full = used * s->page_size + 2 * *bytes > s->cfg.max_db_bytes / 10 * 9;
+    }
     if (full)
         return APPEND_FULL;
     sqlite3_int64 batch = 0;
@@ -337,13 +350,27 @@ static sqlite3_int64 unit_for(struct sqlite_store *s, const struct gr_store_hand
                               int64_t now)
 {
     sqlite3_int64 id = 0;
-    if (h->concurrency == 1) { /* in order: only its oldest open unit, when due and idle */
+    if (h->concurrency == 1) {
+        /* In order of acceptance: only its oldest open unit, when due and
+         * idle, and only once every item accepted before it is routed (an
+         * item waiting for signing keys does not hold it back). */
         sqlite3_stmt *st = S(s, S_UNIT_HEAD);
+        sqlite3_int64 item = 0;
         sqlite3_bind_text(st, 1, h->name, -1, SQLITE_STATIC);
         if (sqlite3_step(st) == SQLITE_ROW && sqlite3_column_int(st, 1) == UNIT_PENDING &&
-            sqlite3_column_int64(st, 2) <= now)
+            sqlite3_column_int64(st, 2) <= now) {
             id = sqlite3_column_int64(st, 0);
+            item = sqlite3_column_int64(st, 3);
+        }
         sqlite3_reset(st);
+        if (id) {
+            st = S(s, S_FIRST_UNROUTED);
+            sqlite3_bind_int64(st, 1, now);
+            if (sqlite3_step(st) == SQLITE_ROW && sqlite3_column_type(st, 0) != SQLITE_NULL &&
+                sqlite3_column_int64(st, 0) < item)
+                id = 0;
+            sqlite3_reset(st);
+        }
         return id;
     }
     sqlite3_stmt *st = S(s, S_UNIT_NEXT);
@@ -560,9 +587,9 @@ static void finish_requests(struct sqlite_store *s, struct req *batch, int rc)
         next = r->next;
         if (r->kind == REQ_APPEND) {
             struct gr_append *a = r->append;
-            enum gr_append_result res = rc ? GR_APPEND_ERROR
-                                        : r->result ? GR_APPEND_FULL
-                                                    : GR_APPEND_OK;
+            enum gr_append_result res = rc || r->failed ? GR_APPEND_ERROR
+                                        : r->result     ? GR_APPEND_FULL
+                                                        : GR_APPEND_OK;
             a->done(a->ctx, res, r->dups);
             free_req(r);
         } else if (r->kind == REQ_TAKE) {
@@ -581,7 +608,43 @@ static void finish_requests(struct sqlite_store *s, struct req *batch, int rc)
     }
 }
 
-/* Run a batch of requests in one transaction. */
+/* What one request changed, applied to the counters once it is kept. */
+struct delta {
+    uint64_t added_items, added_bytes, done_items, done_bytes;
+    bool new_work;
+};
+
+static int run_request(struct sqlite_store *s, struct req *r, int64_t now,
+                       const struct delta *so_far, struct delta *d)
+{
+    switch (r->kind) {
+    case REQ_APPEND: {
+        uint64_t bytes;
+        int rc = do_append(s, r->append, so_far->added_items, so_far->added_bytes, &r->dups,
+                           &bytes);
+        r->result = rc == APPEND_FULL; /* this request only: the others go on */
+        if (rc == APPEND_FULL)
+            return 0;
+        if (!rc) {
+            d->added_items = r->append->n - r->dups;
+            d->added_bytes = bytes;
+            d->new_work = r->append->n > r->dups;
+        }
+        return rc;
+    }
+    case REQ_TAKE: do_take(s, r, now); return 0;
+    case REQ_ROUTED: return do_routed(s, r, now, &d->done_items, &d->done_bytes, &d->new_work);
+    case REQ_DELIVERED:
+        return do_delivered(s, r, now, &d->done_items, &d->done_bytes, &d->new_work);
+    case REQ_HANDLERS: return do_handlers(s, r);
+    }
+    return 0;
+}
+
+/* Run a batch of requests in one transaction. Each write runs inside its own
+ * savepoint: one that fails (the database is full, say) is undone alone;
+ * its append is answered 503, its completion is tried again later, and the
+ * rest of the batch commits. */
 static void run_batch(struct sqlite_store *s, struct req *batch)
 {
     int64_t t0 = gr_mono_ns(), now = gr_wall_ms();
@@ -593,67 +656,90 @@ static void run_batch(struct sqlite_store *s, struct req *batch)
     exec(s->db, nappend && s->cfg.synchronous_full ? "PRAGMA synchronous = FULL"
                                                    : "PRAGMA synchronous = NORMAL");
     int rc = exec(s->db, "BEGIN IMMEDIATE");
-    uint64_t added_items = 0, added_bytes = 0, done_items = 0, done_bytes = 0;
-    bool new_work = false;
-    struct req *retry_head = NULL, **retry_tail = &retry_head;
+    struct delta total = {0};
+    int request_error = 0; /* the first error of a request that was undone alone */
     for (struct req *r = batch; r && !rc; r = r->next) {
-        switch (r->kind) {
-        case REQ_APPEND: {
-            uint64_t bytes;
-            rc = do_append(s, r->append, added_items, added_bytes, &r->dups, &bytes);
-            r->result = rc == APPEND_FULL; /* this request only: the others go on */
-            if (rc == APPEND_FULL) {
-                rc = 0;
-            } else if (!rc) {
-                added_items += r->append->n - r->dups;
-                added_bytes += bytes;
-                new_work |= r->append->n > r->dups;
-            }
+        bool guarded = r->kind == REQ_APPEND || r->kind == REQ_ROUTED || r->kind == REQ_DELIVERED;
+        if (guarded && (rc = exec(s->db, "SAVEPOINT req")) != SQLITE_OK)
+            break;
+        struct delta d = {0};
+        int rrc = run_request(s, r, now, &total, &d);
+        if (rrc && guarded && !sqlite3_get_autocommit(s->db) &&
+            sqlite3_exec(s->db, "ROLLBACK TO req; RELEASE req", NULL, NULL, NULL) == SQLITE_OK) {
+            r->failed = true;
+            request_error = request_error ? request_error : rrc;
+            continue;
+        }
+        if (rrc) { /* the transaction itself is gone */
+            rc = rrc;
             break;
         }
-        case REQ_TAKE: do_take(s, r, now); break;
-        case REQ_ROUTED: rc = do_routed(s, r, now, &done_items, &done_bytes, &new_work); break;
-        case REQ_DELIVERED: rc = do_delivered(s, r, now, &done_items, &done_bytes, &new_work); break;
-        case REQ_HANDLERS: rc = do_handlers(s, r); break;
-        }
+        if (guarded && (rc = exec(s->db, "RELEASE req")) != SQLITE_OK)
+            break;
+        total.added_items += d.added_items;
+        total.added_bytes += d.added_bytes;
+        total.done_items += d.done_items;
+        total.done_bytes += d.done_bytes;
+        total.new_work |= d.new_work;
     }
     if (!rc)
         rc = exec(s->db, "COMMIT");
-    if (rc) {
+    if (rc && !sqlite3_get_autocommit(s->db))
         exec(s->db, "ROLLBACK");
+    int error = rc ? rc : request_error;
+    if (error) {
         if (!s->failing)
             gr_error("store: writing %s failed (%s); POSTs get 503 until it works again",
-                     s->path, sqlite3_errmsg(s->db));
+                     s->path, sqlite3_errstr(error));
         s->failing = true;
         gr_metrics_store_failure();
-        /* Completions must not be lost: they are tried again. */
-        for (struct req **p = &batch; *p;) {
-            struct req *r = *p;
-            if (r->kind == REQ_ROUTED || r->kind == REQ_DELIVERED) {
-                *p = r->next;
-                r->next = NULL;
-                *retry_tail = r;
-                retry_tail = &r->next;
-            } else {
-                p = &r->next;
-            }
-        }
-    } else {
-        if (s->failing)
-            gr_info("store: writing %s works again", s->path);
+    } else if (s->failing) {
+        gr_info("store: writing %s works again", s->path);
         s->failing = false;
+    }
+    if (!rc) {
         pthread_mutex_lock(&s->lock);
-        s->items_pending += added_items;
-        s->bytes_pending += added_bytes;
-        s->items_pending -= done_items < s->items_pending ? done_items : s->items_pending;
-        s->bytes_pending -= done_bytes < s->bytes_pending ? done_bytes : s->bytes_pending;
-        if (new_work)
+        s->items_pending += total.added_items;
+        s->bytes_pending += total.added_bytes;
+        s->items_pending -= total.done_items < s->items_pending ? total.done_items
+                                                                : s->items_pending;
+        s->bytes_pending -= total.done_bytes < s->bytes_pending ? total.done_bytes
+                                                                : s->bytes_pending;
+        if (total.new_work)
             s->work_seq++;
         pthread_cond_broadcast(&s->work);
         pthread_mutex_unlock(&s->lock);
         gr_metrics_store_commit(gr_mono_ns() - t0, nreq);
     }
+    /* Completions must not be lost: those not kept are tried again. */
+    struct req *retry_head = NULL, **retry_tail = &retry_head;
+    for (struct req **p = &batch; *p;) {
+        struct req *r = *p;
+        if ((r->kind == REQ_ROUTED || r->kind == REQ_DELIVERED) && (rc || r->failed)) {
+            *p = r->next;
+            r->next = NULL;
+            r->failed = false;
+            *retry_tail = r;
+            retry_tail = &r->next;
+        } else {
+            p = &r->next;
+        }
+    }
     finish_requests(s, batch, rc);
+    pthread_mutex_lock(&s->lock);
+    bool stopping = s->stopping;
+    pthread_mutex_unlock(&s->lock);
+    if (retry_head && stopping) {
+        size_t n = 0;
+        for (struct req *r = retry_head, *next; r; r = next, n++) {
+            next = r->next;
+            free_req(r);
+        }
+        gr_warn("store: %zu completions could not be written before the exit; that work runs "
+                "again at the next start",
+                n);
+        retry_head = NULL;
+    }
     if (retry_head) {
         struct timespec pause = {0, 100 * 1000000};
         nanosleep(&pause, NULL); /* a failing disk is not hammered */
@@ -1017,33 +1103,51 @@ static int prepare_path(const char *path, char **err)
     return 0;
 }
 
-/* Work that was running when the process stopped. */
+/* Work that was running when the process stopped (a crash, a kill, or a
+ * handler stuck at the shutdown deadline): its attempt was recorded when it
+ * was taken, so it runs again, or is a dead letter once its handler's
+ * attempts are used up: a plugin that crashes the process on one item ends
+ * there instead of in a crash loop. */
 static int recover(struct sqlite_store *s, const struct gr_store_handler *h, size_t nh)
 {
     int rc = exec(s->db, "UPDATE items SET state = 0 WHERE state = 3");
-    sqlite3_stmt *st;
-    if (!rc && sqlite3_prepare_v2(s->db,
-                                  "UPDATE units SET state = CASE WHEN attempts >= ?2 THEN 3 ELSE "
-                                  "0 END, due_ms = ?3, finished_ms = CASE WHEN attempts >= ?2 "
-                                  "THEN ?3 END, last_error = 'graphrouter stopped while the "
-                                  "handler ran (a crash?)' WHERE state = 1 AND handler = ?1",
-                                  -1, &st, NULL) == SQLITE_OK) {
-        int64_t now = gr_wall_ms();
-        for (size_t i = 0; i < nh && !rc; i++) {
-            sqlite3_bind_text(st, 1, h[i].name, -1, SQLITE_STATIC);
-            sqlite3_bind_int(st, 2, (int)h[i].max_attempts);
-            sqlite3_bind_int64(st, 3, now);
-            rc = step_done(st);
-            if (!rc && sqlite3_changes(s->db))
-                gr_warn("store: %d deliveries to handler \"%s\" were running when graphrouter "
-                        "stopped; they are taken again (or dead letters once their attempts "
-                        "are used up)",
-                        sqlite3_changes(s->db), h[i].name);
-        }
+    sqlite3_stmt *st, *up;
+    if (rc)
+        return rc;
+    if (sqlite3_prepare_v2(s->db, "SELECT id, handler, attempts FROM units WHERE state = 1", -1,
+                           &st, NULL) != SQLITE_OK)
+        return sqlite3_errcode(s->db);
+    if (sqlite3_prepare_v2(s->db, "UPDATE units SET state = ?2, due_ms = ?3, finished_ms = CASE "
+                                  "WHEN ?2 = 3 THEN ?3 END, last_error = 'graphrouter stopped "
+                                  "while the handler ran (a crash?)' WHERE id = ?1",
+                           -1, &up, NULL) != SQLITE_OK) {
         sqlite3_finalize(st);
+        return sqlite3_errcode(s->db);
     }
-    if (!rc)
-        rc = exec(s->db, "UPDATE units SET state = 0 WHERE state = 1"); /* unknown handlers */
+    int64_t now = gr_wall_ms();
+    while (!rc && sqlite3_step(st) == SQLITE_ROW) {
+        sqlite3_int64 id = sqlite3_column_int64(st, 0);
+        const char *name = (const char *)sqlite3_column_text(st, 1);
+        unsigned attempts = (unsigned)sqlite3_column_int(st, 2), max = 0;
+        for (size_t i = 0; i < nh; i++)
+            if (strcmp(h[i].name, name) == 0)
+                max = h[i].max_attempts;
+        bool dead = max && attempts >= max;
+        if (dead)
+            gr_warn("store: delivery %lld to handler \"%s\" was running when graphrouter stopped "
+                    "and has used its %u attempts: a dead letter (graphrouter dlq show %lld)",
+                    (long long)id, name, attempts, (long long)id);
+        else
+            gr_warn("store: delivery %lld to handler \"%s\" was running when graphrouter stopped "
+                    "(attempt %u); it runs again",
+                    (long long)id, name, attempts);
+        sqlite3_bind_int64(up, 1, id);
+        sqlite3_bind_int(up, 2, dead ? UNIT_DEAD : UNIT_PENDING);
+        sqlite3_bind_int64(up, 3, now);
+        rc = step_done(up);
+    }
+    sqlite3_finalize(st);
+    sqlite3_finalize(up);
     if (!rc)
         rc = exec(s->db, "UPDATE items SET state = 2, done_ms = strftime('%s') * 1000 "
                          "WHERE state = 1 AND NOT EXISTS (SELECT 1 FROM units "
@@ -1071,7 +1175,7 @@ struct gr_store *gr_store_sqlite_open(const struct gr_store_config *c,
                                c->synchronous_full ? "FULL" : "NORMAL", "");
     if (rc == SQLITE_OK && c->max_db_bytes) {
         char *cap = gr_xprintf("PRAGMA max_page_count = %llu",
-                               (unsigned long long)(c->max_db_bytes / 4096));
+                               (unsigned long long)(c->max_db_bytes / 4096)); /* default page size */
         rc = exec(s->db, cap);
         free(cap);
     }
@@ -1085,6 +1189,13 @@ struct gr_store *gr_store_sqlite_open(const struct gr_store_config *c,
                                 NULL);
     if (rc == SQLITE_OK)
         rc = recover(s, h, nh);
+    s->page_size = 4096;
+    sqlite3_stmt *ps;
+    if (rc == SQLITE_OK && sqlite3_prepare_v2(s->db, "PRAGMA page_size", -1, &ps, NULL) == SQLITE_OK) {
+        if (sqlite3_step(ps) == SQLITE_ROW && sqlite3_column_int64(ps, 0) > 0)
+            s->page_size = (uint64_t)sqlite3_column_int64(ps, 0);
+        sqlite3_finalize(ps);
+    }
     if (rc != SQLITE_OK) {
         *err = gr_xprintf("store: cannot open %s: %s", c->path,
                           s->db ? sqlite3_errmsg(s->db) : sqlite3_errstr(rc));

@@ -184,12 +184,17 @@ class Router:
         return self.read_jsonl(rel)
 
     # -- process -----------------------------------------------------------
-    def start(self, args=()):
-        """Start the router (again, after stop(): same directory and store)."""
+    def start(self, args=(), env=None, preexec=None):
+        """Start the router (again, after stop(): same directory and store).
+        `env` adds environment variables; `preexec` runs in the child before
+        exec (e.g. to set a resource limit)."""
         self.port = None
+        if self.proc and self.proc.stderr:  # a previous run's, read to the end by stop()
+            self.proc.stderr.close()
         self.proc = subprocess.Popen([BINARY, "-c", self.config_path, *args], cwd=self.dir,
                                      stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
-                                     errors="replace")
+                                     errors="replace", env=dict(os.environ, **(env or {})),
+                                     preexec_fn=preexec)
         self._reader = threading.Thread(target=self._read, daemon=True)
         self._reader.start()
         self.wait_for(lambda: self.port is not None or self.proc.poll() is not None, TIMEOUT,
@@ -206,6 +211,13 @@ class Router:
             m = re.search(r'listening on [^ ]*:(\d+) ', line)
             if m:
                 self.port = int(m.group(1))
+
+    def cli(self, *args):
+        """Run `graphrouter -c CONFIG ARGS` in the router's directory (the
+        status and dlq commands); returns (status, stdout, stderr)."""
+        p = subprocess.run([BINARY, "-c", self.config_path, *args], cwd=self.dir,
+                           capture_output=True, text=True, timeout=60)
+        return p.returncode, p.stdout, p.stderr
 
     def log(self):
         with self._lock:

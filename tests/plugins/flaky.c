@@ -9,11 +9,17 @@
  *   emit_always emit on every call, even those that fail (the router must
  *               drop what a failed call emitted)
  *   tag         a string copied into emitted events as "flaky_tag"
+ *   crash_on    a message whose JSON contains this string crashes the process
+ *               with SIGSEGV (a plugin bug taking the router down)
+ *
+ * Emitted events also carry "flaky_max_inflight": the most handle() calls
+ * that ran at the same time on this handler so far.
  *
  * It counts calls per handler state and logs each one.
  */
 #define _GNU_SOURCE
 #include <graphrouter/plugin.h>
+#include <signal.h>
 #include <stdatomic.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -29,6 +35,8 @@ static const struct gr_host *host;
 struct flaky {
     struct gr_handler *h;
     atomic_long calls;
+    atomic_long inflight, max_inflight;
+    const char *crash_on;
     long fail_times;
     int fail_result;
     long sleep_ms;
@@ -61,6 +69,7 @@ static int flaky_init(struct gr_handler *h, void **state)
     f->emit = host->config_list_size(h, "emit_to") > 0;
     f->emit_always = host->config_bool(h, "emit_always", 0);
     f->tag = host->config_string(h, "tag");
+    f->crash_on = host->config_string(h, "crash_on");
     sleep_ms((long)host->config_int(h, "init_sleep_ms", 0));
     *state = f;
     return 0;
@@ -70,11 +79,14 @@ static void emit(struct flaky *f, struct gr_msg *msg, long n)
 {
     size_t len;
     const char *json = host->msg_json(msg, &len);
-    /* {"flaky_calls": n, "flaky_tag": "...", "flaky_build": "...", <the message's members>} */
-    char head[256];
+    /* {"flaky_calls": n, "flaky_max_inflight": m, "flaky_tag": "...", "flaky_build": "...",
+     *  <the message's members>} */
+    char head[320];
     int hl = snprintf(head, sizeof head,
-                      "{\"flaky_calls\":%ld,\"flaky_tag\":\"%s\",\"flaky_build\":\"%s\"%s", n,
-                      f->tag ? f->tag : "", FLAKY_BUILD_TAG, len > 2 ? "," : "");
+                      "{\"flaky_calls\":%ld,\"flaky_max_inflight\":%ld,\"flaky_tag\":\"%s\","
+                      "\"flaky_build\":\"%s\"%s",
+                      n, atomic_load(&f->max_inflight), f->tag ? f->tag : "", FLAKY_BUILD_TAG,
+                      len > 2 ? "," : "");
     char *out = malloc((size_t)hl + len);
     if (!out)
         return;
@@ -88,8 +100,18 @@ static int flaky_handle(void *state, struct gr_msg *msg)
 {
     struct flaky *f = state;
     long n = atomic_fetch_add(&f->calls, 1) + 1;
+    long now = atomic_fetch_add(&f->inflight, 1) + 1, max = atomic_load(&f->max_inflight);
+    while (now > max && !atomic_compare_exchange_weak(&f->max_inflight, &max, now)) {
+    }
+    size_t len;
+    const char *json = host->msg_json(msg, &len);
+    if (f->crash_on && memmem(json, len, f->crash_on, strlen(f->crash_on))) {
+        host->log(f->h, GR_LOG_WARN, "call %ld: crashing on purpose", n);
+        raise(SIGSEGV);
+    }
     if (f->sleep_ms)
         sleep_ms(f->sleep_ms);
+    atomic_fetch_sub(&f->inflight, 1);
     int rc = n <= f->fail_times ? f->fail_result : GR_OK;
     host->log(f->h, GR_LOG_INFO, "call %ld -> %s", n,
               rc == GR_OK ? "ok" : rc == GR_RETRY ? "retry" : "fail");
@@ -111,6 +133,7 @@ static const struct gr_config_key keys[] = {
     {"emit_to", GR_CONFIG_HANDLER_LIST, 0, "handlers that receive a copy"},
     {"emit_always", GR_CONFIG_BOOL, 0, "emit on failing calls too"},
     {"tag", GR_CONFIG_STRING, 0, "copied into emitted events"},
+    {"crash_on", GR_CONFIG_STRING, 0, "crash (SIGSEGV) on messages containing this"},
     {NULL, 0, 0, NULL},
 };
 

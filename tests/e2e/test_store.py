@@ -1,0 +1,342 @@
+"""The durable store: what got a 202 is delivered, whatever happens to the
+process; retries and their backoff; dead letters and the dlq / status
+commands; a plugin that crashes the router; duplicates; 503 when the store is
+full or cannot write; retention; emitted events; in-order handlers."""
+
+import json
+import os
+import re
+import resource
+import sqlite3
+import threading
+import time
+
+from grtest import TIMEOUT, RouterTest, base_config, batch, fixture_plugin, item
+
+FLAKY = fixture_plugin("flaky")
+
+
+def flaky(**config):
+    return {"plugin": FLAKY, "config": config}
+
+
+def out(path="out.jsonl"):
+    return {"plugin": "file", "config": {"path": path}}
+
+
+def ids(lines):
+    return [l["id"] for l in lines]
+
+
+def db_rows(r, sql):
+    """Read the store with a second, read-only connection (as sqlite3 would)."""
+    db = sqlite3.connect("file:%s?mode=ro" % r.path("var/graphrouter.db"), uri=True, timeout=10)
+    try:
+        return db.execute(sql).fetchall()
+    finally:
+        db.close()
+
+
+class CrashTest(RouterTest):
+    def test_sigkill_under_load_loses_nothing_acknowledged(self):
+        r = self.router(base_config(workers=2))
+        acked, lock, stop = [], threading.Lock(), threading.Event()
+
+        def client(t):
+            for n in range(300):  # bounded: at most 300 POSTs per client
+                if stop.is_set():
+                    return
+                batch_ids = ["k%d-%d-%d" % (t, n, j) for j in range(2)]
+                try:
+                    status, _, _ = r.post(batch(*[item(id=i) for i in batch_ids]))
+                except OSError:
+                    return  # the router is gone
+                if status == 202:
+                    with lock:
+                        acked.extend(batch_ids)
+
+        clients = [threading.Thread(target=client, args=(t,)) for t in range(4)]
+        for c in clients:
+            c.start()
+        r.wait_for(lambda: len(acked) >= 200, what="200 acknowledged items")
+        r.proc.kill()  # SIGKILL in the middle of the load
+        stop.set()
+        for c in clients:
+            c.join()
+        self.assertEqual(r.stop(), -9)
+        delivered_before = set(ids(r.read_jsonl()))
+        self.assertLess(len(delivered_before), len(acked) + 8)
+
+        r.start()  # same directory, same store
+        r.wait_idle()
+        delivered = set(ids(r.read_jsonl()))
+        missing = set(acked) - delivered
+        self.assertEqual(missing, set(), "acknowledged but never delivered")
+        self.assertGreaterEqual(len(acked), 200)
+
+    def test_plugin_that_crashes_ends_as_a_dead_letter(self):
+        cfg = base_config(workers=1, handlers={
+            "f": dict(flaky(crash_on="crash-me", emit_to="out"), retry={"max_attempts": 2}),
+            "out": out()}, routes=[{"name": "r", "to": "f"}])
+        r = self.router(cfg, start=False)
+        # the crash is the test: AddressSanitizer must let SIGSEGV kill the process
+        env = {"ASAN_OPTIONS": os.environ.get("ASAN_OPTIONS", "") + ":handle_segv=0"}
+        r.start(env=env)
+        r.post(batch(item(id="before")))
+        r.wait_jsonl(1)
+        self.assertEqual(r.post(batch(item(id="crash-me"), item(id="after")))[0], 202)
+        crashes = 0
+        for _ in range(2):  # each start takes the item again, records an attempt, crashes
+            self.assertEqual(r.stop(sig=0, timeout=TIMEOUT), -11)  # waits for the crash
+            crashes += 1
+            r.start(env=env)
+        # the third start finds the attempts used up: a dead letter, no crash loop
+        r.wait_log(r'delivery \d+ to handler "f" was running when graphrouter stopped and has '
+                   r'used its 2 attempts: a dead letter')
+        self.assertEqual(r.log().count("crashing on purpose"), 2)
+        r.wait_idle()
+        self.assertEqual(sorted(ids(r.read_jsonl())), ["after", "before"])
+        status, text, _ = r.cli("dlq", "list")
+        self.assertEqual(status, 0)
+        rows = text.splitlines()[1:]
+        self.assertEqual(len(rows), 1, text)
+        self.assertRegex(rows[0], r"^\d+ +f +2 ")
+        self.assertRegex(rows[0], r"notification Users/u1/Messages/m1 +graphrouter stopped while "
+                                  r"the handler ran \(a crash\?\)$")
+
+
+class RetryTest(RouterTest):
+    def test_backoff_is_exponential_with_full_jitter_and_capped(self):
+        r = self.router(base_config(workers=1, handlers={
+            "f": dict(flaky(fail_times=5, emit_to="out"),
+                      retry={"max_attempts": 10, "initial_backoff_ms": 200,
+                             "max_backoff_ms": 500}),
+            "out": out()}, routes=[{"name": "r", "to": "f"}]))
+        r.post(batch(item(id="x")))
+        self.assertEqual(r.wait_jsonl(1)[0]["flaky_calls"], 6)
+        delays = [int(d) for d in re.findall(r"next try in (\d+) ms", r.text())]
+        calls = [parse_ts(l) for l in r.log().splitlines() if re.search(r"call \d -> ", l)]
+        self.assertEqual(len(delays), 5)
+        self.assertEqual(len(calls), 6)
+        caps = [200, 400, 500, 500, 500]  # initial * 2^(n-1), capped at max_backoff_ms
+        for n, (delay, cap) in enumerate(zip(delays, caps)):
+            self.assertLessEqual(delay, cap, "attempt %d" % (n + 1))
+            waited = calls[n + 1] - calls[n]
+            # the next attempt waits its delay, and not much more (2 cores, sanitizers)
+            self.assertGreaterEqual(waited, delay / 1000 - 0.01, "attempt %d" % (n + 2))
+            self.assertLess(waited, delay / 1000 + 1.5, "attempt %d" % (n + 2))
+        self.assertEqual(r.metric("graphrouter_handler_retried_total", handler="f"), 5)
+
+
+def parse_ts(line):
+    m = re.search(r"ts=\S+T(\d\d):(\d\d):(\d\d\.\d+)Z", line)
+    return int(m.group(1)) * 3600 + int(m.group(2)) * 60 + float(m.group(3))
+
+
+class DeadLetterTest(RouterTest):
+    def test_dlq_list_show_replay_purge_and_status_while_running(self):
+        cfg = base_config(handlers={
+            "f": flaky(fail_times=4, result="fail", emit_to="out"),
+            "never": flaky(fail_times=1000, result="fail"),
+            "out": out()},
+            routes=[{"name": "deleted", "match": {"change_type": "deleted"}, "to": "never"},
+                    {"name": "rest", "match": {"change_type": ["created", "updated"]},
+                     "to": "f"}])
+        r = self.router(cfg)
+        r.post(batch(*[item(id="x%d" % i) for i in range(4)]))
+        r.post(batch(item(id="gone", changeType="deleted")))
+        r.wait_for(lambda: r.metric("graphrouter_handler_failed_total", handler="f") == 4)
+        r.wait_idle()  # dead letters are finished work
+        r.wait_for(lambda: r.metric("graphrouter_dead_letters", handler="f") == 4)
+        self.assertEqual(r.metric("graphrouter_dead_letters", handler="never"), 1)
+
+        status, text, _ = r.cli("status")
+        self.assertEqual(status, 0)
+        self.assertRegex(text, r"(?m)^f +0 +0 +4 +- *$")
+        self.assertRegex(text, r"(?m)^never +0 +0 +1 +- *$")
+        self.assertRegex(text, r"(?m)^store .*: 0 items pending")
+
+        status, text, err = r.cli("dlq", "list")
+        self.assertEqual((status, err.strip()), (0, "5 dead letters"))
+        rows = [l.split() for l in text.splitlines()[1:]]
+        self.assertEqual(sorted(row[1] for row in rows), ["f"] * 4 + ["never"])
+        # ID HANDLER ATTEMPTS AGE WHAT (kind, resource) LAST ERROR
+        self.assertTrue(all(row[2] == "1" and row[4:] == ["notification", "Users/u1/Messages/m1",
+                                                          "GR_FAIL"] for row in rows), text)
+        first = next(row[0] for row in rows if row[1] == "f")
+
+        status, text, _ = r.cli("dlq", "show", first)
+        self.assertEqual(status, 0)
+        shown = json.loads(text)
+        self.assertEqual((shown["handler"], shown["state"], shown["attempts"],
+                          shown["last_error"]), ("f", "dead", 1, "GR_FAIL"))
+        replayed = shown["item"]["id"]  # the item as it was received
+        self.assertIn(replayed, ["x0", "x1", "x2", "x3"])
+        self.assertEqual(r.cli("dlq", "show", "999999")[0], 1)
+
+        # replay one: its attempts start again; flaky succeeds from call 5 on
+        self.assertEqual(r.cli("dlq", "replay", first)[:2], (0, "1 dead letter replayed\n"))
+        self.assertEqual(ids(r.wait_jsonl(1)), [replayed])
+        status, _, err = r.cli("dlq", "replay", first)
+        self.assertEqual(status, 1)
+        self.assertIn("no dead letter %s" % first, err)
+
+        # replay --all brings back the other three of f and the one of "never"
+        self.assertEqual(r.cli("dlq", "replay", "--all")[:2], (0, "4 dead letters replayed\n"))
+        self.assertEqual(sorted(ids(r.wait_jsonl(4))), ["x0", "x1", "x2", "x3"])
+        r.wait_for(lambda: r.metric("graphrouter_handler_failed_total", handler="never") == 2)
+        r.wait_idle()
+        r.wait_for(lambda: r.metric("graphrouter_dead_letters", handler="f") == 0)
+
+        self.assertEqual(r.cli("dlq", "purge")[:2], (0, "1 dead letter purged\n"))
+        status, text, err = r.cli("dlq", "list")
+        self.assertEqual((status, len(text.splitlines()), err.strip()), (0, 1, "0 dead letters"))
+        r.wait_for(lambda: r.metric("graphrouter_dead_letters", handler="never") == 0)
+
+
+class DuplicateTest(RouterTest):
+    def test_duplicates_inside_the_window_are_acknowledged_not_delivered(self):
+        r = self.router(base_config(store={"dedupe_window_s": 3}))
+        t0 = time.monotonic()
+        self.assertEqual(r.post(batch(item(id="d1")))[0], 202)
+        self.assertEqual(r.post(batch(item(id="d1")))[0], 202)            # Graph retried
+        self.assertEqual(r.post(batch(item(id="d1"), item(id="d2")))[0], 202)
+        self.assertEqual(r.post(batch(item(id="d1", changeType="updated")))[0], 202)
+        etag = {"@odata.type": "#Microsoft.Graph.Message", "id": "m1", "@odata.etag": "W/\"1\""}
+        no_id = item(resourceData=etag)
+        self.assertEqual(r.post(batch(no_id, no_id))[0], 202)                # same etag
+        r.wait_idle()
+        self.assertLess(time.monotonic() - t0, 3, "too slow to test the window")
+        self.assertEqual(sorted(ids(l for l in r.read_jsonl() if l.get("id"))), ["d1", "d1", "d2"])
+        self.assertEqual(len(r.read_jsonl()), 4)
+        self.assertEqual(r.metric("graphrouter_items_duplicate_total"), 3)
+        self.assertEqual(r.metric("graphrouter_items_accepted_total"), 4)
+        time.sleep(max(0, 3.2 - (time.monotonic() - t0)))  # the window has passed
+        self.assertEqual(r.post(batch(item(id="d1")))[0], 202)
+        r.wait_jsonl(5)
+
+
+class BackpressureTest(RouterTest):
+    def stuck(self, **store):
+        """A router whose handler keeps everything pending (retries a minute away)."""
+        return self.router(base_config(store=store, handlers={
+            "f": dict(flaky(fail_times=100000), retry={"initial_backoff_ms": 60000,
+                                                      "max_backoff_ms": 60000})},
+            routes=[{"name": "r", "to": "f"}]))
+
+    def test_503_when_max_pending_is_reached_all_or_nothing(self):
+        r = self.stuck(max_pending=3)
+        self.assertEqual(r.post(batch(item(id="a"), item(id="b")))[0], 202)
+        status, headers, body = r.post(batch(item(id="c"), item(id="d")))
+        self.assertEqual((status, headers.get("retry-after")), (503, "5"))
+        self.assertIn(b"store full", body)
+        self.assertEqual(r.post(batch(item(id="c")))[0], 202)  # one more fits
+        self.assertEqual(r.post(batch(item(id="e")))[0], 503)
+        self.assertEqual(r.metric("graphrouter_store_rejected_total", reason="full"), 2)
+        self.assertEqual(r.metric("graphrouter_store_items_pending"), 3)
+        r.wait_log(r"notification POST refused with 503: the store is full")
+
+    def test_503_when_max_db_bytes_is_reached(self):
+        r = self.stuck(max_db_bytes=1048576)
+        pad = "x" * 20000
+        statuses = []
+        for n in range(100):
+            statuses.append(r.post(batch(item(id="p%d" % n, pad=pad)))[0])
+            if statuses[-1] != 202:
+                break
+        self.assertEqual(statuses[-1], 503)
+        self.assertGreater(statuses.count(202), 20)
+        self.assertEqual(r.metric("graphrouter_store_rejected_total", reason="full"), 1)
+        # what was accepted is still routed and taken: the store kept room for it
+        r.wait_for(lambda: r.metric("graphrouter_store_items_to_route") == 0)
+
+    def test_503_when_the_store_cannot_write_and_nothing_acknowledged_is_lost(self):
+        cfg = base_config(workers=1, handlers={"out": out()})
+        r = self.router(cfg, start=False)
+        limit = 2 << 20  # RLIMIT_FSIZE: writes past 2 MiB fail (EFBIG), like a full disk
+        r.start(preexec=lambda: resource.setrlimit(resource.RLIMIT_FSIZE, (limit, limit)))
+        pad = "y" * 30000
+        acked, statuses = [], []
+        for n in range(200):
+            status, headers, _ = r.post(batch(item(id="w%d" % n, pad=pad)))
+            statuses.append(status)
+            if status == 202:
+                acked.append("w%d" % n)
+            else:
+                self.assertEqual((status, headers.get("retry-after")), (503, "5"))
+                break
+        self.assertEqual(statuses[-1], 503, "the size limit was never reached")
+        self.assertGreaterEqual(len(acked), 5, r.log())
+        self.assertGreaterEqual(r.metric("graphrouter_store_rejected_total", reason="error"), 1)
+        self.assertGreaterEqual(r.metric("graphrouter_store_failures_total"), 1)
+        r.wait_log(r"store: writing .*graphrouter\.db failed")
+        self.assertEqual(r.stop(), 0)
+        # without the limit, everything that got a 202 is delivered
+        r.start()
+        r.wait_idle()
+        self.assertEqual(set(acked) - set(ids(r.read_jsonl())), set())
+
+
+class RetentionTest(RouterTest):
+    def test_finished_work_is_purged_and_the_database_stays_bounded(self):
+        r = self.router(base_config(store={"retention_s": 1, "dedupe_window_s": 1}, handlers={
+            "f": flaky(emit_to="out"), "out": out()}, routes=[{"name": "r", "to": "f"}]))
+        pages = []
+        for rnd in range(5):
+            for p in range(4):
+                r.post(batch(*[item(id="r%d-%d-%d" % (rnd, p, i), pad="z" * 2000)
+                               for i in range(10)]))
+            r.wait_idle()
+            # finished a second ago: items, deliveries (and emitted events),
+            # token batches and duplicate keys are gone
+            r.wait_for(lambda: db_rows(r, "SELECT (SELECT count(*) FROM items) + "
+                                          "(SELECT count(*) FROM units) + "
+                                          "(SELECT count(*) FROM dedupe)")[0][0] == 0,
+                       what="the purge")
+            pages.append(db_rows(r, "PRAGMA page_count")[0][0])
+        self.assertEqual(len(r.read_jsonl()), 200)
+        # the pages freed by each purge are reused: five rounds take no more
+        # room than two did
+        self.assertLessEqual(pages[-1], pages[1], pages)
+
+
+class EmitTest(RouterTest):
+    def test_emitted_event_is_stored_with_its_parent_completion(self):
+        def cfg(sink):
+            return base_config(workers=2, handlers={
+                "parent": flaky(emit_to="sink", tag="p"), "sink": sink},
+                routes=[{"name": "r", "to": "parent"}])
+        # the sink is busy with the event when the router is killed
+        r = self.router(cfg(flaky(sleep_ms=60000)))
+        r.post(batch(item(id="e1")))
+        r.wait_for(lambda: r.metric("graphrouter_deliveries_running", handler="sink") == 1)
+        r.proc.kill()
+        self.assertEqual(r.stop(), -9)
+        first_run = len(r.log())
+        r.write_config(cfg(out()))
+        r.start()
+        line = r.wait_jsonl(1)[0]
+        self.assertEqual((line["id"], line["flaky_calls"], line["flaky_tag"]), ("e1", 1, "p"))
+        r.wait_idle()
+        # the parent ran once: its completion and its event were one step
+        self.assertNotRegex(r.log()[first_run:], r'msg="call \d+ -> \w+" handler="parent"')
+        self.assertEqual(r.log().count('msg="call 1 -> ok" handler="parent"'), 1)
+
+
+class OrderTest(RouterTest):
+    def test_concurrency_1_is_in_order_and_concurrency_2_is_bounded(self):
+        r = self.router(base_config(workers=4, handlers={
+            "seq": dict(flaky(sleep_ms=20, fail_times=1, emit_to="out"), concurrency=1,
+                        retry={"initial_backoff_ms": 100, "max_backoff_ms": 100}),
+            "par": dict(flaky(sleep_ms=150, emit_to="out2"), concurrency=2),
+            "out": out(), "out2": out("out2.jsonl")},
+            routes=[{"name": "r", "to": ["seq", "par"]}]))
+        sent = ["o%02d" % n for n in range(12)]
+        for i in sent:
+            self.assertEqual(r.post(batch(item(id=i)))[0], 202)
+        lines = r.wait_jsonl(12)
+        # in the order accepted, even though the first one was retried
+        self.assertEqual(ids(lines), sent)
+        self.assertEqual({l["flaky_max_inflight"] for l in lines}, {1})
+        par = r.wait_jsonl(12, "out2.jsonl")
+        self.assertEqual(max(l["flaky_max_inflight"] for l in par), 2)
