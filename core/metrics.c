@@ -238,7 +238,7 @@ void gr_metrics_render(struct gr_buf *o, const struct gr_metrics_gauges *g)
     }
 
     help_line(o, "graphrouter_ack_latency_seconds", "histogram",
-              "Time from a notification POST's headers to its 202 being queued.");
+              "Time from a notification POST's headers to its 202 (the store commit included).");
     unsigned long long cum = 0;
     for (size_t i = 0; i <= N_BUCKETS; i++) {
         cum += GET(m.latency_buckets[i]);
@@ -255,10 +255,10 @@ void gr_metrics_render(struct gr_buf *o, const struct gr_metrics_gauges *g)
               "Items found in the value arrays of notification POSTs.");
     gr_buf_printf(o, "graphrouter_items_received_total %llu\n", GET(m.received));
     help_line(o, "graphrouter_items_accepted_total", "counter",
-              "Items that passed the clientState check and were queued.");
+              "Items that passed the clientState check and were stored (duplicates excluded).");
     gr_buf_printf(o, "graphrouter_items_accepted_total %llu\n", GET(m.accepted));
     help_line(o, "graphrouter_items_dropped_total", "counter",
-              "Items not queued, by reason (the POST is still answered 202).");
+              "Items not routed, by reason (the POST is still answered 202).");
     for (int r = 0; r < GR_DROP_COUNT; r++)
         gr_buf_printf(o, "graphrouter_items_dropped_total{reason=\"%s\"} %llu\n", drop_names[r],
                       GET(m.dropped[r]));
