@@ -3,14 +3,17 @@
 #
 # What it measures
 #   The same request, a Graph change notification of one item
-#   (tests/vectors/docs-samples/15-outlook-message-basic.json, 703 bytes,
-#   POSTed as application/json over keep-alive connections on 127.0.0.1), sent
-#   to two servers in the same run:
+#   (tests/vectors/docs-samples/15-outlook-message-basic.json, whose
+#   @odata.etag is replaced by a per-request value so that no two requests
+#   are duplicates; POSTed as application/json over keep-alive connections on
+#   127.0.0.1), sent to two servers in the same run:
 #     - nginx, a foreground child with its own temporary prefix, config, pid and
 #       logs, `location / { return 202; }`: the cost of HTTP alone, a floor;
 #     - graphrouter, built into build-bench, with a temporary config whose
 #       client_state is the body's clientState, so every request does the full
-#       ingest work (parse the batch, constant-time clientState check, queue,
+#       ingest work (parse the batch, constant-time clientState check, the
+#       duplicate check and a durable commit to the SQLite store in the temp
+#       dir with synchronous=FULL, the default: group-committed, fsync'd; then
 #       202), and whose workers route the item (resource_type "message") to the
 #       bundled `file` plugin, which appends it to a file in the temp dir.
 #   nginx gets as many worker processes as graphrouter has HTTP threads.
@@ -19,9 +22,10 @@
 #   threads, bench/post.lua) runs against nginx and graphrouter alternately,
 #   RUNS times each; every measured run of DURATION s follows a WARMUP s run
 #   whose results are discarded. Between graphrouter runs the script waits
-#   until graphrouter's queue is empty (items accepted but not yet written by
-#   the workers), so a run never inherits the previous run's backlog, and it
-#   empties the events file so the bench data stays bounded by one run.
+#   until graphrouter's store holds nothing pending (items accepted but not
+#   yet written by the workers), so a run never inherits the previous run's
+#   backlog, and it empties the events file so the bench data stays bounded
+#   by one run.
 #
 #   Phase 2, latency at half load: bench/openloop.c (compiled into the temp
 #   dir), a small open-loop generator, sends at a fixed rate of half
@@ -42,18 +46,20 @@
 #   spread between the per-pair ratios says how much to trust them.
 #   "graphrouter /metrics per run" shows, from graphrouter's own counters over
 #   each measured run: items accepted, the ack-latency histogram count, non-202
-#   answers it sent, the queue backlog left when wrk stopped, how long the
-#   workers took to empty it, and "routed/s", items written by the file
-#   plugin per second from the start of the run until the queue was empty:
-#   the rate graphrouter sustains end to end, not just acknowledges.
+#   answers it sent, the store backlog left when wrk stopped, how long the
+#   workers took to finish it, "routed/s", items written by the file plugin
+#   per second from the start of the run until nothing was pending (the rate
+#   graphrouter sustains end to end, not just acknowledges), and the store's
+#   transactions: how many, requests grouped per transaction (appends, takes
+#   and completions) and their mean duration, fsync included.
 #   "CPU us/req" is the server's CPU time (user + system, all its threads or
 #   processes, from /proc) per request: less sensitive to a noisy neighbour
-#   than req/s. graphrouter's is counted until its queue is empty, so it
+#   than req/s. graphrouter's is counted until nothing is pending, so it
 #   includes the workers' routing and the file plugin's writes.
 #   Phase 2 prints target and achieved rate, latency from the scheduled send
 #   (p50/p99/p99.9/max) and from the actual send ("service"), and graphrouter's
 #   own ack-latency histogram over the run (bucket upper bounds).
-#   Any non-202 answer (a 503 means the queue was full), socket error or unsent
+#   Any non-202 answer (a 503 means the store refused), socket error or unsent
 #   request is listed under "problems" and makes the script exit 1.
 #
 # Settings (environment variables, defaults in brackets)
@@ -63,7 +69,7 @@
 #   LOAD_FRACTION [0.5]: phase-2 rate as a fraction of graphrouter's max
 #   OPEN_CONNS [CONNS]: connections of the phase-2 generator
 #   PHASE2_NGINX [1]: also measure nginx at the phase-2 rate
-#   DRAIN_TIMEOUT [20]: seconds to wait for graphrouter's queue to empty
+#   DRAIN_TIMEOUT [20]: seconds to wait for graphrouter's backlog to be done
 #   KEEP_TMP [0]: 1 keeps the temp dir (configs, logs, raw results)
 #   With the defaults the whole script takes about 1.5 minutes (plus the
 #   install and the build, when they are needed).
@@ -187,17 +193,22 @@ install_missing
 ngx=$(nginx_bin)
 [ -n "$ngx" ] || die "nginx is not installed"
 
-if [ ! -x "$bin" ] || [ ! -f "$plugin_dir/file.so" ]; then
-  echo "ingest.sh: building graphrouter into $build" >&2
-  "$root/scripts/deps.sh"
-  cmake -S "$root" -B "$build" -DCMAKE_BUILD_TYPE=RelWithDebInfo >/dev/null
-  cmake --build "$build" -j2 >/dev/null
-fi
+# Always (re)build: an up-to-date tree builds in a second, a stale binary
+# would measure old code.
+echo "ingest.sh: building graphrouter into $build" >&2
+[ -x "$bin" ] || "$root/scripts/deps.sh"
+cmake -S "$root" -B "$build" -DCMAKE_BUILD_TYPE=RelWithDebInfo >/dev/null
+cmake --build "$build" -j2 >/dev/null
 [ -x "$bin" ] && [ -f "$plugin_dir/file.so" ] || die "graphrouter did not build"
 
 tmp=$(mktemp -d "${TMPDIR:-/tmp}/graphrouter-bench.XXXXXX")
 body="$tmp/body.json"
-cp "$body_src" "$body"
+# The sample's @odata.etag becomes a per-request value (see post.lua and
+# openloop.c): graphrouter drops duplicates, so a fixed body would be stored
+# once and acknowledged from then on without a commit.
+sed 's/CQAAABYAAACQ2fKdhq8oSKEDSVrdi3lRAAGDUUXn/@@@@@@@@@@@@@@@@/' "$body_src" >"$body"
+grep -q '@@@@@@@@@@@@@@@@' "$body" || die "no @odata.etag to vary in $body_src"
+load_run=0 # a distinct value per load-generator invocation, inside every body
 cc -O2 -o "$tmp/openloop" "$here/openloop.c"
 
 # The body's clientState becomes graphrouter's client_state, so items pass.
@@ -241,18 +252,18 @@ scrape() {
   curl -sf --max-time 5 "http://127.0.0.1:$gr_port/metrics" >"$1" ||
     { tail -5 "$tmp/graphrouter.log" >&2; die "cannot read graphrouter's /metrics"; }
 }
-queue_len() { echo $(($(msum "$1" graphrouter_queue_items))); }
+pending() { echo $(($(msum "$1" graphrouter_store_items_pending))); }
 
-# Wait until graphrouter's queue is empty; prints the seconds it took.
+# Wait until graphrouter's store holds nothing pending; prints the seconds it took.
 drain() {
   local t0 t1 f="$tmp/drain.prom" deadline
   t0=$(now)
   deadline=$(awk -v t="$t0" -v d="$DRAIN_TIMEOUT" 'BEGIN {printf "%.0f", t + d}')
   while :; do
     scrape "$f"
-    (($(queue_len "$f") == 0)) && break
+    (($(pending "$f") == 0)) && break
     if (($(printf '%.0f' "$(now)") >= deadline)); then
-      echo "ingest.sh: graphrouter's queue did not empty in ${DRAIN_TIMEOUT}s ($(queue_len "$f") left)" >&2
+      echo "ingest.sh: graphrouter's backlog was not done in ${DRAIN_TIMEOUT}s ($(pending "$f") left)" >&2
       break
     fi
     sleep 0.1
@@ -262,9 +273,9 @@ drain() {
 }
 
 truncate_events() { : >"$tmp/events.jsonl"; }
-drained_or_note() { # LABEL: after drain, note a queue that did not empty
-  (($(queue_len "$tmp/drain.prom") == 0)) ||
-    problems+=("$1: graphrouter's queue still held $(queue_len "$tmp/drain.prom") items after ${DRAIN_TIMEOUT}s")
+drained_or_note() { # LABEL: after drain, note a backlog that was not done
+  (($(pending "$tmp/drain.prom") == 0)) ||
+    problems+=("$1: graphrouter's store still held $(pending "$tmp/drain.prom") pending items after ${DRAIN_TIMEOUT}s")
 }
 
 # CPU time (user + system, all threads) of a server, in seconds: cpu_s nginx|graphrouter.
@@ -366,7 +377,7 @@ start_graphrouter() {
   "listen": {"address": "127.0.0.1", "port": 0, "threads": $GR_HTTP_THREADS},
   "paths": {"notifications": "/notifications", "lifecycle": "/lifecycle"},
   "limits": {"max_connections": 1024, "connection_timeout_s": 30},
-  "store": {"max_pending": 1000000},
+  "store": {"path": "$tmp/graphrouter.db", "max_pending": 10000000},
   "client_state": "$client_state",
   "plugin_dir": "$plugin_dir",
   "workers": $GR_WORKERS,
@@ -426,13 +437,16 @@ bounded() {
 }
 
 wrk_run() { # URL SECONDS OUTFILE; the WRKRESULT line is then in OUTFILE
-  bounded $(($2 + 30)) "$3" env BENCH_BODY="$body" wrk -t"$THREADS" -c"$CONNS" -d"${2}s" \
+  load_run=$((load_run + 1))
+  bounded $(($2 + 30)) "$3" env BENCH_BODY="$body" BENCH_RUN="$load_run" wrk -t"$THREADS" -c"$CONNS" -d"${2}s" \
     --timeout 5s -s "$here/post.lua" "$1" || { cat "$3" >&2; die "wrk failed"; }
   grep -q '^WRKRESULT' "$3" || { cat "$3" >&2; die "wrk printed no result"; }
 }
 
 open_run() { # PORT RATE SECONDS OUTFILE; the result line is then in OUTFILE
+  load_run=$((load_run + 1))
   bounded $(($3 + 30)) "$4" "$tmp/openloop" -H 127.0.0.1 -p "$1" -u /notifications -b "$body" \
+    -s "$load_run" \
     -r "$2" -d "$3" -c "$OPEN_CONNS" || { cat "$4" >&2; die "openloop failed"; }
   grep -q '^target_rps=' "$4" || { cat "$4" >&2; die "openloop printed no result"; }
 }
@@ -458,7 +472,7 @@ start_graphrouter
 smoke_test
 
 declare -a r_server r_rps r_p50 r_p99 r_p999 r_non2xx r_sockerr r_cpu
-declare -a g_acc g_ack g_non202 g_backlog g_drain g_routed
+declare -a g_acc g_ack g_non202 g_backlog g_drain g_routed g_commits g_batch g_commit_ms
 nruns=0
 for ((run = 1; run <= RUNS; run++)); do
   for server in nginx graphrouter; do
@@ -493,13 +507,23 @@ for ((run = 1; run <= RUNS; run++)); do
       scrape "$c"
       t_c=$(now)
       # graphrouter's CPU per request includes its workers' routing and writing
-      # of the run's items, done by the time the queue is empty.
+      # of the run's items, done by the time nothing is pending.
       r_cpu[nruns]=$(cpu_per_req "$cpu_a" "$(cpu_s graphrouter)" "$(kv "$line" requests)")
       g_acc[run]=$(($(msum "$b" graphrouter_items_accepted_total) - $(msum "$a" graphrouter_items_accepted_total)))
       g_ack[run]=$(($(msum "$b" graphrouter_ack_latency_seconds_count) - $(msum "$a" graphrouter_ack_latency_seconds_count)))
       g_non202[run]=$(($(msum "$b" graphrouter_http_requests_total 'endpoint="notifications"' 'code="202"') -
                        $(msum "$a" graphrouter_http_requests_total 'endpoint="notifications"' 'code="202"')))
-      g_backlog[run]=$(queue_len "$b")
+      g_backlog[run]=$(pending "$b")
+      commits=$(($(msum "$b" graphrouter_store_commit_seconds_count) - $(msum "$a" graphrouter_store_commit_seconds_count)))
+      g_commits[run]=$commits
+      g_batch[run]=$(awk -v s1="$(msum "$a" graphrouter_store_commit_batch_sum)" \
+        -v s2="$(msum "$b" graphrouter_store_commit_batch_sum)" -v n="$commits" \
+        'BEGIN {if (n > 0) printf "%.1f", (s2 - s1) / n; else print "n/a"}')
+      g_commit_ms[run]=$(awk -v f="$a" -v g="$b" -v n="$commits" '
+        /^graphrouter_store_commit_seconds_sum/ {v[FILENAME] = $2}
+        END {if (n > 0) printf "%.3f", (v[g] - v[f]) * 1000 / n; else print "n/a"}' "$a" "$b")
+      dups=$(($(msum "$b" graphrouter_items_duplicate_total) - $(msum "$a" graphrouter_items_duplicate_total)))
+      ((dups == 0)) || problems+=("phase 1 run $run graphrouter: $dups requests were duplicates (the body did not vary)")
       handled=$(($(msum "$c" graphrouter_handler_handled_total) - $(msum "$a" graphrouter_handler_handled_total)))
       g_routed[run]=$(awk -v n="$handled" -v a="$t_a" -v c="$t_c" 'BEGIN {printf "%.0f", n / (c - a)}')
       dropped=$(($(msum "$b" graphrouter_items_dropped_total) - $(msum "$a" graphrouter_items_dropped_total)))
@@ -552,10 +576,12 @@ printf '%-22s %12s %12s %10s\n' "server CPU us/req" "$nv" "$gv" "$(awk -v g="$gv
 echo "ratio graphrouter/nginx req/s: $(awk -v g="$g_rps" -v n="$n_rps" 'BEGIN {printf "%.2f", g / n}') (per pair: ${pairs% })"
 echo
 echo "graphrouter /metrics per run (over the measured ${DURATION}s)"
-printf '%-4s %10s %12s %8s %12s %9s %10s\n' run accepted "ack count" non-202 "backlog end" "drain s" "routed/s"
+printf '%-4s %10s %12s %8s %12s %9s %10s %9s %10s %10s\n' run accepted "ack count" non-202 \
+  "backlog end" "drain s" "routed/s" commits "req/commit" "commit ms"
 for ((run = 1; run <= RUNS; run++)); do
-  printf '%-4s %10s %12s %8s %12s %9s %10s\n' "$run" "${g_acc[run]}" "${g_ack[run]}" "${g_non202[run]}" \
-    "${g_backlog[run]}" "${g_drain[run]}" "${g_routed[run]}"
+  printf '%-4s %10s %12s %8s %12s %9s %10s %9s %10s %10s\n' "$run" "${g_acc[run]}" "${g_ack[run]}" \
+    "${g_non202[run]}" "${g_backlog[run]}" "${g_drain[run]}" "${g_routed[run]}" "${g_commits[run]}" \
+    "${g_batch[run]}" "${g_commit_ms[run]}"
 done
 
 # ---- phase 2 ------------------------------------------------------------------------
@@ -588,7 +614,7 @@ cpu_a=$(cpu_s graphrouter)
 open_run "$gr_port" "$rate" "$DURATION" "$tmp/open-gr.txt"
 gline=$(grep '^target_rps=' "$tmp/open-gr.txt")
 scrape "$tmp/gr-p2-b.prom"
-p2_backlog=$(queue_len "$tmp/gr-p2-b.prom")
+p2_backlog=$(pending "$tmp/gr-p2-b.prom")
 p2_drain=$(drain)
 drained_or_note "phase 2"
 gcpu=$(cpu_per_req "$cpu_a" "$(cpu_s graphrouter)" "$(kv "$gline" completed)")
@@ -614,7 +640,7 @@ mean_ms=$(awk -v s1="$(awk '$1 == "graphrouter_ack_latency_seconds_sum" {print $
               -v s2="$(awk '$1 == "graphrouter_ack_latency_seconds_sum" {print $2}' "$b")" -v n="$cnt" \
               'BEGIN {if (n > 0) printf "%.3f", (s2 - s1) / n * 1000; else print "n/a"}')
 echo "graphrouter /metrics over phase 2: items accepted $acc, ack-latency count $cnt, non-202 $non202,"
-echo "  ack latency (headers in -> 202 queued) mean $mean_ms ms, p50 $(hquant "$a" "$b" 0.5)," \
+echo "  ack latency (headers in -> 202, commit included) mean $mean_ms ms, p50 $(hquant "$a" "$b" 0.5)," \
      "p99 $(hquant "$a" "$b" 0.99), p99.9 $(hquant "$a" "$b" 0.999) (histogram buckets);"
 echo "  backlog when the load stopped $p2_backlog, emptied in ${p2_drain}s"
 ((non202 == 0)) || problems+=("phase 2 graphrouter: $non202 non-202 answers in /metrics")

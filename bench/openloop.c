@@ -21,7 +21,11 @@
  * are reported as "unsent": a non-zero value means the server (or this
  * generator) did not keep up with RATE.
  *
- * usage: openloop -H HOST -p PORT -u PATH -b BODYFILE -r RATE -d SECONDS -c CONNS
+ * Every request is distinct: the 16 bytes "@@@@@@@@@@@@@@@@" in the body, if
+ * present, are replaced per request by 16 hex digits, the -s SEED (4 digits)
+ * then a counter (12 digits), so a receiver that drops duplicates stores each.
+ *
+ * usage: openloop -H HOST -p PORT -u PATH -b BODYFILE -r RATE -d SECONDS -c CONNS [-s SEED]
  * Prints one line of key=value pairs (latencies in microseconds) on stdout.
  * Answers are parsed by Content-Length (both servers under test send it);
  * a chunked answer is counted as an error.
@@ -53,14 +57,19 @@ struct conn {
     size_t out_off;   /* bytes of the request written so far */
     int64_t sched_ns; /* scheduled time of the request in flight */
     int64_t sent_ns;  /* when its first byte was written */
+    char *req;        /* this connection's copy of the request */
     size_t inlen;
     char in[INBUF];
 };
 
 static struct conn *conns;
 static int nconns = 16;
+#define MARKER "@@@@@@@@@@@@@@@@"
 static char *req;
 static size_t reqlen;
+static long marker_off = -1; /* of MARKER in req, or -1 */
+static unsigned seed;
+static uint64_t sequence;
 static int ep;
 static struct sockaddr_in addr;
 
@@ -113,7 +122,7 @@ static void conn_reset(struct conn *c)
 static void conn_write(struct conn *c)
 {
     while (c->out_off < reqlen) {
-        ssize_t n = write(c->fd, req + c->out_off, reqlen - c->out_off);
+        ssize_t n = write(c->fd, c->req + c->out_off, reqlen - c->out_off);
         if (n > 0) {
             c->out_off += (size_t)n;
             continue;
@@ -138,6 +147,12 @@ static void conn_send(struct conn *c, int64_t sched)
     c->sched_ns = sched;
     c->sent_ns = now_ns();
     c->out_off = 0;
+    if (marker_off >= 0) {
+        char digits[17];
+        snprintf(digits, sizeof digits, "%04x%012llx", seed & 0xffffu,
+                 (unsigned long long)(sequence++ & 0xffffffffffffULL));
+        memcpy(c->req + marker_off, digits, 16);
+    }
     conn_write(c);
 }
 
@@ -218,7 +233,7 @@ int main(int argc, char **argv)
     int port = 0;
     double rate = 1000, seconds = 10;
     int opt;
-    while ((opt = getopt(argc, argv, "H:p:u:b:r:d:c:")) != -1) {
+    while ((opt = getopt(argc, argv, "H:p:u:b:r:d:c:s:")) != -1) {
         switch (opt) {
         case 'H': host = optarg; break;
         case 'p': port = atoi(optarg); break;
@@ -227,9 +242,10 @@ int main(int argc, char **argv)
         case 'r': rate = atof(optarg); break;
         case 'd': seconds = atof(optarg); break;
         case 'c': nconns = atoi(optarg); break;
+        case 's': seed = (unsigned)strtoul(optarg, NULL, 10); break;
         default:
             fprintf(stderr, "usage: openloop -H HOST -p PORT -u PATH -b BODYFILE -r RATE "
-                            "-d SECONDS -c CONNS\n");
+                            "-d SECONDS -c CONNS [-s SEED]\n");
             return 2;
         }
     }
@@ -256,6 +272,8 @@ int main(int argc, char **argv)
     memcpy(req + hl, body, blen);
     reqlen = (size_t)hl + blen;
     free(body);
+    char *m = memmem(req, reqlen, MARKER, strlen(MARKER));
+    marker_off = m ? (long)(m - req) : -1;
 
     addr.sin_family = AF_INET;
     addr.sin_port = htons((uint16_t)port);
@@ -276,8 +294,15 @@ int main(int argc, char **argv)
     if (ep < 0)
         die("epoll_create1");
     conns = calloc((size_t)nconns, sizeof *conns);
-    for (int i = 0; i < nconns; i++)
+    if (!conns)
+        die("calloc");
+    for (int i = 0; i < nconns; i++) {
+        conns[i].req = malloc(reqlen);
+        if (!conns[i].req)
+            die("malloc");
+        memcpy(conns[i].req, req, reqlen);
         conn_open(&conns[i]);
+    }
     int tfd = timerfd_create(CLOCK_MONOTONIC, TFD_NONBLOCK | TFD_CLOEXEC);
     if (tfd < 0)
         die("timerfd_create");

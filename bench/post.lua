@@ -1,5 +1,11 @@
--- wrk script for bench/ingest.sh: POST one fixed body (BENCH_BODY, a file
--- path) on every request, and print one machine-readable line at the end.
+-- wrk script for bench/ingest.sh: POST the body in BENCH_BODY (a file path)
+-- on every request, and print one machine-readable line at the end.
+--
+-- Every request is distinct: the 16 bytes "@@@@@@@@@@@@@@@@" in the body, if
+-- present, become 16 hex digits per request: BENCH_RUN (4 digits, one value
+-- per wrk invocation), the wrk thread (2) and a counter (10). A receiver that
+-- drops duplicate notifications then stores every request, as it must in
+-- production. Both servers under test get the same treatment.
 --
 --   BENCH_BODY=body.json wrk -s bench/post.lua -c 32 -t 2 -d 10s http://127.0.0.1:PORT/notifications
 --
@@ -22,6 +28,24 @@ f:close()
 wrk.method = "POST"
 wrk.body = body
 wrk.headers["Content-Type"] = "application/json"
+
+local prefix, suffix = body:match("^(.-)@@@@@@@@@@@@@@@@(.*)$")
+local run = tonumber(os.getenv("BENCH_RUN") or "0") % 65536
+local threads = 0
+
+function setup(thread)
+  threads = threads + 1
+  thread:set("tid", threads)
+end
+
+if prefix then
+  local counter = 0
+  function request()
+    counter = counter + 1
+    return wrk.format(nil, nil, nil,
+                      prefix .. string.format("%04x%02x%010x", run, (tid or 0) % 256, counter) .. suffix)
+  end
+end
 
 function done(summary, latency, requests)
   local secs = summary.duration / 1e6

@@ -334,8 +334,18 @@ __attribute__((format(printf, 2, 0))) static void on_mhd_log(void *cls, const ch
     free(msg);
 }
 
+/* libmicrohttpd aborts on an internal inconsistency; say where first. */
+static void on_mhd_panic(void *cls, const char *file, unsigned int line, const char *reason)
+{
+    (void)cls;
+    gr_error("libmicrohttpd panic at %s:%u: %s", file ? file : "?", line,
+             reason ? reason : "(no reason)");
+    abort();
+}
+
 struct gr_http *gr_http_start(const struct gr_config *cfg, struct gr_store *store, char **err)
 {
+    MHD_set_panic_func(on_mhd_panic, NULL);
     struct sockaddr_storage ss = {0};
     unsigned flags = MHD_USE_INTERNAL_POLLING_THREAD | MHD_USE_EPOLL | MHD_USE_ITC |
                      MHD_ALLOW_SUSPEND_RESUME | MHD_USE_ERROR_LOG;

@@ -70,8 +70,9 @@ struct gr_work {
     char *handler;                /* DELIVER */
     char *event;                  /* DELIVER: an emitted event's JSON, or NULL: the notification */
     size_t event_len;
+    struct gr_work *next; /* take() hands out ROUTE work in chains (routing runs no plugin) */
 };
-void gr_work_free(struct gr_work *w);
+void gr_work_free(struct gr_work *w); /* this one, not its chain */
 
 /* What a handler may be given: its name, how many units may run at once
  * (0: any number; 1: one at a time, in order) and its retry limit. */
@@ -124,7 +125,8 @@ struct gr_store_ops {
     void (*append)(struct gr_store *s, struct gr_append *a);
     /* The next work, preferring deliveries or routing; blocks up to wait_ms.
      * Returns 1 with *out set, 0 if nothing came, -1 once the store is
-     * closing. */
+     * closing. One DELIVER, or a chain of ROUTE works (through ->next), each
+     * to be completed with routed(). */
     int (*take)(struct gr_store *s, const struct gr_store_handler *h, size_t nh,
                 bool prefer_delivery, int64_t wait_ms, struct gr_work **out);
     void (*routed)(struct gr_store *s, struct gr_work *w, const struct gr_route_outcome *o);

@@ -37,7 +37,7 @@ static int fail(sqlite3 *db, const char *what)
 static int status(sqlite3 *db, const struct gr_config *cfg)
 {
     sqlite3_stmt *st;
-    if (sqlite3_prepare_v2(db, "SELECT count(*), coalesce(sum(length(body)), 0), "
+    if (sqlite3_prepare_v2(db, "SELECT count(*), coalesce(sum(len), 0), "
                                "coalesce(sum(state IN (0, 3)), 0) FROM items WHERE state != 2",
                            -1, &st, NULL) != SQLITE_OK)
         return fail(db, "reading the store");

@@ -44,16 +44,21 @@ enum { UNIT_PENDING = 0, UNIT_RUNNING = 1, UNIT_DONE = 2, UNIT_DEAD = 3 };
 
 #define MAINTENANCE_MS 1000 /* purge, recount, statistics, sweep */
 #define PURGE_BATCH 2000
+#define ROUTE_CHAIN 32 /* items one take hands out for routing */
 
 static const char schema[] =
-    "CREATE TABLE IF NOT EXISTS batches(id INTEGER PRIMARY KEY, tokens TEXT NOT NULL);"
+    "CREATE TABLE IF NOT EXISTS batches(id INTEGER PRIMARY KEY, tokens TEXT NOT NULL,"
+    "  received_ms INTEGER NOT NULL);"
+    "CREATE INDEX IF NOT EXISTS batches_age ON batches(received_ms);"
     "CREATE TABLE IF NOT EXISTS items("
     "  id INTEGER PRIMARY KEY, received_ms INTEGER NOT NULL, body TEXT NOT NULL,"
-    "  batch_id INTEGER, state INTEGER NOT NULL, due_ms INTEGER NOT NULL,"
+    "  len INTEGER NOT NULL, batch_id INTEGER, state INTEGER NOT NULL, due_ms INTEGER NOT NULL,"
     "  attempts INTEGER NOT NULL DEFAULT 0, note TEXT, done_ms INTEGER);"
+    /* partial indexes: an insert does not touch items_done, nor items_batch
+     * unless the item is rich */
     "CREATE INDEX IF NOT EXISTS items_todo ON items(state, due_ms);"
-    "CREATE INDEX IF NOT EXISTS items_done ON items(state, done_ms);"
-    "CREATE INDEX IF NOT EXISTS items_batch ON items(batch_id);"
+    "CREATE INDEX IF NOT EXISTS items_done ON items(done_ms) WHERE state = 2;"
+    "CREATE INDEX IF NOT EXISTS items_batch ON items(batch_id) WHERE batch_id IS NOT NULL;"
     "CREATE TABLE IF NOT EXISTS units("
     "  id INTEGER PRIMARY KEY, item_id INTEGER NOT NULL, handler TEXT NOT NULL, event TEXT,"
     "  state INTEGER NOT NULL, attempts INTEGER NOT NULL DEFAULT 0, due_ms INTEGER NOT NULL,"
@@ -95,19 +100,19 @@ struct req {
 enum stmt_id {
     S_INS_BATCH, S_INS_ITEM, S_DEDUPE_GET, S_DEDUPE_PUT, S_ROUTE_NEXT, S_ITEM_STATE,
     S_ITEM_WAIT, S_ITEM_DONE, S_INS_UNIT, S_UNIT_NEXT, S_UNIT_HEAD, S_FIRST_UNROUTED, S_UNIT_GET, S_UNIT_RUN,
-    S_UNIT_FINISH, S_UNIT_RETRY, S_ITEM_OPEN, S_NEXT_DUE_UNIT, S_NEXT_DUE_ITEM, S_USED_PAGES, S_COUNT
+    S_UNIT_FINISH, S_UNIT_RETRY, S_ITEM_OPEN, S_NEXT_DUE_UNIT, S_NEXT_DUE_ITEM, S_USED_PAGES, S_OLDEST, S_DATA_VERSION, S_COUNT
 };
 
 static const char *const stmt_sql[S_COUNT] = {
-    [S_INS_BATCH] = "INSERT INTO batches(tokens) VALUES(?1)",
-    [S_INS_ITEM] = "INSERT INTO items(received_ms, body, batch_id, state, due_ms) "
-                   "VALUES(?1, ?2, ?3, 0, ?1)",
+    [S_INS_BATCH] = "INSERT INTO batches(tokens, received_ms) VALUES(?1, ?2)",
+    [S_INS_ITEM] = "INSERT INTO items(received_ms, body, len, batch_id, state, due_ms) "
+                   "VALUES(?1, ?2, ?4, ?3, 0, ?1)",
     [S_DEDUPE_GET] = "SELECT seen_ms FROM dedupe WHERE key = ?1",
     [S_DEDUPE_PUT] = "INSERT INTO dedupe(key, seen_ms) VALUES(?1, ?2) "
                      "ON CONFLICT(key) DO UPDATE SET seen_ms = excluded.seen_ms",
     [S_ROUTE_NEXT] = "SELECT i.id, i.body, i.received_ms, i.attempts, b.tokens FROM items i "
                      "LEFT JOIN batches b ON b.id = i.batch_id "
-                     "WHERE i.state = 0 AND i.due_ms <= ?1 ORDER BY i.due_ms, i.id LIMIT 1",
+                     "WHERE i.state = 0 AND i.due_ms <= ?1 ORDER BY i.due_ms, i.id LIMIT ?2",
     [S_ITEM_STATE] = "UPDATE items SET state = ?2 WHERE id = ?1",
     [S_ITEM_WAIT] = "UPDATE items SET state = 0, due_ms = ?2, attempts = attempts + 1 "
                     "WHERE id = ?1",
@@ -129,6 +134,9 @@ static const char *const stmt_sql[S_COUNT] = {
     [S_ITEM_OPEN] = "SELECT 1 FROM units WHERE item_id = ?1 AND state IN (0, 1) LIMIT 1",
     [S_NEXT_DUE_UNIT] = "SELECT min(due_ms) FROM units WHERE state = 0",
     [S_NEXT_DUE_ITEM] = "SELECT min(due_ms) FROM items WHERE state = 0",
+    [S_OLDEST] = "SELECT created_ms FROM units WHERE handler = ?1 AND state = 0 ORDER BY id "
+                 "LIMIT 1",
+    [S_DATA_VERSION] = "PRAGMA data_version",
     [S_USED_PAGES] = "SELECT p.page_count - f.freelist_count FROM pragma_page_count AS p, "
                      "pragma_freelist_count AS f",
 };
@@ -158,6 +166,8 @@ struct sqlite_store {
     int64_t next_maintenance_ms;
     bool failing; /* the last transaction failed: log once */
     uint64_t page_size;
+    bool recount_needed;   /* the counters may be off: rebuild them from the tables */
+    int64_t data_version;  /* changes when another connection (graphrouter dlq) writes */
 };
 
 #define S(st, i) ((st)->stmt[i])
@@ -237,6 +247,38 @@ static void enqueue(struct sqlite_store *s, struct req *r)
     pthread_mutex_unlock(&s->lock);
 }
 
+/* ---- per-handler counters ------------------------------------------------
+ * Kept up to date by the writer as deliveries change state, so statistics
+ * never scan the tables; rebuilt from the tables by recount() at open, after
+ * a failed write, and when another connection changed the file. */
+
+static struct gr_store_stats_handler *hstat(struct sqlite_store *s, const char *name)
+{
+    for (size_t i = 0; i < s->nstats; i++)
+        if (strcmp(s->stats[i].name, name) == 0)
+            return &s->stats[i];
+    s->stats = gr_xrealloc(s->stats, (s->nstats + 1) * sizeof *s->stats);
+    struct gr_store_stats_handler *h = &s->stats[s->nstats++];
+    *h = (struct gr_store_stats_handler){0};
+    snprintf(h->name, sizeof h->name, "%s", name);
+    return h;
+}
+
+static void add_count(uint64_t *v, int d)
+{
+    *v = d < 0 && *v < (uint64_t)-d ? 0 : *v + (uint64_t)(int64_t)d;
+}
+
+static void bump(struct sqlite_store *s, const char *handler, int pending, int running, int dead)
+{
+    pthread_mutex_lock(&s->lock);
+    struct gr_store_stats_handler *h = hstat(s, handler);
+    add_count(&h->pending, pending);
+    add_count(&h->running, running);
+    add_count(&h->dead, dead);
+    pthread_mutex_unlock(&s->lock);
+}
+
 /* ---- requests, run by the writer inside a transaction ------------------ */
 
 #define APPEND_FULL (-1)
@@ -272,6 +314,7 @@ static int do_append(struct sqlite_store *s, struct gr_append *a, uint64_t batch
         char *text = json_dumps(list, JSON_COMPACT);
         json_decref(list);
         sqlite3_bind_text(S(s, S_INS_BATCH), 1, text, -1, free);
+        sqlite3_bind_int64(S(s, S_INS_BATCH), 2, a->received_ms);
         int rc = step_done(S(s, S_INS_BATCH));
         sqlite3_clear_bindings(S(s, S_INS_BATCH));
         if (rc)
@@ -301,6 +344,7 @@ static int do_append(struct sqlite_store *s, struct gr_append *a, uint64_t batch
         sqlite3_stmt *ins = S(s, S_INS_ITEM);
         sqlite3_bind_int64(ins, 1, a->received_ms);
         sqlite3_bind_text(ins, 2, it->body, (int)it->len, SQLITE_STATIC);
+        sqlite3_bind_int64(ins, 4, (sqlite3_int64)it->len);
         if (it->rich && batch)
             sqlite3_bind_int64(ins, 3, batch);
         else
@@ -312,13 +356,15 @@ static int do_append(struct sqlite_store *s, struct gr_append *a, uint64_t batch
     return 0;
 }
 
-static struct gr_work *take_route(struct sqlite_store *s, int64_t now)
+/* Up to ROUTE_CHAIN items due for routing, marked as being routed. */
+static struct gr_work *take_route(struct sqlite_store *s, int64_t now, int *rc)
 {
     sqlite3_stmt *st = S(s, S_ROUTE_NEXT);
     sqlite3_bind_int64(st, 1, now);
-    struct gr_work *w = NULL;
-    if (sqlite3_step(st) == SQLITE_ROW) {
-        w = gr_xcalloc(1, sizeof *w);
+    sqlite3_bind_int(st, 2, ROUTE_CHAIN);
+    struct gr_work *head = NULL, **tail = &head;
+    while (sqlite3_step(st) == SQLITE_ROW) {
+        struct gr_work *w = gr_xcalloc(1, sizeof *w);
         w->kind = GR_WORK_ROUTE;
         w->id = w->item_id = sqlite3_column_int64(st, 0);
         w->body = column_text(st, 1, &w->len);
@@ -331,18 +377,27 @@ static struct gr_work *take_route(struct sqlite_store *s, int64_t now)
             w->tokens = gr_token_list_new(list, &skipped, &why);
             json_decref(list);
         }
+        *tail = w;
+        tail = &w->next;
     }
     sqlite3_reset(st);
-    if (w) {
+    for (struct gr_work *w = head; w; w = w->next) {
         sqlite3_stmt *up = S(s, S_ITEM_STATE);
         sqlite3_bind_int64(up, 1, w->id);
         sqlite3_bind_int(up, 2, ITEM_ROUTING);
-        if (step_done(up)) {
-            gr_work_free(w);
-            return NULL;
-        }
+        if ((*rc = step_done(up)) != 0)
+            break; /* the take is undone (see run_batch); the chain freed */
     }
-    return w;
+    return head;
+}
+
+static void free_chain(struct gr_work *w)
+{
+    while (w) {
+        struct gr_work *next = w->next;
+        gr_work_free(w);
+        w = next;
+    }
 }
 
 /* The unit a handler may run next, or 0. */
@@ -397,7 +452,8 @@ static unsigned running_of(struct sqlite_store *s, const char *handler)
     return n;
 }
 
-static struct gr_work *take_delivery(struct sqlite_store *s, const struct req *r, int64_t now)
+static struct gr_work *take_delivery(struct sqlite_store *s, const struct req *r, int64_t now,
+                                     int *rc)
 {
     for (size_t k = 0; k < r->nh; k++) {
         const struct gr_store_handler *h = &r->handlers[(s->rr + k) % r->nh];
@@ -409,8 +465,9 @@ static struct gr_work *take_delivery(struct sqlite_store *s, const struct req *r
         s->rr = (unsigned)((s->rr + k + 1) % r->nh);
         sqlite3_stmt *run = S(s, S_UNIT_RUN);
         sqlite3_bind_int64(run, 1, id);
-        if (step_done(run))
+        if ((*rc = step_done(run)) != 0)
             return NULL;
+        bump(s, h->name, -1, 1, 0);
         sqlite3_stmt *st = S(s, S_UNIT_GET);
         sqlite3_bind_int64(st, 1, id);
         struct gr_work *w = NULL;
@@ -426,6 +483,8 @@ static struct gr_work *take_delivery(struct sqlite_store *s, const struct req *r
             w->handler = gr_xstrdup(h->name);
         }
         sqlite3_reset(st);
+        if (!w)
+            *rc = SQLITE_ERROR; /* undo the take: nobody would run it */
         return w;
     }
     return NULL;
@@ -444,19 +503,21 @@ static int64_t next_due(struct sqlite_store *s)
     return due;
 }
 
-static void do_take(struct sqlite_store *s, struct req *r, int64_t now)
+static int do_take(struct sqlite_store *s, struct req *r, int64_t now)
 {
+    int rc = 0;
     r->taken = NULL;
     if (s->taking_stopped)
-        return;
+        return 0;
     if (r->prefer_delivery)
-        r->taken = take_delivery(s, r, now);
-    if (!r->taken)
-        r->taken = take_route(s, now);
-    if (!r->taken && !r->prefer_delivery)
-        r->taken = take_delivery(s, r, now);
-    if (!r->taken)
+        r->taken = take_delivery(s, r, now, &rc);
+    if (!r->taken && !rc)
+        r->taken = take_route(s, now, &rc);
+    if (!r->taken && !rc && !r->prefer_delivery)
+        r->taken = take_delivery(s, r, now, &rc);
+    if (!r->taken && !rc)
         r->next_due_ms = next_due(s);
+    return rc;
 }
 
 /* An item whose units are all finished is done. Returns 1 if it became so. */
@@ -493,9 +554,11 @@ static int insert_unit(struct sqlite_store *s, int64_t item, const char *handler
 
 /* Returns 0, or an SQLite error; *finished_bytes counts items now done. */
 static int do_routed(struct sqlite_store *s, struct req *r, int64_t now, uint64_t *done_items,
-                     uint64_t *done_bytes, bool *new_work)
+                     uint64_t *done_bytes, uint64_t *routed, bool *new_work)
 {
     struct gr_work *w = r->work;
+    if (r->result != GR_ROUTE_WAIT)
+        (*routed)++;
     if (r->result == GR_ROUTE_WAIT) {
         sqlite3_stmt *st = S(s, S_ITEM_WAIT);
         sqlite3_bind_int64(st, 1, w->id);
@@ -507,6 +570,7 @@ static int do_routed(struct sqlite_store *s, struct req *r, int64_t now, uint64_
             int rc = insert_unit(s, w->id, r->targets[i], NULL, 0, now);
             if (rc)
                 return rc;
+            bump(s, r->targets[i], 1, 0, 0);
         }
         sqlite3_stmt *st = S(s, S_ITEM_STATE);
         sqlite3_bind_int64(st, 1, w->id);
@@ -536,13 +600,17 @@ static int do_delivered(struct sqlite_store *s, struct req *r, int64_t now, uint
         sqlite3_bind_int64(st, 1, w->id);
         sqlite3_bind_int64(st, 2, now + r->delay_ms);
         sqlite3_bind_text(st, 3, r->text, -1, SQLITE_STATIC);
-        return step_done(st);
+        int rc = step_done(st);
+        if (!rc)
+            bump(s, w->handler, 1, -1, 0);
+        return rc;
     }
     for (size_t i = 0; i < r->nevents; i++) {
         int rc = insert_unit(s, w->item_id, r->events[i].handler, r->events[i].json,
                              r->events[i].len, now);
         if (rc)
             return rc;
+        bump(s, r->events[i].handler, 1, 0, 0);
         *new_work = true;
     }
     sqlite3_stmt *st = S(s, S_UNIT_FINISH);
@@ -557,6 +625,7 @@ static int do_delivered(struct sqlite_store *s, struct req *r, int64_t now, uint
     sqlite3_clear_bindings(st);
     if (rc)
         return rc;
+    bump(s, w->handler, 0, -1, r->result == GR_DELIVERED ? 0 : 1);
     int closed = close_item_if_finished(s, w->item_id, now);
     if (closed < 0)
         return SQLITE_ERROR;
@@ -594,8 +663,8 @@ static void finish_requests(struct sqlite_store *s, struct req *batch, int rc)
             free_req(r);
         } else if (r->kind == REQ_TAKE) {
             pthread_mutex_lock(&s->lock);
-            if (rc && r->taken) { /* the take did not commit: give nothing out */
-                gr_work_free(r->taken);
+            if ((rc || r->failed) && r->taken) { /* the take did not commit: give nothing out */
+                free_chain(r->taken);
                 r->taken = NULL;
                 r->next_due_ms = 0;
             }
@@ -610,7 +679,7 @@ static void finish_requests(struct sqlite_store *s, struct req *batch, int rc)
 
 /* What one request changed, applied to the counters once it is kept. */
 struct delta {
-    uint64_t added_items, added_bytes, done_items, done_bytes;
+    uint64_t added_items, added_bytes, done_items, done_bytes, routed;
     bool new_work;
 };
 
@@ -632,8 +701,9 @@ static int run_request(struct sqlite_store *s, struct req *r, int64_t now,
         }
         return rc;
     }
-    case REQ_TAKE: do_take(s, r, now); return 0;
-    case REQ_ROUTED: return do_routed(s, r, now, &d->done_items, &d->done_bytes, &d->new_work);
+    case REQ_TAKE: return do_take(s, r, now);
+    case REQ_ROUTED:
+        return do_routed(s, r, now, &d->done_items, &d->done_bytes, &d->routed, &d->new_work);
     case REQ_DELIVERED:
         return do_delivered(s, r, now, &d->done_items, &d->done_bytes, &d->new_work);
     case REQ_HANDLERS: return do_handlers(s, r);
@@ -659,7 +729,7 @@ static void run_batch(struct sqlite_store *s, struct req *batch)
     struct delta total = {0};
     int request_error = 0; /* the first error of a request that was undone alone */
     for (struct req *r = batch; r && !rc; r = r->next) {
-        bool guarded = r->kind == REQ_APPEND || r->kind == REQ_ROUTED || r->kind == REQ_DELIVERED;
+        bool guarded = r->kind != REQ_HANDLERS;
         if (guarded && (rc = exec(s->db, "SAVEPOINT req")) != SQLITE_OK)
             break;
         struct delta d = {0};
@@ -680,6 +750,7 @@ static void run_batch(struct sqlite_store *s, struct req *batch)
         total.added_bytes += d.added_bytes;
         total.done_items += d.done_items;
         total.done_bytes += d.done_bytes;
+        total.routed += d.routed;
         total.new_work |= d.new_work;
     }
     if (!rc)
@@ -687,6 +758,8 @@ static void run_batch(struct sqlite_store *s, struct req *batch)
     if (rc && !sqlite3_get_autocommit(s->db))
         exec(s->db, "ROLLBACK");
     int error = rc ? rc : request_error;
+    if (error)
+        s->recount_needed = true; /* counters moved for what was undone */
     if (error) {
         if (!s->failing)
             gr_error("store: writing %s failed (%s); POSTs get 503 until it works again",
@@ -705,6 +778,8 @@ static void run_batch(struct sqlite_store *s, struct req *batch)
                                                                 : s->items_pending;
         s->bytes_pending -= total.done_bytes < s->bytes_pending ? total.done_bytes
                                                                 : s->bytes_pending;
+        s->items_to_route += total.added_items;
+        s->items_to_route -= total.routed < s->items_to_route ? total.routed : s->items_to_route;
         if (total.new_work)
             s->work_seq++;
         pthread_cond_broadcast(&s->work);
@@ -783,6 +858,7 @@ static void sweep_removed_handlers(struct sqlite_store *s, int64_t now)
             gr_warn("store: %d pending deliveries are dead letters: their handler is no longer "
                     "configured (graphrouter dlq replay brings them back)",
                     sqlite3_changes(s->db));
+            s->recount_needed = true;
             exec(s->db, "UPDATE items SET state = 2, done_ms = strftime('%s') * 1000 "
                         "WHERE state = 1 AND NOT EXISTS (SELECT 1 FROM units "
                         "WHERE item_id = items.id AND state IN (0, 1))");
@@ -802,8 +878,8 @@ static void purge(struct sqlite_store *s, int64_t now)
         "d.state = 3) LIMIT 2000)",
         "DELETE FROM items WHERE id IN (SELECT id FROM items WHERE state = 2 AND done_ms < ?1 "
         "AND NOT EXISTS (SELECT 1 FROM units WHERE item_id = items.id) LIMIT 2000)",
-        "DELETE FROM batches WHERE id IN (SELECT id FROM batches b WHERE NOT EXISTS (SELECT 1 "
-        "FROM items WHERE batch_id = b.id) LIMIT 2000)",
+        "DELETE FROM batches WHERE id IN (SELECT id FROM batches b WHERE received_ms < ?1 AND "
+        "NOT EXISTS (SELECT 1 FROM items WHERE batch_id = b.id) LIMIT 2000)",
         "DELETE FROM dedupe WHERE key IN (SELECT key FROM dedupe WHERE seen_ms < ?2 LIMIT 2000)",
     };
     exec(s->db, "BEGIN IMMEDIATE");
@@ -826,7 +902,8 @@ static void recount(struct sqlite_store *s)
 {
     sqlite3_stmt *st;
     uint64_t items = 0, bytes = 0, to_route = 0;
-    if (sqlite3_prepare_v2(s->db, "SELECT count(*), coalesce(sum(length(body)), 0), "
+    s->recount_needed = false;
+    if (sqlite3_prepare_v2(s->db, "SELECT count(*), coalesce(sum(len), 0), "
                                   "coalesce(sum(state IN (0, 3)), 0) FROM items WHERE state != 2",
                            -1, &st, NULL) == SQLITE_OK) {
         if (sqlite3_step(st) == SQLITE_ROW) {
@@ -838,7 +915,7 @@ static void recount(struct sqlite_store *s)
     }
     struct gr_store_stats_handler *stats = NULL;
     size_t n = 0;
-    if (sqlite3_prepare_v2(s->db, "SELECT handler, state, count(*), min(created_ms) FROM units "
+    if (sqlite3_prepare_v2(s->db, "SELECT handler, state, count(*) FROM units "
                                   "WHERE state IN (0, 1, 3) GROUP BY handler, state",
                            -1, &st, NULL) == SQLITE_OK) {
         while (sqlite3_step(st) == SQLITE_ROW) {
@@ -854,10 +931,7 @@ static void recount(struct sqlite_store *s)
             }
             uint64_t count = (uint64_t)sqlite3_column_int64(st, 2);
             switch (sqlite3_column_int(st, 1)) {
-            case UNIT_PENDING:
-                stats[i].pending = count;
-                stats[i].oldest_pending_ms = sqlite3_column_int64(st, 3);
-                break;
+            case UNIT_PENDING: stats[i].pending = count; break;
             case UNIT_RUNNING: stats[i].running = count; break;
             default: stats[i].dead = count;
             }
@@ -878,12 +952,42 @@ static void recount(struct sqlite_store *s)
     pthread_mutex_unlock(&s->lock);
 }
 
+/* Each handler's oldest pending delivery (by id: cheap, from the index). */
+static void refresh_oldest(struct sqlite_store *s)
+{
+    pthread_mutex_lock(&s->lock);
+    size_t n = s->nstats;
+    char (*names)[65] = gr_xcalloc(n ? n : 1, sizeof *names);
+    for (size_t i = 0; i < n; i++)
+        memcpy(names[i], s->stats[i].name, sizeof names[i]);
+    pthread_mutex_unlock(&s->lock);
+    for (size_t i = 0; i < n; i++) {
+        sqlite3_stmt *st = S(s, S_OLDEST);
+        sqlite3_bind_text(st, 1, names[i], -1, SQLITE_STATIC);
+        int64_t oldest = sqlite3_step(st) == SQLITE_ROW ? sqlite3_column_int64(st, 0) : 0;
+        sqlite3_reset(st);
+        pthread_mutex_lock(&s->lock);
+        hstat(s, names[i])->oldest_pending_ms = oldest;
+        pthread_mutex_unlock(&s->lock);
+    }
+    free(names);
+}
+
 static void maintenance(struct sqlite_store *s)
 {
     int64_t now = gr_wall_ms();
     sweep_removed_handlers(s, now);
     purge(s, now);
-    recount(s);
+    sqlite3_stmt *st = S(s, S_DATA_VERSION);
+    int64_t version = sqlite3_step(st) == SQLITE_ROW ? sqlite3_column_int64(st, 0) : 0;
+    sqlite3_reset(st);
+    if (version != s->data_version) { /* graphrouter dlq replay or purge */
+        s->data_version = version;
+        s->recount_needed = true;
+    }
+    if (s->recount_needed)
+        recount(s);
+    refresh_oldest(s);
 }
 
 static void *writer_main(void *arg)
@@ -1025,7 +1129,8 @@ static void sq_stats(struct gr_store *base, struct gr_store_stats *out)
     out->items_to_route = s->items_to_route;
     out->nhandlers = s->nstats;
     out->handlers = gr_xcalloc(s->nstats ? s->nstats : 1, sizeof *out->handlers);
-    memcpy(out->handlers, s->stats, s->nstats * sizeof *s->stats);
+    if (s->nstats)
+        memcpy(out->handlers, s->stats, s->nstats * sizeof *s->stats);
     pthread_mutex_unlock(&s->lock);
 }
 
@@ -1221,6 +1326,7 @@ struct gr_store *gr_store_sqlite_open(const struct gr_store_config *c,
     }
     s->nhandlers = nh;
     s->handlers_changed = true;
+    s->recount_needed = true;
     maintenance(s);
     s->next_maintenance_ms = gr_mono_ms() + MAINTENANCE_MS;
     if (pthread_create(&s->writer, NULL, writer_main, s) != 0) {

@@ -236,10 +236,15 @@ static void *worker_main(void *arg)
         if (rc == 0)
             continue;
         prefer_delivery = !prefer_delivery;
-        if (work->kind == GR_WORK_ROUTE)
-            route(w->store, work);
-        else
-            deliver(w->store, work);
+        while (work) { /* one delivery, or a chain of items to route */
+            struct gr_work *next = work->next;
+            work->next = NULL;
+            if (work->kind == GR_WORK_ROUTE)
+                route(w->store, work);
+            else
+                deliver(w->store, work);
+            work = next;
+        }
     }
     return NULL;
 }
