@@ -49,7 +49,9 @@
  * therefore have live states from two generations at once.
  *
  * Plugins never call curl_global_init, install signal handlers, fork, exit or
- * change the process's working directory: the router owns the process.
+ * change the process's working directory: the router owns the process. To
+ * run a program, posix_spawn it and wait for it within handle() (the bundled
+ * exec plugin does): no plugin code runs in the child.
  */
 #ifndef GRAPHROUTER_PLUGIN_H
 #define GRAPHROUTER_PLUGIN_H
