@@ -66,6 +66,7 @@ static const char schema[] =
     "CREATE INDEX IF NOT EXISTS units_take ON units(handler, state, id);"
     "CREATE INDEX IF NOT EXISTS units_item ON units(item_id, state);"
     "CREATE INDEX IF NOT EXISTS units_due ON units(state, due_ms);"
+    "CREATE INDEX IF NOT EXISTS units_order ON units(handler, item_id, id) WHERE state IN (0, 1);"
     "CREATE TABLE IF NOT EXISTS dedupe(key BLOB PRIMARY KEY, seen_ms INTEGER NOT NULL)"
     "  WITHOUT ROWID;"
     "CREATE INDEX IF NOT EXISTS dedupe_age ON dedupe(seen_ms);"
@@ -100,7 +101,8 @@ struct req {
 enum stmt_id {
     S_INS_BATCH, S_INS_ITEM, S_DEDUPE_GET, S_DEDUPE_PUT, S_ROUTE_NEXT, S_ITEM_STATE,
     S_ITEM_WAIT, S_ITEM_DONE, S_INS_UNIT, S_UNIT_NEXT, S_UNIT_HEAD, S_FIRST_UNROUTED, S_UNIT_GET, S_UNIT_RUN,
-    S_UNIT_FINISH, S_UNIT_RETRY, S_ITEM_OPEN, S_NEXT_DUE_UNIT, S_NEXT_DUE_ITEM, S_USED_PAGES, S_OLDEST, S_DATA_VERSION, S_COUNT
+    S_UNIT_FINISH, S_UNIT_RETRY, S_ITEM_OPEN, S_NEXT_DUE_UNIT, S_NEXT_DUE_ITEM, S_USED_PAGES, S_OLDEST, S_DATA_VERSION,
+    S_BEGIN, S_COMMIT, S_SAVEPOINT, S_RELEASE, S_ROLLBACK_TO, S_SYNC_FULL, S_SYNC_NORMAL, S_COUNT
 };
 
 static const char *const stmt_sql[S_COUNT] = {
@@ -120,10 +122,10 @@ static const char *const stmt_sql[S_COUNT] = {
                     "WHERE id = ?1",
     [S_INS_UNIT] = "INSERT INTO units(item_id, handler, event, state, due_ms, created_ms) "
                    "VALUES(?1, ?2, ?3, 0, ?4, ?4)",
-    [S_UNIT_NEXT] = "SELECT id FROM units WHERE handler = ?1 AND state = 0 AND due_ms <= ?2 "
-                    "ORDER BY id LIMIT 1",
-    [S_UNIT_HEAD] = "SELECT id, state, due_ms, item_id FROM units WHERE handler = ?1 AND "
-                    "state IN (0, 1) ORDER BY item_id, id LIMIT 1",
+    [S_UNIT_NEXT] = "SELECT id FROM units INDEXED BY units_take WHERE handler = ?1 AND state = 0 "
+                    "AND due_ms <= ?2 ORDER BY id LIMIT 1",
+    [S_UNIT_HEAD] = "SELECT id, state, due_ms, item_id FROM units INDEXED BY units_order WHERE "
+                    "handler = ?1 AND state IN (0, 1) ORDER BY item_id, id LIMIT 1",
     [S_FIRST_UNROUTED] = "SELECT min(id) FROM items WHERE state = 3 OR (state = 0 AND due_ms <= ?1)",
     [S_UNIT_GET] = "SELECT u.item_id, u.event, u.attempts, i.body, i.received_ms FROM units u "
                    "JOIN items i ON i.id = u.item_id WHERE u.id = ?1",
@@ -137,6 +139,14 @@ static const char *const stmt_sql[S_COUNT] = {
     [S_OLDEST] = "SELECT created_ms FROM units WHERE handler = ?1 AND state = 0 ORDER BY id "
                  "LIMIT 1",
     [S_DATA_VERSION] = "PRAGMA data_version",
+    /* the batch's own statements, prepared once: the writer runs them thousands of times a second */
+    [S_BEGIN] = "BEGIN IMMEDIATE",
+    [S_COMMIT] = "COMMIT",
+    [S_SAVEPOINT] = "SAVEPOINT req",
+    [S_RELEASE] = "RELEASE req",
+    [S_ROLLBACK_TO] = "ROLLBACK TO req",
+    [S_SYNC_FULL] = "PRAGMA synchronous = FULL",
+    [S_SYNC_NORMAL] = "PRAGMA synchronous = NORMAL",
     [S_USED_PAGES] = "SELECT p.page_count - f.freelist_count FROM pragma_page_count AS p, "
                      "pragma_freelist_count AS f",
 };
@@ -723,19 +733,18 @@ static void run_batch(struct sqlite_store *s, struct req *batch)
         nreq++;
         nappend += r->kind == REQ_APPEND;
     }
-    exec(s->db, nappend && s->cfg.synchronous_full ? "PRAGMA synchronous = FULL"
-                                                   : "PRAGMA synchronous = NORMAL");
-    int rc = exec(s->db, "BEGIN IMMEDIATE");
+    step_done(S(s, nappend && s->cfg.synchronous_full ? S_SYNC_FULL : S_SYNC_NORMAL));
+    int rc = step_done(S(s, S_BEGIN));
     struct delta total = {0};
     int request_error = 0; /* the first error of a request that was undone alone */
     for (struct req *r = batch; r && !rc; r = r->next) {
         bool guarded = r->kind != REQ_HANDLERS;
-        if (guarded && (rc = exec(s->db, "SAVEPOINT req")) != SQLITE_OK)
+        if (guarded && (rc = step_done(S(s, S_SAVEPOINT))) != SQLITE_OK)
             break;
         struct delta d = {0};
         int rrc = run_request(s, r, now, &total, &d);
         if (rrc && guarded && !sqlite3_get_autocommit(s->db) &&
-            sqlite3_exec(s->db, "ROLLBACK TO req; RELEASE req", NULL, NULL, NULL) == SQLITE_OK) {
+            step_done(S(s, S_ROLLBACK_TO)) == SQLITE_OK && step_done(S(s, S_RELEASE)) == SQLITE_OK) {
             r->failed = true;
             request_error = request_error ? request_error : rrc;
             continue;
@@ -744,7 +753,7 @@ static void run_batch(struct sqlite_store *s, struct req *batch)
             rc = rrc;
             break;
         }
-        if (guarded && (rc = exec(s->db, "RELEASE req")) != SQLITE_OK)
+        if (guarded && (rc = step_done(S(s, S_RELEASE))) != SQLITE_OK)
             break;
         total.added_items += d.added_items;
         total.added_bytes += d.added_bytes;
@@ -754,7 +763,7 @@ static void run_batch(struct sqlite_store *s, struct req *batch)
         total.new_work |= d.new_work;
     }
     if (!rc)
-        rc = exec(s->db, "COMMIT");
+        rc = step_done(S(s, S_COMMIT));
     if (rc && !sqlite3_get_autocommit(s->db))
         exec(s->db, "ROLLBACK");
     int error = rc ? rc : request_error;
@@ -873,10 +882,11 @@ static void purge(struct sqlite_store *s, int64_t now)
     sqlite3_stmt *st;
     static const char *const sql[] = {
         /* finished items past retention without dead letters, their units first */
-        "DELETE FROM units WHERE item_id IN (SELECT id FROM items WHERE state = 2 AND "
-        "done_ms < ?1 AND NOT EXISTS (SELECT 1 FROM units d WHERE d.item_id = items.id AND "
+        "DELETE FROM units WHERE item_id IN (SELECT id FROM items INDEXED BY items_done WHERE "
+        "state = 2 AND done_ms < ?1 AND NOT EXISTS (SELECT 1 FROM units d WHERE d.item_id = items.id AND "
         "d.state = 3) LIMIT 2000)",
-        "DELETE FROM items WHERE id IN (SELECT id FROM items WHERE state = 2 AND done_ms < ?1 "
+        "DELETE FROM items WHERE id IN (SELECT id FROM items INDEXED BY items_done WHERE state = 2 "
+        "AND done_ms < ?1 "
         "AND NOT EXISTS (SELECT 1 FROM units WHERE item_id = items.id) LIMIT 2000)",
         "DELETE FROM batches WHERE id IN (SELECT id FROM batches b WHERE received_ms < ?1 AND "
         "NOT EXISTS (SELECT 1 FROM items WHERE batch_id = b.id) LIMIT 2000)",
@@ -884,8 +894,10 @@ static void purge(struct sqlite_store *s, int64_t now)
     };
     exec(s->db, "BEGIN IMMEDIATE");
     for (size_t i = 0; i < GR_ARRAY_LEN(sql); i++) {
-        if (sqlite3_prepare_v2(s->db, sql[i], -1, &st, NULL) != SQLITE_OK)
+        if (sqlite3_prepare_v2(s->db, sql[i], -1, &st, NULL) != SQLITE_OK) {
+            gr_error("store: purging finished work: %s", sqlite3_errmsg(s->db));
             continue;
+        }
         if (sqlite3_bind_parameter_count(st) >= 1)
             sqlite3_bind_int64(st, 1, now - s->cfg.retention_ms);
         if (sqlite3_bind_parameter_count(st) >= 2)
