@@ -8,6 +8,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <strings.h>
 
 #include "log.h"
 #include "notification.h"
@@ -121,7 +122,18 @@ static void judge_item(const struct gr_config *cfg, const json_t *item, const js
         return;
     }
     struct gr_store_item *it = &out->items[out->nitems++];
-    it->body = json_dumps(item, JSON_COMPACT);
+    /* Stored without its clientState: the secret has been checked and is not
+     * written to disk (nor shown by graphrouter dlq show). */
+    json_t *kept = json_copy((json_t *)item); /* shallow */
+    const char *key;
+    json_t *v;
+    void *tmp;
+    json_object_foreach_safe(kept, tmp, key, v) {
+        if (strcasecmp(key, "clientState") == 0)
+            json_object_del(kept, key);
+    }
+    it->body = json_dumps(kept, JSON_COMPACT);
+    json_decref(kept);
     it->len = strlen(it->body);
     it->has_dedupe = gr_ingest_dedupe_key(item, it->dedupe);
     /* Rich items keep the POST's tokens that must cover them; a worker checks. */

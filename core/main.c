@@ -163,8 +163,10 @@ static void reload(struct control *ctl)
     warn_about(g->cfg);
     if (g->jwks)
         gr_jwks_start(g->jwks);
-    struct gr_generation *old = gr_generation_swap(g);
+    /* The store learns the new handler set first: work routed on the new
+     * generation never reaches it before its handlers do. */
     gr_store_set_handlers(ctl->store, g->store_handlers, g->nhandlers);
+    struct gr_generation *old = gr_generation_swap(g);
     old->next_retired = ctl->retired;
     ctl->retired = old;
     gr_generation_unpin(old); /* its reference for being current */

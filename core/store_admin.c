@@ -38,7 +38,7 @@ static int status(sqlite3 *db, const struct gr_config *cfg)
 {
     sqlite3_stmt *st;
     if (sqlite3_prepare_v2(db, "SELECT count(*), coalesce(sum(len), 0), "
-                               "coalesce(sum(state IN (0, 3)), 0) FROM items WHERE state != 2",
+                               "coalesce(sum(state IN (0, 3)), 0) FROM items WHERE state IN (0, 1, 3)",
                            -1, &st, NULL) != SQLITE_OK)
         return fail(db, "reading the store");
     if (sqlite3_step(st) == SQLITE_ROW)

@@ -50,22 +50,24 @@ static const char schema[] =
     "CREATE TABLE IF NOT EXISTS batches(id INTEGER PRIMARY KEY, tokens TEXT NOT NULL,"
     "  received_ms INTEGER NOT NULL);"
     "CREATE INDEX IF NOT EXISTS batches_age ON batches(received_ms);"
+    /* the body last: reading the other columns never reads its overflow pages */
     "CREATE TABLE IF NOT EXISTS items("
-    "  id INTEGER PRIMARY KEY, received_ms INTEGER NOT NULL, body TEXT NOT NULL,"
-    "  len INTEGER NOT NULL, batch_id INTEGER, state INTEGER NOT NULL, due_ms INTEGER NOT NULL,"
-    "  attempts INTEGER NOT NULL DEFAULT 0, note TEXT, done_ms INTEGER);"
-    /* partial indexes: an insert does not touch items_done, nor items_batch
-     * unless the item is rich */
-    "CREATE INDEX IF NOT EXISTS items_todo ON items(state, due_ms);"
+    "  id INTEGER PRIMARY KEY, received_ms INTEGER NOT NULL, len INTEGER NOT NULL,"
+    "  batch_id INTEGER, state INTEGER NOT NULL, due_ms INTEGER NOT NULL,"
+    "  attempts INTEGER NOT NULL DEFAULT 0, note TEXT, done_ms INTEGER, body TEXT NOT NULL);"
+    /* Partial indexes, each holding only the rows its queries look for, so
+     * that every query the writer runs is a lookup, never a scan of the
+     * backlog or of the retained history (see the INDEXED BY clauses). */
+    "CREATE INDEX IF NOT EXISTS items_open ON items(id) WHERE state IN (0, 3);"
     "CREATE INDEX IF NOT EXISTS items_done ON items(done_ms) WHERE state = 2;"
     "CREATE INDEX IF NOT EXISTS items_batch ON items(batch_id) WHERE batch_id IS NOT NULL;"
     "CREATE TABLE IF NOT EXISTS units("
     "  id INTEGER PRIMARY KEY, item_id INTEGER NOT NULL, handler TEXT NOT NULL, event TEXT,"
     "  state INTEGER NOT NULL, attempts INTEGER NOT NULL DEFAULT 0, due_ms INTEGER NOT NULL,"
     "  created_ms INTEGER NOT NULL, finished_ms INTEGER, last_error TEXT);"
-    "CREATE INDEX IF NOT EXISTS units_take ON units(handler, state, id);"
+    "CREATE INDEX IF NOT EXISTS units_ready ON units(handler, due_ms, id) WHERE state = 0;"
+    "CREATE INDEX IF NOT EXISTS units_due ON units(due_ms) WHERE state = 0;"
     "CREATE INDEX IF NOT EXISTS units_item ON units(item_id, state);"
-    "CREATE INDEX IF NOT EXISTS units_due ON units(state, due_ms);"
     "CREATE INDEX IF NOT EXISTS units_order ON units(handler, item_id, id) WHERE state IN (0, 1);"
     "CREATE TABLE IF NOT EXISTS dedupe(key BLOB PRIMARY KEY, seen_ms INTEGER NOT NULL)"
     "  WITHOUT ROWID;"
@@ -113,20 +115,22 @@ static const char *const stmt_sql[S_COUNT] = {
     [S_DEDUPE_PUT] = "INSERT INTO dedupe(key, seen_ms) VALUES(?1, ?2) "
                      "ON CONFLICT(key) DO UPDATE SET seen_ms = excluded.seen_ms",
     [S_ROUTE_NEXT] = "SELECT i.id, i.body, i.received_ms, i.attempts, b.tokens FROM items i "
-                     "LEFT JOIN batches b ON b.id = i.batch_id "
-                     "WHERE i.state = 0 AND i.due_ms <= ?1 ORDER BY i.due_ms, i.id LIMIT ?2",
+                     "INDEXED BY items_open LEFT JOIN batches b ON b.id = i.batch_id "
+                     "WHERE i.state IN (0, 3) AND i.state = 0 AND "
+                     "i.due_ms <= ?1 ORDER BY i.id LIMIT ?2",
     [S_ITEM_STATE] = "UPDATE items SET state = ?2 WHERE id = ?1",
     [S_ITEM_WAIT] = "UPDATE items SET state = 0, due_ms = ?2, attempts = attempts + 1 "
                     "WHERE id = ?1",
     [S_ITEM_DONE] = "UPDATE items SET state = 2, done_ms = ?2, note = coalesce(?3, note) "
                     "WHERE id = ?1",
-    [S_INS_UNIT] = "INSERT INTO units(item_id, handler, event, state, due_ms, created_ms) "
-                   "VALUES(?1, ?2, ?3, 0, ?4, ?4)",
-    [S_UNIT_NEXT] = "SELECT id FROM units INDEXED BY units_take WHERE handler = ?1 AND state = 0 "
-                    "AND due_ms <= ?2 ORDER BY id LIMIT 1",
+    [S_INS_UNIT] = "INSERT INTO units(item_id, handler, event, state, due_ms, created_ms, "
+                   "finished_ms, last_error) VALUES(?1, ?2, ?3, ?5, ?4, ?4, ?6, ?7)",
+    [S_UNIT_NEXT] = "SELECT id FROM units INDEXED BY units_ready WHERE handler = ?1 AND state = 0 "
+                    "AND due_ms <= ?2 ORDER BY due_ms, id LIMIT 1",
     [S_UNIT_HEAD] = "SELECT id, state, due_ms, item_id FROM units INDEXED BY units_order WHERE "
                     "handler = ?1 AND state IN (0, 1) ORDER BY item_id, id LIMIT 1",
-    [S_FIRST_UNROUTED] = "SELECT min(id) FROM items WHERE state = 3 OR (state = 0 AND due_ms <= ?1)",
+    [S_FIRST_UNROUTED] = "SELECT 1 FROM items INDEXED BY items_open WHERE state IN (0, 3) AND "
+                         "id < ?2 AND (state = 3 OR due_ms <= ?1) LIMIT 1",
     [S_UNIT_GET] = "SELECT u.item_id, u.event, u.attempts, i.body, i.received_ms FROM units u "
                    "JOIN items i ON i.id = u.item_id WHERE u.id = ?1",
     [S_UNIT_RUN] = "UPDATE units SET state = 1, attempts = attempts + 1 WHERE id = ?1",
@@ -134,10 +138,11 @@ static const char *const stmt_sql[S_COUNT] = {
                       "WHERE id = ?1",
     [S_UNIT_RETRY] = "UPDATE units SET state = 0, due_ms = ?2, last_error = ?3 WHERE id = ?1",
     [S_ITEM_OPEN] = "SELECT 1 FROM units WHERE item_id = ?1 AND state IN (0, 1) LIMIT 1",
-    [S_NEXT_DUE_UNIT] = "SELECT min(due_ms) FROM units WHERE state = 0",
-    [S_NEXT_DUE_ITEM] = "SELECT min(due_ms) FROM items WHERE state = 0",
-    [S_OLDEST] = "SELECT created_ms FROM units WHERE handler = ?1 AND state = 0 ORDER BY id "
-                 "LIMIT 1",
+    [S_NEXT_DUE_UNIT] = "SELECT min(due_ms) FROM units INDEXED BY units_due WHERE state = 0",
+    [S_NEXT_DUE_ITEM] = "SELECT min(due_ms) FROM items INDEXED BY items_open WHERE state IN (0, 3) "
+                        "AND state = 0",
+    [S_OLDEST] = "SELECT created_ms FROM units INDEXED BY units_order WHERE handler = ?1 AND "
+                 "state IN (0, 1) ORDER BY item_id, id LIMIT 1",
     [S_DATA_VERSION] = "PRAGMA data_version",
     /* the batch's own statements, prepared once: the writer runs them thousands of times a second */
     [S_BEGIN] = "BEGIN IMMEDIATE",
@@ -431,8 +436,8 @@ static sqlite3_int64 unit_for(struct sqlite_store *s, const struct gr_store_hand
         if (id) {
             st = S(s, S_FIRST_UNROUTED);
             sqlite3_bind_int64(st, 1, now);
-            if (sqlite3_step(st) == SQLITE_ROW && sqlite3_column_type(st, 0) != SQLITE_NULL &&
-                sqlite3_column_int64(st, 0) < item)
+            sqlite3_bind_int64(st, 2, item);
+            if (sqlite3_step(st) == SQLITE_ROW)
                 id = 0;
             sqlite3_reset(st);
         }
@@ -447,19 +452,13 @@ static sqlite3_int64 unit_for(struct sqlite_store *s, const struct gr_store_hand
     return id;
 }
 
-/* Running units per handler, counted from the table (cheap: indexed). */
+/* Running units per handler (the counters; the writer is their only writer). */
 static unsigned running_of(struct sqlite_store *s, const char *handler)
 {
-    sqlite3_stmt *st;
-    unsigned n = 0;
-    if (sqlite3_prepare_v2(s->db, "SELECT count(*) FROM units WHERE handler = ?1 AND state = 1",
-                           -1, &st, NULL) == SQLITE_OK) {
-        sqlite3_bind_text(st, 1, handler, -1, SQLITE_STATIC);
-        if (sqlite3_step(st) == SQLITE_ROW)
-            n = (unsigned)sqlite3_column_int(st, 0);
-        sqlite3_finalize(st);
-    }
-    return n;
+    pthread_mutex_lock(&s->lock);
+    uint64_t n = hstat(s, handler)->running;
+    pthread_mutex_unlock(&s->lock);
+    return (unsigned)n;
 }
 
 static struct gr_work *take_delivery(struct sqlite_store *s, const struct req *r, int64_t now,
@@ -546,9 +545,23 @@ static int close_item_if_finished(struct sqlite_store *s, int64_t item, int64_t 
     return step_done(up) ? -1 : 1;
 }
 
+static bool handler_configured(struct sqlite_store *s, const char *name)
+{
+    bool found = false;
+    pthread_mutex_lock(&s->lock);
+    for (size_t i = 0; i < s->nhandlers && !found; i++)
+        found = strcmp(s->handlers[i].name, name) == 0;
+    pthread_mutex_unlock(&s->lock);
+    return found;
+}
+
+/* A new delivery, pending; or a dead letter at once when its handler is no
+ * longer configured (a worker on an older generation routed or emitted to
+ * it after a reload removed it): nothing waits for a handler that never comes. */
 static int insert_unit(struct sqlite_store *s, int64_t item, const char *handler,
                        const char *event, size_t len, int64_t now)
 {
+    bool dead = !handler_configured(s, handler);
     sqlite3_stmt *st = S(s, S_INS_UNIT);
     sqlite3_bind_int64(st, 1, item);
     sqlite3_bind_text(st, 2, handler, -1, SQLITE_STATIC);
@@ -557,9 +570,21 @@ static int insert_unit(struct sqlite_store *s, int64_t item, const char *handler
     else
         sqlite3_bind_null(st, 3);
     sqlite3_bind_int64(st, 4, now);
+    sqlite3_bind_int(st, 5, dead ? UNIT_DEAD : UNIT_PENDING);
+    if (dead) {
+        sqlite3_bind_int64(st, 6, now);
+        sqlite3_bind_text(st, 7, "the handler is no longer configured", -1, SQLITE_STATIC);
+    }
     int rc = step_done(st);
     sqlite3_clear_bindings(st);
-    return rc;
+    if (rc)
+        return rc;
+    if (dead)
+        gr_warn("store: delivery %lld to handler \"%s\" is a dead letter: the handler is no "
+                "longer configured (graphrouter dlq replay brings it back)",
+                (long long)sqlite3_last_insert_rowid(s->db), handler);
+    bump(s, handler, dead ? 0 : 1, 0, dead ? 1 : 0);
+    return 0;
 }
 
 /* Returns 0, or an SQLite error; *finished_bytes counts items now done. */
@@ -580,13 +605,22 @@ static int do_routed(struct sqlite_store *s, struct req *r, int64_t now, uint64_
             int rc = insert_unit(s, w->id, r->targets[i], NULL, 0, now);
             if (rc)
                 return rc;
-            bump(s, r->targets[i], 1, 0, 0);
         }
         sqlite3_stmt *st = S(s, S_ITEM_STATE);
         sqlite3_bind_int64(st, 1, w->id);
         sqlite3_bind_int(st, 2, ITEM_ROUTED);
         *new_work = true;
-        return step_done(st);
+        int rc = step_done(st);
+        if (rc)
+            return rc;
+        int closed = close_item_if_finished(s, w->id, now); /* all dead letters */
+        if (closed < 0)
+            return SQLITE_ERROR;
+        if (closed) {
+            (*done_items)++;
+            *done_bytes += w->len;
+        }
+        return 0;
     }
     /* dropped, or nothing routes it: done, with why */
     sqlite3_stmt *st = S(s, S_ITEM_DONE);
@@ -620,7 +654,6 @@ static int do_delivered(struct sqlite_store *s, struct req *r, int64_t now, uint
                              r->events[i].len, now);
         if (rc)
             return rc;
-        bump(s, r->events[i].handler, 1, 0, 0);
         *new_work = true;
     }
     sqlite3_stmt *st = S(s, S_UNIT_FINISH);
@@ -916,7 +949,8 @@ static void recount(struct sqlite_store *s)
     uint64_t items = 0, bytes = 0, to_route = 0;
     s->recount_needed = false;
     if (sqlite3_prepare_v2(s->db, "SELECT count(*), coalesce(sum(len), 0), "
-                                  "coalesce(sum(state IN (0, 3)), 0) FROM items WHERE state != 2",
+                                  "coalesce(sum(state IN (0, 3)), 0) FROM items "
+                                  "WHERE state IN (0, 1, 3)",
                            -1, &st, NULL) == SQLITE_OK) {
         if (sqlite3_step(st) == SQLITE_ROW) {
             items = (uint64_t)sqlite3_column_int64(st, 0);
@@ -1002,6 +1036,41 @@ static void maintenance(struct sqlite_store *s)
     refresh_oldest(s);
 }
 
+/* The requests the next transaction runs (under lock). While appends wait,
+ * a batch takes all of them but at most WORK_PER_BATCH worker requests
+ * (takes, completions), in order; the rest waits for the next batch. A
+ * backlog being worked off then never stretches the commit that POSTs wait
+ * for: acknowledging fast is what Graph times, stored work can wait. */
+#define WORK_PER_BATCH 8
+
+static struct req *next_batch(struct sqlite_store *s)
+{
+    struct req *r = s->head;
+    while (r && r->kind != REQ_APPEND)
+        r = r->next;
+    struct req *batch = s->head;
+    s->head = s->tail = NULL;
+    if (!r) /* no appends: everything */
+        return batch;
+    struct req *all = batch, *rest = NULL, **bt = &batch, **rt = &rest;
+    size_t others = 0;
+    batch = NULL;
+    for (struct req *next; all; all = next) {
+        next = all->next;
+        all->next = NULL;
+        if (all->kind == REQ_APPEND || others++ < WORK_PER_BATCH) {
+            *bt = all;
+            bt = &all->next;
+        } else {
+            *rt = all;
+            rt = &all->next;
+            s->tail = all;
+        }
+    }
+    s->head = rest;
+    return batch;
+}
+
 static void *writer_main(void *arg)
 {
     struct sqlite_store *s = arg;
@@ -1012,8 +1081,7 @@ static void *writer_main(void *arg)
             struct timespec ts = {.tv_sec = until / 1000, .tv_nsec = (until % 1000) * 1000000};
             pthread_cond_timedwait(&s->wake, &s->lock, &ts);
         }
-        struct req *batch = s->head;
-        s->head = s->tail = NULL;
+        struct req *batch = next_batch(s);
         bool stop = s->stopping && !batch;
         pthread_mutex_unlock(&s->lock);
         if (stop)
@@ -1225,6 +1293,14 @@ static int prepare_path(const char *path, char **err)
  * was taken, so it runs again, or is a dead letter once its handler's
  * attempts are used up: a plugin that crashes the process on one item ends
  * there instead of in a crash loop. */
+/* A delivery found running runs again 1, 2, 4 ... 60 s after the start (by
+ * its attempts), not at once: a plugin that crashes the process then
+ * restarts it no faster than that, and systemd's start limit is not hit. */
+static int64_t recovery_wait_ms(unsigned attempts)
+{
+    return attempts >= 7 ? 60000 : INT64_C(1000) << (attempts ? attempts - 1 : 0);
+}
+
 static int recover(struct sqlite_store *s, const struct gr_store_handler *h, size_t nh)
 {
     int rc = exec(s->db, "UPDATE items SET state = 0 WHERE state = 3");
@@ -1256,11 +1332,12 @@ static int recover(struct sqlite_store *s, const struct gr_store_handler *h, siz
                     (long long)id, name, attempts, (long long)id);
         else
             gr_warn("store: delivery %lld to handler \"%s\" was running when graphrouter stopped "
-                    "(attempt %u); it runs again",
-                    (long long)id, name, attempts);
+                    "(attempt %u); it runs again in %lld s",
+                    (long long)id, name, attempts, (long long)(recovery_wait_ms(attempts) / 1000));
+        int64_t wait = recovery_wait_ms(attempts);
         sqlite3_bind_int64(up, 1, id);
         sqlite3_bind_int(up, 2, dead ? UNIT_DEAD : UNIT_PENDING);
-        sqlite3_bind_int64(up, 3, now);
+        sqlite3_bind_int64(up, 3, dead ? now : now + wait);
         rc = step_done(up);
     }
     sqlite3_finalize(st);
