@@ -30,6 +30,7 @@ struct gr_http {
     struct gr_store *store;
     unsigned port;
     atomic_int inflight;
+    atomic_int suspended; /* requests suspended for their store commit, until answered */
     atomic_bool draining;
 };
 
@@ -43,6 +44,7 @@ struct request {
     /* While the store commits the accepted items, the connection is
      * suspended; the store's writer resumes it with the outcome. */
     struct MHD_Connection *conn;
+    struct gr_http *http;
     struct gr_append *append;
     bool committed;
     enum gr_append_result result;
@@ -68,6 +70,16 @@ static void on_appended(void *ctx, enum gr_append_result result, size_t duplicat
     r->duplicates = duplicates;
     r->committed = true;
     MHD_resume_connection(r->conn);
+}
+
+/* The request left its suspension for good (answered, or its connection
+ * closed): libmicrohttpd no longer lists it as suspended. */
+static void unsuspend(struct request *r)
+{
+    if (r->http) {
+        atomic_fetch_sub(&r->http->suspended, 1);
+        r->http = NULL;
+    }
 }
 
 static enum MHD_Result respond(struct MHD_Connection *c, struct gr_http *h, struct request *r,
@@ -204,6 +216,7 @@ static enum MHD_Result begin(struct MHD_Connection *c, struct gr_http *h, struct
 static enum MHD_Result answer_committed(struct MHD_Connection *c, struct gr_http *h,
                                         struct request *r)
 {
+    unsuspend(r);
     size_t n = r->append->n;
     free_append(r->append);
     r->append = NULL;
@@ -253,6 +266,14 @@ static enum MHD_Result finish(struct MHD_Connection *c, struct gr_http *h, struc
         gr_ingest_free(&in);
         return respond(c, h, r, 202, NULL, NULL);
     }
+    /* Counted as suspended before looking at draining: gr_http_stop either
+     * sees this request and waits for it, or this request sees the shutdown. */
+    atomic_fetch_add(&h->suspended, 1);
+    if (atomic_load(&h->draining)) {
+        atomic_fetch_sub(&h->suspended, 1);
+        gr_ingest_free(&in);
+        return text(c, h, r, 503, "graphrouter is shutting down; retry");
+    }
     struct gr_append *a = gr_xcalloc(1, sizeof *a);
     *a = (struct gr_append){.items = in.items, .n = in.nitems, .tokens = in.tokens,
                             .received_ms = received_ms, .done = on_appended, .ctx = r};
@@ -262,6 +283,7 @@ static enum MHD_Result finish(struct MHD_Connection *c, struct gr_http *h, struc
     gr_ingest_free(&in);
     r->append = a;
     r->conn = c;
+    r->http = h; /* counted in h->suspended until answered (unsuspend) */
     MHD_suspend_connection(c); /* before the store can answer */
     gr_store_append(h->store, a);
     return MHD_YES;
@@ -315,6 +337,7 @@ static void on_completed(void *cls, struct MHD_Connection *c, void **req_cls,
     struct request *r = *req_cls;
     if (!r)
         return;
+    unsuspend(r);
     gr_buf_free(&r->body);
     free_append(r->append);
     free(r);
@@ -408,6 +431,14 @@ void gr_http_stop(struct gr_http *h)
 {
     if (!h)
         return;
+    /* A request suspended for its commit is resumed by the store, which
+     * answers every append, then answered; libmicrohttpd must not be
+     * stopped before (it aborts when a connection is still suspended). */
+    if (atomic_load(&h->suspended) > 0)
+        gr_warn("waiting for %d POSTs whose items are being committed",
+                atomic_load(&h->suspended));
+    while (atomic_load(&h->suspended) > 0)
+        usleep(1000);
     MHD_stop_daemon(h->daemon);
     free(h);
 }

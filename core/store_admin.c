@@ -211,9 +211,20 @@ static int dlq_replay(sqlite3 *db, const char *id)
 
 static int dlq_purge(sqlite3 *db)
 {
-    if (sqlite3_exec(db, "DELETE FROM units WHERE state = 3", NULL, NULL, NULL) != SQLITE_OK)
+    if (sqlite3_exec(db, "BEGIN IMMEDIATE", NULL, NULL, NULL) != SQLITE_OK)
+        return fail(db, "locking the store");
+    if (sqlite3_exec(db, "DELETE FROM units WHERE state = 3", NULL, NULL, NULL) != SQLITE_OK) {
+        sqlite3_exec(db, "ROLLBACK", NULL, NULL, NULL);
         return fail(db, "purging");
+    }
     int n = sqlite3_changes(db);
+    /* their items are finished now: retention counts from here */
+    if (sqlite3_exec(db, "UPDATE items SET done_ms = strftime('%s') * 1000 WHERE state = 2 AND "
+                         "done_ms IS NULL", NULL, NULL, NULL) != SQLITE_OK ||
+        sqlite3_exec(db, "COMMIT", NULL, NULL, NULL) != SQLITE_OK) {
+        sqlite3_exec(db, "ROLLBACK", NULL, NULL, NULL);
+        return fail(db, "purging");
+    }
     printf("%d dead letter%s purged\n", n, n == 1 ? "" : "s");
     return 0;
 }

@@ -43,7 +43,8 @@ enum { ITEM_TO_ROUTE = 0, ITEM_ROUTED = 1, ITEM_DONE = 2, ITEM_ROUTING = 3 };
 enum { UNIT_PENDING = 0, UNIT_RUNNING = 1, UNIT_DONE = 2, UNIT_DEAD = 3 };
 
 #define MAINTENANCE_MS 1000 /* purge, recount, statistics, sweep */
-#define PURGE_BATCH 2000
+#define PURGE_BATCH 500     /* rows per statement */
+#define PURGE_BUDGET_MS 20  /* per maintenance; more due: maintenance comes back sooner */
 #define ROUTE_CHAIN 32 /* items one take hands out for routing */
 
 static const char schema[] =
@@ -121,8 +122,11 @@ static const char *const stmt_sql[S_COUNT] = {
     [S_ITEM_STATE] = "UPDATE items SET state = ?2 WHERE id = ?1",
     [S_ITEM_WAIT] = "UPDATE items SET state = 0, due_ms = ?2, attempts = attempts + 1 "
                     "WHERE id = ?1",
-    [S_ITEM_DONE] = "UPDATE items SET state = 2, done_ms = ?2, note = coalesce(?3, note) "
-                    "WHERE id = ?1",
+    /* done_ms stays NULL while the item has dead letters: retention skips
+     * it without looking (graphrouter dlq purge sets it) */
+    [S_ITEM_DONE] = "UPDATE items SET state = 2, note = coalesce(?3, note), done_ms = CASE WHEN "
+                    "EXISTS (SELECT 1 FROM units WHERE item_id = ?1 AND state = 3) THEN NULL "
+                    "ELSE ?2 END WHERE id = ?1",
     [S_INS_UNIT] = "INSERT INTO units(item_id, handler, event, state, due_ms, created_ms, "
                    "finished_ms, last_error) VALUES(?1, ?2, ?3, ?5, ?4, ?4, ?6, ?7)",
     [S_UNIT_NEXT] = "SELECT id FROM units INDEXED BY units_ready WHERE handler = ?1 AND state = 0 "
@@ -901,7 +905,9 @@ static void sweep_removed_handlers(struct sqlite_store *s, int64_t now)
                     "configured (graphrouter dlq replay brings them back)",
                     sqlite3_changes(s->db));
             s->recount_needed = true;
-            exec(s->db, "UPDATE items SET state = 2, done_ms = strftime('%s') * 1000 "
+            exec(s->db, "UPDATE items SET state = 2, done_ms = CASE WHEN EXISTS (SELECT 1 "
+                        "FROM units WHERE item_id = items.id AND state = 3) THEN NULL ELSE "
+                        "strftime('%s') * 1000 END "
                         "WHERE state = 1 AND NOT EXISTS (SELECT 1 FROM units "
                         "WHERE item_id = items.id AND state IN (0, 1))");
         }
@@ -910,35 +916,44 @@ static void sweep_removed_handlers(struct sqlite_store *s, int64_t now)
     gr_buf_free(&sql);
 }
 
-static void purge(struct sqlite_store *s, int64_t now)
+/* Delete what retention no longer keeps, PURGE_BATCH rows per statement,
+ * for at most PURGE_BUDGET_MS (the writer commits nothing meanwhile).
+ * Returns true if more is due. Items with dead letters have no done_ms and
+ * are not looked at. */
+static bool purge(struct sqlite_store *s, int64_t now)
 {
-    sqlite3_stmt *st;
     static const char *const sql[] = {
-        /* finished items past retention without dead letters, their units first */
+        /* finished items past retention: their deliveries, then themselves */
         "DELETE FROM units WHERE item_id IN (SELECT id FROM items INDEXED BY items_done WHERE "
-        "state = 2 AND done_ms < ?1 AND NOT EXISTS (SELECT 1 FROM units d WHERE d.item_id = items.id AND "
-        "d.state = 3) LIMIT 2000)",
-        "DELETE FROM items WHERE id IN (SELECT id FROM items INDEXED BY items_done WHERE state = 2 "
-        "AND done_ms < ?1 "
-        "AND NOT EXISTS (SELECT 1 FROM units WHERE item_id = items.id) LIMIT 2000)",
+        "state = 2 AND done_ms < ?1 ORDER BY done_ms LIMIT ?3)",
+        "DELETE FROM items WHERE id IN (SELECT id FROM items INDEXED BY items_done WHERE "
+        "state = 2 AND done_ms < ?1 ORDER BY done_ms LIMIT ?3)",
         "DELETE FROM batches WHERE id IN (SELECT id FROM batches b WHERE received_ms < ?1 AND "
-        "NOT EXISTS (SELECT 1 FROM items WHERE batch_id = b.id) LIMIT 2000)",
-        "DELETE FROM dedupe WHERE key IN (SELECT key FROM dedupe WHERE seen_ms < ?2 LIMIT 2000)",
+        "NOT EXISTS (SELECT 1 FROM items WHERE batch_id = b.id) ORDER BY received_ms LIMIT ?3)",
+        "DELETE FROM dedupe WHERE key IN (SELECT key FROM dedupe WHERE seen_ms < ?2 "
+        "ORDER BY seen_ms LIMIT ?3)",
     };
-    exec(s->db, "BEGIN IMMEDIATE");
-    for (size_t i = 0; i < GR_ARRAY_LEN(sql); i++) {
-        if (sqlite3_prepare_v2(s->db, sql[i], -1, &st, NULL) != SQLITE_OK) {
-            gr_error("store: purging finished work: %s", sqlite3_errmsg(s->db));
-            continue;
-        }
-        if (sqlite3_bind_parameter_count(st) >= 1)
+    int64_t t0 = gr_mono_ms();
+    bool more = true;
+    while (more && gr_mono_ms() - t0 < PURGE_BUDGET_MS) {
+        more = false;
+        exec(s->db, "BEGIN IMMEDIATE");
+        for (size_t i = 0; i < GR_ARRAY_LEN(sql); i++) {
+            sqlite3_stmt *st;
+            if (sqlite3_prepare_v2(s->db, sql[i], -1, &st, NULL) != SQLITE_OK) {
+                gr_error("store: purging finished work: %s", sqlite3_errmsg(s->db));
+                continue;
+            }
             sqlite3_bind_int64(st, 1, now - s->cfg.retention_ms);
-        if (sqlite3_bind_parameter_count(st) >= 2)
             sqlite3_bind_int64(st, 2, now - s->cfg.dedupe_window_ms);
-        sqlite3_step(st);
-        sqlite3_finalize(st);
+            sqlite3_bind_int(st, 3, PURGE_BATCH);
+            if (sqlite3_step(st) == SQLITE_DONE && sqlite3_changes(s->db) >= PURGE_BATCH)
+                more = true;
+            sqlite3_finalize(st);
+        }
+        exec(s->db, "COMMIT");
     }
-    exec(s->db, "COMMIT");
+    return more;
 }
 
 /* Counters and per-handler statistics, from the tables (also catches what
@@ -1019,11 +1034,12 @@ static void refresh_oldest(struct sqlite_store *s)
     free(names);
 }
 
-static void maintenance(struct sqlite_store *s)
+/* Returns true if purging is behind (maintenance should come back soon). */
+static bool maintenance(struct sqlite_store *s)
 {
     int64_t now = gr_wall_ms();
     sweep_removed_handlers(s, now);
-    purge(s, now);
+    bool behind = purge(s, now);
     sqlite3_stmt *st = S(s, S_DATA_VERSION);
     int64_t version = sqlite3_step(st) == SQLITE_ROW ? sqlite3_column_int64(st, 0) : 0;
     sqlite3_reset(st);
@@ -1034,6 +1050,7 @@ static void maintenance(struct sqlite_store *s)
     if (s->recount_needed)
         recount(s);
     refresh_oldest(s);
+    return behind;
 }
 
 /* The requests the next transaction runs (under lock). While appends wait,
@@ -1089,8 +1106,8 @@ static void *writer_main(void *arg)
         if (batch)
             run_batch(s, batch);
         if (gr_mono_ms() >= s->next_maintenance_ms) {
-            maintenance(s);
-            s->next_maintenance_ms = gr_mono_ms() + MAINTENANCE_MS;
+            bool behind = maintenance(s);
+            s->next_maintenance_ms = gr_mono_ms() + (behind ? MAINTENANCE_MS / 10 : MAINTENANCE_MS);
         }
     }
     return NULL;
@@ -1343,7 +1360,9 @@ static int recover(struct sqlite_store *s, const struct gr_store_handler *h, siz
     sqlite3_finalize(st);
     sqlite3_finalize(up);
     if (!rc)
-        rc = exec(s->db, "UPDATE items SET state = 2, done_ms = strftime('%s') * 1000 "
+        rc = exec(s->db, "UPDATE items SET state = 2, done_ms = CASE WHEN EXISTS (SELECT 1 "
+                        "FROM units WHERE item_id = items.id AND state = 3) THEN NULL ELSE "
+                        "strftime('%s') * 1000 END "
                          "WHERE state = 1 AND NOT EXISTS (SELECT 1 FROM units "
                          "WHERE item_id = items.id AND state IN (0, 1))");
     return rc;

@@ -266,6 +266,11 @@ struct gr_workers *gr_workers_start(struct gr_store *store, unsigned n)
 
 bool gr_workers_join(struct gr_workers *w, int64_t deadline_wall_ms)
 {
+    /* An idle worker needs a moment to see that taking stopped, even when
+     * shutdown_timeout_s is 0. */
+    int64_t soonest = gr_wall_ms() + 500;
+    if (deadline_wall_ms < soonest)
+        deadline_wall_ms = soonest;
     struct timespec until = {.tv_sec = deadline_wall_ms / 1000,
                              .tv_nsec = (deadline_wall_ms % 1000) * 1000000};
     for (unsigned i = 0; i < w->n; i++) {
