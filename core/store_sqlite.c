@@ -1382,10 +1382,22 @@ struct gr_store *gr_store_sqlite_open(const struct gr_store_config *c,
         sqlite3_busy_timeout(s->db, 5000);
         sqlite3_extended_result_codes(s->db, 1);
     }
-    char *pragmas = gr_xprintf("PRAGMA journal_mode = WAL; PRAGMA synchronous = %s; "
-                               "PRAGMA foreign_keys = OFF; PRAGMA temp_store = MEMORY; "
-                               "PRAGMA cache_size = -16000;%s",
-                               c->synchronous_full ? "FULL" : "NORMAL", "");
+    char *pragmas = gr_xprintf("PRAGMA synchronous = %s; PRAGMA foreign_keys = OFF; "
+                               "PRAGMA temp_store = MEMORY; PRAGMA cache_size = -16000;",
+                               c->synchronous_full ? "FULL" : "NORMAL");
+    /* WAL, or nothing: journal_mode answers with the mode it got */
+    sqlite3_stmt *jm;
+    if (rc == SQLITE_OK &&
+        (rc = sqlite3_prepare_v2(s->db, "PRAGMA journal_mode = WAL", -1, &jm, NULL)) == SQLITE_OK) {
+        const unsigned char *mode = sqlite3_step(jm) == SQLITE_ROW ? sqlite3_column_text(jm, 0)
+                                                                   : NULL;
+        if (!mode || strcmp((const char *)mode, "wal") != 0) {
+            gr_error("store: %s cannot use write-ahead logging (journal mode %s)", c->path,
+                     mode ? (const char *)mode : "unknown");
+            rc = SQLITE_CANTOPEN;
+        }
+        sqlite3_finalize(jm);
+    }
     if (rc == SQLITE_OK && c->max_db_bytes) {
         char *cap = gr_xprintf("PRAGMA max_page_count = %llu",
                                (unsigned long long)(c->max_db_bytes / 4096)); /* default page size */

@@ -229,7 +229,7 @@ class DeadLetterTest(RouterTest):
 
 class DuplicateTest(RouterTest):
     def test_duplicates_inside_the_window_are_acknowledged_not_delivered(self):
-        r = self.router(base_config(store={"dedupe_window_s": 3}))
+        r = self.router(base_config(store={"dedupe_window_s": 5}))
         t0 = time.monotonic()
         self.assertEqual(r.post(batch(item(id="d1")))[0], 202)
         self.assertEqual(r.post(batch(item(id="d1")))[0], 202)            # Graph retried
@@ -239,12 +239,12 @@ class DuplicateTest(RouterTest):
         no_id = item(resourceData=etag)
         self.assertEqual(r.post(batch(no_id, no_id))[0], 202)                # same etag
         r.wait_idle()
-        self.assertLess(time.monotonic() - t0, 3, "too slow to test the window")
+        self.assertLess(time.monotonic() - t0, 4.5, "too slow to test the window")
         self.assertEqual(sorted(ids(l for l in r.read_jsonl() if l.get("id"))), ["d1", "d1", "d2"])
         self.assertEqual(len(r.read_jsonl()), 4)
         self.assertEqual(r.metric("graphrouter_items_duplicate_total"), 3)
         self.assertEqual(r.metric("graphrouter_items_accepted_total"), 4)
-        time.sleep(max(0, 3.2 - (time.monotonic() - t0)))  # the window has passed
+        time.sleep(max(0, 5.5 - (time.monotonic() - t0)))  # the window has passed
         self.assertEqual(r.post(batch(item(id="d1")))[0], 202)
         r.wait_jsonl(5)
 
@@ -320,8 +320,8 @@ class RetentionTest(RouterTest):
                 r.post(batch(*[item(id="r%d-%d-%d" % (rnd, p, i), pad="z" * 2000)
                                for i in range(10)]))
             r.wait_idle()
-            # finished a second ago: items, deliveries (and emitted events),
-            # token batches and duplicate keys are gone
+            # finished a second ago: items, deliveries (and emitted events)
+            # and duplicate keys are gone
             r.wait_for(lambda: db_rows(r, "SELECT (SELECT count(*) FROM items) + "
                                           "(SELECT count(*) FROM units) + "
                                           "(SELECT count(*) FROM dedupe)")[0][0] == 0,
