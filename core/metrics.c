@@ -351,7 +351,7 @@ void gr_metrics_render(struct gr_buf *o, const struct gr_metrics_gauges *g)
                                                         : st->handlers[i].dead));
     }
     help_line(o, "graphrouter_oldest_pending_seconds", "gauge",
-              "Age of each handler's oldest pending delivery (0: none).");
+              "Age of the oldest delivery each handler has not finished, pending or in progress (0: none).");
     int64_t now_ms = gr_wall_ms();
     for (size_t i = 0; i < st->nhandlers; i++)
         gr_buf_printf(o, "graphrouter_oldest_pending_seconds{handler=\"%s\"} %.3f\n", st->handlers[i].name,
