@@ -11,17 +11,21 @@
  * completions commits with NORMAL: losing it to a power cut repeats work,
  * which at-least-once allows, and WAL keeps it across a process crash.
  *
+ * A second thread, on its own connection, checkpoints the WAL (see
+ * checkpointer_main) so that no commit waits for one.
+ *
  * Tables:
- *   batches(id, tokens)                    a POST's validationTokens, once
- *   items(id, received_ms, body, batch_id, state, due_ms, attempts, note, done_ms)
- *       state 0 to route, 3 routing, 1 routed (units open), 2 done
+ *   batches(id, tokens, received_ms)      a POST's validationTokens, once
+ *   items(id, received_ms, len, batch_id, state, due_ms, attempts, note, done_ms, body)
+ *       state 0 to route, 3 routing, 1 routed (units open), 2 done (done_ms
+ *       NULL while it has dead letters)
  *   units(id, item_id, handler, event, state, attempts, due_ms, created_ms,
  *         finished_ms, last_error)
  *       state 0 pending, 1 running, 2 done, 3 dead
  *   dedupe(key, seen_ms)
  *
  * Locking: `lock` guards the request queue, the counters and the cached
- * statistics; the connection is used by the writer thread only.
+ * statistics; the main connection is used by the writer thread only.
  */
 #define _GNU_SOURCE
 #include <errno.h>
@@ -75,7 +79,7 @@ static const char schema[] =
     "CREATE INDEX IF NOT EXISTS dedupe_age ON dedupe(seen_ms);"
     "PRAGMA user_version = 1;";
 
-enum req_kind { REQ_APPEND, REQ_TAKE, REQ_ROUTED, REQ_DELIVERED, REQ_HANDLERS };
+enum req_kind { REQ_APPEND, REQ_TAKE, REQ_ROUTED, REQ_DELIVERED };
 
 struct req {
     enum req_kind kind;
@@ -115,7 +119,8 @@ static const char *const stmt_sql[S_COUNT] = {
     [S_DEDUPE_GET] = "SELECT seen_ms FROM dedupe WHERE key = ?1",
     [S_DEDUPE_PUT] = "INSERT INTO dedupe(key, seen_ms) VALUES(?1, ?2) "
                      "ON CONFLICT(key) DO UPDATE SET seen_ms = excluded.seen_ms",
-    [S_ROUTE_NEXT] = "SELECT i.id, i.body, i.received_ms, i.attempts, b.tokens FROM items i "
+    [S_ROUTE_NEXT] = "SELECT i.id, i.body, i.received_ms, i.attempts, b.tokens, i.batch_id "
+                     "FROM items i "
                      "INDEXED BY items_open LEFT JOIN batches b ON b.id = i.batch_id "
                      "WHERE i.state IN (0, 3) AND i.state = 0 AND "
                      "i.due_ms <= ?1 ORDER BY i.id LIMIT ?2",
@@ -166,7 +171,11 @@ struct sqlite_store {
     char *path;
     sqlite3 *db;
     sqlite3_stmt *stmt[S_COUNT];
-    pthread_t writer;
+    pthread_t writer, checkpointer;
+    bool writer_started, checkpointer_started;
+    sqlite3 *ckpt_db;           /* the checkpointer's own connection */
+    bool checkpoint_wanted;     /* under lock */
+    pthread_cond_t ckpt_wake;
 
     pthread_mutex_t lock;
     pthread_cond_t wake;     /* the writer: requests queued */
@@ -185,6 +194,8 @@ struct sqlite_store {
     int64_t next_maintenance_ms;
     bool failing; /* the last transaction failed: log once */
     uint64_t page_size;
+    sqlite3_int64 batch_id;             /* the writer's last token batch ... */
+    struct gr_token_list *batch_tokens; /* ... parsed (see take_route) */
     bool recount_needed;   /* the counters may be off: rebuild them from the tables */
     int64_t data_version;  /* changes when another connection (graphrouter dlq) writes */
 };
@@ -382,6 +393,11 @@ static struct gr_work *take_route(struct sqlite_store *s, int64_t now, int *rc)
     sqlite3_bind_int64(st, 1, now);
     sqlite3_bind_int(st, 2, ROUTE_CHAIN);
     struct gr_work *head = NULL, **tail = &head;
+    /* A POST's tokens are parsed once and shared by its items, as at ingest:
+     * the writer keeps the last batch's list across takes (a POST of 1,500
+     * rich items spans many chains). */
+    struct gr_token_list *tokens = s->batch_tokens;
+    sqlite3_int64 batch = s->batch_id;
     while (sqlite3_step(st) == SQLITE_ROW) {
         struct gr_work *w = gr_xcalloc(1, sizeof *w);
         w->kind = GR_WORK_ROUTE;
@@ -389,17 +405,24 @@ static struct gr_work *take_route(struct sqlite_store *s, int64_t now, int *rc)
         w->body = column_text(st, 1, &w->len);
         w->received_ms = sqlite3_column_int64(st, 2);
         w->attempts = (unsigned)sqlite3_column_int(st, 3);
-        if (sqlite3_column_type(st, 4) != SQLITE_NULL) {
+        sqlite3_int64 b = sqlite3_column_int64(st, 5);
+        if (b && b != batch && sqlite3_column_type(st, 4) != SQLITE_NULL) {
             json_t *list = json_loads((const char *)sqlite3_column_text(st, 4), 0, NULL);
             size_t skipped;
             const char *why;
-            w->tokens = gr_token_list_new(list, &skipped, &why);
+            gr_token_list_unref(tokens);
+            tokens = gr_token_list_new(list, &skipped, &why);
+            batch = b;
             json_decref(list);
         }
+        if (b && b == batch)
+            w->tokens = gr_token_list_ref(tokens);
         *tail = w;
         tail = &w->next;
     }
     sqlite3_reset(st);
+    s->batch_tokens = tokens;
+    s->batch_id = batch;
     for (struct gr_work *w = head; w; w = w->next) {
         sqlite3_stmt *up = S(s, S_ITEM_STATE);
         sqlite3_bind_int64(up, 1, w->id);
@@ -683,18 +706,6 @@ static int do_delivered(struct sqlite_store *s, struct req *r, int64_t now, uint
     return 0;
 }
 
-static int do_handlers(struct sqlite_store *s, struct req *r)
-{
-    pthread_mutex_lock(&s->lock);
-    free(s->handlers);
-    s->handlers = r->handlers;
-    s->nhandlers = r->nh;
-    r->handlers = NULL;
-    s->handlers_changed = true;
-    pthread_mutex_unlock(&s->lock);
-    return 0;
-}
-
 /* ---- the writer -------------------------------------------------------- */
 
 static void finish_requests(struct sqlite_store *s, struct req *batch, int rc)
@@ -753,7 +764,6 @@ static int run_request(struct sqlite_store *s, struct req *r, int64_t now,
         return do_routed(s, r, now, &d->done_items, &d->done_bytes, &d->routed, &d->new_work);
     case REQ_DELIVERED:
         return do_delivered(s, r, now, &d->done_items, &d->done_bytes, &d->new_work);
-    case REQ_HANDLERS: return do_handlers(s, r);
     }
     return 0;
 }
@@ -775,12 +785,11 @@ static void run_batch(struct sqlite_store *s, struct req *batch)
     struct delta total = {0};
     int request_error = 0; /* the first error of a request that was undone alone */
     for (struct req *r = batch; r && !rc; r = r->next) {
-        bool guarded = r->kind != REQ_HANDLERS;
-        if (guarded && (rc = step_done(S(s, S_SAVEPOINT))) != SQLITE_OK)
+        if ((rc = step_done(S(s, S_SAVEPOINT))) != SQLITE_OK)
             break;
         struct delta d = {0};
         int rrc = run_request(s, r, now, &total, &d);
-        if (rrc && guarded && !sqlite3_get_autocommit(s->db) &&
+        if (rrc && !sqlite3_get_autocommit(s->db) &&
             step_done(S(s, S_ROLLBACK_TO)) == SQLITE_OK && step_done(S(s, S_RELEASE)) == SQLITE_OK) {
             r->failed = true;
             request_error = request_error ? request_error : rrc;
@@ -790,7 +799,7 @@ static void run_batch(struct sqlite_store *s, struct req *batch)
             rc = rrc;
             break;
         }
-        if (guarded && (rc = step_done(S(s, S_RELEASE))) != SQLITE_OK)
+        if ((rc = step_done(S(s, S_RELEASE))) != SQLITE_OK)
             break;
         total.added_items += d.added_items;
         total.added_bytes += d.added_bytes;
@@ -1113,6 +1122,53 @@ static void *writer_main(void *arg)
     return NULL;
 }
 
+/* ---- the checkpointer ---------------------------------------------------
+ * WAL frames are copied back into the database file by a thread of its own
+ * on a connection of its own: a PASSIVE checkpoint never blocks the writer,
+ * so no commit (and no POST waiting for it) stalls while megabytes are
+ * copied and fsync'd, as SQLite's automatic checkpoint inside COMMIT would. */
+#define CHECKPOINT_PAGES 1000
+
+/* SQLite calls this on the writer thread after each commit. */
+static int on_wal(void *arg, sqlite3 *db, const char *name, int pages)
+{
+    (void)db;
+    (void)name;
+    struct sqlite_store *s = arg;
+    if (pages >= CHECKPOINT_PAGES) {
+        pthread_mutex_lock(&s->lock);
+        s->checkpoint_wanted = true;
+        pthread_cond_signal(&s->ckpt_wake);
+        pthread_mutex_unlock(&s->lock);
+    }
+    return SQLITE_OK;
+}
+
+static void *checkpointer_main(void *arg)
+{
+    struct sqlite_store *s = arg;
+    bool warned = false;
+    pthread_mutex_lock(&s->lock);
+    for (;;) {
+        while (!s->checkpoint_wanted && !s->stopping)
+            pthread_cond_wait(&s->ckpt_wake, &s->lock);
+        if (s->stopping)
+            break;
+        s->checkpoint_wanted = false;
+        pthread_mutex_unlock(&s->lock);
+        int rc = sqlite3_wal_checkpoint_v2(s->ckpt_db, NULL, SQLITE_CHECKPOINT_PASSIVE, NULL, NULL);
+        if (rc != SQLITE_OK && rc != SQLITE_BUSY && !warned) {
+            gr_warn("store: checkpointing %s failed (%s); its write-ahead log grows until it "
+                    "works",
+                    s->path, sqlite3_errmsg(s->ckpt_db));
+            warned = true;
+        }
+        pthread_mutex_lock(&s->lock);
+    }
+    pthread_mutex_unlock(&s->lock);
+    return NULL;
+}
+
 /* ---- the interface ------------------------------------------------------ */
 
 static void sq_append(struct gr_store *base, struct gr_append *a)
@@ -1204,17 +1260,24 @@ static void sq_delivered(struct gr_store *base, struct gr_work *w,
     enqueue((struct sqlite_store *)base, r);
 }
 
+static void free_handlers(struct gr_store_handler *h, size_t n);
+
+/* At once: what is routed from now on is checked against these (insert_unit);
+ * the writer's next maintenance sweeps pending units of removed handlers. */
 static void sq_set_handlers(struct gr_store *base, const struct gr_store_handler *h, size_t nh)
 {
-    struct req *r = gr_xcalloc(1, sizeof *r);
-    r->kind = REQ_HANDLERS;
-    r->handlers = gr_xcalloc(nh ? nh : 1, sizeof *r->handlers);
+    struct sqlite_store *s = (struct sqlite_store *)base;
+    struct gr_store_handler *copy = gr_xcalloc(nh ? nh : 1, sizeof *copy);
     for (size_t i = 0; i < nh; i++) {
-        r->handlers[i] = h[i];
-        r->handlers[i].name = gr_xstrdup(h[i].name);
+        copy[i] = h[i];
+        copy[i].name = gr_xstrdup(h[i].name);
     }
-    r->nh = nh;
-    enqueue((struct sqlite_store *)base, r);
+    pthread_mutex_lock(&s->lock);
+    free_handlers(s->handlers, s->nhandlers);
+    s->handlers = copy;
+    s->nhandlers = nh;
+    s->handlers_changed = true;
+    pthread_mutex_unlock(&s->lock);
 }
 
 static void sq_stats(struct gr_store *base, struct gr_store_stats *out)
@@ -1253,8 +1316,14 @@ static void sq_close(struct gr_store *base)
     pthread_mutex_lock(&s->lock);
     s->stopping = true;
     pthread_cond_signal(&s->wake);
+    pthread_cond_signal(&s->ckpt_wake);
     pthread_mutex_unlock(&s->lock);
-    pthread_join(s->writer, NULL);
+    if (s->writer_started)
+        pthread_join(s->writer, NULL);
+    if (s->checkpointer_started)
+        pthread_join(s->checkpointer, NULL);
+    gr_token_list_unref(s->batch_tokens);
+    sqlite3_close(s->ckpt_db);
     for (int i = 0; i < S_COUNT; i++)
         sqlite3_finalize(s->stmt[i]);
     exec(s->db, "PRAGMA wal_checkpoint(TRUNCATE)");
@@ -1264,6 +1333,7 @@ static void sq_close(struct gr_store *base)
     pthread_cond_destroy(&s->wake);
     pthread_cond_destroy(&s->answered);
     pthread_cond_destroy(&s->work);
+    pthread_cond_destroy(&s->ckpt_wake);
     pthread_mutex_destroy(&s->lock);
     free(s->path);
     free(s);
@@ -1438,6 +1508,7 @@ struct gr_store *gr_store_sqlite_open(const struct gr_store_config *c,
     pthread_cond_init(&s->wake, &attr);
     pthread_cond_init(&s->answered, &attr);
     pthread_cond_init(&s->work, &attr);
+    pthread_cond_init(&s->ckpt_wake, &attr);
     pthread_condattr_destroy(&attr);
     s->handlers = gr_xcalloc(nh ? nh : 1, sizeof *s->handlers);
     for (size_t i = 0; i < nh; i++) {
@@ -1449,8 +1520,19 @@ struct gr_store *gr_store_sqlite_open(const struct gr_store_config *c,
     s->recount_needed = true;
     maintenance(s);
     s->next_maintenance_ms = gr_mono_ms() + MAINTENANCE_MS;
-    if (pthread_create(&s->writer, NULL, writer_main, s) != 0) {
-        *err = gr_xstrdup("store: cannot start its writer thread");
+    if (sqlite3_open_v2(c->path, &s->ckpt_db, SQLITE_OPEN_READWRITE | SQLITE_OPEN_NOMUTEX, NULL) !=
+        SQLITE_OK) {
+        *err = gr_xprintf("store: cannot open %s a second time: %s", c->path,
+                          sqlite3_errmsg(s->ckpt_db));
+        sq_close(&s->base);
+        return NULL;
+    }
+    sqlite3_wal_hook(s->db, on_wal, s); /* replaces the automatic checkpoint */
+    s->writer_started = pthread_create(&s->writer, NULL, writer_main, s) == 0;
+    s->checkpointer_started =
+        s->writer_started && pthread_create(&s->checkpointer, NULL, checkpointer_main, s) == 0;
+    if (!s->checkpointer_started) {
+        *err = gr_xstrdup("store: cannot start its threads");
         sq_close(&s->base);
         return NULL;
     }
