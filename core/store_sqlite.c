@@ -107,7 +107,7 @@ struct req {
 };
 
 enum stmt_id {
-    S_INS_BATCH, S_INS_ITEM, S_DEDUPE_GET, S_DEDUPE_PUT, S_ROUTE_NEXT, S_ITEM_STATE,
+    S_INS_BATCH, S_INS_ITEM, S_DEDUPE, S_ROUTE_NEXT, S_ITEM_STATE,
     S_ITEM_WAIT, S_ITEM_DONE, S_INS_UNIT, S_UNIT_NEXT, S_UNIT_HEAD, S_FIRST_UNROUTED, S_UNIT_GET, S_UNIT_RUN,
     S_UNIT_FINISH, S_UNIT_RETRY, S_ITEM_OPEN, S_NEXT_DUE_UNIT, S_NEXT_DUE_ITEM, S_USED_PAGES, S_OLDEST, S_DATA_VERSION,
     S_BEGIN, S_COMMIT, S_SAVEPOINT, S_RELEASE, S_ROLLBACK_TO, S_SYNC_FULL, S_SYNC_NORMAL, S_COUNT
@@ -117,9 +117,11 @@ static const char *const stmt_sql[S_COUNT] = {
     [S_INS_BATCH] = "INSERT INTO batches(tokens, received_ms) VALUES(?1, ?2)",
     [S_INS_ITEM] = "INSERT INTO items(received_ms, body, len, batch_id, state, due_ms) "
                    "VALUES(?1, ?2, ?4, ?3, 0, ?1)",
-    [S_DEDUPE_GET] = "SELECT seen_ms FROM dedupe WHERE key = ?1",
-    [S_DEDUPE_PUT] = "INSERT INTO dedupe(key, seen_ms) VALUES(?1, ?2) "
-                     "ON CONFLICT(key) DO UPDATE SET seen_ms = excluded.seen_ms",
+    /* One B-tree descent: a new key, or one seen before the window, is
+     * (re)written (a change: not a duplicate); one seen within the window is
+     * left alone (no change: a duplicate). */
+    [S_DEDUPE] = "INSERT INTO dedupe(key, seen_ms) VALUES(?1, ?2) ON CONFLICT(key) DO UPDATE "
+                 "SET seen_ms = excluded.seen_ms WHERE dedupe.seen_ms < ?3",
     [S_ROUTE_NEXT] = "SELECT i.id, i.body, i.received_ms, i.attempts, b.tokens, i.batch_id "
                      "FROM items i "
                      "INDEXED BY items_open LEFT JOIN batches b ON b.id = i.batch_id "
@@ -353,21 +355,18 @@ static int do_append(struct sqlite_store *s, struct gr_append *a, uint64_t batch
     for (size_t i = 0; i < a->n; i++) {
         struct gr_store_item *it = &a->items[i];
         if (it->has_dedupe) {
-            sqlite3_stmt *get = S(s, S_DEDUPE_GET);
-            sqlite3_bind_blob(get, 1, it->dedupe, sizeof it->dedupe, SQLITE_STATIC);
-            bool seen = sqlite3_step(get) == SQLITE_ROW && sqlite3_column_int64(get, 0) >= window_start;
-            sqlite3_reset(get);
-            if (seen) {
+            sqlite3_stmt *put = S(s, S_DEDUPE);
+            sqlite3_bind_blob(put, 1, it->dedupe, sizeof it->dedupe, SQLITE_STATIC);
+            sqlite3_bind_int64(put, 2, a->received_ms);
+            sqlite3_bind_int64(put, 3, window_start);
+            int rc = step_done(put);
+            if (rc)
+                return rc;
+            if (sqlite3_changes(s->db) == 0) { /* seen within the window */
                 (*dups)++;
                 *bytes -= it->len;
                 continue;
             }
-            sqlite3_stmt *put = S(s, S_DEDUPE_PUT);
-            sqlite3_bind_blob(put, 1, it->dedupe, sizeof it->dedupe, SQLITE_STATIC);
-            sqlite3_bind_int64(put, 2, a->received_ms);
-            int rc = step_done(put);
-            if (rc)
-                return rc;
         }
         sqlite3_stmt *ins = S(s, S_INS_ITEM);
         sqlite3_bind_int64(ins, 1, a->received_ms);
