@@ -255,7 +255,7 @@ void gr_metrics_render(struct gr_buf *o, const struct gr_metrics_gauges *g)
               "Items found in the value arrays of notification POSTs.");
     gr_buf_printf(o, "graphrouter_items_received_total %llu\n", GET(m.received));
     help_line(o, "graphrouter_items_accepted_total", "counter",
-              "Items that passed the clientState check and were stored (duplicates excluded).");
+              "Items that passed the clientState check and were stored.");
     gr_buf_printf(o, "graphrouter_items_accepted_total %llu\n", GET(m.accepted));
     help_line(o, "graphrouter_items_dropped_total", "counter",
               "Items not routed, by reason (the POST is still answered 202).");
@@ -270,7 +270,7 @@ void gr_metrics_render(struct gr_buf *o, const struct gr_metrics_gauges *g)
     gr_buf_printf(o, "graphrouter_items_unrouted_total %llu\n", GET(m.unrouted));
 
     help_line(o, "graphrouter_items_duplicate_total", "counter",
-              "Items acknowledged but not stored: the same change within store.dedupe_window_s.");
+              "Stored items not delivered: the same change was accepted within store.dedupe_window_s.");
     gr_buf_printf(o, "graphrouter_items_duplicate_total %llu\n", GET(m.duplicates));
     help_line(o, "graphrouter_store_rejected_total", "counter",
               "POSTs answered 503 because the store was full or could not write.");

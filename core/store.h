@@ -49,7 +49,9 @@ struct gr_append {
     size_t n;
     struct gr_token_list *tokens; /* the POST's validationTokens, for its rich items (ref) */
     int64_t received_ms;
-    /* Called once, on a store thread, when the outcome is known. */
+    /* Called once, on a store thread, when the outcome is known.
+     * (duplicates: always 0 from the SQLite store, which recognises them
+     * when it routes the item.) */
     void (*done)(void *ctx, enum gr_append_result result, size_t duplicates);
     void *ctx;
 };
@@ -71,6 +73,8 @@ struct gr_work {
     char *event;                  /* DELIVER: an emitted event's JSON, or NULL: the notification */
     size_t event_len;
     struct gr_work *next; /* take() hands out ROUTE work in chains (routing runs no plugin) */
+    bool has_dedupe;      /* ROUTE: the item's duplicate key (see gr_store_item) */
+    unsigned char dedupe[32];
 };
 void gr_work_free(struct gr_work *w); /* this one, not its chain */
 

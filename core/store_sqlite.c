@@ -60,7 +60,8 @@ static const char schema[] =
     "CREATE TABLE IF NOT EXISTS items("
     "  id INTEGER PRIMARY KEY, received_ms INTEGER NOT NULL, len INTEGER NOT NULL,"
     "  batch_id INTEGER, state INTEGER NOT NULL, due_ms INTEGER NOT NULL,"
-    "  attempts INTEGER NOT NULL DEFAULT 0, note TEXT, done_ms INTEGER, body TEXT NOT NULL);"
+    "  attempts INTEGER NOT NULL DEFAULT 0, note TEXT, done_ms INTEGER, dedupe BLOB,"
+    "  body TEXT NOT NULL);"
     /* Partial indexes, each holding only the rows its queries look for, so
      * that every query the writer runs is a lookup, never a scan of the
      * backlog or of the retained history (see the INDEXED BY clauses). */
@@ -88,6 +89,7 @@ struct req {
     struct gr_append *append; /* REQ_APPEND */
     size_t dups;              /* REQ_APPEND: duplicates skipped */
     bool failed;              /* undone alone (its savepoint rolled back) */
+    bool duplicate;           /* REQ_ROUTED: the item was a duplicate, not delivered */
     /* REQ_TAKE */
     struct gr_store_handler *handlers;
     size_t nh;
@@ -115,14 +117,15 @@ enum stmt_id {
 
 static const char *const stmt_sql[S_COUNT] = {
     [S_INS_BATCH] = "INSERT INTO batches(tokens, received_ms) VALUES(?1, ?2)",
-    [S_INS_ITEM] = "INSERT INTO items(received_ms, body, len, batch_id, state, due_ms) "
-                   "VALUES(?1, ?2, ?4, ?3, 0, ?1)",
+    [S_INS_ITEM] = "INSERT INTO items(received_ms, body, len, batch_id, state, due_ms, dedupe) "
+                   "VALUES(?1, ?2, ?4, ?3, 0, ?1, ?5)",
     /* One B-tree descent: a new key, or one seen before the window, is
      * (re)written (a change: not a duplicate); one seen within the window is
      * left alone (no change: a duplicate). */
     [S_DEDUPE] = "INSERT INTO dedupe(key, seen_ms) VALUES(?1, ?2) ON CONFLICT(key) DO UPDATE "
                  "SET seen_ms = excluded.seen_ms WHERE dedupe.seen_ms < ?3",
-    [S_ROUTE_NEXT] = "SELECT i.id, i.body, i.received_ms, i.attempts, b.tokens, i.batch_id "
+    [S_ROUTE_NEXT] = "SELECT i.id, i.body, i.received_ms, i.attempts, b.tokens, i.batch_id, "
+                     "i.dedupe "
                      "FROM items i "
                      "INDEXED BY items_open LEFT JOIN batches b ON b.id = i.batch_id "
                      "WHERE i.state IN (0, 3) AND i.state = 0 AND "
@@ -351,23 +354,11 @@ static int do_append(struct sqlite_store *s, struct gr_append *a, uint64_t batch
             return rc;
         batch = sqlite3_last_insert_rowid(s->db);
     }
-    int64_t window_start = a->received_ms - s->cfg.dedupe_window_ms;
+    /* Duplicates are recognised when the item is routed (do_routed): the
+     * duplicate keys are random, so writing them here would dirty a random
+     * page per item in the very commit the POST waits for. */
     for (size_t i = 0; i < a->n; i++) {
         struct gr_store_item *it = &a->items[i];
-        if (it->has_dedupe) {
-            sqlite3_stmt *put = S(s, S_DEDUPE);
-            sqlite3_bind_blob(put, 1, it->dedupe, sizeof it->dedupe, SQLITE_STATIC);
-            sqlite3_bind_int64(put, 2, a->received_ms);
-            sqlite3_bind_int64(put, 3, window_start);
-            int rc = step_done(put);
-            if (rc)
-                return rc;
-            if (sqlite3_changes(s->db) == 0) { /* seen within the window */
-                (*dups)++;
-                *bytes -= it->len;
-                continue;
-            }
-        }
         sqlite3_stmt *ins = S(s, S_INS_ITEM);
         sqlite3_bind_int64(ins, 1, a->received_ms);
         sqlite3_bind_text(ins, 2, it->body, (int)it->len, SQLITE_STATIC);
@@ -376,6 +367,10 @@ static int do_append(struct sqlite_store *s, struct gr_append *a, uint64_t batch
             sqlite3_bind_int64(ins, 3, batch);
         else
             sqlite3_bind_null(ins, 3);
+        if (it->has_dedupe)
+            sqlite3_bind_blob(ins, 5, it->dedupe, sizeof it->dedupe, SQLITE_STATIC);
+        else
+            sqlite3_bind_null(ins, 5);
         int rc = step_done(ins);
         if (rc)
             return rc;
@@ -414,6 +409,10 @@ static struct gr_work *take_route(struct sqlite_store *s, int64_t now, int *rc)
         }
         if (b && b == batch)
             w->tokens = gr_token_list_ref(tokens);
+        if (sqlite3_column_bytes(st, 6) == (int)sizeof w->dedupe) {
+            memcpy(w->dedupe, sqlite3_column_blob(st, 6), sizeof w->dedupe);
+            w->has_dedupe = true;
+        }
         *tail = w;
         tail = &w->next;
     }
@@ -624,6 +623,29 @@ static int do_routed(struct sqlite_store *s, struct req *r, int64_t now, uint64_
         sqlite3_bind_int64(st, 2, now + r->delay_ms);
         return step_done(st);
     }
+    if (r->result == GR_ROUTED && r->ntargets && w->has_dedupe) {
+        /* the same change accepted within the window: done, not delivered */
+        sqlite3_stmt *put = S(s, S_DEDUPE);
+        sqlite3_bind_blob(put, 1, w->dedupe, sizeof w->dedupe, SQLITE_STATIC);
+        sqlite3_bind_int64(put, 2, w->received_ms);
+        sqlite3_bind_int64(put, 3, w->received_ms - s->cfg.dedupe_window_ms);
+        int rc = step_done(put);
+        if (rc)
+            return rc;
+        if (sqlite3_changes(s->db) == 0) {
+            r->duplicate = true;
+            sqlite3_stmt *st = S(s, S_ITEM_DONE);
+            sqlite3_bind_int64(st, 1, w->id);
+            sqlite3_bind_int64(st, 2, now);
+            sqlite3_bind_text(st, 3, "duplicate", -1, SQLITE_STATIC);
+            rc = step_done(st);
+            if (!rc) {
+                (*done_items)++;
+                *done_bytes += w->len;
+            }
+            return rc;
+        }
+    }
     if (r->result == GR_ROUTED && r->ntargets) {
         for (size_t i = 0; i < r->ntargets; i++) {
             int rc = insert_unit(s, w->id, r->targets[i], NULL, 0, now);
@@ -734,7 +756,7 @@ static void finish_requests(struct sqlite_store *s, struct req *batch, int rc)
 
 /* What one request changed, applied to the counters once it is kept. */
 struct delta {
-    uint64_t added_items, added_bytes, done_items, done_bytes, routed;
+    uint64_t added_items, added_bytes, done_items, done_bytes, routed, duplicates;
     bool new_work;
 };
 
@@ -757,8 +779,11 @@ static int run_request(struct sqlite_store *s, struct req *r, int64_t now,
         return rc;
     }
     case REQ_TAKE: return do_take(s, r, now);
-    case REQ_ROUTED:
-        return do_routed(s, r, now, &d->done_items, &d->done_bytes, &d->routed, &d->new_work);
+    case REQ_ROUTED: {
+        int rc = do_routed(s, r, now, &d->done_items, &d->done_bytes, &d->routed, &d->new_work);
+        d->duplicates = r->duplicate;
+        return rc;
+    }
     case REQ_DELIVERED:
         return do_delivered(s, r, now, &d->done_items, &d->done_bytes, &d->new_work);
     }
@@ -803,6 +828,7 @@ static void run_batch(struct sqlite_store *s, struct req *batch)
         total.done_items += d.done_items;
         total.done_bytes += d.done_bytes;
         total.routed += d.routed;
+        total.duplicates += d.duplicates;
         total.new_work |= d.new_work;
     }
     if (!rc)
@@ -837,6 +863,7 @@ static void run_batch(struct sqlite_store *s, struct req *batch)
         pthread_cond_broadcast(&s->work);
         pthread_mutex_unlock(&s->lock);
         gr_metrics_store_commit(gr_mono_ns() - t0, nreq);
+        gr_metrics_duplicates(total.duplicates);
     }
     /* Completions must not be lost: those not kept are tried again. */
     struct req *retry_head = NULL, **retry_tail = &retry_head;

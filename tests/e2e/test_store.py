@@ -238,7 +238,10 @@ class DuplicateTest(RouterTest):
         self.assertEqual(sorted(ids(l for l in r.read_jsonl() if l.get("id"))), ["d1", "d1", "d2"])
         self.assertEqual(len(r.read_jsonl()), 4)
         self.assertEqual(r.metric("graphrouter_items_duplicate_total"), 3)
-        self.assertEqual(r.metric("graphrouter_items_accepted_total"), 4)
+        self.assertEqual(r.metric("graphrouter_items_accepted_total"), 7)  # all stored
+        # the duplicates are kept, finished, with why
+        self.assertEqual(db_rows(r, "SELECT count(*) FROM items WHERE note = 'duplicate'"),
+                         [(3,)])
         time.sleep(max(0, 5.5 - (time.monotonic() - t0)))  # the window has passed
         self.assertEqual(r.post(batch(item(id="d1")))[0], 202)
         r.wait_jsonl(5)
