@@ -59,6 +59,10 @@
 #   Phase 2 prints target and achieved rate, latency from the scheduled send
 #   (p50/p99/p99.9/max) and from the actual send ("service"), and graphrouter's
 #   own ack-latency histogram over the run (bucket upper bounds).
+#   Last, the run's figures against graphrouter's goals for the durable
+#   request path: at least 0.5 of nginx's rate, and ack p99 (from the
+#   scheduled send) under 5 ms at half load; "met" or "NOT met" (informative:
+#   the exit status does not depend on it).
 #   Any non-202 answer (a 503 means the store refused), socket error or unsent
 #   request is listed under "problems" and makes the script exit 1.
 #
@@ -644,6 +648,16 @@ echo "  ack latency (headers in -> 202, commit included) mean $mean_ms ms, p50 $
      "p99 $(hquant "$a" "$b" 0.99), p99.9 $(hquant "$a" "$b" 0.999) (histogram buckets);"
 echo "  backlog when the load stopped $p2_backlog, emptied in ${p2_drain}s"
 ((non202 == 0)) || problems+=("phase 2 graphrouter: $non202 non-202 answers in /metrics")
+
+# graphrouter's goals for its durable request path, checked on this run's figures
+ratio=$(awk -v g="$g_rps" -v n="$n_rps" 'BEGIN {printf "%.2f", g / n}')
+p2_p99=$(us2ms "$(kv "$gline" p99_us)")
+goal() { awk -v v="$2" -v t="$3" -v op="$4" 'BEGIN {ok = op == ">=" ? v >= t : v < t
+                                                   printf "%s: %s (goal %s %s): %s\n", ARGV[1], v, op, t,
+                                                          ok ? "met" : "NOT met"}' "$1"; }
+echo
+goal "req/s ratio graphrouter/nginx" "$ratio" 0.5 ">="
+goal "ack p99 ms at half load (from the scheduled send)" "$p2_p99" 5 "<"
 
 echo
 if ((${#problems[@]})); then

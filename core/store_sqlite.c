@@ -1440,12 +1440,6 @@ struct gr_store *gr_store_sqlite_open(const struct gr_store_config *c,
         }
         sqlite3_finalize(jm);
     }
-    if (rc == SQLITE_OK && c->max_db_bytes) {
-        char *cap = gr_xprintf("PRAGMA max_page_count = %llu",
-                               (unsigned long long)(c->max_db_bytes / 4096)); /* default page size */
-        rc = exec(s->db, cap);
-        free(cap);
-    }
     if (rc == SQLITE_OK)
         rc = exec(s->db, pragmas);
     free(pragmas);
@@ -1462,6 +1456,12 @@ struct gr_store *gr_store_sqlite_open(const struct gr_store_config *c,
         if (sqlite3_step(ps) == SQLITE_ROW && sqlite3_column_int64(ps, 0) > 0)
             s->page_size = (uint64_t)sqlite3_column_int64(ps, 0);
         sqlite3_finalize(ps);
+    }
+    if (rc == SQLITE_OK && c->max_db_bytes) { /* the file's own page size */
+        char *cap = gr_xprintf("PRAGMA max_page_count = %llu",
+                               (unsigned long long)(c->max_db_bytes / s->page_size));
+        rc = exec(s->db, cap);
+        free(cap);
     }
     if (rc != SQLITE_OK) {
         *err = gr_xprintf("store: cannot open %s: %s", c->path,

@@ -266,6 +266,13 @@ class BackpressureTest(RouterTest):
         self.assertEqual(r.metric("graphrouter_store_rejected_total", reason="full"), 2)
         self.assertEqual(r.metric("graphrouter_store_items_pending"), 3)
         r.wait_log(r"notification POST refused with 503: the store is full")
+        # what waits shows in status and metrics, with the age of the oldest
+        r.wait_for(lambda: r.metric("graphrouter_oldest_pending_seconds", handler="f") > 0.5)
+        status, text, _ = r.cli("status")
+        m = re.search(r"(?m)^f +(\d+) +(\d+) +0 +(\d+)s *$", text)
+        self.assertTrue(m, text)
+        self.assertEqual(int(m.group(1)) + int(m.group(2)), 3)
+        self.assertRegex(text, r"(?m)^store .*: 3 items pending \(\d+ bytes\), 0 not yet routed$")
 
     def test_503_when_max_db_bytes_is_reached(self):
         r = self.stuck(max_db_bytes=1048576)
