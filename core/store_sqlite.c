@@ -52,6 +52,12 @@ enum { UNIT_PENDING = 0, UNIT_RUNNING = 1, UNIT_DONE = 2, UNIT_DEAD = 3 };
 #define PURGE_BUDGET_MS 20  /* per maintenance; more due: maintenance comes back sooner */
 #define ROUTE_CHAIN 32 /* items one take hands out for routing */
 
+/* The layout below; kept in PRAGMA user_version. A file of another version
+ * is refused, never reinterpreted. */
+#define SCHEMA_VERSION 1
+#define GR_STR_(x) #x
+#define GR_STR(x) GR_STR_(x)
+
 static const char schema[] =
     "CREATE TABLE IF NOT EXISTS batches(id INTEGER PRIMARY KEY, tokens TEXT NOT NULL,"
     "  received_ms INTEGER NOT NULL);"
@@ -79,7 +85,7 @@ static const char schema[] =
     "CREATE TABLE IF NOT EXISTS dedupe(key BLOB PRIMARY KEY, seen_ms INTEGER NOT NULL)"
     "  WITHOUT ROWID;"
     "CREATE INDEX IF NOT EXISTS dedupe_age ON dedupe(seen_ms);"
-    "PRAGMA user_version = 1;";
+    "PRAGMA user_version = " GR_STR(SCHEMA_VERSION) ";";
 
 enum req_kind { REQ_APPEND, REQ_TAKE, REQ_ROUTED, REQ_DELIVERED };
 
@@ -1427,6 +1433,7 @@ struct gr_store *gr_store_sqlite_open(const struct gr_store_config *c,
     char *pragmas = gr_xprintf("PRAGMA synchronous = %s; PRAGMA foreign_keys = OFF; "
                                "PRAGMA temp_store = MEMORY; PRAGMA cache_size = -16000;",
                                c->synchronous_full ? "FULL" : "NORMAL");
+    char *why = NULL; /* a reason of ours, when SQLite's message would not say it */
     /* WAL, or nothing: journal_mode answers with the mode it got */
     sqlite3_stmt *jm;
     if (rc == SQLITE_OK &&
@@ -1434,8 +1441,8 @@ struct gr_store *gr_store_sqlite_open(const struct gr_store_config *c,
         const unsigned char *mode = sqlite3_step(jm) == SQLITE_ROW ? sqlite3_column_text(jm, 0)
                                                                    : NULL;
         if (!mode || strcmp((const char *)mode, "wal") != 0) {
-            gr_error("store: %s cannot use write-ahead logging (journal mode %s)", c->path,
-                     mode ? (const char *)mode : "unknown");
+            why = gr_xprintf("store: %s cannot use write-ahead logging (journal mode %s)",
+                             c->path, mode ? (const char *)mode : "unknown");
             rc = SQLITE_CANTOPEN;
         }
         sqlite3_finalize(jm);
@@ -1443,6 +1450,21 @@ struct gr_store *gr_store_sqlite_open(const struct gr_store_config *c,
     if (rc == SQLITE_OK)
         rc = exec(s->db, pragmas);
     free(pragmas);
+    sqlite3_stmt *uv;
+    if (rc == SQLITE_OK &&
+        (rc = sqlite3_prepare_v2(s->db, "SELECT (SELECT user_version FROM pragma_user_version), "
+                                        "(SELECT count(*) FROM sqlite_schema)",
+                                 -1, &uv, NULL)) == SQLITE_OK) {
+        if (sqlite3_step(uv) == SQLITE_ROW && sqlite3_column_int(uv, 1) > 0 &&
+            sqlite3_column_int(uv, 0) != SCHEMA_VERSION) {
+            why = gr_xprintf("store: %s holds store layout %d; this graphrouter reads layout %d "
+                             "(move the file away, or let the graphrouter that wrote it finish "
+                             "its work first)",
+                             c->path, sqlite3_column_int(uv, 0), SCHEMA_VERSION);
+            rc = SQLITE_CANTOPEN;
+        }
+        sqlite3_finalize(uv);
+    }
     if (rc == SQLITE_OK)
         rc = exec(s->db, schema);
     for (int i = 0; rc == SQLITE_OK && i < S_COUNT; i++)
@@ -1464,8 +1486,9 @@ struct gr_store *gr_store_sqlite_open(const struct gr_store_config *c,
         free(cap);
     }
     if (rc != SQLITE_OK) {
-        *err = gr_xprintf("store: cannot open %s: %s", c->path,
-                          s->db ? sqlite3_errmsg(s->db) : sqlite3_errstr(rc));
+        *err = why ? why
+                   : gr_xprintf("store: cannot open %s: %s", c->path,
+                                s->db ? sqlite3_errmsg(s->db) : sqlite3_errstr(rc));
         for (int i = 0; i < S_COUNT; i++)
             sqlite3_finalize(s->stmt[i]);
         sqlite3_close(s->db);

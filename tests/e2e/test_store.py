@@ -397,3 +397,18 @@ class RichAtRestTest(RouterTest):
         self.assertIn(doc["validationTokens"][0].encode(), stored)
         self.assertNotIn(secret_text.encode(), stored)
         self.assertEqual(os.stat(r.path("var/graphrouter.db")).st_mode & 0o777, 0o600)
+
+
+class LayoutTest(RouterTest):
+    def test_a_store_of_another_layout_is_refused(self):
+        r = self.router(base_config())
+        self.assertEqual(r.stop(), 0)
+        db = sqlite3.connect(r.path("var/graphrouter.db"))
+        db.execute("PRAGMA user_version = 99")
+        db.commit()
+        db.close()
+        with self.assertRaises(AssertionError) as ctx:
+            r.start()
+        self.assertEqual(r.proc.returncode, 1)
+        self.assertIn("graphrouter.db holds store layout 99; this graphrouter reads layout 1",
+                      str(ctx.exception).replace('\\"', '"'))
