@@ -48,7 +48,6 @@ struct request {
     struct gr_append *append;
     bool committed;
     enum gr_append_result result;
-    size_t duplicates;
 };
 
 static void free_append(struct gr_append *a)
@@ -63,11 +62,10 @@ static void free_append(struct gr_append *a)
 }
 
 /* On the store's writer thread: the items are stored, or not. */
-static void on_appended(void *ctx, enum gr_append_result result, size_t duplicates)
+static void on_appended(void *ctx, enum gr_append_result result)
 {
     struct request *r = ctx;
     r->result = result;
-    r->duplicates = duplicates;
     r->committed = true;
     MHD_resume_connection(r->conn);
 }
@@ -221,8 +219,7 @@ static enum MHD_Result answer_committed(struct MHD_Connection *c, struct gr_http
     free_append(r->append);
     r->append = NULL;
     if (r->result == GR_APPEND_OK) {
-        gr_metrics_items_accepted(n - r->duplicates);
-        gr_metrics_duplicates(r->duplicates);
+        gr_metrics_items_accepted(n);
         return respond(c, h, r, 202, NULL, NULL);
     }
     bool full = r->result == GR_APPEND_FULL;

@@ -31,13 +31,16 @@ static const char *const drop_names[GR_DROP_COUNT] = {
     "decrypt_malformed",      "decrypt_unknown_key",     "decrypt_bad_key",
     "decrypt_bad_signature",  "decrypt_bad_padding",     "decrypt_not_json"};
 
+/* A histogram of durations, in the buckets above (+Inf last). */
+struct seconds_hist {
+    atomic_uint_fast64_t buckets[N_BUCKETS + 1], count, sum_ns;
+};
+
 static struct {
     atomic_uint_fast64_t requests[GR_EP_COUNT][N_STATUS];
-    atomic_uint_fast64_t latency_buckets[N_BUCKETS + 1];
-    atomic_uint_fast64_t latency_count, latency_sum_ns;
+    struct seconds_hist ack, commit;
     atomic_uint_fast64_t received, accepted, routed, unrouted;
     atomic_uint_fast64_t dropped[GR_DROP_COUNT];
-    atomic_uint_fast64_t commit_buckets[N_BUCKETS + 1], commit_count, commit_sum_ns;
     atomic_uint_fast64_t batch_buckets[8], batch_sum, store_failures, duplicates;
     atomic_uint_fast64_t rejected_full, rejected_error;
     atomic_uint_fast64_t reload_ok, reload_failed;
@@ -83,16 +86,18 @@ void gr_metrics_request(enum gr_endpoint ep, unsigned status)
     INC(m.requests[ep < GR_EP_COUNT ? ep : GR_EP_OTHER][i]);
 }
 
-void gr_metrics_ack_latency(int64_t ns)
+static void observe(struct seconds_hist *h, int64_t ns)
 {
     double s = (double)ns / 1e9;
     size_t i = 0;
     while (i < N_BUCKETS && s > buckets[i])
         i++;
-    INC(m.latency_buckets[i]);
-    INC(m.latency_count);
-    ADD(m.latency_sum_ns, (uint_fast64_t)(ns > 0 ? ns : 0));
+    INC(h->buckets[i]);
+    INC(h->count);
+    ADD(h->sum_ns, (uint_fast64_t)(ns > 0 ? ns : 0));
 }
+
+void gr_metrics_ack_latency(int64_t ns) { observe(&m.ack, ns); }
 
 void gr_metrics_items_received(size_t n) { ADD(m.received, n); }
 void gr_metrics_items_accepted(size_t n) { ADD(m.accepted, n); }
@@ -102,13 +107,7 @@ static const unsigned batch_bounds[] = {1, 2, 4, 8, 16, 32, 64}; /* + Inf */
 
 void gr_metrics_store_commit(int64_t ns, size_t requests)
 {
-    double s = (double)ns / 1e9;
-    size_t i = 0;
-    while (i < N_BUCKETS && s > buckets[i])
-        i++;
-    INC(m.commit_buckets[i]);
-    INC(m.commit_count);
-    ADD(m.commit_sum_ns, (uint_fast64_t)(ns > 0 ? ns : 0));
+    observe(&m.commit, ns);
     size_t b = 0;
     while (b < GR_ARRAY_LEN(batch_bounds) && requests > batch_bounds[b])
         b++;
@@ -216,6 +215,22 @@ static void help_line(struct gr_buf *o, const char *name, const char *type, cons
     gr_buf_printf(o, "\n# TYPE %s %s\n", name, type);
 }
 
+static void render_seconds(struct gr_buf *o, const char *name, const char *help,
+                           struct seconds_hist *h)
+{
+    help_line(o, name, "histogram", help);
+    unsigned long long cum = 0;
+    for (size_t i = 0; i <= N_BUCKETS; i++) {
+        cum += GET(h->buckets[i]);
+        if (i < N_BUCKETS)
+            gr_buf_printf(o, "%s_bucket{le=\"%g\"} %llu\n", name, buckets[i], cum);
+        else
+            gr_buf_printf(o, "%s_bucket{le=\"+Inf\"} %llu\n", name, cum);
+    }
+    gr_buf_printf(o, "%s_sum %.9f\n", name, (double)GET(h->sum_ns) / 1e9);
+    gr_buf_printf(o, "%s_count %llu\n", name, GET(h->count));
+}
+
 void gr_metrics_render(struct gr_buf *o, const struct gr_metrics_gauges *g)
 {
     help_line(o, "graphrouter_build_info", "gauge", "Version of the running graphrouter.");
@@ -237,19 +252,9 @@ void gr_metrics_render(struct gr_buf *o, const struct gr_metrics_gauges *g)
         }
     }
 
-    help_line(o, "graphrouter_ack_latency_seconds", "histogram",
-              "Time from a notification POST's headers to its 202 (the store commit included).");
-    unsigned long long cum = 0;
-    for (size_t i = 0; i <= N_BUCKETS; i++) {
-        cum += GET(m.latency_buckets[i]);
-        if (i < N_BUCKETS)
-            gr_buf_printf(o, "graphrouter_ack_latency_seconds_bucket{le=\"%g\"} %llu\n", buckets[i], cum);
-        else
-            gr_buf_printf(o, "graphrouter_ack_latency_seconds_bucket{le=\"+Inf\"} %llu\n", cum);
-    }
-    gr_buf_printf(o, "graphrouter_ack_latency_seconds_sum %.9f\n",
-                  (double)GET(m.latency_sum_ns) / 1e9);
-    gr_buf_printf(o, "graphrouter_ack_latency_seconds_count %llu\n", GET(m.latency_count));
+    render_seconds(o, "graphrouter_ack_latency_seconds",
+                   "Time from a notification POST's headers to its 202 (the store commit included).",
+                   &m.ack);
 
     help_line(o, "graphrouter_items_received_total", "counter",
               "Items found in the value arrays of notification POSTs.");
@@ -280,21 +285,11 @@ void gr_metrics_render(struct gr_buf *o, const struct gr_metrics_gauges *g)
     help_line(o, "graphrouter_store_failures_total", "counter",
               "Store transactions that failed (their appends were answered 503).");
     gr_buf_printf(o, "graphrouter_store_failures_total %llu\n", GET(m.store_failures));
-    help_line(o, "graphrouter_store_commit_seconds", "histogram",
-              "Time of one store transaction, fsync included (group commit).");
-    cum = 0;
-    for (size_t i = 0; i <= N_BUCKETS; i++) {
-        cum += GET(m.commit_buckets[i]);
-        if (i < N_BUCKETS)
-            gr_buf_printf(o, "graphrouter_store_commit_seconds_bucket{le=\"%g\"} %llu\n", buckets[i], cum);
-        else
-            gr_buf_printf(o, "graphrouter_store_commit_seconds_bucket{le=\"+Inf\"} %llu\n", cum);
-    }
-    gr_buf_printf(o, "graphrouter_store_commit_seconds_sum %.9f\n", (double)GET(m.commit_sum_ns) / 1e9);
-    gr_buf_printf(o, "graphrouter_store_commit_seconds_count %llu\n", GET(m.commit_count));
+    render_seconds(o, "graphrouter_store_commit_seconds",
+                   "Time of one store transaction, fsync included (group commit).", &m.commit);
     help_line(o, "graphrouter_store_commit_batch", "histogram",
               "Requests (appends, takes, completions) grouped into one store transaction.");
-    cum = 0;
+    unsigned long long cum = 0;
     for (size_t i = 0; i <= GR_ARRAY_LEN(batch_bounds); i++) {
         cum += GET(m.batch_buckets[i]);
         if (i < GR_ARRAY_LEN(batch_bounds))
@@ -303,7 +298,7 @@ void gr_metrics_render(struct gr_buf *o, const struct gr_metrics_gauges *g)
             gr_buf_printf(o, "graphrouter_store_commit_batch_bucket{le=\"+Inf\"} %llu\n", cum);
     }
     gr_buf_printf(o, "graphrouter_store_commit_batch_sum %llu\n", GET(m.batch_sum));
-    gr_buf_printf(o, "graphrouter_store_commit_batch_count %llu\n", GET(m.commit_count));
+    gr_buf_printf(o, "graphrouter_store_commit_batch_count %llu\n", GET(m.commit.count));
 
     help_line(o, "graphrouter_reloads_total", "counter", "Configuration reloads, by result.");
     gr_buf_printf(o, "graphrouter_reloads_total{result=\"success\"} %llu\n", GET(m.reload_ok));

@@ -49,10 +49,9 @@ struct gr_append {
     size_t n;
     struct gr_token_list *tokens; /* the POST's validationTokens, for its rich items (ref) */
     int64_t received_ms;
-    /* Called once, on a store thread, when the outcome is known.
-     * (duplicates: always 0 from the SQLite store, which recognises them
-     * when it routes the item.) */
-    void (*done)(void *ctx, enum gr_append_result result, size_t duplicates);
+    /* Called once, on a store thread, when the outcome is known. (Duplicate
+     * items are stored too; the store recognises them when it routes them.) */
+    void (*done)(void *ctx, enum gr_append_result result);
     void *ctx;
 };
 

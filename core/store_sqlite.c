@@ -87,13 +87,20 @@ static const char schema[] =
     "CREATE INDEX IF NOT EXISTS dedupe_age ON dedupe(seen_ms);"
     "PRAGMA user_version = " GR_STR(SCHEMA_VERSION) ";";
 
+/* Routed items none of whose deliveries is pending or running are done (as
+ * close_item_if_finished does for one), after work was swept or recovered. */
+static const char close_finished_items[] =
+    "UPDATE items SET state = 2, done_ms = CASE WHEN EXISTS (SELECT 1 FROM units WHERE "
+    "item_id = items.id AND state = 3) THEN NULL ELSE strftime('%s') * 1000 END "
+    "WHERE state = 1 AND NOT EXISTS (SELECT 1 FROM units WHERE item_id = items.id AND "
+    "state IN (0, 1))";
+
 enum req_kind { REQ_APPEND, REQ_TAKE, REQ_ROUTED, REQ_DELIVERED };
 
 struct req {
     enum req_kind kind;
     struct req *next;
     struct gr_append *append; /* REQ_APPEND */
-    size_t dups;              /* REQ_APPEND: duplicates skipped */
     bool failed;              /* undone alone (its savepoint rolled back) */
     bool duplicate;           /* REQ_ROUTED: the item was a duplicate, not delivered */
     /* REQ_TAKE */
@@ -325,9 +332,8 @@ static void bump(struct sqlite_store *s, const char *handler, int pending, int r
 /* Returns 0, APPEND_FULL (over the limits, counting what this transaction
  * already added: nothing written), or an SQLite error. */
 static int do_append(struct sqlite_store *s, struct gr_append *a, uint64_t batch_items,
-                     uint64_t batch_bytes, size_t *dups, uint64_t *bytes)
+                     uint64_t batch_bytes, uint64_t *bytes)
 {
-    *dups = 0;
     *bytes = 0;
     for (size_t i = 0; i < a->n; i++)
         *bytes += a->items[i].len;
@@ -588,9 +594,10 @@ static bool handler_configured(struct sqlite_store *s, const char *name)
  * longer configured (a worker on an older generation routed or emitted to
  * it after a reload removed it): nothing waits for a handler that never comes. */
 static int insert_unit(struct sqlite_store *s, int64_t item, const char *handler,
-                       const char *event, size_t len, int64_t now)
+                       const char *event, size_t len, int64_t now, bool *any_dead)
 {
     bool dead = !handler_configured(s, handler);
+    *any_dead |= dead;
     sqlite3_stmt *st = S(s, S_INS_UNIT);
     sqlite3_bind_int64(st, 1, item);
     sqlite3_bind_text(st, 2, handler, -1, SQLITE_STATIC);
@@ -617,74 +624,76 @@ static int insert_unit(struct sqlite_store *s, int64_t item, const char *handler
 }
 
 /* Returns 0, or an SQLite error; *finished_bytes counts items now done. */
-static int do_routed(struct sqlite_store *s, struct req *r, int64_t now, uint64_t *done_items,
-                     uint64_t *done_bytes, uint64_t *routed, bool *new_work)
+/* Finish an item that has no delivery to wait for, saying why. */
+static int finish_item(struct sqlite_store *s, const struct gr_work *w, int64_t now,
+                       const char *note, uint64_t *done_items, uint64_t *done_bytes)
 {
-    struct gr_work *w = r->work;
-    if (r->result != GR_ROUTE_WAIT)
-        (*routed)++;
-    if (r->result == GR_ROUTE_WAIT) {
-        sqlite3_stmt *st = S(s, S_ITEM_WAIT);
-        sqlite3_bind_int64(st, 1, w->id);
-        sqlite3_bind_int64(st, 2, now + r->delay_ms);
-        return step_done(st);
-    }
-    if (r->result == GR_ROUTED && r->ntargets && w->has_dedupe) {
-        /* the same change accepted within the window: done, not delivered */
-        sqlite3_stmt *put = S(s, S_DEDUPE);
-        sqlite3_bind_blob(put, 1, w->dedupe, sizeof w->dedupe, SQLITE_STATIC);
-        sqlite3_bind_int64(put, 2, w->received_ms);
-        sqlite3_bind_int64(put, 3, w->received_ms - s->cfg.dedupe_window_ms);
-        int rc = step_done(put);
-        if (rc)
-            return rc;
-        if (sqlite3_changes(s->db) == 0) {
-            r->duplicate = true;
-            sqlite3_stmt *st = S(s, S_ITEM_DONE);
-            sqlite3_bind_int64(st, 1, w->id);
-            sqlite3_bind_int64(st, 2, now);
-            sqlite3_bind_text(st, 3, "duplicate", -1, SQLITE_STATIC);
-            rc = step_done(st);
-            if (!rc) {
-                (*done_items)++;
-                *done_bytes += w->len;
-            }
-            return rc;
-        }
-    }
-    if (r->result == GR_ROUTED && r->ntargets) {
-        for (size_t i = 0; i < r->ntargets; i++) {
-            int rc = insert_unit(s, w->id, r->targets[i], NULL, 0, now);
-            if (rc)
-                return rc;
-        }
-        sqlite3_stmt *st = S(s, S_ITEM_STATE);
-        sqlite3_bind_int64(st, 1, w->id);
-        sqlite3_bind_int(st, 2, ITEM_ROUTED);
-        *new_work = true;
-        int rc = step_done(st);
-        if (rc)
-            return rc;
-        int closed = close_item_if_finished(s, w->id, now); /* all dead letters */
-        if (closed < 0)
-            return SQLITE_ERROR;
-        if (closed) {
-            (*done_items)++;
-            *done_bytes += w->len;
-        }
-        return 0;
-    }
-    /* dropped, or nothing routes it: done, with why */
     sqlite3_stmt *st = S(s, S_ITEM_DONE);
     sqlite3_bind_int64(st, 1, w->id);
     sqlite3_bind_int64(st, 2, now);
-    sqlite3_bind_text(st, 3, r->text ? r->text : "unrouted", -1, SQLITE_STATIC);
+    sqlite3_bind_text(st, 3, note, -1, SQLITE_STATIC);
     int rc = step_done(st);
     if (!rc) {
         (*done_items)++;
         *done_bytes += w->len;
     }
     return rc;
+}
+
+/* The same change accepted within the window already: 1 (not delivered), 0, or -error. */
+static int is_duplicate(struct sqlite_store *s, const struct gr_work *w)
+{
+    sqlite3_stmt *put = S(s, S_DEDUPE);
+    sqlite3_bind_blob(put, 1, w->dedupe, sizeof w->dedupe, SQLITE_STATIC);
+    sqlite3_bind_int64(put, 2, w->received_ms);
+    sqlite3_bind_int64(put, 3, w->received_ms - s->cfg.dedupe_window_ms);
+    int rc = step_done(put);
+    return rc ? -rc : sqlite3_changes(s->db) == 0;
+}
+
+static int do_routed(struct sqlite_store *s, struct req *r, int64_t now, uint64_t *done_items,
+                     uint64_t *done_bytes, uint64_t *routed, bool *new_work)
+{
+    struct gr_work *w = r->work;
+    if (r->result == GR_ROUTE_WAIT) {
+        sqlite3_stmt *st = S(s, S_ITEM_WAIT);
+        sqlite3_bind_int64(st, 1, w->id);
+        sqlite3_bind_int64(st, 2, now + r->delay_ms);
+        return step_done(st);
+    }
+    (*routed)++;
+    if (r->result != GR_ROUTED || !r->ntargets) /* dropped, or nothing routes it */
+        return finish_item(s, w, now, r->text ? r->text : "unrouted", done_items, done_bytes);
+    if (w->has_dedupe) {
+        int dup = is_duplicate(s, w);
+        if (dup < 0)
+            return -dup;
+        if (dup) {
+            r->duplicate = true;
+            return finish_item(s, w, now, "duplicate", done_items, done_bytes);
+        }
+    }
+    bool any_dead = false;
+    for (size_t i = 0; i < r->ntargets; i++) {
+        int rc = insert_unit(s, w->id, r->targets[i], NULL, 0, now, &any_dead);
+        if (rc)
+            return rc;
+    }
+    sqlite3_stmt *st = S(s, S_ITEM_STATE);
+    sqlite3_bind_int64(st, 1, w->id);
+    sqlite3_bind_int(st, 2, ITEM_ROUTED);
+    *new_work = true;
+    int rc = step_done(st);
+    if (rc || !any_dead)
+        return rc;
+    int closed = close_item_if_finished(s, w->id, now); /* every target was a dead letter? */
+    if (closed < 0)
+        return SQLITE_ERROR;
+    if (closed) {
+        (*done_items)++;
+        *done_bytes += w->len;
+    }
+    return 0;
 }
 
 static int do_delivered(struct sqlite_store *s, struct req *r, int64_t now, uint64_t *done_items,
@@ -702,8 +711,9 @@ static int do_delivered(struct sqlite_store *s, struct req *r, int64_t now, uint
         return rc;
     }
     for (size_t i = 0; i < r->nevents; i++) {
+        bool dead_event = false; /* the parent's completion closes the item if need be */
         int rc = insert_unit(s, w->item_id, r->events[i].handler, r->events[i].json,
-                             r->events[i].len, now);
+                             r->events[i].len, now, &dead_event);
         if (rc)
             return rc;
         *new_work = true;
@@ -742,7 +752,7 @@ static void finish_requests(struct sqlite_store *s, struct req *batch, int rc)
             enum gr_append_result res = rc || r->failed ? GR_APPEND_ERROR
                                         : r->result     ? GR_APPEND_FULL
                                                         : GR_APPEND_OK;
-            a->done(a->ctx, res, r->dups);
+            a->done(a->ctx, res);
             free_req(r);
         } else if (r->kind == REQ_TAKE) {
             pthread_mutex_lock(&s->lock);
@@ -772,15 +782,15 @@ static int run_request(struct sqlite_store *s, struct req *r, int64_t now,
     switch (r->kind) {
     case REQ_APPEND: {
         uint64_t bytes;
-        int rc = do_append(s, r->append, so_far->added_items, so_far->added_bytes, &r->dups,
+        int rc = do_append(s, r->append, so_far->added_items, so_far->added_bytes,
                            &bytes);
         r->result = rc == APPEND_FULL; /* this request only: the others go on */
         if (rc == APPEND_FULL)
             return 0;
         if (!rc) {
-            d->added_items = r->append->n - r->dups;
+            d->added_items = r->append->n;
             d->added_bytes = bytes;
-            d->new_work = r->append->n > r->dups;
+            d->new_work = r->append->n > 0;
         }
         return rc;
     }
@@ -944,11 +954,7 @@ static void sweep_removed_handlers(struct sqlite_store *s, int64_t now)
                     "configured (graphrouter dlq replay brings them back)",
                     sqlite3_changes(s->db));
             s->recount_needed = true;
-            exec(s->db, "UPDATE items SET state = 2, done_ms = CASE WHEN EXISTS (SELECT 1 "
-                        "FROM units WHERE item_id = items.id AND state = 3) THEN NULL ELSE "
-                        "strftime('%s') * 1000 END "
-                        "WHERE state = 1 AND NOT EXISTS (SELECT 1 FROM units "
-                        "WHERE item_id = items.id AND state IN (0, 1))");
+            exec(s->db, close_finished_items);
         }
         sqlite3_finalize(st);
     }
@@ -1408,11 +1414,7 @@ static int recover(struct sqlite_store *s, const struct gr_store_handler *h, siz
     sqlite3_finalize(st);
     sqlite3_finalize(up);
     if (!rc)
-        rc = exec(s->db, "UPDATE items SET state = 2, done_ms = CASE WHEN EXISTS (SELECT 1 "
-                        "FROM units WHERE item_id = items.id AND state = 3) THEN NULL ELSE "
-                        "strftime('%s') * 1000 END "
-                         "WHERE state = 1 AND NOT EXISTS (SELECT 1 FROM units "
-                         "WHERE item_id = items.id AND state IN (0, 1))");
+        rc = exec(s->db, close_finished_items);
     return rc;
 }
 
