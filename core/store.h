@@ -71,7 +71,7 @@ struct gr_work {
     char *handler;                /* DELIVER */
     char *event;                  /* DELIVER: an emitted event's JSON, or NULL: the notification */
     size_t event_len;
-    struct gr_work *next; /* take() hands out ROUTE work in chains (routing runs no plugin) */
+    struct gr_work *next; /* take() hands out work in chains */
     bool has_dedupe;      /* ROUTE: the item's duplicate key (see gr_store_item) */
     unsigned char dedupe[32];
 };
@@ -128,8 +128,11 @@ struct gr_store_ops {
     void (*append)(struct gr_store *s, struct gr_append *a);
     /* The next work, preferring deliveries or routing; blocks up to wait_ms.
      * Returns 1 with *out set, 0 if nothing came, -1 once the store is
-     * closing. One DELIVER, or a chain of ROUTE works (through ->next), each
-     * to be completed with routed(). */
+     * closing. A chain (through ->next) of DELIVER works for one handler,
+     * each to be completed with delivered(), or of ROUTE works, each to be
+     * completed with routed(). Every delivery in the chain has its attempt
+     * recorded already. Completions may be written a little later, together
+     * (within milliseconds, or with the next take or append). */
     int (*take)(struct gr_store *s, const struct gr_store_handler *h, size_t nh,
                 bool prefer_delivery, int64_t wait_ms, struct gr_work **out);
     void (*routed)(struct gr_store *s, struct gr_work *w, const struct gr_route_outcome *o);

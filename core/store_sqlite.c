@@ -23,7 +23,8 @@
  *   units(id, item_id, handler, event, state, attempts, due_ms, created_ms,
  *         finished_ms, last_error)
  *       state 0 pending, 1 running, 2 done, 3 dead
- *   dedupe(key, seen_ms)
+ *   Duplicate keys are kept in memory (dedupe.h), rebuilt from
+ *   items.dedupe at start.
  *
  * Locking: `lock` guards the request queue, the counters and the cached
  * statistics; the main connection is used by the writer thread only.
@@ -39,6 +40,7 @@
 #include <time.h>
 #include <unistd.h>
 
+#include "dedupe.h"
 #include "log.h"
 #include "metrics.h"
 #include "store.h"
@@ -50,11 +52,12 @@ enum { UNIT_PENDING = 0, UNIT_RUNNING = 1, UNIT_DONE = 2, UNIT_DEAD = 3 };
 #define MAINTENANCE_MS 1000 /* purge, recount, statistics, sweep */
 #define PURGE_BATCH 500     /* rows per statement */
 #define PURGE_BUDGET_MS 20  /* per maintenance; more due: maintenance comes back sooner */
-#define ROUTE_CHAIN 32 /* items one take hands out for routing */
+#define ROUTE_CHAIN 32    /* items one take hands out for routing */
+#define DELIVERY_CHAIN 32 /* deliveries one take hands out (one handler's) */
 
 /* The layout below; kept in PRAGMA user_version. A file of another version
  * is refused, never reinterpreted. */
-#define SCHEMA_VERSION 1
+#define SCHEMA_VERSION 2
 #define GR_STR_(x) #x
 #define GR_STR(x) GR_STR_(x)
 
@@ -82,9 +85,6 @@ static const char schema[] =
     "CREATE INDEX IF NOT EXISTS units_due ON units(due_ms) WHERE state = 0;"
     "CREATE INDEX IF NOT EXISTS units_item ON units(item_id, state);"
     "CREATE INDEX IF NOT EXISTS units_order ON units(handler, item_id, id) WHERE state IN (0, 1);"
-    "CREATE TABLE IF NOT EXISTS dedupe(key BLOB PRIMARY KEY, seen_ms INTEGER NOT NULL)"
-    "  WITHOUT ROWID;"
-    "CREATE INDEX IF NOT EXISTS dedupe_age ON dedupe(seen_ms);"
     "PRAGMA user_version = " GR_STR(SCHEMA_VERSION) ";";
 
 /* Routed items none of whose deliveries is pending or running are done (as
@@ -100,6 +100,7 @@ enum req_kind { REQ_APPEND, REQ_TAKE, REQ_ROUTED, REQ_DELIVERED };
 struct req {
     enum req_kind kind;
     struct req *next;
+    int64_t queued_ms;        /* monotonic: when it was queued */
     struct gr_append *append; /* REQ_APPEND */
     bool failed;              /* undone alone (its savepoint rolled back) */
     bool duplicate;           /* REQ_ROUTED: the item was a duplicate, not delivered */
@@ -122,7 +123,7 @@ struct req {
 };
 
 enum stmt_id {
-    S_INS_BATCH, S_INS_ITEM, S_DEDUPE, S_ROUTE_NEXT, S_ITEM_STATE,
+    S_INS_BATCH, S_INS_ITEM, S_ROUTE_NEXT, S_ITEM_STATE,
     S_ITEM_WAIT, S_ITEM_DONE, S_INS_UNIT, S_UNIT_NEXT, S_UNIT_HEAD, S_FIRST_UNROUTED, S_UNIT_GET, S_UNIT_RUN,
     S_UNIT_FINISH, S_UNIT_RETRY, S_ITEM_OPEN, S_NEXT_DUE_UNIT, S_NEXT_DUE_ITEM, S_USED_PAGES, S_OLDEST, S_DATA_VERSION,
     S_BEGIN, S_COMMIT, S_SAVEPOINT, S_RELEASE, S_ROLLBACK_TO, S_SYNC_FULL, S_SYNC_NORMAL, S_COUNT
@@ -132,11 +133,6 @@ static const char *const stmt_sql[S_COUNT] = {
     [S_INS_BATCH] = "INSERT INTO batches(tokens, received_ms) VALUES(?1, ?2)",
     [S_INS_ITEM] = "INSERT INTO items(received_ms, body, len, batch_id, state, due_ms, dedupe) "
                    "VALUES(?1, ?2, ?4, ?3, 0, ?1, ?5)",
-    /* One B-tree descent: a new key, or one seen before the window, is
-     * (re)written (a change: not a duplicate); one seen within the window is
-     * left alone (no change: a duplicate). */
-    [S_DEDUPE] = "INSERT INTO dedupe(key, seen_ms) VALUES(?1, ?2) ON CONFLICT(key) DO UPDATE "
-                 "SET seen_ms = excluded.seen_ms WHERE dedupe.seen_ms < ?3",
     [S_ROUTE_NEXT] = "SELECT i.id, i.body, i.received_ms, i.attempts, b.tokens, i.batch_id, "
                      "i.dedupe "
                      "FROM items i "
@@ -153,8 +149,8 @@ static const char *const stmt_sql[S_COUNT] = {
                     "ELSE ?2 END WHERE id = ?1",
     [S_INS_UNIT] = "INSERT INTO units(item_id, handler, event, state, due_ms, created_ms, "
                    "finished_ms, last_error) VALUES(?1, ?2, ?3, ?5, ?4, ?4, ?6, ?7)",
-    [S_UNIT_NEXT] = "SELECT id FROM units INDEXED BY units_ready WHERE handler = ?1 AND state = 0 "
-                    "AND due_ms <= ?2 ORDER BY due_ms, id LIMIT 1",
+    [S_UNIT_NEXT] = "SELECT id, attempts FROM units INDEXED BY units_ready WHERE handler = ?1 "
+                    "AND state = 0 AND due_ms <= ?2 ORDER BY due_ms, id LIMIT ?3",
     [S_UNIT_HEAD] = "SELECT id, state, due_ms, item_id FROM units INDEXED BY units_order WHERE "
                     "handler = ?1 AND state IN (0, 1) ORDER BY item_id, id LIMIT 1",
     [S_FIRST_UNROUTED] = "SELECT 1 FROM items INDEXED BY items_open WHERE state IN (0, 3) AND "
@@ -198,6 +194,7 @@ struct sqlite_store {
     pthread_cond_t answered; /* takers: a take was answered */
     pthread_cond_t work;     /* idle takers: new work may exist */
     struct req *head, *tail;
+    size_t queued, urgent; /* requests in the queue; appends and takes among them */
     bool stopping, taking_stopped;
     uint64_t work_seq;
     uint64_t items_pending, bytes_pending, items_to_route;
@@ -214,6 +211,7 @@ struct sqlite_store {
     struct gr_token_list *batch_tokens; /* ... parsed (see take_route) */
     bool recount_needed;   /* the counters may be off: rebuild them from the tables */
     int64_t data_version;  /* changes when another connection (graphrouter dlq) writes */
+    struct gr_dedupe dedupe;
 };
 
 #define S(st, i) ((st)->stmt[i])
@@ -281,16 +279,56 @@ static void free_req(struct req *r)
     free(r);
 }
 
+/* Completions nobody waits for are written lazily: with the next append or
+ * take, or once the oldest has waited COMPLETION_DELAY_MS, or when
+ * COMPLETIONS_MAX are queued. A commit costs its WAL frames (whole pages) and
+ * a write to the log however little it holds; committing each completion as
+ * it came was most of the writer's work while POSTs kept coming. */
+#define COMPLETION_DELAY_MS 10
+#define COMPLETIONS_MAX 256
+
+static bool urgent(const struct req *r)
+{
+    return r->kind == REQ_APPEND || r->kind == REQ_TAKE;
+}
+
+/* When the queue should run (monotonic ms): INT64_MAX while empty (under lock). */
+static int64_t queue_due(const struct sqlite_store *s)
+{
+    if (!s->head)
+        return INT64_MAX;
+    if (s->urgent || s->stopping || s->queued >= COMPLETIONS_MAX)
+        return 0;
+    return s->head->queued_ms + COMPLETION_DELAY_MS; /* only completions: the head is the oldest */
+}
+
 static void enqueue(struct sqlite_store *s, struct req *r)
 {
+    r->queued_ms = gr_mono_ms();
     pthread_mutex_lock(&s->lock);
+    bool was_empty = !s->head;
     if (s->tail)
         s->tail->next = r;
     else
         s->head = r;
     s->tail = r;
-    pthread_cond_signal(&s->wake);
+    s->queued++;
+    s->urgent += urgent(r);
+    if (urgent(r) || was_empty || s->queued == COMPLETIONS_MAX)
+        pthread_cond_signal(&s->wake);
     pthread_mutex_unlock(&s->lock);
+}
+
+/* The queue's counts, after it was cut or added to (under lock). */
+static void count_queue(struct sqlite_store *s)
+{
+    s->queued = s->urgent = 0;
+    s->tail = NULL;
+    for (struct req *r = s->head; r; r = r->next) {
+        s->queued++;
+        s->urgent += urgent(r);
+        s->tail = r;
+    }
 }
 
 /* ---- per-handler counters ------------------------------------------------
@@ -450,40 +488,29 @@ static void free_chain(struct gr_work *w)
     }
 }
 
-/* The unit a handler may run next, or 0. */
+/* The unit an in-order handler (concurrency 1) may run next, or 0: only its
+ * oldest open unit, when due and idle, and only once every item accepted
+ * before it is routed (an item waiting for signing keys does not hold it back). */
 static sqlite3_int64 unit_for(struct sqlite_store *s, const struct gr_store_handler *h,
                               int64_t now)
 {
-    sqlite3_int64 id = 0;
-    if (h->concurrency == 1) {
-        /* In order of acceptance: only its oldest open unit, when due and
-         * idle, and only once every item accepted before it is routed (an
-         * item waiting for signing keys does not hold it back). */
-        sqlite3_stmt *st = S(s, S_UNIT_HEAD);
-        sqlite3_int64 item = 0;
-        sqlite3_bind_text(st, 1, h->name, -1, SQLITE_STATIC);
-        if (sqlite3_step(st) == SQLITE_ROW && sqlite3_column_int(st, 1) == UNIT_PENDING &&
-            sqlite3_column_int64(st, 2) <= now) {
-            id = sqlite3_column_int64(st, 0);
-            item = sqlite3_column_int64(st, 3);
-        }
-        sqlite3_reset(st);
-        if (id) {
-            st = S(s, S_FIRST_UNROUTED);
-            sqlite3_bind_int64(st, 1, now);
-            sqlite3_bind_int64(st, 2, item);
-            if (sqlite3_step(st) == SQLITE_ROW)
-                id = 0;
-            sqlite3_reset(st);
-        }
-        return id;
-    }
-    sqlite3_stmt *st = S(s, S_UNIT_NEXT);
+    sqlite3_int64 id = 0, item = 0;
+    sqlite3_stmt *st = S(s, S_UNIT_HEAD);
     sqlite3_bind_text(st, 1, h->name, -1, SQLITE_STATIC);
-    sqlite3_bind_int64(st, 2, now);
-    if (sqlite3_step(st) == SQLITE_ROW)
+    if (sqlite3_step(st) == SQLITE_ROW && sqlite3_column_int(st, 1) == UNIT_PENDING &&
+        sqlite3_column_int64(st, 2) <= now) {
         id = sqlite3_column_int64(st, 0);
+        item = sqlite3_column_int64(st, 3);
+    }
     sqlite3_reset(st);
+    if (id) {
+        st = S(s, S_FIRST_UNROUTED);
+        sqlite3_bind_int64(st, 1, now);
+        sqlite3_bind_int64(st, 2, item);
+        if (sqlite3_step(st) == SQLITE_ROW)
+            id = 0;
+        sqlite3_reset(st);
+    }
     return id;
 }
 
@@ -496,40 +523,91 @@ static unsigned running_of(struct sqlite_store *s, const char *handler)
     return (unsigned)n;
 }
 
+/* Mark unit id running (the attempt counts from now) and load it. */
+static struct gr_work *take_unit(struct sqlite_store *s, const struct gr_store_handler *h,
+                                 sqlite3_int64 id, int *rc)
+{
+    sqlite3_stmt *run = S(s, S_UNIT_RUN);
+    sqlite3_bind_int64(run, 1, id);
+    if ((*rc = step_done(run)) != 0)
+        return NULL;
+    bump(s, h->name, -1, 1, 0);
+    sqlite3_stmt *st = S(s, S_UNIT_GET);
+    sqlite3_bind_int64(st, 1, id);
+    struct gr_work *w = NULL;
+    if (sqlite3_step(st) == SQLITE_ROW) {
+        w = gr_xcalloc(1, sizeof *w);
+        w->kind = GR_WORK_DELIVER;
+        w->id = id;
+        w->item_id = sqlite3_column_int64(st, 0);
+        w->event = column_text(st, 1, &w->event_len);
+        w->attempts = (unsigned)sqlite3_column_int(st, 2);
+        w->body = column_text(st, 3, &w->len);
+        w->received_ms = sqlite3_column_int64(st, 4);
+        w->handler = gr_xstrdup(h->name);
+    }
+    sqlite3_reset(st);
+    if (!w)
+        *rc = SQLITE_ERROR; /* undo the take: nobody would run it */
+    return w;
+}
+
+/* The units a handler may run next (at most max, in order of due time), or
+ * 0. A unit that was tried before (a retry, or running when graphrouter
+ * died) comes alone: a crash charges an attempt to every unit a worker holds,
+ * so a unit that crashes the process every time must end up alone and
+ * exhaust its own attempts, not those of the units that came with it. */
+static size_t units_for(struct sqlite_store *s, const struct gr_store_handler *h, int64_t now,
+                        size_t max, sqlite3_int64 *ids)
+{
+    sqlite3_stmt *st = S(s, S_UNIT_NEXT);
+    size_t n = 0;
+    sqlite3_bind_text(st, 1, h->name, -1, SQLITE_STATIC);
+    sqlite3_bind_int64(st, 2, now);
+    sqlite3_bind_int64(st, 3, (sqlite3_int64)max);
+    while (n < max && sqlite3_step(st) == SQLITE_ROW) {
+        bool tried = sqlite3_column_int(st, 1) > 0;
+        if (tried && n)
+            break;
+        ids[n++] = sqlite3_column_int64(st, 0);
+        if (tried)
+            break;
+    }
+    sqlite3_reset(st);
+    return n;
+}
+
+/* A chain of deliveries for the first handler, in round-robin order, that
+ * has due work and room under its concurrency. */
 static struct gr_work *take_delivery(struct sqlite_store *s, const struct req *r, int64_t now,
                                      int *rc)
 {
     for (size_t k = 0; k < r->nh; k++) {
         const struct gr_store_handler *h = &r->handlers[(s->rr + k) % r->nh];
-        if (h->concurrency > 1 && running_of(s, h->name) >= h->concurrency)
-            continue;
-        sqlite3_int64 id = unit_for(s, h, now);
-        if (!id)
+        sqlite3_int64 ids[DELIVERY_CHAIN];
+        size_t n = 0, room = DELIVERY_CHAIN;
+        if (h->concurrency > 1) {
+            unsigned running = running_of(s, h->name);
+            if (running >= h->concurrency)
+                continue;
+            room = h->concurrency - running < room ? h->concurrency - running : room;
+        }
+        if (h->concurrency == 1)
+            n = (ids[0] = unit_for(s, h, now)) != 0;
+        else
+            n = units_for(s, h, now, room, ids);
+        if (!n)
             continue;
         s->rr = (unsigned)((s->rr + k + 1) % r->nh);
-        sqlite3_stmt *run = S(s, S_UNIT_RUN);
-        sqlite3_bind_int64(run, 1, id);
-        if ((*rc = step_done(run)) != 0)
-            return NULL;
-        bump(s, h->name, -1, 1, 0);
-        sqlite3_stmt *st = S(s, S_UNIT_GET);
-        sqlite3_bind_int64(st, 1, id);
-        struct gr_work *w = NULL;
-        if (sqlite3_step(st) == SQLITE_ROW) {
-            w = gr_xcalloc(1, sizeof *w);
-            w->kind = GR_WORK_DELIVER;
-            w->id = id;
-            w->item_id = sqlite3_column_int64(st, 0);
-            w->event = column_text(st, 1, &w->event_len);
-            w->attempts = (unsigned)sqlite3_column_int(st, 2);
-            w->body = column_text(st, 3, &w->len);
-            w->received_ms = sqlite3_column_int64(st, 4);
-            w->handler = gr_xstrdup(h->name);
+        struct gr_work *head = NULL, **tail = &head;
+        for (size_t i = 0; i < n; i++) {
+            if (!(*tail = take_unit(s, h, ids[i], rc))) {
+                free_chain(head); /* the take is undone (see run_batch) */
+                return NULL;
+            }
+            tail = &(*tail)->next;
         }
-        sqlite3_reset(st);
-        if (!w)
-            *rc = SQLITE_ERROR; /* undo the take: nobody would run it */
-        return w;
+        return head;
     }
     return NULL;
 }
@@ -640,15 +718,11 @@ static int finish_item(struct sqlite_store *s, const struct gr_work *w, int64_t 
     return rc;
 }
 
-/* The same change accepted within the window already: 1 (not delivered), 0, or -error. */
-static int is_duplicate(struct sqlite_store *s, const struct gr_work *w)
+/* The same change accepted within the window already (not delivered)? */
+static bool is_duplicate(struct sqlite_store *s, const struct gr_work *w)
 {
-    sqlite3_stmt *put = S(s, S_DEDUPE);
-    sqlite3_bind_blob(put, 1, w->dedupe, sizeof w->dedupe, SQLITE_STATIC);
-    sqlite3_bind_int64(put, 2, w->received_ms);
-    sqlite3_bind_int64(put, 3, w->received_ms - s->cfg.dedupe_window_ms);
-    int rc = step_done(put);
-    return rc ? -rc : sqlite3_changes(s->db) == 0;
+    return gr_dedupe_check(&s->dedupe, w->dedupe, w->id, w->received_ms, gr_wall_ms(),
+                           s->cfg.dedupe_window_ms);
 }
 
 static int do_routed(struct sqlite_store *s, struct req *r, int64_t now, uint64_t *done_items,
@@ -665,10 +739,7 @@ static int do_routed(struct sqlite_store *s, struct req *r, int64_t now, uint64_
     if (r->result != GR_ROUTED || !r->ntargets) /* dropped, or nothing routes it */
         return finish_item(s, w, now, r->text ? r->text : "unrouted", done_items, done_bytes);
     if (w->has_dedupe) {
-        int dup = is_duplicate(s, w);
-        if (dup < 0)
-            return -dup;
-        if (dup) {
+        if (is_duplicate(s, w)) {
             r->duplicate = true;
             return finish_item(s, w, now, "duplicate", done_items, done_bytes);
         }
@@ -916,10 +987,7 @@ static void run_batch(struct sqlite_store *s, struct req *batch)
         pthread_mutex_lock(&s->lock);
         *retry_tail = s->head;
         s->head = retry_head;
-        if (!s->tail)
-            s->tail = retry_head;
-        while (s->tail->next)
-            s->tail = s->tail->next;
+        count_queue(s);
         pthread_mutex_unlock(&s->lock);
     }
 }
@@ -975,9 +1043,11 @@ static bool purge(struct sqlite_store *s, int64_t now)
         "state = 2 AND done_ms < ?1 ORDER BY done_ms LIMIT ?3)",
         "DELETE FROM batches WHERE id IN (SELECT id FROM batches b WHERE received_ms < ?1 AND "
         "NOT EXISTS (SELECT 1 FROM items WHERE batch_id = b.id) ORDER BY received_ms LIMIT ?3)",
-        "DELETE FROM dedupe WHERE key IN (SELECT key FROM dedupe WHERE seen_ms < ?2 "
-        "ORDER BY seen_ms LIMIT ?3)",
     };
+    /* Items are kept for the duplicate window at least: their keys are how a
+     * restart remembers what was seen (dedupe_load). */
+    int64_t keep_ms = s->cfg.retention_ms > s->cfg.dedupe_window_ms ? s->cfg.retention_ms
+                                                                     : s->cfg.dedupe_window_ms;
     int64_t t0 = gr_mono_ms();
     bool more = true;
     while (more && gr_mono_ms() - t0 < PURGE_BUDGET_MS) {
@@ -989,8 +1059,7 @@ static bool purge(struct sqlite_store *s, int64_t now)
                 gr_error("store: purging finished work: %s", sqlite3_errmsg(s->db));
                 continue;
             }
-            sqlite3_bind_int64(st, 1, now - s->cfg.retention_ms);
-            sqlite3_bind_int64(st, 2, now - s->cfg.dedupe_window_ms);
+            sqlite3_bind_int64(st, 1, now - keep_ms);
             sqlite3_bind_int(st, 3, PURGE_BATCH);
             if (sqlite3_step(st) == SQLITE_DONE && sqlite3_changes(s->db) >= PURGE_BATCH)
                 more = true;
@@ -1103,7 +1172,7 @@ static bool maintenance(struct sqlite_store *s)
  * (takes, completions), in order; the rest waits for the next batch. A
  * backlog being worked off then never stretches the commit that POSTs wait
  * for: acknowledging fast is what Graph times, stored work can wait. */
-#define WORK_PER_BATCH 8
+#define WORK_PER_BATCH 64
 
 static struct req *next_batch(struct sqlite_store *s)
 {
@@ -1111,25 +1180,24 @@ static struct req *next_batch(struct sqlite_store *s)
     while (r && r->kind != REQ_APPEND)
         r = r->next;
     struct req *batch = s->head;
-    s->head = s->tail = NULL;
-    if (!r) /* no appends: everything */
-        return batch;
-    struct req *all = batch, *rest = NULL, **bt = &batch, **rt = &rest;
-    size_t others = 0;
-    batch = NULL;
-    for (struct req *next; all; all = next) {
-        next = all->next;
-        all->next = NULL;
-        if (all->kind == REQ_APPEND || others++ < WORK_PER_BATCH) {
-            *bt = all;
-            bt = &all->next;
-        } else {
-            *rt = all;
-            rt = &all->next;
-            s->tail = all;
+    s->head = NULL;
+    if (r) { /* appends wait: all of them, and the first WORK_PER_BATCH others */
+        struct req *all = batch, **bt = &batch, **rt = &s->head;
+        size_t others = 0;
+        batch = NULL;
+        for (struct req *next; all; all = next) {
+            next = all->next;
+            all->next = NULL;
+            if (all->kind == REQ_APPEND || others++ < WORK_PER_BATCH) {
+                *bt = all;
+                bt = &all->next;
+            } else {
+                *rt = all;
+                rt = &all->next;
+            }
         }
     }
-    s->head = rest;
+    count_queue(s);
     return batch;
 }
 
@@ -1138,12 +1206,15 @@ static void *writer_main(void *arg)
     struct sqlite_store *s = arg;
     for (;;) {
         pthread_mutex_lock(&s->lock);
-        while (!s->head && !s->stopping && gr_mono_ms() < s->next_maintenance_ms) {
-            int64_t until = s->next_maintenance_ms;
+        int64_t now = gr_mono_ms(), due;
+        while ((due = queue_due(s)) > now && !(s->stopping && !s->head) &&
+               now < s->next_maintenance_ms) {
+            int64_t until = due < s->next_maintenance_ms ? due : s->next_maintenance_ms;
             struct timespec ts = {.tv_sec = until / 1000, .tv_nsec = (until % 1000) * 1000000};
             pthread_cond_timedwait(&s->wake, &s->lock, &ts);
+            now = gr_mono_ms();
         }
-        struct req *batch = next_batch(s);
+        struct req *batch = due <= now ? next_batch(s) : NULL;
         bool stop = s->stopping && !batch;
         pthread_mutex_unlock(&s->lock);
         if (stop)
@@ -1315,6 +1386,7 @@ static void sq_close(struct gr_store *base)
     sqlite3_close(s->db);
     free_handlers(s->handlers, s->nhandlers);
     free(s->stats);
+    gr_dedupe_free(&s->dedupe);
     pthread_cond_destroy(&s->wake);
     pthread_cond_destroy(&s->answered);
     pthread_cond_destroy(&s->work);
@@ -1418,6 +1490,40 @@ static int recover(struct sqlite_store *s, const struct gr_store_handler *h, siz
     return rc;
 }
 
+/* The duplicate keys of the items routed within the window, newest first
+ * until one was received before it (ids grow with the time of receipt; the
+ * wall clock stepping back a little can only make a key missed, i.e. an item
+ * delivered twice, which at-least-once allows). A key seen twice keeps its
+ * first sighting, as when the items were routed. Items finished without a
+ * delivery for another reason (dropped, unrouted) never recorded their key. */
+static int dedupe_load(struct sqlite_store *s)
+{
+    sqlite3_stmt *st;
+    int rc = sqlite3_prepare_v2(s->db, "SELECT id, received_ms, dedupe FROM items WHERE dedupe "
+                                       "IS NOT NULL AND state IN (1, 2) AND (note IS NULL OR "
+                                       "note = 'duplicate') ORDER BY id DESC",
+                                -1, &st, NULL);
+    if (rc != SQLITE_OK)
+        return rc;
+    int64_t cutoff = gr_wall_ms() - s->cfg.dedupe_window_ms;
+    size_t n = 0;
+    while ((rc = sqlite3_step(st)) == SQLITE_ROW && sqlite3_column_int64(st, 1) >= cutoff) {
+        if (sqlite3_column_bytes(st, 2) != 32)
+            continue;
+        /* older sightings come later: the earliest in the window is kept */
+        gr_dedupe_set(&s->dedupe, sqlite3_column_blob(st, 2), sqlite3_column_int64(st, 0),
+                      sqlite3_column_int64(st, 1), cutoff);
+        n++;
+    }
+    sqlite3_finalize(st);
+    if (rc != SQLITE_ROW && rc != SQLITE_DONE)
+        return rc;
+    if (n)
+        gr_info("store: %zu duplicate keys of the last %lld s loaded", n,
+                (long long)(s->cfg.dedupe_window_ms / 1000));
+    return SQLITE_OK;
+}
+
 struct gr_store *gr_store_sqlite_open(const struct gr_store_config *c,
                                       const struct gr_store_handler *h, size_t nh, char **err)
 {
@@ -1457,15 +1563,26 @@ struct gr_store *gr_store_sqlite_open(const struct gr_store_config *c,
         (rc = sqlite3_prepare_v2(s->db, "SELECT (SELECT user_version FROM pragma_user_version), "
                                         "(SELECT count(*) FROM sqlite_schema)",
                                  -1, &uv, NULL)) == SQLITE_OK) {
-        if (sqlite3_step(uv) == SQLITE_ROW && sqlite3_column_int(uv, 1) > 0 &&
-            sqlite3_column_int(uv, 0) != SCHEMA_VERSION) {
+        int version = sqlite3_step(uv) == SQLITE_ROW && sqlite3_column_int(uv, 1) > 0
+                          ? sqlite3_column_int(uv, 0)
+                          : SCHEMA_VERSION; /* a new file */
+        sqlite3_finalize(uv);
+        if (version == 1) { /* duplicate keys moved to memory (dedupe.h) */
+            rc = exec(s->db, "BEGIN IMMEDIATE; DROP TABLE IF EXISTS dedupe; PRAGMA user_version = "
+                             GR_STR(SCHEMA_VERSION) "; COMMIT");
+            if (rc == SQLITE_OK)
+                gr_info("store: %s converted from layout 1 to layout %d", c->path, SCHEMA_VERSION);
+            else if (!sqlite3_get_autocommit(s->db))
+                exec(s->db, "ROLLBACK");
+            version = SCHEMA_VERSION;
+        }
+        if (rc == SQLITE_OK && version != SCHEMA_VERSION) {
             why = gr_xprintf("store: %s holds store layout %d; this graphrouter reads layout %d "
                              "(move the file away, or let the graphrouter that wrote it finish "
                              "its work first)",
-                             c->path, sqlite3_column_int(uv, 0), SCHEMA_VERSION);
+                             c->path, version, SCHEMA_VERSION);
             rc = SQLITE_CANTOPEN;
         }
-        sqlite3_finalize(uv);
     }
     if (rc == SQLITE_OK)
         rc = exec(s->db, schema);
@@ -1474,6 +1591,8 @@ struct gr_store *gr_store_sqlite_open(const struct gr_store_config *c,
                                 NULL);
     if (rc == SQLITE_OK)
         rc = recover(s, h, nh);
+    if (rc == SQLITE_OK)
+        rc = dedupe_load(s);
     s->page_size = 4096;
     sqlite3_stmt *ps;
     if (rc == SQLITE_OK && sqlite3_prepare_v2(s->db, "PRAGMA page_size", -1, &ps, NULL) == SQLITE_OK) {
@@ -1494,6 +1613,7 @@ struct gr_store *gr_store_sqlite_open(const struct gr_store_config *c,
         for (int i = 0; i < S_COUNT; i++)
             sqlite3_finalize(s->stmt[i]);
         sqlite3_close(s->db);
+        gr_dedupe_free(&s->dedupe);
         free(s->path);
         free(s);
         return NULL;

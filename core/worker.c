@@ -236,7 +236,7 @@ static void *worker_main(void *arg)
         if (rc == 0)
             continue;
         prefer_delivery = !prefer_delivery;
-        while (work) { /* one delivery, or a chain of items to route */
+        while (work) { /* a chain of deliveries, or of items to route */
             struct gr_work *next = work->next;
             work->next = NULL;
             if (work->kind == GR_WORK_ROUTE)

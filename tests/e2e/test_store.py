@@ -246,6 +246,22 @@ class DuplicateTest(RouterTest):
         self.assertEqual(r.post(batch(item(id="d1")))[0], 202)
         r.wait_jsonl(5)
 
+    def test_a_restart_remembers_the_keys_of_the_window(self):
+        # The keys live in memory and are rebuilt from the stored items at
+        # start; retention (1 s here) keeps items for the window at least.
+        r = self.router(base_config(store={"dedupe_window_s": 3600, "retention_s": 1}))
+        self.assertEqual(r.post(batch(item(id="k1"), item(id="k2")))[0], 202)
+        r.wait_jsonl(2)
+        r.wait_idle()
+        time.sleep(2.5)  # past retention_s and a purge pass: the items stay
+        self.assertEqual(r.stop(), 0)
+        r.start()
+        self.assertIn("2 duplicate keys of the last 3600 s loaded", r.log())
+        self.assertEqual(r.post(batch(item(id="k1"), item(id="k3")))[0], 202)
+        r.wait_idle()
+        self.assertEqual(sorted(ids(r.read_jsonl())), ["k1", "k2", "k3"])
+        self.assertEqual(r.metric("graphrouter_items_duplicate_total"), 1)
+
 
 class BackpressureTest(RouterTest):
     def stuck(self, **store):
@@ -325,11 +341,9 @@ class RetentionTest(RouterTest):
                 r.post(batch(*[item(id="r%d-%d-%d" % (rnd, p, i), pad="z" * 2000)
                                for i in range(10)]))
             r.wait_idle()
-            # finished a second ago: items, deliveries (and emitted events)
-            # and duplicate keys are gone
+            # finished a second ago: items, deliveries and emitted events are gone
             r.wait_for(lambda: db_rows(r, "SELECT (SELECT count(*) FROM items) + "
-                                          "(SELECT count(*) FROM units) + "
-                                          "(SELECT count(*) FROM dedupe)")[0][0] == 0,
+                                          "(SELECT count(*) FROM units)")[0][0] == 0,
                        what="the purge")
             pages.append(db_rows(r, "PRAGMA page_count")[0][0])
         self.assertEqual(len(r.read_jsonl()), 200)
@@ -400,6 +414,29 @@ class RichAtRestTest(RouterTest):
 
 
 class LayoutTest(RouterTest):
+    def test_a_layout_1_store_is_converted(self):
+        # Layout 1 kept duplicate keys in a table of their own; layout 2
+        # keeps them in memory. The conversion keeps every item.
+        r = self.router(base_config(handlers={
+            "f": dict(flaky(fail_times=100000), retry={"initial_backoff_ms": 60000,
+                                                      "max_backoff_ms": 60000})},
+            routes=[{"name": "r", "to": "f"}]))
+        self.assertEqual(r.post(batch(item(id="old")))[0], 202)
+        r.wait_for(lambda: db_rows(r, "SELECT count(*) FROM units")[0][0] == 1)
+        self.assertEqual(r.stop(), 0)
+        db = sqlite3.connect(r.path("var/graphrouter.db"))
+        db.execute("CREATE TABLE dedupe(key BLOB PRIMARY KEY, seen_ms INTEGER NOT NULL) "
+                   "WITHOUT ROWID")
+        db.execute("PRAGMA user_version = 1")
+        db.commit()
+        db.close()
+        r.start()
+        self.assertIn("converted from layout 1 to layout 2", r.log())
+        self.assertEqual(db_rows(r, "PRAGMA user_version"), [(2,)])
+        self.assertEqual(db_rows(r, "SELECT count(*) FROM sqlite_schema WHERE name = 'dedupe'"),
+                         [(0,)])
+        self.assertEqual(db_rows(r, "SELECT count(*) FROM units WHERE state = 0"), [(1,)])
+
     def test_a_store_of_another_layout_is_refused(self):
         r = self.router(base_config())
         self.assertEqual(r.stop(), 0)
@@ -410,5 +447,5 @@ class LayoutTest(RouterTest):
         with self.assertRaises(AssertionError) as ctx:
             r.start()
         self.assertEqual(r.proc.returncode, 1)
-        self.assertIn("graphrouter.db holds store layout 99; this graphrouter reads layout 1",
+        self.assertIn("graphrouter.db holds store layout 99; this graphrouter reads layout 2",
                       str(ctx.exception).replace('\\"', '"'))
