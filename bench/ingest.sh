@@ -56,6 +56,8 @@
 #   processes, from /proc) per request: less sensitive to a noisy neighbour
 #   than req/s. graphrouter's is counted until nothing is pending, so it
 #   includes the workers' routing and the file plugin's writes.
+#   Then, for scale, one run of graphrouter's request path without the store
+#   (a clientState it refuses: 202, nothing stored) as a fraction of nginx.
 #   Phase 2 prints target and achieved rate, latency from the scheduled send
 #   (p50/p99/p99.9/max) and from the actual send ("service"), and graphrouter's
 #   own ack-latency histogram over the run (bucket upper bounds).
@@ -73,6 +75,8 @@
 #   LOAD_FRACTION [0.5]: phase-2 rate as a fraction of graphrouter's max
 #   OPEN_CONNS [CONNS]: connections of the phase-2 generator
 #   PHASE2_NGINX [1]: also measure nginx at the phase-2 rate
+#   NOSTORE_RUN [1]: one more run of graphrouter with a body whose clientState
+#     is refused (answered 202, nothing stored): the request path's own cost
 #   DRAIN_TIMEOUT [20]: seconds to wait for graphrouter's backlog to be done
 #   KEEP_TMP [0]: 1 keeps the temp dir (configs, logs, raw results)
 #   With the defaults the whole script takes about 1.5 minutes (plus the
@@ -102,6 +106,7 @@ NGINX_WORKERS=${NGINX_WORKERS:-$GR_HTTP_THREADS}
 LOAD_FRACTION=${LOAD_FRACTION:-0.5}
 OPEN_CONNS=${OPEN_CONNS:-$CONNS}
 PHASE2_NGINX=${PHASE2_NGINX:-1}
+NOSTORE_RUN=${NOSTORE_RUN:-1}
 DRAIN_TIMEOUT=${DRAIN_TIMEOUT:-20}
 KEEP_TMP=${KEEP_TMP:-0}
 
@@ -587,6 +592,30 @@ for ((run = 1; run <= RUNS; run++)); do
     "${g_non202[run]}" "${g_backlog[run]}" "${g_drain[run]}" "${g_routed[run]}" "${g_commits[run]}" \
     "${g_batch[run]}" "${g_commit_ms[run]}"
 done
+
+# The request path without the store, for scale: the same POST with a
+# clientState that does not match is read, parsed, checked and answered 202,
+# but nothing is stored (each item is counted as dropped, and logged: one warn
+# line each). What libmicrohttpd and graphrouter's parsing cost on their own
+# bounds what the store can reach.
+if ((NOSTORE_RUN)); then
+  sed "s/\"clientState\"[[:space:]]*:[[:space:]]*\"[^\"]*\"/\"clientState\": \"not-the-secret\"/" \
+    "$body" >"$tmp/body-nostore.json"
+  scrape "$tmp/nostore-a.prom"
+  stored_body=$body body="$tmp/body-nostore.json"
+  wrk_run "http://127.0.0.1:$gr_port/notifications" "$DURATION" "$tmp/wrk-nostore.txt"
+  body=$stored_body
+  scrape "$tmp/nostore-b.prom"
+  line=$(grep '^WRKRESULT' "$tmp/wrk-nostore.txt")
+  check_wrk "no-store run" "$line"
+  stored=$(($(msum "$tmp/nostore-b.prom" graphrouter_items_accepted_total) -
+            $(msum "$tmp/nostore-a.prom" graphrouter_items_accepted_total)))
+  ((stored == 0)) || problems+=("no-store run: $stored items were stored (the clientState matched?)")
+  echo
+  echo "graphrouter's request path without the store (clientState refused, nothing stored, one log line each):" \
+    "$(kv "$line" rps | awk '{printf "%.0f", $1}') req/s = $(awk -v g="$(kv "$line" rps)" -v n="$n_rps" \
+    'BEGIN {printf "%.2f", g / n}') of nginx's mean, p99 $(us2ms "$(kv "$line" p99_us)") ms"
+fi
 
 # ---- phase 2 ------------------------------------------------------------------------
 
