@@ -104,7 +104,9 @@ class CrashTest(RouterTest):
 
     def test_plugin_that_crashes_ends_as_a_dead_letter(self):
         cfg = base_config(workers=1, handlers={
-            "f": dict(flaky(crash_on="crash-me", emit_to="out"), retry={"max_attempts": 2}),
+            # each call waits 0.3 s first, so the crash comes after the POST's 202 is out
+            "f": dict(flaky(crash_on="crash-me", emit_to="out", sleep_ms=300),
+                      retry={"max_attempts": 2}),
             "out": out()}, routes=[{"name": "r", "to": "f"}])
         r = self.router(cfg, start=False)
         # the crash is the test: AddressSanitizer must let SIGSEGV kill the process

@@ -103,14 +103,14 @@ static int flaky_handle(void *state, struct gr_msg *msg)
     long now = atomic_fetch_add(&f->inflight, 1) + 1, max = atomic_load(&f->max_inflight);
     while (now > max && !atomic_compare_exchange_weak(&f->max_inflight, &max, now)) {
     }
+    if (f->sleep_ms)
+        sleep_ms(f->sleep_ms);
     size_t len;
     const char *json = host->msg_json(msg, &len);
     if (f->crash_on && memmem(json, len, f->crash_on, strlen(f->crash_on))) {
         host->log(f->h, GR_LOG_WARN, "call %ld: crashing on purpose", n);
         raise(SIGSEGV);
     }
-    if (f->sleep_ms)
-        sleep_ms(f->sleep_ms);
     atomic_fetch_sub(&f->inflight, 1);
     int rc = n <= f->fail_times ? f->fail_result : GR_OK;
     host->log(f->h, GR_LOG_INFO, "call %ld -> %s", n,
