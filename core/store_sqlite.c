@@ -54,6 +54,7 @@ enum { UNIT_PENDING = 0, UNIT_RUNNING = 1, UNIT_DONE = 2, UNIT_DEAD = 3 };
 #define PURGE_BUDGET_MS 20  /* per maintenance; more due: maintenance comes back sooner */
 #define ROUTE_CHAIN 32    /* items one take hands out for routing */
 #define DELIVERY_CHAIN 32 /* deliveries one take hands out (one handler's) */
+#define NOTE_DUPLICATE "duplicate" /* items.note of an item not delivered: seen before */
 
 /* The layout below; kept in PRAGMA user_version. A file of another version
  * is refused, never reinterpreted. */
@@ -592,10 +593,12 @@ static struct gr_work *take_delivery(struct sqlite_store *s, const struct req *r
                 continue;
             room = h->concurrency - running < room ? h->concurrency - running : room;
         }
-        if (h->concurrency == 1)
-            n = (ids[0] = unit_for(s, h, now)) != 0;
-        else
+        if (h->concurrency == 1) {
+            ids[0] = unit_for(s, h, now);
+            n = ids[0] != 0;
+        } else {
             n = units_for(s, h, now, room, ids);
+        }
         if (!n)
             continue;
         s->rr = (unsigned)((s->rr + k + 1) % r->nh);
@@ -741,7 +744,7 @@ static int do_routed(struct sqlite_store *s, struct req *r, int64_t now, uint64_
     if (w->has_dedupe) {
         if (is_duplicate(s, w)) {
             r->duplicate = true;
-            return finish_item(s, w, now, "duplicate", done_items, done_bytes);
+            return finish_item(s, w, now, NOTE_DUPLICATE, done_items, done_bytes);
         }
     }
     bool any_dead = false;
@@ -1493,22 +1496,23 @@ static int recover(struct sqlite_store *s, const struct gr_store_handler *h, siz
 /* The duplicate keys of the items routed within the window, newest first
  * until one was received before it (ids grow with the time of receipt; the
  * wall clock stepping back a little can only make a key missed, i.e. an item
- * delivered twice, which at-least-once allows). A key seen twice keeps its
- * first sighting, as when the items were routed. Items finished without a
- * delivery for another reason (dropped, unrouted) never recorded their key. */
+ * delivered twice, which at-least-once allows), so the scan reads the window
+ * and no further. A key seen twice keeps its first sighting, as when the
+ * items were routed. Items not routed yet, or finished without a delivery
+ * for another reason (dropped, unrouted), never recorded their key. */
 static int dedupe_load(struct sqlite_store *s)
 {
     sqlite3_stmt *st;
-    int rc = sqlite3_prepare_v2(s->db, "SELECT id, received_ms, dedupe FROM items WHERE dedupe "
-                                       "IS NOT NULL AND state IN (1, 2) AND (note IS NULL OR "
-                                       "note = 'duplicate') ORDER BY id DESC",
+    int rc = sqlite3_prepare_v2(s->db, "SELECT id, received_ms, dedupe, state IN (1, 2) AND "
+                                       "(note IS NULL OR note = '" NOTE_DUPLICATE "') "
+                                       "FROM items ORDER BY id DESC",
                                 -1, &st, NULL);
     if (rc != SQLITE_OK)
         return rc;
     int64_t cutoff = gr_wall_ms() - s->cfg.dedupe_window_ms;
     size_t n = 0;
     while ((rc = sqlite3_step(st)) == SQLITE_ROW && sqlite3_column_int64(st, 1) >= cutoff) {
-        if (sqlite3_column_bytes(st, 2) != 32)
+        if (!sqlite3_column_int(st, 3) || sqlite3_column_bytes(st, 2) != 32)
             continue;
         /* older sightings come later: the earliest in the window is kept */
         gr_dedupe_set(&s->dedupe, sqlite3_column_blob(st, 2), sqlite3_column_int64(st, 0),
