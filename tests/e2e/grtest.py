@@ -169,13 +169,24 @@ class Router:
             f.write(text)
         os.replace(tmp, self.config_path)
 
-    def read_jsonl(self, rel="out.jsonl"):
-        try:
-            with open(self.path(rel)) as f:
-                # a line still being written (no newline yet) is not read
-                return [json.loads(line) for line in f if line.endswith("\n") and line.strip()]
-        except FileNotFoundError:
-            return []
+    def read_jsonl(self, rel="out.jsonl", settle=5.0):
+        """Every complete line of the file, parsed. A line still being written (no
+        newline yet) is not read. A read that races the router's appends can see a
+        torn line: Linux does not make a reader's view of a concurrent write(2)
+        atomic, even with O_APPEND. Such a line is read again until it parses; a
+        line that still does not parse after `settle` seconds is really broken."""
+        deadline = time.monotonic() + settle
+        while True:
+            try:
+                with open(self.path(rel)) as f:
+                    return [json.loads(line) for line in f
+                            if line.endswith("\n") and line.strip()]
+            except FileNotFoundError:
+                return []
+            except json.JSONDecodeError:
+                if time.monotonic() > deadline:
+                    raise
+                time.sleep(0.05)
 
     def wait_jsonl(self, n, rel="out.jsonl", timeout=TIMEOUT):
         """Wait until the file holds at least n lines; return them."""
