@@ -15,14 +15,22 @@
 #include "generation.h"
 #include "log.h"
 #include "metrics.h"
+#include "msgcache.h"
 #include "notification.h"
 #include "rich.h"
 #include "util.h"
 
 #define GR_WORKER_NICE 10
+/* Notifications kept from routing to delivery (msgcache.h): enough slots for
+ * the items between a route and its deliveries (chains of 32 per take, two
+ * takes in flight per worker), each at most 64 KiB: 64 MiB at the very
+ * worst, about 1.5 MiB for Graph's usual notifications. */
+#define GR_MSGCACHE_SLOTS 1024
+#define GR_MSGCACHE_MAX_LEN (64 * 1024)
 
 struct gr_workers {
     struct gr_store *store;
+    struct gr_msgcache cache;
     pthread_t *threads;
     unsigned n;
 };
@@ -39,8 +47,9 @@ int64_t gr_backoff_ms(const struct gr_retry_policy *p, unsigned attempts)
     return (int64_t)arc4random_uniform((uint32_t)cap + 1);
 }
 
-static void route(struct gr_store *store, struct gr_work *w)
+static void route(struct gr_workers *ws, struct gr_work *w)
 {
+    struct gr_store *store = ws->store;
     struct gr_route_outcome o = {.result = GR_ROUTE_DROPPED};
     json_t *item = json_loadb(w->body, w->len, 0, NULL);
     if (!item) { /* cannot happen for what ingest stored; never lose it silently */
@@ -74,6 +83,7 @@ static void route(struct gr_store *store, struct gr_work *w)
         break;
     }
     struct gr_classification cls;
+    bool rich = content != NULL;
     json_t *n = gr_notification_build(item, w->received_ms, content, &cls);
     json_decref(item);
     struct gr_route_input in;
@@ -92,6 +102,11 @@ static void route(struct gr_store *store, struct gr_work *w)
             names[o.nhandlers++] = g->handlers[i].name;
     o.result = GR_ROUTED;
     o.handlers = names;
+    if (o.nhandlers && !rich) { /* for the deliveries, before they can exist */
+        char *text = json_dumps(n, JSON_COMPACT);
+        if (text)
+            gr_msgcache_put(&ws->cache, w->item_id, text, strlen(text), (unsigned)o.nhandlers);
+    }
     if (!nfired)
         gr_info("item not routed: no route matched; resource_type=%s subscription=%.80s",
                 gr_rtype_name(cls.type), in.subscription_id ? in.subscription_id : "(none)");
@@ -131,8 +146,9 @@ static char *rebuild(struct gr_generation *g, const struct gr_work *w, const cha
     return text;
 }
 
-static void deliver(struct gr_store *store, struct gr_work *w)
+static void deliver(struct gr_workers *ws, struct gr_work *w)
 {
+    struct gr_store *store = ws->store;
     struct gr_generation *g = gr_generation_pin();
     struct gr_delivery_outcome o = {.result = GR_DELIVERY_DEAD};
     struct gr_handler *h = gr_generation_handler(g, w->handler);
@@ -146,7 +162,13 @@ static void deliver(struct gr_store *store, struct gr_work *w)
         return;
     }
     const char *why = NULL;
-    char *text = w->event ? NULL : rebuild(g, w, &why);
+    char *text = NULL;
+    size_t len = 0;
+    if (!w->event) {
+        text = gr_msgcache_take(&ws->cache, w->item_id, &len);
+        if (!text && (text = rebuild(g, w, &why)) != NULL)
+            len = strlen(text);
+    }
     if (!w->event && !text) {
         char *error = gr_xprintf("the content no longer decrypts: %s", why);
         gr_warn("delivery to handler \"%s\" is a dead letter: %s", h->name, error);
@@ -159,7 +181,7 @@ static void deliver(struct gr_store *store, struct gr_work *w)
     }
     struct gr_msg msg = {.kind = w->event ? GR_MSG_EVENT : GR_MSG_NOTIFICATION,
                          .json = w->event ? w->event : text,
-                         .len = w->event ? w->event_len : strlen(text),
+                         .len = w->event ? w->event_len : len,
                          .handler = h};
     if (h->serial)
         pthread_mutex_lock(&h->serial_lock);
@@ -240,9 +262,9 @@ static void *worker_main(void *arg)
             struct gr_work *next = work->next;
             work->next = NULL;
             if (work->kind == GR_WORK_ROUTE)
-                route(w->store, work);
+                route(w, work);
             else
-                deliver(w->store, work);
+                deliver(w, work);
             work = next;
         }
     }
@@ -253,6 +275,7 @@ struct gr_workers *gr_workers_start(struct gr_store *store, unsigned n)
 {
     struct gr_workers *w = gr_xcalloc(1, sizeof *w);
     w->store = store;
+    gr_msgcache_init(&w->cache, GR_MSGCACHE_SLOTS, GR_MSGCACHE_MAX_LEN);
     w->threads = gr_xcalloc(n, sizeof *w->threads);
     for (unsigned i = 0; i < n; i++) {
         if (pthread_create(&w->threads[i], NULL, worker_main, w) != 0) {
@@ -279,6 +302,7 @@ bool gr_workers_join(struct gr_workers *w, int64_t deadline_wall_ms)
             return false;
         }
     }
+    gr_msgcache_destroy(&w->cache);
     free(w->threads);
     free(w);
     return true;
