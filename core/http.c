@@ -131,7 +131,7 @@ static enum MHD_Result handshake(struct MHD_Connection *c, struct gr_http *h, st
     else if (memchr(token, '\0', len))
         why = "validationToken contains a NUL byte";
     if (why) {
-        gr_warn("validation handshake refused: %s", why);
+        gr_warn_limited("validation handshake refused: %s", why);
         return text(c, h, r, 400, why);
     }
     gr_info("validation handshake answered on the %s endpoint",
@@ -202,7 +202,7 @@ static enum MHD_Result begin(struct MHD_Connection *c, struct gr_http *h, struct
         /* Only refuse here; the buffer grows with the bytes that really
          * arrive, so a client cannot reserve memory by announcing a length. */
         if (errno == 0 && *end == '\0' && n > r->max_body) {
-            gr_warn("notification POST refused: Content-Length %llu exceeds max_body_bytes %zu", n,
+            gr_warn_limited("notification POST refused: Content-Length %llu exceeds max_body_bytes %zu", n,
                     r->max_body);
             return text(c, h, r, 413, "request body is larger than limits.max_body_bytes");
         }
@@ -224,7 +224,7 @@ static enum MHD_Result answer_committed(struct MHD_Connection *c, struct gr_http
     }
     bool full = r->result == GR_APPEND_FULL;
     gr_metrics_store_rejected(full);
-    gr_warn("notification POST refused with 503: %s; Graph will retry",
+    gr_warn_limited("notification POST refused with 503: %s; Graph will retry",
             full ? "the store is full (store.max_pending, max_pending_bytes or max_db_bytes)"
                  : "the store cannot write");
     return text(c, h, r, 503, full ? "store full; retry later" : "store unavailable; retry later");
@@ -236,7 +236,7 @@ static enum MHD_Result finish(struct MHD_Connection *c, struct gr_http *h, struc
     if (r->committed)
         return answer_committed(c, h, r);
     if (r->too_large) {
-        gr_warn("notification POST refused: body exceeds max_body_bytes %zu", r->max_body);
+        gr_warn_limited("notification POST refused: body exceeds max_body_bytes %zu", r->max_body);
         return text(c, h, r, 413, "request body is larger than limits.max_body_bytes");
     }
     int64_t received_ms = gr_wall_ms();
@@ -248,7 +248,7 @@ static enum MHD_Result finish(struct MHD_Connection *c, struct gr_http *h, struc
 
     enum MHD_Result rc;
     if (in.status == 400) {
-        gr_warn("notification POST refused: %s", in.reason);
+        gr_warn_limited("notification POST refused: %s", in.reason);
         rc = text(c, h, r, 400, in.reason);
         gr_ingest_free(&in);
         return rc;
@@ -314,7 +314,7 @@ static enum MHD_Result on_request(void *cls, struct MHD_Connection *c, const cha
             gr_buf_append(&r->body, upload_data, *upload_size);
         *upload_size = 0;
         if (r->received / 2 > r->max_body) {
-            gr_warn("notification POST cut off: body passed twice max_body_bytes %zu; connection "
+            gr_warn_limited("notification POST cut off: body passed twice max_body_bytes %zu; connection "
                     "closed",
                     r->max_body);
             gr_metrics_request(r->ep, 413);
@@ -350,7 +350,7 @@ __attribute__((format(printf, 2, 0))) static void on_mhd_log(void *cls, const ch
     size_t n = strlen(msg);
     while (n && (msg[n - 1] == '\n' || msg[n - 1] == '\r'))
         msg[--n] = '\0';
-    gr_warn("libmicrohttpd: %s", msg);
+    gr_warn_limited("libmicrohttpd: %s", msg);
     free(msg);
 }
 

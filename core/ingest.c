@@ -4,6 +4,7 @@
 
 #include <ctype.h>
 #include <openssl/evp.h>
+#include <pthread.h>
 #include <stdbool.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -17,11 +18,22 @@
 /* Longest subscription id quoted in a log line. */
 #define GR_LOG_ID_MAX 80
 
+/* One log limit per reason: a flood of one kind does not hide another. */
+static struct gr_log_limit drop_limits[GR_DROP_COUNT];
+static pthread_once_t drop_limits_once = PTHREAD_ONCE_INIT;
+
+static void init_drop_limits(void)
+{
+    for (size_t i = 0; i < GR_DROP_COUNT; i++)
+        gr_log_limit_init(&drop_limits[i]);
+}
+
 static void drop(struct gr_ingest *out, enum gr_drop_reason reason, const char *subscription,
                  const char *why)
 {
     out->dropped[reason]++;
-    gr_warn("item dropped (%s): %s; subscription=%.*s", gr_drop_reason_name(reason), why,
+    pthread_once(&drop_limits_once, init_drop_limits);
+    gr_log_limited(&drop_limits[reason], GR_LOG_LEVEL_WARN, "item dropped (%s): %s; subscription=%.*s", gr_drop_reason_name(reason), why,
             GR_LOG_ID_MAX, subscription ? subscription : "(none)");
 }
 
@@ -42,7 +54,7 @@ static void read_tokens(const json_t *value, struct gr_ingest *out, bool *read)
     const char *why;
     out->tokens = gr_token_list_new(value, &out->tokens_skipped, &why);
     if (why || out->tokens_skipped)
-        gr_warn("validationTokens: %s%s%zu entr%s skipped (not a string, longer than %d bytes, "
+        gr_warn_limited("validationTokens: %s%s%zu entr%s skipped (not a string, longer than %d bytes, "
                 "or not a JWT naming a tenant); rich items not covered are dropped",
                 why ? why : "", why ? "; " : "", out->tokens_skipped,
                 out->tokens_skipped == 1 ? "y" : "ies", GR_TOKEN_MAX_BYTES);

@@ -4,6 +4,7 @@
 #include "log.h"
 
 #include <stdatomic.h>
+#include <stdbool.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -58,8 +59,9 @@ static void append_escaped(struct gr_buf *out, const char *s, size_t len)
     }
 }
 
-__attribute__((format(printf, 3, 0))) static void emit_line(int level, const char *handler,
-                                                          const char *fmt, va_list ap)
+__attribute__((format(printf, 4, 0))) static void emit_line(int level, const char *handler,
+                                                          uint64_t suppressed, const char *fmt,
+                                                          va_list ap)
 {
     if (level > gr_log_level())
         return;
@@ -82,6 +84,8 @@ __attribute__((format(printf, 3, 0))) static void emit_line(int level, const cha
         append_escaped(&line, handler, strlen(handler));
         gr_buf_puts(&line, "\"");
     }
+    if (suppressed)
+        gr_buf_printf(&line, " suppressed=%llu", (unsigned long long)suppressed);
     gr_buf_puts(&line, "\n");
     size_t off = 0;
     while (off < line.len) {
@@ -98,11 +102,45 @@ void gr_log(int level, const char *fmt, ...)
 {
     va_list ap;
     va_start(ap, fmt);
-    emit_line(level, NULL, fmt, ap);
+    emit_line(level, NULL, 0, fmt, ap);
+    va_end(ap);
+}
+
+void gr_log_limit_init(struct gr_log_limit *l)
+{
+    *l = (struct gr_log_limit){.burst = GR_LOG_LIMIT_BURST, .window_ms = GR_LOG_LIMIT_WINDOW_MS};
+    pthread_mutex_init(&l->lock, NULL);
+}
+
+void gr_log_limited(struct gr_log_limit *l, int level, const char *fmt, ...)
+{
+    if (level > gr_log_level())
+        return;
+    int64_t now = gr_mono_ms();
+    pthread_mutex_lock(&l->lock);
+    if (!l->written || now - l->window_start_ms >= l->window_ms) {
+        l->window_start_ms = now;
+        l->written = 0;
+    }
+    bool write_it = l->written < l->burst;
+    uint64_t suppressed = 0;
+    if (write_it) {
+        l->written++;
+        suppressed = l->suppressed;
+        l->suppressed = 0;
+    } else {
+        l->suppressed++;
+    }
+    pthread_mutex_unlock(&l->lock);
+    if (!write_it)
+        return;
+    va_list ap;
+    va_start(ap, fmt);
+    emit_line(level, NULL, suppressed, fmt, ap);
     va_end(ap);
 }
 
 void gr_log_handler(int level, const char *handler, const char *fmt, va_list ap)
 {
-    emit_line(level, handler, fmt, ap);
+    emit_line(level, handler, 0, fmt, ap);
 }

@@ -13,7 +13,9 @@
 #ifndef GR_LOG_H
 #define GR_LOG_H
 
+#include <pthread.h>
 #include <stdarg.h>
+#include <stdint.h>
 
 enum { GR_LOG_LEVEL_ERROR = 0, GR_LOG_LEVEL_WARN = 1, GR_LOG_LEVEL_INFO = 2, GR_LOG_LEVEL_DEBUG = 3 };
 
@@ -26,6 +28,37 @@ void gr_log(int level, const char *fmt, ...) __attribute__((format(printf, 2, 3)
 /* Same, tagged with handler=<name> (for plugins). */
 void gr_log_handler(int level, const char *handler, const char *fmt, va_list ap)
     __attribute__((format(printf, 3, 0)));
+
+/*
+ * Lines that the network can trigger at will (a POST with a wrong
+ * clientState, malformed JSON, a store that refuses with 503 under a flood)
+ * are rate-limited per call site, as the kernel's printk_ratelimited is: at
+ * most `burst` lines per `window_ms`; the rest are counted, and the next line
+ * written carries suppressed=N, how many like it were left out since the last
+ * one. Metrics still count every occurrence. Formatting is skipped for a line
+ * that is left out, so a flood costs a mutex and a counter per line.
+ */
+#define GR_LOG_LIMIT_BURST 10
+#define GR_LOG_LIMIT_WINDOW_MS 10000
+struct gr_log_limit {
+    pthread_mutex_t lock;
+    unsigned burst;
+    int64_t window_ms;
+    int64_t window_start_ms; /* monotonic */
+    unsigned written;        /* in this window */
+    uint64_t suppressed;     /* since the last line written */
+};
+#define GR_LOG_LIMIT_INIT                                                                     \
+    {PTHREAD_MUTEX_INITIALIZER, GR_LOG_LIMIT_BURST, GR_LOG_LIMIT_WINDOW_MS, 0, 0, 0}
+void gr_log_limit_init(struct gr_log_limit *l); /* as GR_LOG_LIMIT_INIT */
+void gr_log_limited(struct gr_log_limit *l, int level, const char *fmt, ...)
+    __attribute__((format(printf, 3, 4)));
+/* gr_warn, limited per call site. */
+#define gr_warn_limited(...)                                                                  \
+    do {                                                                                      \
+        static struct gr_log_limit gr_log_limit_ = GR_LOG_LIMIT_INIT;                         \
+        gr_log_limited(&gr_log_limit_, GR_LOG_LEVEL_WARN, __VA_ARGS__);                       \
+    } while (0)
 
 #define gr_error(...) gr_log(GR_LOG_LEVEL_ERROR, __VA_ARGS__)
 #define gr_warn(...) gr_log(GR_LOG_LEVEL_WARN, __VA_ARGS__)

@@ -52,3 +52,22 @@ class ClientStateTest(RouterTest):
         r.wait_for(lambda: r.metric("graphrouter_items_dropped_total", reason="no_secret") == 1)
         self.assertNotIn(OWN, r.log())
         self.assertNotIn(SECRET, r.log())
+
+    def test_a_flood_of_wrong_values_is_logged_in_moderation(self):
+        """500 items with a wrong clientState, then 50 POSTs of malformed JSON:
+        every one is counted, but each call site writes at most 10 lines per
+        10 s (the network must not be able to fill the disk with our log);
+        a good item in the same flood is still delivered."""
+        r = self.router(base_config())
+        items = [item("unlisted", "wrong-%d" % i, id="w%d" % i) for i in range(500)]
+        items.append(item("unlisted", SECRET, id="good"))
+        self.assertEqual(r.post(batch(*items))[0], 202)
+        for _ in range(50):
+            self.assertEqual(r.post("{not json")[0], 400)
+        self.assertEqual([l["id"] for l in r.wait_jsonl(1)], ["good"])
+        self.assertEqual(r.metric("graphrouter_items_dropped_total", reason="bad_client_state"),
+                         500)
+        log = r.log()
+        self.assertEqual(log.count("item dropped (bad_client_state)"), 10)
+        self.assertEqual(log.count("notification POST refused: body is not valid JSON"), 10)
+        self.assertNotIn("wrong-1", log)
