@@ -612,7 +612,7 @@ if ((NOSTORE_RUN)); then
             $(msum "$tmp/nostore-a.prom" graphrouter_items_accepted_total)))
   ((stored == 0)) || problems+=("no-store run: $stored items were stored (the clientState matched?)")
   echo
-  echo "graphrouter's request path without the store (clientState refused, nothing stored, one log line each):" \
+  echo "graphrouter's request path without the store (clientState refused, nothing stored; its log lines rate-limited):" \
     "$(kv "$line" rps | awk '{printf "%.0f", $1}') req/s = $(awk -v g="$(kv "$line" rps)" -v n="$n_rps" \
     'BEGIN {printf "%.2f", g / n}') of nginx's mean, p99 $(us2ms "$(kv "$line" p99_us)") ms"
 fi
