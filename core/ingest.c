@@ -11,6 +11,7 @@
 #include <string.h>
 #include <strings.h>
 
+#include "jsonscan.h"
 #include "log.h"
 #include "notification.h"
 #include "util.h"
@@ -33,31 +34,30 @@ static void drop(struct gr_ingest *out, enum gr_drop_reason reason, const char *
 {
     out->dropped[reason]++;
     pthread_once(&drop_limits_once, init_drop_limits);
-    gr_log_limited(&drop_limits[reason], GR_LOG_LEVEL_WARN, "item dropped (%s): %s; subscription=%.*s", gr_drop_reason_name(reason), why,
-            GR_LOG_ID_MAX, subscription ? subscription : "(none)");
+    gr_log_limited(&drop_limits[reason], GR_LOG_LEVEL_WARN,
+                   "item dropped (%s): %s; subscription=%.*s", gr_drop_reason_name(reason), why,
+                   GR_LOG_ID_MAX, subscription ? subscription : "(none)");
 }
 
 /* Event Hubs sends this once to test reachability; it is not a change. */
-static bool is_validation_message(const char *subscription, const json_t *item)
+static bool is_validation_message(const char *subscription, const char *change)
 {
-    const char *change = gr_json_string_ci(item, "changeType");
     return subscription && strcmp(subscription, "NA") == 0 && change &&
            strncmp(change, "Validation:", 11) == 0;
 }
 
 /* The POST's validationTokens, read once, when its first rich item needs them. */
-static void read_tokens(const json_t *value, struct gr_ingest *out, bool *read)
+static void read_tokens(const char *text, size_t len, struct gr_ingest *out)
 {
-    if (*read)
-        return;
-    *read = true;
+    json_t *value = text ? json_loadb(text, len, JSON_DECODE_ANY, NULL) : NULL;
     const char *why;
     out->tokens = gr_token_list_new(value, &out->tokens_skipped, &why);
+    json_decref(value);
     if (why || out->tokens_skipped)
-        gr_warn_limited("validationTokens: %s%s%zu entr%s skipped (not a string, longer than %d bytes, "
-                "or not a JWT naming a tenant); rich items not covered are dropped",
-                why ? why : "", why ? "; " : "", out->tokens_skipped,
-                out->tokens_skipped == 1 ? "y" : "ies", GR_TOKEN_MAX_BYTES);
+        gr_warn_limited("validationTokens: %s%s%zu entr%s skipped (not a string, longer than %d "
+                        "bytes, or not a JWT naming a tenant); rich items not covered are dropped",
+                        why ? why : "", why ? "; " : "", out->tokens_skipped,
+                        out->tokens_skipped == 1 ? "y" : "ies", GR_TOKEN_MAX_BYTES);
 }
 
 static void hash_field(EVP_MD_CTX *md, const char *tag, const char *value)
@@ -67,11 +67,37 @@ static void hash_field(EVP_MD_CTX *md, const char *tag, const char *value)
         EVP_DigestUpdate(md, value, strlen(value) + 1);
 }
 
+/* What identifies a change (see ingest.h); the strings as JSON values, decoded. */
+struct change_identity {
+    const char *subscription, *change, *resource, *lifecycle, *id, *etag, *sequence;
+};
+
+static bool identity_key(const struct change_identity *c, unsigned char key[32])
+{
+    if (!c->id && !c->etag && !c->sequence)
+        return false;
+    char *change = gr_xstrdup(c->change ? c->change : "");
+    for (char *p = change; *p; p++)
+        *p = (char)tolower((unsigned char)*p);
+    EVP_MD_CTX *md = EVP_MD_CTX_new();
+    unsigned int n = 0;
+    EVP_DigestInit_ex(md, EVP_sha256(), NULL);
+    hash_field(md, "subscription", c->subscription);
+    hash_field(md, "change", change);
+    hash_field(md, "resource", c->resource);
+    hash_field(md, "lifecycle", c->lifecycle);
+    hash_field(md, "id", c->id);
+    hash_field(md, "etag", c->etag);
+    hash_field(md, "sequence", c->sequence);
+    EVP_DigestFinal_ex(md, key, &n);
+    EVP_MD_CTX_free(md);
+    free(change);
+    return true;
+}
+
 bool gr_ingest_dedupe_key(const json_t *item, unsigned char key[32])
 {
     const json_t *data = gr_json_get_ci(item, "resourceData");
-    const char *id = gr_json_string_ci(item, "id");
-    const char *etag = gr_json_string_ci(data, "@odata.etag");
     const json_t *seq = gr_json_get_ci(data, "sequenceNumber");
     char seqbuf[32];
     const char *seqs = json_string_value(seq);
@@ -79,112 +105,402 @@ bool gr_ingest_dedupe_key(const json_t *item, unsigned char key[32])
         snprintf(seqbuf, sizeof seqbuf, "%" JSON_INTEGER_FORMAT, json_integer_value(seq));
         seqs = seqbuf;
     }
-    if (!id && !etag && !seqs)
+    struct change_identity c = {
+        .subscription = gr_json_string_ci(item, "subscriptionId"),
+        .change = gr_json_string_ci(item, "changeType"),
+        .resource = gr_json_string_ci(item, "resource"),
+        .lifecycle = gr_json_string_ci(item, "lifecycleEvent"),
+        .id = gr_json_string_ci(item, "id"),
+        .etag = gr_json_string_ci(data, "@odata.etag"),
+        .sequence = seqs,
+    };
+    return identity_key(&c, key);
+}
+
+/* ---- finding members in the text ------------------------------------------
+ *
+ * The request path does not build a tree: the body is checked once with the
+ * scanner (jsonscan.h), which accepts exactly what jansson accepts, and each
+ * item's members are then found in its text. A member is found as
+ * gr_json_get_ci finds it in jansson's tree, so that what ingest reads is
+ * what a worker reads later: the key spelt exactly so, else the first key
+ * that matches ignoring case; with a repeated key, its last value (jansson
+ * keeps the last value of a key at the place of its first occurrence). */
+
+struct span {
+    const char *p, *end;
+};
+
+struct member_want {
+    const char *name;
+    bool exact_found, ci_found;
+    struct span exact, ci;
+    char ci_key[24]; /* the first key matching ignoring case, decoded (names are short) */
+};
+
+/* The key's text, decoded if it has escapes (*heap then to be freed). */
+static const char *key_text(const struct gr_jstr *key, size_t *len, char **heap)
+{
+    *heap = NULL;
+    if (!key->escaped) {
+        *len = key->len;
+        return key->raw;
+    }
+    *heap = gr_jstr_decode(key, len);
+    return *heap;
+}
+
+static void offer(struct member_want *w, const char *key, size_t len, struct span value)
+{
+    size_t n = strlen(w->name);
+    if (len != n || strncasecmp(key, w->name, n) != 0)
+        return;
+    if (memcmp(key, w->name, n) == 0) {
+        w->exact_found = true;
+        w->exact = value;
+    }
+    if (!w->ci_found) {
+        w->ci_found = true;
+        memcpy(w->ci_key, key, n);
+    }
+    if (memcmp(key, w->ci_key, n) == 0)
+        w->ci = value;
+}
+
+static bool found(const struct member_want *w, struct span *out)
+{
+    if (!w->exact_found && !w->ci_found)
         return false;
-    const char *ct = gr_json_string_ci(item, "changeType");
-    char *change = gr_xstrdup(ct ? ct : "");
-    for (char *p = change; *p; p++)
-        *p = (char)tolower((unsigned char)*p);
-    EVP_MD_CTX *md = EVP_MD_CTX_new();
-    unsigned int n = 0;
-    EVP_DigestInit_ex(md, EVP_sha256(), NULL);
-    hash_field(md, "subscription", gr_json_string_ci(item, "subscriptionId"));
-    hash_field(md, "change", change);
-    hash_field(md, "resource", gr_json_string_ci(item, "resource"));
-    hash_field(md, "lifecycle", gr_json_string_ci(item, "lifecycleEvent"));
-    hash_field(md, "id", id);
-    hash_field(md, "etag", etag);
-    hash_field(md, "sequence", seqs);
-    EVP_DigestFinal_ex(md, key, &n);
-    EVP_MD_CTX_free(md);
-    free(change);
+    *out = w->exact_found ? w->exact : w->ci;
     return true;
 }
 
-static void judge_item(const struct gr_config *cfg, const json_t *item, const json_t *tokens,
-                       bool *tokens_read, struct gr_ingest *out)
+/* Where the members to leave out of the stored text start, in text order. */
+struct cuts {
+    const char **at;
+    size_t n, cap;
+};
+
+/* Walk the members of the object at `obj` (already checked): offer each to
+ * the wants; with cuts, also record where each member whose key matches
+ * `cut` ignoring case starts. */
+static void walk_members(struct span obj, struct member_want *wants, size_t nwants,
+                         const char *cut, struct cuts *cuts)
 {
-    const char *sub = gr_json_string_ci(item, "subscriptionId");
-    if (!json_is_object(item) || !sub) {
-        drop(out, GR_DROP_MALFORMED_ITEM, NULL,
-             "not an object with a string \"subscriptionId\"");
+    struct gr_jscan s;
+    gr_jscan_init(&s, obj.p, (size_t)(obj.end - obj.p));
+    s.p++; /* '{' */
+    if (gr_jscan_take(&s, '}'))
+        return;
+    do {
+        gr_jscan_ws(&s);
+        const char *member = s.p;
+        struct gr_jstr key;
+        gr_jscan_string(&s, &key);
+        gr_jscan_take(&s, ':');
+        gr_jscan_ws(&s);
+        struct span value = {s.p, NULL};
+        gr_jscan_value(&s);
+        value.end = s.p;
+        size_t len;
+        char *heap;
+        const char *k = key_text(&key, &len, &heap);
+        for (size_t i = 0; i < nwants; i++)
+            offer(&wants[i], k, len, value);
+        if (cut && len == strlen(cut) && strncasecmp(k, cut, len) == 0) {
+            if (cuts->n == cuts->cap) {
+                cuts->cap = cuts->cap ? 2 * cuts->cap : 2;
+                cuts->at = gr_xrealloc(cuts->at, cuts->cap * sizeof *cuts->at);
+            }
+            cuts->at[cuts->n++] = member;
+        }
+        free(heap);
+    } while (gr_jscan_take(&s, ','));
+}
+
+/* A string member's value, decoded; NULL when absent or not a string. */
+static char *string_of(const struct member_want *w)
+{
+    struct span v;
+    if (!found(w, &v) || *v.p != '"')
+        return NULL;
+    struct gr_jstr str = {v.p + 1, (size_t)(v.end - v.p - 2), false};
+    str.escaped = memchr(str.raw, '\\', str.len) != NULL;
+    size_t len;
+    return gr_jstr_decode(&str, &len);
+}
+
+/* sequenceNumber as the key uses it: a string, or an integer in decimal
+ * (as jansson prints it); NULL for anything else. */
+static char *sequence_of(const struct member_want *w)
+{
+    struct span v;
+    if (!found(w, &v))
+        return NULL;
+    if (*v.p == '"')
+        return string_of(w);
+    if (*v.p != '-' && (*v.p < '0' || *v.p > '9'))
+        return NULL;
+    for (const char *p = v.p; p < v.end; p++)
+        if (*p == '.' || *p == 'e' || *p == 'E')
+            return NULL; /* a real, not an integer */
+    char buf[32];
+    size_t n = (size_t)(v.end - v.p);
+    if (n >= sizeof buf)
+        return NULL; /* longer than any long long: the scan refused it */
+    memcpy(buf, v.p, n);
+    buf[n] = '\0';
+    return gr_xprintf("%lld", strtoll(buf, NULL, 10));
+}
+
+enum { F_SUBSCRIPTION, F_CHANGE, F_CLIENT_STATE, F_RESOURCE, F_LIFECYCLE, F_ID, F_ENCRYPTED,
+       F_DATA, F_COUNT };
+static const char *const item_members[F_COUNT] = {
+    "subscriptionId", "changeType", "clientState", "resource", "lifecycleEvent", "id",
+    "encryptedContent", "resourceData"};
+
+struct judged {
+    char *strings[F_COUNT];
+    char *etag, *sequence;
+};
+
+static void judged_free(struct judged *j)
+{
+    for (size_t i = 0; i < F_COUNT; i++)
+        free(j->strings[i]);
+    free(j->etag);
+    free(j->sequence);
+}
+
+/* The stored text: the item's own text without its clientState members
+ * (NUL-terminated; never longer than the item). */
+static char *stored_text(struct span item, const struct cuts *cuts, size_t *len)
+{
+    char *out = gr_xmalloc((size_t)(item.end - item.p) + 1), *o = out;
+    *o++ = '{';
+    struct gr_jscan s;
+    gr_jscan_init(&s, item.p, (size_t)(item.end - item.p));
+    s.p++;
+    size_t next_cut = 0;
+    if (!gr_jscan_take(&s, '}')) {
+        do {
+            gr_jscan_ws(&s);
+            const char *member = s.p;
+            struct gr_jstr key;
+            gr_jscan_string(&s, &key);
+            gr_jscan_take(&s, ':');
+            gr_jscan_ws(&s);
+            gr_jscan_value(&s);
+            if (next_cut < cuts->n && cuts->at[next_cut] == member) {
+                next_cut++;
+                continue;
+            }
+            if (o > out + 1)
+                *o++ = ',';
+            memcpy(o, member, (size_t)(s.p - member));
+            o += s.p - member;
+        } while (gr_jscan_take(&s, ','));
+    }
+    *o++ = '}';
+    *o = '\0';
+    *len = (size_t)(o - out);
+    return out;
+}
+
+static void judge_item(const struct gr_config *cfg, struct span item, struct gr_ingest *out,
+                       bool *needs_tokens)
+{
+    if (*item.p != '{') {
+        drop(out, GR_DROP_MALFORMED_ITEM, NULL, "not an object with a string \"subscriptionId\"");
         return;
     }
-    if (is_validation_message(sub, item)) {
+    struct member_want wants[F_COUNT];
+    for (size_t i = 0; i < F_COUNT; i++)
+        wants[i] = (struct member_want){.name = item_members[i]};
+    struct cuts cuts = {0};
+    walk_members(item, wants, F_COUNT, "clientState", &cuts);
+    struct judged j = {0};
+    j.strings[F_SUBSCRIPTION] = string_of(&wants[F_SUBSCRIPTION]);
+    j.strings[F_CHANGE] = string_of(&wants[F_CHANGE]);
+    const char *sub = j.strings[F_SUBSCRIPTION];
+    if (!sub) {
+        drop(out, GR_DROP_MALFORMED_ITEM, NULL, "not an object with a string \"subscriptionId\"");
+    } else if (is_validation_message(sub, j.strings[F_CHANGE])) {
         drop(out, GR_DROP_VALIDATION_MESSAGE, sub, "Event Hubs reachability test item");
-        return;
+    } else {
+        const struct gr_subscription *listed = gr_config_subscription(cfg, sub);
+        const struct gr_secret *secret = listed                    ? &listed->secret
+                                         : cfg->has_fallback_secret ? &cfg->fallback_secret
+                                                                    : NULL;
+        struct span cs;
+        bool cs_string = found(&wants[F_CLIENT_STATE], &cs) && *cs.p == '"';
+        if (cs_string)
+            j.strings[F_CLIENT_STATE] = string_of(&wants[F_CLIENT_STATE]);
+        if (!cs_string) {
+            drop(out, GR_DROP_MISSING_CLIENT_STATE, sub, "no clientState");
+        } else if (!secret) {
+            drop(out, GR_DROP_NO_SECRET, sub,
+                 "subscription not listed in \"subscriptions\" and no top-level \"client_state\"");
+        } else if (!gr_secret_matches(secret, j.strings[F_CLIENT_STATE],
+                                      strlen(j.strings[F_CLIENT_STATE]))) {
+            drop(out, GR_DROP_BAD_CLIENT_STATE, sub,
+                 listed ? "clientState does not match this subscription's client_state"
+                        : "clientState does not match the top-level client_state");
+        } else {
+            struct gr_store_item *it = &out->items[out->nitems++];
+            /* Stored without its clientState: the secret has been checked and
+             * is not written to disk (nor shown by graphrouter dlq show). */
+            it->body = stored_text(item, &cuts, &it->len);
+            struct span data;
+            if (found(&wants[F_DATA], &data) && *data.p == '{') {
+                struct member_want inner[2] = {{.name = "@odata.etag"}, {.name = "sequenceNumber"}};
+                walk_members(data, inner, 2, NULL, NULL);
+                j.etag = string_of(&inner[0]);
+                j.sequence = sequence_of(&inner[1]);
+            }
+            for (int f = F_RESOURCE; f <= F_ID; f++)
+                j.strings[f] = string_of(&wants[f]);
+            struct change_identity c = {sub, j.strings[F_CHANGE], j.strings[F_RESOURCE],
+                                        j.strings[F_LIFECYCLE], j.strings[F_ID], j.etag,
+                                        j.sequence};
+            it->has_dedupe = identity_key(&c, it->dedupe);
+            /* Rich items keep the POST's tokens that must cover them; a worker checks. */
+            struct span enc;
+            it->rich = found(&wants[F_ENCRYPTED], &enc) && *enc.p == '{';
+            *needs_tokens |= it->rich;
+        }
     }
-    const struct gr_subscription *listed = gr_config_subscription(cfg, sub);
-    const struct gr_secret *secret =
-        listed ? &listed->secret : cfg->has_fallback_secret ? &cfg->fallback_secret : NULL;
-    const json_t *cs = gr_json_get_ci(item, "clientState");
-    if (!json_is_string(cs)) {
-        drop(out, GR_DROP_MISSING_CLIENT_STATE, sub, "no clientState");
-        return;
+    judged_free(&j);
+    free(cuts.at);
+}
+
+/* Check the whole body; find the top-level "value" array's elements and the
+ * "validationTokens" and "specversion" members (exact keys, the last of each,
+ * as json_object_get finds them). Returns false on a syntax error. */
+struct top {
+    bool is_object;
+    bool has_value, value_is_array, has_specversion;
+    struct span *elements; /* of the last "value" array */
+    size_t nelements, cap;
+    struct span tokens;
+    bool has_tokens;
+};
+
+/* The "value" array at s->p: check it and keep its elements' spans. */
+static bool scan_items(struct gr_jscan *s, struct top *t)
+{
+    t->nelements = 0; /* a repeated "value": the last one counts */
+    if (!gr_jscan_enter(s))
+        return false;
+    s->p++; /* '[' */
+    if (!gr_jscan_take(s, ']')) {
+        do {
+            gr_jscan_ws(s);
+            const char *e = s->p;
+            if (!gr_jscan_value(s))
+                return false;
+            if (t->nelements == t->cap) {
+                t->cap = t->cap ? 2 * t->cap : 16;
+                t->elements = gr_xrealloc(t->elements, t->cap * sizeof *t->elements);
+            }
+            t->elements[t->nelements++] = (struct span){e, s->p};
+        } while (gr_jscan_take(s, ','));
+        if (!gr_jscan_take(s, ']'))
+            return gr_jscan_fail(s);
     }
-    if (!secret) {
-        drop(out, GR_DROP_NO_SECRET, sub,
-             "subscription not listed in \"subscriptions\" and no top-level \"client_state\"");
-        return;
+    gr_jscan_leave(s);
+    return true;
+}
+
+/* One member of the top-level object. */
+static bool scan_top_member(struct gr_jscan *s, struct top *t)
+{
+    gr_jscan_ws(s);
+    struct gr_jstr key;
+    if (!gr_jscan_string(s, &key))
+        return false;
+    if (!gr_jscan_take(s, ':'))
+        return gr_jscan_fail(s);
+    gr_jscan_ws(s);
+    const char *v = s->p;
+    if (gr_jstr_is(&key, "value", false)) {
+        t->has_value = true;
+        t->value_is_array = v < s->end && *v == '[';
+        return t->value_is_array ? scan_items(s, t) : gr_jscan_value(s);
     }
-    if (!gr_secret_matches(secret, json_string_value(cs), json_string_length(cs))) {
-        drop(out, GR_DROP_BAD_CLIENT_STATE, sub,
-             listed ? "clientState does not match this subscription's client_state"
-                    : "clientState does not match the top-level client_state");
-        return;
+    if (!gr_jscan_value(s))
+        return false;
+    if (gr_jstr_is(&key, "validationTokens", false)) {
+        t->has_tokens = true;
+        t->tokens = (struct span){v, s->p};
+    } else if (gr_jstr_is(&key, "specversion", false)) {
+        t->has_specversion = true;
     }
-    struct gr_store_item *it = &out->items[out->nitems++];
-    /* Stored without its clientState: the secret has been checked and is not
-     * written to disk (nor shown by graphrouter dlq show). */
-    json_t *kept = json_copy((json_t *)item); /* shallow */
-    const char *key;
-    json_t *v;
-    void *tmp;
-    json_object_foreach_safe(kept, tmp, key, v) {
-        if (strcasecmp(key, "clientState") == 0)
-            json_object_del(kept, key);
+    return true;
+}
+
+static bool scan_top(struct gr_jscan *s, struct top *t)
+{
+    gr_jscan_ws(s);
+    if (s->p < s->end && *s->p == '[') {
+        if (!gr_jscan_value(s))
+            return false;
+    } else if (s->p < s->end && *s->p == '{') {
+        t->is_object = true;
+        if (!gr_jscan_enter(s))
+            return false;
+        s->p++;
+        if (!gr_jscan_take(s, '}')) {
+            do {
+                if (!scan_top_member(s, t))
+                    return false;
+            } while (gr_jscan_take(s, ','));
+            if (!gr_jscan_take(s, '}'))
+                return gr_jscan_fail(s);
+        }
+        gr_jscan_leave(s);
+    } else {
+        return gr_jscan_fail(s); /* '[' or '{' expected */
     }
-    it->body = json_dumps(kept, JSON_COMPACT);
-    json_decref(kept);
-    it->len = strlen(it->body);
-    it->has_dedupe = gr_ingest_dedupe_key(item, it->dedupe);
-    /* Rich items keep the POST's tokens that must cover them; a worker checks. */
-    it->rich = json_is_object(gr_json_get_ci(item, "encryptedContent"));
-    if (it->rich)
-        read_tokens(tokens, out, tokens_read);
+    gr_jscan_ws(s);
+    return s->p == s->end || gr_jscan_fail(s); /* end of input expected */
 }
 
 void gr_ingest_parse(const struct gr_config *cfg, const char *body, size_t len,
                      struct gr_ingest *out)
 {
     *out = (struct gr_ingest){.status = 202};
-    json_error_t jerr;
-    json_t *root = json_loadb(body, len, 0, &jerr);
-    if (!root) {
+    struct gr_jscan s;
+    gr_jscan_init(&s, body, len);
+    struct top t = {0};
+    if (!scan_top(&s, &t)) {
+        int line, col;
+        gr_jscan_where(&s, &line, &col);
         out->status = 400;
-        out->reason = gr_xprintf("body is not valid JSON (line %d, column %d)", jerr.line,
-                                 jerr.column);
+        out->reason = gr_xprintf("body is not valid JSON (line %d, column %d)", line, col);
+        free(t.elements);
         return;
     }
-    const json_t *value = json_object_get(root, "value");
-    if (!json_is_array(value)) {
+    if (!t.is_object || !t.has_value || !t.value_is_array) {
         out->status = 400;
         out->reason = gr_xstrdup(
-            json_object_get(root, "specversion")
+            t.is_object && t.has_specversion
                 ? "body is a CloudEvent; graphrouter takes Graph webhook deliveries, a "
                   "changeNotificationCollection with a \"value\" array"
                 : "body has no \"value\" array; a Graph changeNotificationCollection looks like "
                   "{\"value\": [...]}");
-        json_decref(root);
+        free(t.elements);
         return;
     }
-    out->received = json_array_size(value);
+    out->received = t.nelements;
     out->items = gr_xcalloc(out->received ? out->received : 1, sizeof *out->items);
-    const json_t *tokens = json_object_get(root, "validationTokens");
-    bool tokens_read = false;
-    for (size_t i = 0; i < out->received; i++)
-        judge_item(cfg, json_array_get(value, i), tokens, &tokens_read, out);
-    json_decref(root);
+    bool needs_tokens = false;
+    for (size_t i = 0; i < t.nelements; i++)
+        judge_item(cfg, t.elements[i], out, &needs_tokens);
+    if (needs_tokens)
+        read_tokens(t.has_tokens ? t.tokens.p : NULL,
+                    t.has_tokens ? (size_t)(t.tokens.end - t.tokens.p) : 0, out);
+    free(t.elements);
 }
 
 void gr_ingest_free(struct gr_ingest *in)

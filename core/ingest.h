@@ -1,14 +1,18 @@
 /*
  * Ingest: what the request path does with a notification POST's body.
  *
- * Parse the changeNotificationCollection; a body that is not a JSON object
- * with a "value" array is refused (400, one-line reason). Each item is then
- * judged on its own: its clientState must match its subscription's own
- * secret if the subscription is listed, else the top-level client_state (a
- * listed subscription never accepts the fallback). Items that pass become
- * store items: the item's JSON (re-serialised compactly, encrypted content
- * untouched) with its duplicate key, for the HTTP layer to append; the others
- * are counted by reason and logged (never a secret or the presented value).
+ * Check the changeNotificationCollection; a body that is not JSON, or not an
+ * object with a "value" array, is refused (400, one-line reason). No tree is
+ * built: the body is checked by a scanner that accepts exactly what jansson
+ * accepts (jsonscan.h), and each item's members are read from its text as a
+ * worker later reads them from jansson's tree. Each item is judged on its
+ * own: its clientState must match its subscription's own secret if the
+ * subscription is listed, else the top-level client_state (a listed
+ * subscription never accepts the fallback). Items that pass become store
+ * items: the item's own text, without its clientState members (members are
+ * joined by a comma; values are untouched, so encrypted content stays as
+ * sent), with its duplicate key, for the HTTP layer to append; the others are
+ * counted by reason and logged (never a secret or the presented value).
  * Nothing here does I/O beyond logging. Thread-safe: reads only the immutable
  * config.
  */
