@@ -6,11 +6,13 @@
 #include <stdbool.h>
 #include <stddef.h>
 #include <stdint.h>
+#include <stdlib.h>
 #include <string.h>
 
 #include <cmocka.h>
 
 #include "ingest.h"
+#include "util.h"
 
 static const char *config_text =
     "{\"client_state\": \"fallback-secret\","
@@ -94,6 +96,44 @@ static void test_mixed_batch(void **state)
     gr_config_free(cfg);
 }
 
+/* Members are read as a worker reads them from jansson's tree: the key spelt
+ * exactly so wins over other spellings, a repeated key's last value counts,
+ * escapes in keys are decoded; every member named clientState in any
+ * spelling is left out of the stored text. */
+static void test_members_as_jansson_reads_them(void **state)
+{
+    (void)state;
+    struct gr_config *cfg = load(config_text);
+    const char *body =
+        "{\"value\": [{\"subscriptionId\": \"other\", \"ClientState\": \"fallback-secret\","
+        " \"clientState\": \"wrong\", \"clientState\": \"fallback-secret\", \"n\": 1},"
+        "{\"subscriptionId\": \"other\", \"client\\u0053tate\": \"wrong\", "
+        "\"CLIENTSTATE\": \"fallback-secret\"},"
+        "{\"subscriptionId\": \"other\", \"CLIENTSTATE\": \"fallback-secret\", "
+        "\"clientstate\": \"wrong\", \"n\": [1, {\"clientState\": \"kept: not a member of the item\"}]}"
+        "], \"value\": \"the last value counts\"}";
+    struct gr_ingest in;
+    gr_ingest_parse(cfg, body, strlen(body), &in);
+    assert_int_equal(in.status, 400); /* the last "value" is not an array */
+    gr_ingest_free(&in);
+    char *one = gr_xstrdup(body);
+    *strstr(one, "], \"value\"") = '\0';
+    char *fixed = gr_xprintf("%s]}", one);
+    gr_ingest_parse(cfg, fixed, strlen(fixed), &in);
+    assert_int_equal(in.status, 202);
+    assert_int_equal(in.received, 3);
+    assert_int_equal(in.dropped[GR_DROP_BAD_CLIENT_STATE], 1); /* exact "clientState" is "wrong" */
+    assert_int_equal(in.nitems, 2);
+    assert_string_equal(in.items[0].body, "{\"subscriptionId\": \"other\",\"n\": 1}");
+    assert_string_equal(in.items[1].body,
+                        "{\"subscriptionId\": \"other\",\"n\": [1, {\"clientState\": \"kept: not a "
+                        "member of the item\"}]}");
+    gr_ingest_free(&in);
+    free(fixed);
+    free(one);
+    gr_config_free(cfg);
+}
+
 static void test_no_fallback(void **state)
 {
     (void)state;
@@ -162,6 +202,7 @@ int main(void)
         cmocka_unit_test(test_bad_bodies),
         cmocka_unit_test(test_mixed_batch),
         cmocka_unit_test(test_no_fallback),
+        cmocka_unit_test(test_members_as_jansson_reads_them),
         cmocka_unit_test(test_dedupe_keys),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
