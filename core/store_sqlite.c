@@ -126,7 +126,7 @@ struct req {
 enum stmt_id {
     S_INS_BATCH, S_INS_ITEM, S_ROUTE_NEXT, S_ITEM_STATE,
     S_ITEM_WAIT, S_ITEM_DONE, S_INS_UNIT, S_UNIT_NEXT, S_UNIT_HEAD, S_FIRST_UNROUTED, S_UNIT_GET, S_UNIT_RUN,
-    S_UNIT_FINISH, S_UNIT_RETRY, S_ITEM_OPEN, S_NEXT_DUE_UNIT, S_NEXT_DUE_ITEM, S_USED_PAGES, S_OLDEST, S_DATA_VERSION,
+    S_UNIT_FINISH, S_UNIT_RETRY, S_ITEM_CLOSE, S_NEXT_DUE_UNIT, S_NEXT_DUE_ITEM, S_USED_PAGES, S_OLDEST, S_DATA_VERSION,
     S_BEGIN, S_COMMIT, S_SAVEPOINT, S_RELEASE, S_ROLLBACK_TO, S_SYNC_FULL, S_SYNC_NORMAL, S_COUNT
 };
 
@@ -162,7 +162,10 @@ static const char *const stmt_sql[S_COUNT] = {
     [S_UNIT_FINISH] = "UPDATE units SET state = ?2, finished_ms = ?3, last_error = ?4 "
                       "WHERE id = ?1",
     [S_UNIT_RETRY] = "UPDATE units SET state = 0, due_ms = ?2, last_error = ?3 WHERE id = ?1",
-    [S_ITEM_OPEN] = "SELECT 1 FROM units WHERE item_id = ?1 AND state IN (0, 1) LIMIT 1",
+    /* S_ITEM_DONE, only once none of the item's deliveries is pending or running */
+    [S_ITEM_CLOSE] = "UPDATE items SET state = 2, done_ms = CASE WHEN EXISTS (SELECT 1 FROM "
+                     "units WHERE item_id = ?1 AND state = 3) THEN NULL ELSE ?2 END WHERE id = ?1 "
+                     "AND NOT EXISTS (SELECT 1 FROM units WHERE item_id = ?1 AND state IN (0, 1))",
     [S_NEXT_DUE_UNIT] = "SELECT min(due_ms) FROM units INDEXED BY units_due WHERE state = 0",
     [S_NEXT_DUE_ITEM] = "SELECT min(due_ms) FROM items INDEXED BY items_open WHERE state IN (0, 3) "
                         "AND state = 0",
@@ -648,17 +651,12 @@ static int do_take(struct sqlite_store *s, struct req *r, int64_t now)
 /* An item whose units are all finished is done. Returns 1 if it became so. */
 static int close_item_if_finished(struct sqlite_store *s, int64_t item, int64_t now)
 {
-    sqlite3_stmt *st = S(s, S_ITEM_OPEN);
-    sqlite3_bind_int64(st, 1, item);
-    bool open = sqlite3_step(st) == SQLITE_ROW;
-    sqlite3_reset(st);
-    if (open)
-        return 0;
-    sqlite3_stmt *up = S(s, S_ITEM_DONE);
+    sqlite3_stmt *up = S(s, S_ITEM_CLOSE);
     sqlite3_bind_int64(up, 1, item);
     sqlite3_bind_int64(up, 2, now);
-    sqlite3_bind_null(up, 3);
-    return step_done(up) ? -1 : 1;
+    if (step_done(up))
+        return -1;
+    return sqlite3_changes(s->db) > 0;
 }
 
 static bool handler_configured(struct sqlite_store *s, const char *name)
