@@ -31,7 +31,7 @@
 void gr_secret_digest(const char *value, size_t len, struct gr_secret *out)
 {
     unsigned int n = 0;
-    if (!EVP_Digest(value, len, out->digest, &n, EVP_sha256(), NULL) || n != sizeof out->digest)
+    if (!EVP_Digest(value, len, out->digest, &n, gr_sha256(), NULL) || n != sizeof out->digest)
         abort(); /* SHA-256 cannot fail short of a broken libcrypto */
 }
 

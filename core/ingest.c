@@ -81,7 +81,7 @@ static bool identity_key(const struct change_identity *c, unsigned char key[32])
         *p = (char)tolower((unsigned char)*p);
     EVP_MD_CTX *md = EVP_MD_CTX_new();
     unsigned int n = 0;
-    EVP_DigestInit_ex(md, EVP_sha256(), NULL);
+    EVP_DigestInit_ex(md, gr_sha256(), NULL);
     hash_field(md, "subscription", c->subscription);
     hash_field(md, "change", change);
     hash_field(md, "resource", c->resource);
@@ -175,47 +175,58 @@ static bool found(const struct member_want *w, struct span *out)
     return true;
 }
 
-/* Where the members to leave out of the stored text start, in text order. */
-struct cuts {
-    const char **at;
-    size_t n, cap;
+/* An item's text without some of its members: the kept members joined by a
+ * comma (NUL-terminated; never longer than the item). */
+struct kept_text {
+    char *text;
+    size_t len;
 };
 
-/* Walk the members of the object at `obj` (already checked): offer each to
- * the wants; with cuts, also record where each member whose key matches
- * `cut` ignoring case starts. */
+/* Walk the members of the object at `obj` (already checked) and offer each
+ * to the wants. With keep, also copy every member whose key does not match
+ * `cut` (ignoring case) into keep->text. */
 static void walk_members(struct span obj, struct member_want *wants, size_t nwants,
-                         const char *cut, struct cuts *cuts)
+                         const char *cut, struct kept_text *keep)
 {
     struct gr_jscan s;
     gr_jscan_init(&s, obj.p, (size_t)(obj.end - obj.p));
+    char *o = NULL;
+    if (keep) {
+        o = keep->text = gr_xmalloc((size_t)(obj.end - obj.p) + 1);
+        *o++ = '{';
+    }
     s.p++; /* '{' */
-    if (gr_jscan_take(&s, '}'))
-        return;
-    do {
-        gr_jscan_ws(&s);
-        const char *member = s.p;
-        struct gr_jstr key;
-        gr_jscan_string(&s, &key);
-        gr_jscan_take(&s, ':');
-        gr_jscan_ws(&s);
-        struct span value = {s.p, NULL};
-        gr_jscan_value(&s);
-        value.end = s.p;
-        size_t len;
-        char *heap;
-        const char *k = key_text(&key, &len, &heap);
-        for (size_t i = 0; i < nwants; i++)
-            offer(&wants[i], k, len, value);
-        if (cut && len == strlen(cut) && strncasecmp(k, cut, len) == 0) {
-            if (cuts->n == cuts->cap) {
-                cuts->cap = cuts->cap ? 2 * cuts->cap : 2;
-                cuts->at = gr_xrealloc(cuts->at, cuts->cap * sizeof *cuts->at);
-            }
-            cuts->at[cuts->n++] = member;
-        }
-        free(heap);
-    } while (gr_jscan_take(&s, ','));
+    if (!gr_jscan_take(&s, '}')) {
+        do {
+            gr_jscan_ws(&s);
+            const char *member = s.p;
+            struct gr_jstr key;
+            gr_jscan_string(&s, &key);
+            gr_jscan_take(&s, ':');
+            gr_jscan_ws(&s);
+            struct span value = {s.p, NULL};
+            gr_jscan_value(&s);
+            value.end = s.p;
+            size_t len;
+            char *heap;
+            const char *k = key_text(&key, &len, &heap);
+            for (size_t i = 0; i < nwants; i++)
+                offer(&wants[i], k, len, value);
+            bool dropped = cut && len == strlen(cut) && strncasecmp(k, cut, len) == 0;
+            free(heap);
+            if (!keep || dropped)
+                continue;
+            if (o > keep->text + 1)
+                *o++ = ',';
+            memcpy(o, member, (size_t)(value.end - member));
+            o += value.end - member;
+        } while (gr_jscan_take(&s, ','));
+    }
+    if (keep) {
+        *o++ = '}';
+        *o = '\0';
+        keep->len = (size_t)(o - keep->text);
+    }
 }
 
 /* A string member's value, decoded; NULL when absent or not a string. */
@@ -272,41 +283,6 @@ static void judged_free(struct judged *j)
     free(j->sequence);
 }
 
-/* The stored text: the item's own text without its clientState members
- * (NUL-terminated; never longer than the item). */
-static char *stored_text(struct span item, const struct cuts *cuts, size_t *len)
-{
-    char *out = gr_xmalloc((size_t)(item.end - item.p) + 1), *o = out;
-    *o++ = '{';
-    struct gr_jscan s;
-    gr_jscan_init(&s, item.p, (size_t)(item.end - item.p));
-    s.p++;
-    size_t next_cut = 0;
-    if (!gr_jscan_take(&s, '}')) {
-        do {
-            gr_jscan_ws(&s);
-            const char *member = s.p;
-            struct gr_jstr key;
-            gr_jscan_string(&s, &key);
-            gr_jscan_take(&s, ':');
-            gr_jscan_ws(&s);
-            gr_jscan_value(&s);
-            if (next_cut < cuts->n && cuts->at[next_cut] == member) {
-                next_cut++;
-                continue;
-            }
-            if (o > out + 1)
-                *o++ = ',';
-            memcpy(o, member, (size_t)(s.p - member));
-            o += s.p - member;
-        } while (gr_jscan_take(&s, ','));
-    }
-    *o++ = '}';
-    *o = '\0';
-    *len = (size_t)(o - out);
-    return out;
-}
-
 static void judge_item(const struct gr_config *cfg, struct span item, struct gr_ingest *out,
                        bool *needs_tokens)
 {
@@ -317,8 +293,10 @@ static void judge_item(const struct gr_config *cfg, struct span item, struct gr_
     struct member_want wants[F_COUNT];
     for (size_t i = 0; i < F_COUNT; i++)
         wants[i] = (struct member_want){.name = item_members[i]};
-    struct cuts cuts = {0};
-    walk_members(item, wants, F_COUNT, "clientState", &cuts);
+    /* Stored without its clientState members: the secret is checked here and
+     * never written to disk (nor shown by graphrouter dlq show). */
+    struct kept_text kept = {0};
+    walk_members(item, wants, F_COUNT, "clientState", &kept);
     struct judged j = {0};
     j.strings[F_SUBSCRIPTION] = string_of(&wants[F_SUBSCRIPTION]);
     j.strings[F_CHANGE] = string_of(&wants[F_CHANGE]);
@@ -348,9 +326,9 @@ static void judge_item(const struct gr_config *cfg, struct span item, struct gr_
                         : "clientState does not match the top-level client_state");
         } else {
             struct gr_store_item *it = &out->items[out->nitems++];
-            /* Stored without its clientState: the secret has been checked and
-             * is not written to disk (nor shown by graphrouter dlq show). */
-            it->body = stored_text(item, &cuts, &it->len);
+            it->body = kept.text;
+            it->len = kept.len;
+            kept.text = NULL;
             struct span data;
             if (found(&wants[F_DATA], &data) && *data.p == '{') {
                 struct member_want inner[2] = {{.name = "@odata.etag"}, {.name = "sequenceNumber"}};
@@ -371,7 +349,7 @@ static void judge_item(const struct gr_config *cfg, struct span item, struct gr_
         }
     }
     judged_free(&j);
-    free(cuts.at);
+    free(kept.text);
 }
 
 /* Check the whole body; find the top-level "value" array's elements and the

@@ -3,6 +3,8 @@
 #define _GNU_SOURCE
 #include "util.h"
 
+#include <openssl/evp.h>
+#include <pthread.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -163,4 +165,20 @@ bool gr_strneq_ci(const char *a, const char *b, size_t n)
 bool gr_has_prefix_ci(const char *s, const char *prefix)
 {
     return strncasecmp(s, prefix, strlen(prefix)) == 0;
+}
+
+static EVP_MD *sha256;
+static pthread_once_t sha256_once = PTHREAD_ONCE_INIT;
+
+static void fetch_sha256(void)
+{
+    sha256 = EVP_MD_fetch(NULL, "SHA256", NULL);
+    if (!sha256)
+        abort();
+}
+
+const EVP_MD *gr_sha256(void)
+{
+    pthread_once(&sha256_once, fetch_sha256);
+    return sha256;
 }

@@ -38,6 +38,11 @@ void gr_buf_printf(struct gr_buf *b, const char *fmt, ...) __attribute__((format
 void gr_buf_free(struct gr_buf *b);
 
 /* Milliseconds / nanoseconds on the monotonic clock, and wall-clock ms since the epoch. */
+/* SHA-256, fetched from the default provider once per process: an implicit
+ * fetch (EVP_sha256() passed to EVP_Digest) costs more than hashing a
+ * clientState. Never NULL (aborts if libcrypto has no SHA-256). */
+const struct evp_md_st *gr_sha256(void);
+
 int64_t gr_mono_ms(void);
 int64_t gr_mono_ns(void);
 int64_t gr_wall_ms(void);
