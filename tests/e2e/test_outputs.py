@@ -22,7 +22,7 @@ import subprocess
 import threading
 import time
 
-from grtest import BINARY, TIMEOUT, Router, RouterTest, base_config, batch, item
+from grtest import BINARY, SECRET, TIMEOUT, Router, RouterTest, base_config, batch, item
 
 FAST_RETRY = {"max_attempts": 3, "initial_backoff_ms": 10, "max_backoff_ms": 20}
 
@@ -434,6 +434,30 @@ class ExecOutputTest(RouterTest):
         self.assertEqual(self.plugin_metric(r, "retry"), 1)
         r.wait_log(r'handler "run" asked to retry delivery \d+ \(message, attempt 1 of 3: '
                    r'exit status 75: busy, try later\)')
+
+    def test_a_retry_gets_the_same_bytes(self):
+        """The first attempt gets the notification built while routing (kept
+        in memory); a retry gets it rebuilt from the stored item: the same
+        bytes, for an item with escapes, non-ASCII text, numbers and nesting."""
+        cmd = script(self.dir, "twice.sh",
+                     'n=$(cat "$DIR/n" 2>/dev/null || echo 0); n=$((n + 1)); echo $n > "$DIR/n"\n'
+                     'cat > "$DIR/got.$n"\n'
+                     '[ $n -ge 2 ] || exit 75\n')
+        r = self.router(exec_config([cmd], env={"DIR": self.dir}, retry=FAST_RETRY))
+        body = ('{"value": [{"subscriptionId": "sub-1", "clientState": "%s", '
+                '"changeType": "updated", "resource": "Users/u1/Messages/m\\u00e9", '
+                '"resourceData": {"id": "m\u00e9", "n": [1, -2.5e3, true, null], '
+                '"q": "say \\"hi\\"\\n"}, "tenantId": "t"}]}' % SECRET)
+        self.assertEqual(r.post(body)[0], 202)
+        r.wait_for(lambda: self.plugin_metric(r, "ok") == 1)
+        with open(self.file("got.1"), "rb") as f:
+            first = f.read()
+        with open(self.file("got.2"), "rb") as f:
+            second = f.read()
+        self.assertEqual(first, second)
+        message = json.loads(first)
+        self.assertEqual(message["resource"], "Users/u1/Messages/m\u00e9")
+        self.assertNotIn("clientState", first.decode())
 
     def test_failure_is_a_dead_letter_explained_by_stderr(self):
         cmd = script(self.dir, "fail.sh",
