@@ -222,16 +222,6 @@ static bool is_function(const char *s, size_t len)
            (len >= 16 && strncasecmp(s, "microsoft.graph.", 16) == 0);
 }
 
-static int hexval(int c)
-{
-    if (c >= '0' && c <= '9')
-        return c - '0';
-    c = tolower(c);
-    if (c >= 'a' && c <= 'f')
-        return c - 'a' + 10;
-    return -1;
-}
-
 /* RFC 3629 UTF-8: no overlong forms, no surrogates, nothing past U+10FFFF. */
 static bool utf8_valid(const unsigned char *s, size_t n)
 {
@@ -270,7 +260,8 @@ static char *decode_key(const char *s, size_t len)
     size_t o = 0;
     for (size_t i = 0; i < len; i++) {
         if (s[i] == '%' && i + 2 < len) {
-            int hi = hexval((unsigned char)s[i + 1]), lo = hexval((unsigned char)s[i + 2]);
+            int hi = gr_hex_digit((unsigned char)s[i + 1]);
+            int lo = gr_hex_digit((unsigned char)s[i + 2]);
             if (hi >= 0 && lo >= 0 && (hi | lo)) {
                 out[o++] = (char)(hi * 16 + lo);
                 i += 2;

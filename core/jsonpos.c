@@ -61,22 +61,11 @@ static void skip_ws(struct scan *s)
         adv(s);
 }
 
-static int hexval(int c)
-{
-    if (c >= '0' && c <= '9')
-        return c - '0';
-    if (c >= 'a' && c <= 'f')
-        return c - 'a' + 10;
-    if (c >= 'A' && c <= 'F')
-        return c - 'A' + 10;
-    return -1;
-}
-
 static unsigned read_hex4(struct scan *s)
 {
     unsigned v = 0;
     for (int k = 0; k < 4; k++) {
-        int h = hexval(peek(s));
+        int h = gr_hex_digit(peek(s));
         v = v * 16 + (unsigned)(h < 0 ? 0 : h);
         adv(s);
     }

@@ -91,17 +91,6 @@ static size_t utf8_len(const unsigned char *p, const unsigned char *end)
     return n;
 }
 
-static int hex_digit(char c)
-{
-    if (c >= '0' && c <= '9')
-        return c - '0';
-    if (c >= 'a' && c <= 'f')
-        return c - 'a' + 10;
-    if (c >= 'A' && c <= 'F')
-        return c - 'A' + 10;
-    return -1;
-}
-
 /* The four hex digits at p (p + 4 <= end checked here). */
 static bool hex4(const char *p, const char *end, unsigned *v)
 {
@@ -109,7 +98,7 @@ static bool hex4(const char *p, const char *end, unsigned *v)
         return false;
     *v = 0;
     for (int i = 0; i < 4; i++) {
-        int d = hex_digit(p[i]);
+        int d = gr_hex_digit(p[i]);
         if (d < 0)
             return false;
         *v = *v << 4 | (unsigned)d;

@@ -182,3 +182,14 @@ const EVP_MD *gr_sha256(void)
     pthread_once(&sha256_once, fetch_sha256);
     return sha256;
 }
+
+int gr_hex_digit(int c)
+{
+    if (c >= '0' && c <= '9')
+        return c - '0';
+    if (c >= 'a' && c <= 'f')
+        return c - 'a' + 10;
+    if (c >= 'A' && c <= 'F')
+        return c - 'A' + 10;
+    return -1;
+}

@@ -50,6 +50,8 @@ int64_t gr_wall_ms(void);
 #define GR_RFC3339_LEN 64
 void gr_rfc3339(int64_t wall_ms, char out[GR_RFC3339_LEN]);
 
+/* The value of a hexadecimal digit (either case), or -1. */
+int gr_hex_digit(int c);
 bool gr_streq_ci(const char *a, const char *b);
 bool gr_strneq_ci(const char *a, const char *b, size_t n);
 bool gr_has_prefix_ci(const char *s, const char *prefix);
