@@ -4,7 +4,9 @@
 
 #include <errno.h>
 #include <jansson.h>
+#include <locale.h>
 #include <math.h>
+#include <pthread.h>
 #include <stdint.h>
 #include <stdlib.h>
 #include <string.h>
@@ -160,6 +162,18 @@ bool gr_jscan_string(struct gr_jscan *s, struct gr_jstr *out)
     return true;
 }
 
+/* Numbers are read in the C locale whatever a plugin may have set, as jansson
+ * reads them (it swaps '.' for the locale's decimal point first). */
+static locale_t c_locale;
+static pthread_once_t c_locale_once = PTHREAD_ONCE_INIT;
+
+static void make_c_locale(void)
+{
+    c_locale = newlocale(LC_NUMERIC_MASK, "C", (locale_t)0);
+    if (!c_locale)
+        abort();
+}
+
 static bool is_digit(const char *p, const char *end)
 {
     return p < end && *p >= '0' && *p <= '9';
@@ -209,7 +223,8 @@ static bool scan_number(struct gr_jscan *s)
     errno = 0;
     bool ok;
     if (real) {
-        double v = strtod(text, NULL);
+        pthread_once(&c_locale_once, make_c_locale);
+        double v = strtod_l(text, NULL, c_locale);
         ok = !((v == HUGE_VAL || v == -HUGE_VAL) && errno == ERANGE);
     } else {
         (void)strtoll(text, NULL, 10);

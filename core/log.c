@@ -1,5 +1,5 @@
-/* logfmt lines on stderr (see log.h). The level is a relaxed atomic; nothing
- * else is shared. */
+/* logfmt lines on stderr (see log.h). The level is a relaxed atomic; the
+ * rate limits are shared behind their own mutexes; nothing else is shared. */
 #define _GNU_SOURCE
 #include "log.h"
 

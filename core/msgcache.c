@@ -1,6 +1,7 @@
 /* Notifications built while routing, kept for the deliveries (see msgcache.h). */
 #include "msgcache.h"
 
+#include <stdbool.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -28,26 +29,27 @@ static struct gr_msgcache_slot *slot_of(struct gr_msgcache *c, int64_t id)
     return &c->slots[(uint64_t)id % c->nslots];
 }
 
-void gr_msgcache_put(struct gr_msgcache *c, int64_t id, char *text, size_t len, unsigned uses)
+void gr_msgcache_put(struct gr_msgcache *c, int64_t id, int64_t received_ms, char *text,
+                     size_t len, unsigned uses)
 {
-    if (!uses || len > c->max_len) {
-        free(text);
-        return;
-    }
+    bool keep = text && uses && len <= c->max_len;
     pthread_mutex_lock(&c->lock);
     struct gr_msgcache_slot *s = slot_of(c, id);
     char *evicted = s->text;
-    *s = (struct gr_msgcache_slot){.id = id, .text = text, .len = len, .uses = uses};
+    *s = keep ? (struct gr_msgcache_slot){id, received_ms, text, len, uses}
+              : (struct gr_msgcache_slot){0};
     pthread_mutex_unlock(&c->lock);
     free(evicted);
+    if (!keep)
+        free(text);
 }
 
-char *gr_msgcache_take(struct gr_msgcache *c, int64_t id, size_t *len)
+char *gr_msgcache_take(struct gr_msgcache *c, int64_t id, int64_t received_ms, size_t *len)
 {
     char *out = NULL;
     pthread_mutex_lock(&c->lock);
     struct gr_msgcache_slot *s = slot_of(c, id);
-    if (s->text && s->id == id) {
+    if (s->text && s->id == id && s->received_ms == received_ms) {
         *len = s->len;
         if (s->uses > 1) {
             s->uses--;

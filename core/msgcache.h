@@ -11,10 +11,15 @@
  * with the keys of that moment, and decrypted content is held no longer than
  * one delivery.
  *
- * A direct-mapped table of item ids: a slot holds the latest text put there;
- * a put evicts what the slot held. A miss costs nothing but the rebuild, so
- * a retry, a replay or a delivery after a restart simply rebuilds. Memory is
- * bounded by slots * max_len. Thread-safe.
+ * A direct-mapped table of items: a slot holds the latest text put there; a
+ * put evicts what the slot held. An entry is the item's only if both its id
+ * and its receive time match: SQLite reuses the id of a purged item, and an
+ * entry whose deliveries never came (a duplicate, a handler since removed)
+ * may outlive its item. Routing an item also empties its slot when it keeps
+ * nothing (a rich item, a long text, no handler), so a delivery never finds
+ * an older item's text. A miss costs nothing but the rebuild, so a retry, a
+ * replay or a delivery after a restart simply rebuilds. Memory is bounded by
+ * slots * max_len. Thread-safe.
  */
 #ifndef GR_MSGCACHE_H
 #define GR_MSGCACHE_H
@@ -25,6 +30,7 @@
 
 struct gr_msgcache_slot {
     int64_t id;
+    int64_t received_ms;
     char *text;
     size_t len;
     unsigned uses; /* deliveries still to take it */
@@ -41,11 +47,14 @@ void gr_msgcache_init(struct gr_msgcache *c, size_t nslots, size_t max_len);
 void gr_msgcache_destroy(struct gr_msgcache *c);
 
 /* Keep `text` (NUL-terminated, len bytes; ownership passes to the cache,
- * which frees it when it is not kept) for `uses` deliveries of item `id`. */
-void gr_msgcache_put(struct gr_msgcache *c, int64_t id, char *text, size_t len, unsigned uses);
+ * which frees it when it is not kept) for `uses` deliveries of the item with
+ * this id and receive time. Whatever the item's slot held is evicted, even
+ * when the text is not kept (text NULL, uses 0 or len over max_len). */
+void gr_msgcache_put(struct gr_msgcache *c, int64_t id, int64_t received_ms, char *text,
+                     size_t len, unsigned uses);
 
-/* The text kept for item `id`, to be freed by the caller, or NULL. Each
+/* The text kept for that item, to be freed by the caller, or NULL. Each
  * take uses one of the uses given to put; the last one empties the slot. */
-char *gr_msgcache_take(struct gr_msgcache *c, int64_t id, size_t *len);
+char *gr_msgcache_take(struct gr_msgcache *c, int64_t id, int64_t received_ms, size_t *len);
 
 #endif

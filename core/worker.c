@@ -102,11 +102,11 @@ static void route(struct gr_workers *ws, struct gr_work *w)
             names[o.nhandlers++] = g->handlers[i].name;
     o.result = GR_ROUTED;
     o.handlers = names;
-    if (o.nhandlers && !rich) { /* for the deliveries, before they can exist */
-        char *text = json_dumps(n, JSON_COMPACT);
-        if (text)
-            gr_msgcache_put(&ws->cache, w->item_id, text, strlen(text), (unsigned)o.nhandlers);
-    }
+    /* For the deliveries, before they can exist; or, keeping nothing, empty
+     * the slot, so that no delivery of this item finds an older item's text. */
+    char *text = o.nhandlers && !rich ? json_dumps(n, JSON_COMPACT) : NULL;
+    gr_msgcache_put(&ws->cache, w->item_id, w->received_ms, text, text ? strlen(text) : 0,
+                    (unsigned)o.nhandlers);
     if (!nfired)
         gr_info("item not routed: no route matched; resource_type=%s subscription=%.80s",
                 gr_rtype_name(cls.type), in.subscription_id ? in.subscription_id : "(none)");
@@ -165,7 +165,7 @@ static void deliver(struct gr_workers *ws, struct gr_work *w)
     char *text = NULL;
     size_t len = 0;
     if (!w->event) {
-        text = gr_msgcache_take(&ws->cache, w->item_id, &len);
+        text = gr_msgcache_take(&ws->cache, w->item_id, w->received_ms, &len);
         if (!text && (text = rebuild(g, w, &why)) != NULL)
             len = strlen(text);
     }

@@ -80,7 +80,7 @@ static void route_item(const struct gr_store_item *it)
         abort();
     json_t *item = json_loadb(it->body, it->len, 0, &jerr);
     if (!json_is_object(item))
-        abort(); /* ingest only accepts objects and stores them re-serialised */
+        abort(); /* ingest only accepts objects and stores their own text */
     unsigned char key[32];
     if (gr_ingest_dedupe_key(item, key) != it->has_dedupe)
         abort(); /* the key depends on the item's content only */
