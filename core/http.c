@@ -202,8 +202,9 @@ static enum MHD_Result begin(struct MHD_Connection *c, struct gr_http *h, struct
         /* Only refuse here; the buffer grows with the bytes that really
          * arrive, so a client cannot reserve memory by announcing a length. */
         if (errno == 0 && *end == '\0' && n > r->max_body) {
-            gr_warn_limited("notification POST refused: Content-Length %llu exceeds max_body_bytes %zu", n,
-                    r->max_body);
+            gr_warn_limited("notification POST refused: Content-Length %llu exceeds "
+                            "max_body_bytes %zu",
+                            n, r->max_body);
             return text(c, h, r, 413, "request body is larger than limits.max_body_bytes");
         }
     }
@@ -225,8 +226,9 @@ static enum MHD_Result answer_committed(struct MHD_Connection *c, struct gr_http
     bool full = r->result == GR_APPEND_FULL;
     gr_metrics_store_rejected(full);
     gr_warn_limited("notification POST refused with 503: %s; Graph will retry",
-            full ? "the store is full (store.max_pending, max_pending_bytes or max_db_bytes)"
-                 : "the store cannot write");
+                    full ? "the store is full (store.max_pending, max_pending_bytes or "
+                           "max_db_bytes)"
+                         : "the store cannot write");
     return text(c, h, r, 503, full ? "store full; retry later" : "store unavailable; retry later");
 }
 
@@ -314,9 +316,9 @@ static enum MHD_Result on_request(void *cls, struct MHD_Connection *c, const cha
             gr_buf_append(&r->body, upload_data, *upload_size);
         *upload_size = 0;
         if (r->received / 2 > r->max_body) {
-            gr_warn_limited("notification POST cut off: body passed twice max_body_bytes %zu; connection "
-                    "closed",
-                    r->max_body);
+            gr_warn_limited("notification POST cut off: body passed twice max_body_bytes %zu; "
+                            "connection closed",
+                            r->max_body);
             gr_metrics_request(r->ep, 413);
             return MHD_NO;
         }

@@ -133,6 +133,7 @@ struct span {
 
 struct member_want {
     const char *name;
+    size_t len; /* strlen(name) */
     bool exact_found, ci_found;
     struct span exact, ci;
     char ci_key[24]; /* the first key matching ignoring case, decoded (names are short) */
@@ -152,7 +153,7 @@ static const char *key_text(const struct gr_jstr *key, size_t *len, char **heap)
 
 static void offer(struct member_want *w, const char *key, size_t len, struct span value)
 {
-    size_t n = strlen(w->name);
+    size_t n = w->len;
     if (len != n || strncasecmp(key, w->name, n) != 0)
         return;
     if (memcmp(key, w->name, n) == 0) {
@@ -188,6 +189,7 @@ struct kept_text {
 static void walk_members(struct span obj, struct member_want *wants, size_t nwants,
                          const char *cut, struct kept_text *keep)
 {
+    size_t cut_len = cut ? strlen(cut) : 0;
     struct gr_jscan s;
     gr_jscan_init(&s, obj.p, (size_t)(obj.end - obj.p));
     char *o = NULL;
@@ -212,7 +214,7 @@ static void walk_members(struct span obj, struct member_want *wants, size_t nwan
             const char *k = key_text(&key, &len, &heap);
             for (size_t i = 0; i < nwants; i++)
                 offer(&wants[i], k, len, value);
-            bool dropped = cut && len == strlen(cut) && strncasecmp(k, cut, len) == 0;
+            bool dropped = cut && len == cut_len && strncasecmp(k, cut, len) == 0;
             free(heap);
             if (!keep || dropped)
                 continue;
@@ -266,9 +268,6 @@ static char *sequence_of(const struct member_want *w)
 
 enum { F_SUBSCRIPTION, F_CHANGE, F_CLIENT_STATE, F_RESOURCE, F_LIFECYCLE, F_ID, F_ENCRYPTED,
        F_DATA, F_COUNT };
-static const char *const item_members[F_COUNT] = {
-    "subscriptionId", "changeType", "clientState", "resource", "lifecycleEvent", "id",
-    "encryptedContent", "resourceData"};
 
 struct judged {
     char *strings[F_COUNT];
@@ -283,73 +282,91 @@ static void judged_free(struct judged *j)
     free(j->sequence);
 }
 
+#define WANT(n) {.name = (n), .len = sizeof(n) - 1}
+
+/* An item's verdict: a drop reason (with *why), or -1: accepted. Reads the
+ * subscription and the clientState into j. */
+static int verdict(const struct gr_config *cfg, const struct member_want *wants,
+                   struct judged *j, const char **why)
+{
+    j->strings[F_SUBSCRIPTION] = string_of(&wants[F_SUBSCRIPTION]);
+    j->strings[F_CHANGE] = string_of(&wants[F_CHANGE]);
+    const char *sub = j->strings[F_SUBSCRIPTION];
+    if (!sub) {
+        *why = "not an object with a string \"subscriptionId\"";
+        return GR_DROP_MALFORMED_ITEM;
+    }
+    if (is_validation_message(sub, j->strings[F_CHANGE])) {
+        *why = "Event Hubs reachability test item";
+        return GR_DROP_VALIDATION_MESSAGE;
+    }
+    const struct gr_subscription *listed = gr_config_subscription(cfg, sub);
+    const struct gr_secret *secret =
+        listed ? &listed->secret : cfg->has_fallback_secret ? &cfg->fallback_secret : NULL;
+    const char *cs = j->strings[F_CLIENT_STATE] = string_of(&wants[F_CLIENT_STATE]);
+    if (!cs) {
+        *why = "no clientState";
+        return GR_DROP_MISSING_CLIENT_STATE;
+    }
+    if (!secret) {
+        *why = "subscription not listed in \"subscriptions\" and no top-level \"client_state\"";
+        return GR_DROP_NO_SECRET;
+    }
+    if (!gr_secret_matches(secret, cs, strlen(cs))) {
+        *why = listed ? "clientState does not match this subscription's client_state"
+                      : "clientState does not match the top-level client_state";
+        return GR_DROP_BAD_CLIENT_STATE;
+    }
+    return -1;
+}
+
 static void judge_item(const struct gr_config *cfg, struct span item, struct gr_ingest *out,
                        bool *needs_tokens)
 {
-    if (*item.p != '{') {
-        drop(out, GR_DROP_MALFORMED_ITEM, NULL, "not an object with a string \"subscriptionId\"");
-        return;
-    }
-    struct member_want wants[F_COUNT];
-    for (size_t i = 0; i < F_COUNT; i++)
-        wants[i] = (struct member_want){.name = item_members[i]};
+    struct member_want wants[F_COUNT] = {
+        [F_SUBSCRIPTION] = WANT("subscriptionId"), [F_CHANGE] = WANT("changeType"),
+        [F_CLIENT_STATE] = WANT("clientState"),    [F_RESOURCE] = WANT("resource"),
+        [F_LIFECYCLE] = WANT("lifecycleEvent"),    [F_ID] = WANT("id"),
+        [F_ENCRYPTED] = WANT("encryptedContent"),  [F_DATA] = WANT("resourceData"),
+    };
+    struct judged j = {0};
+    const char *why = "not an object with a string \"subscriptionId\"";
+    int reason = GR_DROP_MALFORMED_ITEM;
     /* Stored without its clientState members: the secret is checked here and
      * never written to disk (nor shown by graphrouter dlq show). */
     struct kept_text kept = {0};
-    walk_members(item, wants, F_COUNT, "clientState", &kept);
-    struct judged j = {0};
-    j.strings[F_SUBSCRIPTION] = string_of(&wants[F_SUBSCRIPTION]);
-    j.strings[F_CHANGE] = string_of(&wants[F_CHANGE]);
-    const char *sub = j.strings[F_SUBSCRIPTION];
-    if (!sub) {
-        drop(out, GR_DROP_MALFORMED_ITEM, NULL, "not an object with a string \"subscriptionId\"");
-    } else if (is_validation_message(sub, j.strings[F_CHANGE])) {
-        drop(out, GR_DROP_VALIDATION_MESSAGE, sub, "Event Hubs reachability test item");
-    } else {
-        const struct gr_subscription *listed = gr_config_subscription(cfg, sub);
-        const struct gr_secret *secret = listed                    ? &listed->secret
-                                         : cfg->has_fallback_secret ? &cfg->fallback_secret
-                                                                    : NULL;
-        struct span cs;
-        bool cs_string = found(&wants[F_CLIENT_STATE], &cs) && *cs.p == '"';
-        if (cs_string)
-            j.strings[F_CLIENT_STATE] = string_of(&wants[F_CLIENT_STATE]);
-        if (!cs_string) {
-            drop(out, GR_DROP_MISSING_CLIENT_STATE, sub, "no clientState");
-        } else if (!secret) {
-            drop(out, GR_DROP_NO_SECRET, sub,
-                 "subscription not listed in \"subscriptions\" and no top-level \"client_state\"");
-        } else if (!gr_secret_matches(secret, j.strings[F_CLIENT_STATE],
-                                      strlen(j.strings[F_CLIENT_STATE]))) {
-            drop(out, GR_DROP_BAD_CLIENT_STATE, sub,
-                 listed ? "clientState does not match this subscription's client_state"
-                        : "clientState does not match the top-level client_state");
-        } else {
-            struct gr_store_item *it = &out->items[out->nitems++];
-            it->body = kept.text;
-            it->len = kept.len;
-            kept.text = NULL;
-            struct span data;
-            if (found(&wants[F_DATA], &data) && *data.p == '{') {
-                struct member_want inner[2] = {{.name = "@odata.etag"}, {.name = "sequenceNumber"}};
-                walk_members(data, inner, 2, NULL, NULL);
-                j.etag = string_of(&inner[0]);
-                j.sequence = sequence_of(&inner[1]);
-            }
-            for (int f = F_RESOURCE; f <= F_ID; f++)
-                j.strings[f] = string_of(&wants[f]);
-            struct change_identity c = {sub, j.strings[F_CHANGE], j.strings[F_RESOURCE],
-                                        j.strings[F_LIFECYCLE], j.strings[F_ID], j.etag,
-                                        j.sequence};
-            it->has_dedupe = identity_key(&c, it->dedupe);
-            /* Rich items keep the POST's tokens that must cover them; a worker checks. */
-            struct span enc;
-            it->rich = found(&wants[F_ENCRYPTED], &enc) && *enc.p == '{';
-            *needs_tokens |= it->rich;
-        }
+    if (*item.p == '{') {
+        walk_members(item, wants, F_COUNT, "clientState", &kept);
+        reason = verdict(cfg, wants, &j, &why);
     }
+    if (reason >= 0) {
+        drop(out, (enum gr_drop_reason)reason, j.strings[F_SUBSCRIPTION], why);
+        judged_free(&j);
+        free(kept.text);
+        return;
+    }
+    struct gr_store_item *it = &out->items[out->nitems++];
+    it->body = kept.text;
+    it->len = kept.len;
+    struct span data;
+    if (found(&wants[F_DATA], &data) && *data.p == '{') {
+        struct member_want inner[2] = {WANT("@odata.etag"), WANT("sequenceNumber")};
+        walk_members(data, inner, 2, NULL, NULL);
+        j.etag = string_of(&inner[0]);
+        j.sequence = sequence_of(&inner[1]);
+    }
+    for (int f = F_RESOURCE; f <= F_ID; f++)
+        j.strings[f] = string_of(&wants[f]);
+    struct change_identity c = {j.strings[F_SUBSCRIPTION], j.strings[F_CHANGE],
+                                j.strings[F_RESOURCE],     j.strings[F_LIFECYCLE],
+                                j.strings[F_ID],           j.etag,
+                                j.sequence};
+    it->has_dedupe = identity_key(&c, it->dedupe);
+    /* Rich items keep the POST's tokens that must cover them; a worker checks. */
+    struct span enc;
+    it->rich = found(&wants[F_ENCRYPTED], &enc) && *enc.p == '{';
+    *needs_tokens |= it->rich;
     judged_free(&j);
-    free(kept.text);
 }
 
 /* Check the whole body; find the top-level "value" array's elements and the

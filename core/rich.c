@@ -42,8 +42,8 @@ static struct coverage check_tokens(struct gr_generation *g, const struct gr_tok
         if (first) {
             gr_metrics_token((int)r);
             if (r != GR_TOKEN_VALID && r != GR_TOKEN_UNKNOWN_KID)
-                gr_warn_limited("validation token rejected: %s; tenant=%.80s", gr_token_result_name(r),
-                        tenant);
+                gr_warn_limited("validation token rejected: %s; tenant=%.80s",
+                                gr_token_result_name(r), tenant);
         }
         /* the verified tid, not the claimed one, decides */
         cov.covered = r == GR_TOKEN_VALID && strcasecmp(claims.tid, tenant) == 0;
@@ -75,9 +75,9 @@ static enum gr_rich_outcome drop(enum gr_drop_reason *out, enum gr_drop_reason r
 {
     *out = reason;
     gr_warn_limited("rich item dropped (%s): %s; subscription=%.80s tenant=%.80s",
-            gr_drop_reason_name(reason), detail,
-            or_none(gr_json_string_ci(item, "subscriptionId")),
-            or_none(gr_json_string_ci(item, "tenantId")));
+                    gr_drop_reason_name(reason), detail,
+                    or_none(gr_json_string_ci(item, "subscriptionId")),
+                    or_none(gr_json_string_ci(item, "tenantId")));
     return GR_RICH_DROP;
 }
 
