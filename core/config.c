@@ -583,7 +583,8 @@ static int parse_handlers(struct gr_check *c, struct gr_config *cfg)
     if (gr_check_object(c, cfg->root, "handlers", true, &handlers) < 0)
         return -1;
     cfg->handlers = gr_xcalloc(json_object_size(handlers), sizeof *cfg->handlers);
-    static const char *const keys[] = {"plugin", "config", "retry", "concurrency", NULL};
+    static const char *const keys[] = {"plugin", "config", "retry", "concurrency", "timeout_s",
+                                       NULL};
     const char *name;
     json_t *h;
     json_object_foreach(handlers, name, h) {
@@ -605,13 +606,15 @@ static int parse_handlers(struct gr_check *c, struct gr_config *cfg)
         char *what = gr_xprintf("handler \"%s\"", name);
         int rc = gr_check_keys(c, h, what, keys);
         free(what);
-        uint64_t concurrency = 0;
+        uint64_t concurrency = 0, timeout_s = GR_HANDLER_TIMEOUT_S;
         if (rc < 0 || gr_check_string(c, h, "plugin", true, &hc->plugin) < 0 ||
             gr_check_object(c, h, "config", false, &hc->config) < 0 ||
             parse_retry(c, h, name, &hc->retry) < 0 ||
-            gr_check_uint(c, h, "concurrency", 0, 1024, &concurrency) < 0)
+            gr_check_uint(c, h, "concurrency", 0, 1024, &concurrency) < 0 ||
+            gr_check_uint(c, h, "timeout_s", 0, 86400, &timeout_s) < 0)
             return -1;
         hc->concurrency = (unsigned)concurrency;
+        hc->timeout_s = (unsigned)timeout_s;
         if (strchr(hc->plugin, '/')) {
             hc->plugin_path = gr_xstrdup(hc->plugin);
         } else if (valid_name(hc->plugin, false)) {

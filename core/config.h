@@ -39,9 +39,15 @@ struct gr_retry_policy {
     int64_t max_backoff_ms;
 };
 
+/* A handler's default "timeout_s": above the time limits of the bundled
+ * plugins (http 10 s, exec 30 s by default), so it only catches a call that
+ * is stuck. */
+#define GR_HANDLER_TIMEOUT_S 300
+
 struct gr_handler_conf {
     const char *name;
     unsigned concurrency; /* 0: any number of workers; 1: one at a time, in order */
+    unsigned timeout_s;   /* a handle() call running longer restarts graphrouter; 0: never */
     const char *plugin;  /* as written */
     char *plugin_path;   /* resolved: <plugin_dir>/<name>.so, or the path as written */
     json_t *config;      /* the "config" object; never NULL (empty object if absent) */

@@ -233,6 +233,24 @@ static int setup_signals(sigset_t *handled)
     return 0;
 }
 
+/* A handle() call past its handler's timeout_s. In-process code cannot be
+ * stopped safely, so graphrouter restarts: it shuts down as for SIGTERM and
+ * exits with status 1 once the stuck call has had shutdown_timeout_s more;
+ * at the next start that delivery counts a failed attempt (see recover() in
+ * the store), so one that hangs every time ends as a dead letter. */
+static void restart_for(struct gr_store *store, const struct gr_overdue *o)
+{
+    gr_error("handler \"%s\": handle() has run for %lld s on delivery %lld, past its timeout_s "
+             "(%u s); restarting graphrouter (exit status 1): the delivery counts a failed "
+             "attempt and runs again after the restart",
+             o->handler, (long long)(o->running_ms / 1000), (long long)o->delivery, o->timeout_s);
+    char *note = gr_xprintf("handle() did not return within the handler's timeout_s (%u s); "
+                            "graphrouter restarted",
+                            o->timeout_s);
+    gr_store_note_running(store, o->delivery, note);
+    free(note);
+}
+
 static int run(const char *file)
 {
     raise_fd_limit();
@@ -291,6 +309,7 @@ static int run(const char *file)
             g->cfg->routes.n, g->cfg->workers, g->cfg->store_path);
     pthread_sigmask(SIG_UNBLOCK, &handled, NULL);
 
+    int status = 0;
     for (;;) {
         struct pollfd p = {.fd = control_pipe[0], .events = POLLIN};
         poll(&p, 1, 1000);
@@ -307,6 +326,12 @@ static int run(const char *file)
         reap(&ctl);
         if (term)
             break;
+        struct gr_overdue stuck;
+        if (gr_workers_overdue(workers, &stuck)) {
+            restart_for(store, &stuck);
+            status = 1; /* a failure: systemd's Restart=on-failure starts it again */
+            break;
+        }
         if (hup)
             reload(&ctl);
         if (usr1)
@@ -333,7 +358,6 @@ static int run(const char *file)
         _exit(1);
     }
     gr_store_close(store);
-    int status = 0;
     struct gr_generation *last = gr_generation_swap(NULL);
     gr_generation_unpin(last);
     reap(&ctl);

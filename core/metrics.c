@@ -359,13 +359,17 @@ void gr_metrics_render(struct gr_buf *o, const struct gr_metrics_gauges *g)
         {"graphrouter_handler_handled_total", "Deliveries a handler completed (GR_OK)."},
         {"graphrouter_handler_retried_total", "Deliveries a handler asked to retry (GR_RETRY)."},
         {"graphrouter_handler_failed_total",
-         "Deliveries that failed (GR_FAIL, or retries exhausted)."}};
-    for (size_t k = 0; k < 3; k++) {
-        help_line(o, handler_series[k][0], "counter", handler_series[k][1]);
+         "Deliveries that failed (GR_FAIL, or retries exhausted)."},
+        {"graphrouter_deliveries_interrupted",
+         "Deliveries found running at this start, each charged an attempt: graphrouter stopped "
+         "during their handle() (a crash, a kill, or a call past the handler's timeout_s)."}};
+    for (size_t k = 0; k < 4; k++) {
+        help_line(o, handler_series[k][0], k < 3 ? "counter" : "gauge", handler_series[k][1]);
         for (struct named *n = handlers; n; n = n->next) {
             atomic_uint_fast64_t *v = k == 0   ? &n->u.handler.handled
                                       : k == 1 ? &n->u.handler.retried
-                                               : &n->u.handler.failed;
+                                      : k == 2 ? &n->u.handler.failed
+                                               : &n->u.handler.interrupted;
             gr_buf_printf(o, "%s{handler=\"%s\"} %llu\n", handler_series[k][0], n->name, GET(*v));
         }
     }

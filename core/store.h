@@ -140,6 +140,11 @@ struct gr_store_ops {
     /* The handlers the configuration has now (after a reload): pending units
      * of any other become dead letters. */
     void (*set_handlers)(struct gr_store *s, const struct gr_store_handler *h, size_t nh);
+    /* Keep `note` as the last error of a delivery that is running now (its
+     * handler is stuck): what the delivery shows once graphrouter restarted
+     * and charged that attempt. Returns once it is written, or after a few
+     * seconds if the store cannot write it. */
+    void (*note_running)(struct gr_store *s, int64_t unit, const char *note);
     void (*stats)(struct gr_store *s, struct gr_store_stats *out);
     /* Stop handing out work; take() returns -1 once nothing runs. */
     void (*stop_taking)(struct gr_store *s);
@@ -162,6 +167,10 @@ static inline void gr_store_delivered(struct gr_store *s, struct gr_work *w,
                                       const struct gr_delivery_outcome *o) { s->ops->delivered(s, w, o); }
 static inline void gr_store_set_handlers(struct gr_store *s, const struct gr_store_handler *h,
                                          size_t nh) { s->ops->set_handlers(s, h, nh); }
+static inline void gr_store_note_running(struct gr_store *s, int64_t unit, const char *note)
+{
+    s->ops->note_running(s, unit, note);
+}
 static inline void gr_store_stats(struct gr_store *s, struct gr_store_stats *out) { s->ops->stats(s, out); }
 static inline void gr_store_stop_taking(struct gr_store *s) { s->ops->stop_taking(s); }
 static inline void gr_store_close(struct gr_store *s) { s->ops->close(s); }

@@ -96,7 +96,7 @@ static const char close_finished_items[] =
     "WHERE state = 1 AND NOT EXISTS (SELECT 1 FROM units WHERE item_id = items.id AND "
     "state IN (0, 1))";
 
-enum req_kind { REQ_APPEND, REQ_TAKE, REQ_ROUTED, REQ_DELIVERED };
+enum req_kind { REQ_APPEND, REQ_TAKE, REQ_ROUTED, REQ_DELIVERED, REQ_NOTE };
 
 struct req {
     enum req_kind kind;
@@ -112,6 +112,8 @@ struct req {
     struct gr_work *taken;
     int64_t next_due_ms;
     bool done;
+    bool abandoned; /* REQ_NOTE: its caller stopped waiting; the writer frees it */
+    int64_t unit;   /* REQ_NOTE */
     /* REQ_ROUTED, REQ_DELIVERED: the work and a copy of its outcome */
     struct gr_work *work;
     int result;
@@ -126,7 +128,7 @@ struct req {
 enum stmt_id {
     S_INS_BATCH, S_INS_ITEM, S_ROUTE_NEXT, S_ITEM_STATE,
     S_ITEM_WAIT, S_ITEM_DONE, S_INS_UNIT, S_UNIT_NEXT, S_UNIT_HEAD, S_FIRST_UNROUTED, S_UNIT_GET, S_UNIT_RUN,
-    S_UNIT_FINISH, S_UNIT_RETRY, S_ITEM_CLOSE, S_NEXT_DUE_UNIT, S_NEXT_DUE_ITEM, S_USED_PAGES, S_OLDEST, S_DATA_VERSION,
+    S_UNIT_NOTE, S_UNIT_FINISH, S_UNIT_RETRY, S_ITEM_CLOSE, S_NEXT_DUE_UNIT, S_NEXT_DUE_ITEM, S_USED_PAGES, S_OLDEST, S_DATA_VERSION,
     S_BEGIN, S_COMMIT, S_SAVEPOINT, S_RELEASE, S_ROLLBACK_TO, S_SYNC_FULL, S_SYNC_NORMAL, S_COUNT
 };
 
@@ -158,7 +160,10 @@ static const char *const stmt_sql[S_COUNT] = {
                          "id < ?2 AND (state = 3 OR due_ms <= ?1) LIMIT 1",
     [S_UNIT_GET] = "SELECT u.item_id, u.event, u.attempts, i.body, i.received_ms FROM units u "
                    "JOIN items i ON i.id = u.item_id WHERE u.id = ?1",
-    [S_UNIT_RUN] = "UPDATE units SET state = 1, attempts = attempts + 1 WHERE id = ?1",
+    /* A running unit's last_error is this attempt's, if any (S_UNIT_NOTE) */
+    [S_UNIT_RUN] = "UPDATE units SET state = 1, attempts = attempts + 1, last_error = NULL "
+                   "WHERE id = ?1",
+    [S_UNIT_NOTE] = "UPDATE units SET last_error = ?2 WHERE id = ?1 AND state = 1",
     [S_UNIT_FINISH] = "UPDATE units SET state = ?2, finished_ms = ?3, last_error = ?4 "
                       "WHERE id = ?1",
     [S_UNIT_RETRY] = "UPDATE units SET state = 0, due_ms = ?2, last_error = ?3 WHERE id = ?1",
@@ -293,7 +298,7 @@ static void free_req(struct req *r)
 
 static bool urgent(const struct req *r)
 {
-    return r->kind == REQ_APPEND || r->kind == REQ_TAKE;
+    return r->kind == REQ_APPEND || r->kind == REQ_TAKE || r->kind == REQ_NOTE;
 }
 
 /* When the queue should run (monotonic ms): INT64_MAX while empty (under lock). */
@@ -826,6 +831,14 @@ static void finish_requests(struct sqlite_store *s, struct req *batch, int rc)
                                                         : GR_APPEND_OK;
             a->done(a->ctx, res);
             free_req(r);
+        } else if (r->kind == REQ_NOTE) {
+            pthread_mutex_lock(&s->lock);
+            bool abandoned = r->abandoned;
+            r->done = true;
+            pthread_cond_broadcast(&s->answered);
+            pthread_mutex_unlock(&s->lock);
+            if (abandoned)
+                free_req(r);
         } else if (r->kind == REQ_TAKE) {
             pthread_mutex_lock(&s->lock);
             if ((rc || r->failed) && r->taken) { /* the take did not commit: give nothing out */
@@ -874,6 +887,14 @@ static int run_request(struct sqlite_store *s, struct req *r, int64_t now,
     }
     case REQ_DELIVERED:
         return do_delivered(s, r, now, &d->done_items, &d->done_bytes, &d->new_work);
+    case REQ_NOTE: {
+        sqlite3_stmt *st = S(s, S_UNIT_NOTE);
+        sqlite3_bind_int64(st, 1, r->unit);
+        sqlite3_bind_text(st, 2, r->text, -1, SQLITE_STATIC);
+        int rc = step_done(st);
+        sqlite3_clear_bindings(st);
+        return rc;
+    }
     }
     return 0;
 }
@@ -1321,6 +1342,29 @@ static void sq_delivered(struct gr_store *base, struct gr_work *w,
     enqueue((struct sqlite_store *)base, r);
 }
 
+static void sq_note_running(struct gr_store *base, int64_t unit, const char *note)
+{
+    struct sqlite_store *s = (struct sqlite_store *)base;
+    struct req *r = gr_xcalloc(1, sizeof *r);
+    r->kind = REQ_NOTE;
+    r->unit = unit;
+    r->text = gr_xstrdup(note);
+    enqueue(s, r);
+    int64_t until = gr_mono_ms() + 5000;
+    struct timespec ts = {.tv_sec = until / 1000, .tv_nsec = (until % 1000) * 1000000};
+    pthread_mutex_lock(&s->lock);
+    while (!r->done && pthread_cond_timedwait(&s->answered, &s->lock, &ts) != ETIMEDOUT) {
+    }
+    bool done = r->done;
+    r->abandoned = !done;
+    pthread_mutex_unlock(&s->lock);
+    if (done)
+        free_req(r);
+    else
+        gr_warn("store: the reason delivery %lld is stuck could not be written in 5 s",
+                (long long)unit);
+}
+
 static void free_handlers(struct gr_store_handler *h, size_t n);
 
 /* At once: what is routed from now on is checked against these (insert_unit);
@@ -1402,6 +1446,7 @@ static const struct gr_store_ops sqlite_ops = {
     .routed = sq_routed,
     .delivered = sq_delivered,
     .set_handlers = sq_set_handlers,
+    .note_running = sq_note_running,
     .stats = sq_stats,
     .stop_taking = sq_stop_taking,
     .close = sq_close,
@@ -1455,8 +1500,9 @@ static int recover(struct sqlite_store *s, const struct gr_store_handler *h, siz
                            &st, NULL) != SQLITE_OK)
         return sqlite3_errcode(s->db);
     if (sqlite3_prepare_v2(s->db, "UPDATE units SET state = ?2, due_ms = ?3, finished_ms = CASE "
-                                  "WHEN ?2 = 3 THEN ?3 END, last_error = 'graphrouter stopped "
-                                  "while the handler ran (a crash?)' WHERE id = ?1",
+                                  "WHEN ?2 = 3 THEN ?3 END, last_error = coalesce(last_error, "
+                                  "'graphrouter stopped while the handler ran (a crash?)') "
+                                  "WHERE id = ?1",
                            -1, &up, NULL) != SQLITE_OK) {
         sqlite3_finalize(st);
         return sqlite3_errcode(s->db);
@@ -1469,6 +1515,9 @@ static int recover(struct sqlite_store *s, const struct gr_store_handler *h, siz
         for (size_t i = 0; i < nh; i++)
             if (strcmp(h[i].name, name) == 0)
                 max = h[i].max_attempts;
+        if (max) /* configured: its metrics exist */
+            atomic_fetch_add_explicit(&gr_metrics_handler(name)->interrupted, 1,
+                                      memory_order_relaxed);
         bool dead = max && attempts >= max;
         if (dead)
             gr_warn("store: delivery %lld to handler \"%s\" was running when graphrouter stopped "

@@ -6,6 +6,7 @@
 #include <errno.h>
 #include <graphrouter/plugin.h>
 #include <pthread.h>
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/resource.h>
@@ -28,10 +29,28 @@
 #define GR_MSGCACHE_SLOTS 1024
 #define GR_MSGCACHE_MAX_LEN (64 * 1024)
 
+/* The handle() call a worker is in, for the watchdog (gr_workers_overdue).
+ * The handler's name and stats belong to the generation the worker pinned,
+ * which stays alive until the call returns: read them only under `lock`
+ * while since_ms is set. */
+struct call {
+    pthread_mutex_t lock;
+    int64_t since_ms; /* monotonic; 0: not in handle() */
+    const struct gr_handler *handler;
+    int64_t delivery;
+    bool reported;
+};
+
+struct worker {
+    struct gr_workers *ws;
+    pthread_t thread;
+    struct call call;
+};
+
 struct gr_workers {
     struct gr_store *store;
     struct gr_msgcache cache;
-    pthread_t *threads;
+    struct worker *workers;
     unsigned n;
 };
 
@@ -146,8 +165,27 @@ static char *rebuild(struct gr_generation *g, const struct gr_work *w, const cha
     return text;
 }
 
-static void deliver(struct gr_workers *ws, struct gr_work *w)
+static void call_begin(struct call *c, const struct gr_handler *h, int64_t delivery)
 {
+    pthread_mutex_lock(&c->lock);
+    c->handler = h;
+    c->delivery = delivery;
+    c->reported = false;
+    c->since_ms = gr_mono_ms();
+    pthread_mutex_unlock(&c->lock);
+}
+
+static void call_end(struct call *c)
+{
+    pthread_mutex_lock(&c->lock);
+    c->since_ms = 0;
+    c->handler = NULL;
+    pthread_mutex_unlock(&c->lock);
+}
+
+static void deliver(struct worker *me, struct gr_work *w)
+{
+    struct gr_workers *ws = me->ws;
     struct gr_store *store = ws->store;
     struct gr_generation *g = gr_generation_pin();
     struct gr_delivery_outcome o = {.result = GR_DELIVERY_DEAD};
@@ -185,7 +223,9 @@ static void deliver(struct gr_workers *ws, struct gr_work *w)
                          .handler = h};
     if (h->serial)
         pthread_mutex_lock(&h->serial_lock);
+    call_begin(&me->call, h, w->id); /* the clock starts once the call may run */
     int rc = h->lib->desc.handle(h->state, &msg);
+    call_end(&me->call);
     if (h->serial)
         pthread_mutex_unlock(&h->serial_lock);
 
@@ -239,7 +279,8 @@ static void deliver(struct gr_workers *ws, struct gr_work *w)
 
 static void *worker_main(void *arg)
 {
-    struct gr_workers *w = arg;
+    struct worker *me = arg;
+    struct gr_workers *w = me->ws;
     /* Workers yield the CPU to the HTTP threads: Graph times the 202, while
      * stored work can wait (the store's limits turn lasting overload into
      * 503s). Measured with bench/ingest.sh on 2 cores at half load: ack p99
@@ -264,7 +305,7 @@ static void *worker_main(void *arg)
             if (work->kind == GR_WORK_ROUTE)
                 route(w, work);
             else
-                deliver(w, work);
+                deliver(me, work);
             work = next;
         }
     }
@@ -276,15 +317,39 @@ struct gr_workers *gr_workers_start(struct gr_store *store, unsigned n)
     struct gr_workers *w = gr_xcalloc(1, sizeof *w);
     w->store = store;
     gr_msgcache_init(&w->cache, GR_MSGCACHE_SLOTS, GR_MSGCACHE_MAX_LEN);
-    w->threads = gr_xcalloc(n, sizeof *w->threads);
+    w->workers = gr_xcalloc(n ? n : 1, sizeof *w->workers);
     for (unsigned i = 0; i < n; i++) {
-        if (pthread_create(&w->threads[i], NULL, worker_main, w) != 0) {
+        struct worker *me = &w->workers[i];
+        me->ws = w;
+        pthread_mutex_init(&me->call.lock, NULL);
+        if (pthread_create(&me->thread, NULL, worker_main, me) != 0) {
             gr_error("cannot start worker thread %u", i);
+            pthread_mutex_destroy(&me->call.lock);
             break;
         }
         w->n++;
     }
     return w;
+}
+
+bool gr_workers_overdue(struct gr_workers *w, struct gr_overdue *out)
+{
+    int64_t now = gr_mono_ms();
+    bool found = false;
+    for (unsigned i = 0; i < w->n && !found; i++) {
+        struct call *c = &w->workers[i].call;
+        pthread_mutex_lock(&c->lock);
+        unsigned limit = c->since_ms ? c->handler->conf->timeout_s : 0;
+        if (limit && !c->reported && now - c->since_ms > (int64_t)limit * 1000) {
+            c->reported = found = true;
+            *out = (struct gr_overdue){.delivery = c->delivery,
+                                       .running_ms = now - c->since_ms,
+                                       .timeout_s = limit};
+            snprintf(out->handler, sizeof out->handler, "%s", c->handler->name);
+        }
+        pthread_mutex_unlock(&c->lock);
+    }
+    return found;
 }
 
 bool gr_workers_join(struct gr_workers *w, int64_t deadline_wall_ms)
@@ -297,13 +362,14 @@ bool gr_workers_join(struct gr_workers *w, int64_t deadline_wall_ms)
     struct timespec until = {.tv_sec = deadline_wall_ms / 1000,
                              .tv_nsec = (deadline_wall_ms % 1000) * 1000000};
     for (unsigned i = 0; i < w->n; i++) {
-        if (pthread_timedjoin_np(w->threads[i], NULL, &until) != 0) {
+        if (pthread_timedjoin_np(w->workers[i].thread, NULL, &until) != 0) {
             gr_error("worker %u did not finish by the shutdown deadline: a handler is stuck", i);
             return false;
         }
+        pthread_mutex_destroy(&w->workers[i].call.lock);
     }
     gr_msgcache_destroy(&w->cache);
-    free(w->threads);
+    free(w->workers);
     free(w);
     return true;
 }

@@ -36,7 +36,10 @@
  *                          valid until fini.
  *   handle(state, msg)     once per delivery, on worker threads, concurrently
  *                          for the same state unless flags has
- *                          GR_PLUGIN_SERIAL. Returns GR_OK, GR_RETRY or GR_FAIL.
+ *                          GR_PLUGIN_SERIAL. Returns GR_OK, GR_RETRY or GR_FAIL,
+ *                          within the handler's "timeout_s" (300 s by default):
+ *                          a call still running then restarts the router, and
+ *                          the delivery counts a failed attempt.
  *   reopen(state)          on SIGUSR1, on the control thread, possibly while
  *                          handle() runs on workers (log rotation).
  *   fini(state)            once, on the control thread, after the last

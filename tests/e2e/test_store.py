@@ -134,6 +134,52 @@ class CrashTest(RouterTest):
         self.assertRegex(rows[0], r"notification Users/u1/Messages/m1 +graphrouter stopped while "
                                   r"the handler ran \(a crash\?\)$")
 
+    def test_a_handler_that_hangs_restarts_the_router_and_ends_as_a_dead_letter(self):
+        cfg = base_config(workers=2, shutdown_timeout_s=1, handlers={
+            "f": dict(flaky(hang_on="hang-me", emit_to="out"), timeout_s=1,
+                      retry={"max_attempts": 2}),
+            "out": out()}, routes=[{"name": "r", "to": "f"}])
+        r = self.router(cfg)
+        r.post(batch(item(id="before")))
+        r.wait_jsonl(1)
+        self.assertEqual(r.metric("graphrouter_deliveries_interrupted", handler="f"), 0)
+        self.assertEqual(r.post(batch(item(id="hang-me"), item(id="after")))[0], 202)
+        for start in range(2):  # each start takes the item again, records an attempt, hangs
+            # the watchdog restarts graphrouter: status 1, for systemd's Restart=on-failure
+            self.assertEqual(r.stop(sig=0, timeout=TIMEOUT), 1, r.log()[-3000:])
+            self.assertEqual(len(re.findall(
+                r'handler "f": handle\(\) has run for \d+ s on delivery \d+, past its timeout_s '
+                r'\(1 s\); restarting graphrouter \(exit status 1\)', r.text())), start + 1,
+                r.log()[-3000:])
+            r.start()
+            # the hung delivery (and any its worker held) was found running, charged an attempt
+            self.assertGreaterEqual(
+                r.metric("graphrouter_deliveries_interrupted", handler="f"), 1)
+        # the third start finds the attempts used up: a dead letter, no restart loop
+        r.wait_log(r'delivery \d+ to handler "f" was running when graphrouter stopped and has '
+                   r'used its 2 attempts: a dead letter')
+        r.wait_idle()
+        self.assertEqual(r.log().count("hanging on purpose"), 2)
+        self.assertEqual(sorted(ids(r.read_jsonl())), ["after", "before"])
+        self.assertIsNone(r.proc.poll(), "still running")
+        status, text, _ = r.cli("dlq", "list")
+        self.assertEqual(status, 0)
+        rows = text.splitlines()[1:]
+        self.assertEqual(len(rows), 1, text)
+        self.assertRegex(rows[0], r"^\d+ +f +2 ")
+        self.assertRegex(rows[0], r"handle\(\) did not return within the handler's timeout_s "
+                                  r"\(1 s\); graphrouter restarted$")
+
+    def test_a_slow_handler_within_its_timeout_is_left_alone(self):
+        cfg = base_config(workers=1, handlers={
+            "f": dict(flaky(sleep_ms=1500, emit_to="out"), timeout_s=3), "out": out()},
+            routes=[{"name": "r", "to": "f"}])
+        r = self.router(cfg)
+        r.post(batch(item(id="slow")))
+        r.wait_jsonl(1)
+        self.assertIsNone(r.proc.poll(), "still running")
+        self.assertNotIn("past its timeout_s", r.log())
+
 
 class RetryTest(RouterTest):
     def test_backoff_is_exponential_with_full_jitter_and_capped(self):

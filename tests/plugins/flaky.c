@@ -11,6 +11,8 @@
  *   tag         a string copied into emitted events as "flaky_tag"
  *   crash_on    a message whose JSON contains this string crashes the process
  *               with SIGSEGV (a plugin bug taking the router down)
+ *   hang_on     a message whose JSON contains this string never returns from
+ *               handle() (a plugin stuck on a lock or a dead peer)
  *
  * Emitted events also carry "flaky_max_inflight": the most handle() calls
  * that ran at the same time on this handler so far.
@@ -36,7 +38,7 @@ struct flaky {
     struct gr_handler *h;
     atomic_long calls;
     atomic_long inflight, max_inflight;
-    const char *crash_on;
+    const char *crash_on, *hang_on;
     long fail_times;
     int fail_result;
     long sleep_ms;
@@ -70,6 +72,7 @@ static int flaky_init(struct gr_handler *h, void **state)
     f->emit_always = host->config_bool(h, "emit_always", 0);
     f->tag = host->config_string(h, "tag");
     f->crash_on = host->config_string(h, "crash_on");
+    f->hang_on = host->config_string(h, "hang_on");
     sleep_ms((long)host->config_int(h, "init_sleep_ms", 0));
     *state = f;
     return 0;
@@ -111,6 +114,11 @@ static int flaky_handle(void *state, struct gr_msg *msg)
         host->log(f->h, GR_LOG_WARN, "call %ld: crashing on purpose", n);
         raise(SIGSEGV);
     }
+    if (f->hang_on && memmem(json, len, f->hang_on, strlen(f->hang_on))) {
+        host->log(f->h, GR_LOG_WARN, "call %ld: hanging on purpose", n);
+        for (;;)
+            sleep_ms(1000);
+    }
     atomic_fetch_sub(&f->inflight, 1);
     int rc = n <= f->fail_times ? f->fail_result : GR_OK;
     host->log(f->h, GR_LOG_INFO, "call %ld -> %s", n,
@@ -134,6 +142,7 @@ static const struct gr_config_key keys[] = {
     {"emit_always", GR_CONFIG_BOOL, 0, "emit on failing calls too"},
     {"tag", GR_CONFIG_STRING, 0, "copied into emitted events"},
     {"crash_on", GR_CONFIG_STRING, 0, "crash (SIGSEGV) on messages containing this"},
+    {"hang_on", GR_CONFIG_STRING, 0, "never return on messages containing this"},
     {NULL, 0, 0, NULL},
 };
 

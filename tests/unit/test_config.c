@@ -62,6 +62,10 @@ static const struct error_case errors[] = {
     {"{\"handlers\": {\"a\": {\"plugin\": \"file\", \"retry\": {\"initial_backoff_ms\": 5000, "
      "\"max_backoff_ms\": 10}}}, \"routes\": []}",
      "t.json:1:77: ", "is below \"initial_backoff_ms\""},
+    {"{\"handlers\": {\"a\": {\"plugin\": \"file\", \"timeout_s\": 86401}}, \"routes\": []}",
+     "t.json:1:39: ", "\"timeout_s\" is 86401"},
+    {"{\"handlers\": {\"a\": {\"plugin\": \"file\", \"timeout_s\": -1}}, \"routes\": []}",
+     "t.json:1:39: ", "\"timeout_s\" is -1"},
     {"{\"handlers\": {\"a\": {\"plugin\": 5}}, \"routes\": []}", "t.json:1:21: ",
      "\"plugin\" must be a string, not an integer"},
     /* routes */
@@ -155,6 +159,8 @@ static void test_defaults(void **state)
     assert_int_equal(cfg->handlers[0].retry.max_attempts, 10);
     assert_int_equal(cfg->handlers[0].retry.initial_backoff_ms, 1000);
     assert_int_equal(cfg->handlers[0].retry.max_backoff_ms, 600000);
+    assert_int_equal(cfg->handlers[0].timeout_s, 300);
+    assert_int_equal(cfg->handlers[0].concurrency, 0);
     assert_string_equal(cfg->handlers[0].plugin_path, GR_DEFAULT_PLUGIN_DIR "/file.so");
     gr_config_free(cfg);
 }
