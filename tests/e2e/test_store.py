@@ -126,13 +126,17 @@ class CrashTest(RouterTest):
         self.assertEqual(r.log().count("crashing on purpose"), 2)
         r.wait_idle()
         self.assertEqual(sorted(ids(r.read_jsonl())), ["after", "before"])
+        self.assert_one_dead_letter(r, r"notification Users/u1/Messages/m1 +graphrouter stopped "
+                                       r"while the handler ran \(a crash\?\)$")
+
+    def assert_one_dead_letter(self, r, last_error):
+        """`dlq list` shows one dead letter: handler f, 2 attempts, then `last_error`."""
         status, text, _ = r.cli("dlq", "list")
         self.assertEqual(status, 0)
         rows = text.splitlines()[1:]
         self.assertEqual(len(rows), 1, text)
         self.assertRegex(rows[0], r"^\d+ +f +2 ")
-        self.assertRegex(rows[0], r"notification Users/u1/Messages/m1 +graphrouter stopped while "
-                                  r"the handler ran \(a crash\?\)$")
+        self.assertRegex(rows[0], last_error)
 
     def test_a_handler_that_hangs_restarts_the_router_and_ends_as_a_dead_letter(self):
         cfg = base_config(workers=2, shutdown_timeout_s=1, handlers={
@@ -162,13 +166,8 @@ class CrashTest(RouterTest):
         self.assertEqual(r.log().count("hanging on purpose"), 2)
         self.assertEqual(sorted(ids(r.read_jsonl())), ["after", "before"])
         self.assertIsNone(r.proc.poll(), "still running")
-        status, text, _ = r.cli("dlq", "list")
-        self.assertEqual(status, 0)
-        rows = text.splitlines()[1:]
-        self.assertEqual(len(rows), 1, text)
-        self.assertRegex(rows[0], r"^\d+ +f +2 ")
-        self.assertRegex(rows[0], r"handle\(\) did not return within the handler's timeout_s "
-                                  r"\(1 s\); graphrouter restarted$")
+        self.assert_one_dead_letter(r, r"handle\(\) did not return within the handler's "
+                                       r"timeout_s \(1 s\); graphrouter restarted$")
 
     def test_a_slow_handler_within_its_timeout_is_left_alone(self):
         cfg = base_config(workers=1, handlers={
