@@ -577,6 +577,30 @@ static int parse_retry(struct gr_check *c, const json_t *h, const char *name,
     return 0;
 }
 
+/* A plugin's own "timeout_ms" (the bundled http and exec plugins have one)
+ * bounds each call, so timeout_s must leave it room: a call that uses its
+ * whole time limit is slow, not stuck. Unset, timeout_s is the default or
+ * that limit plus a minute, whichever is longer; set, it must be longer. */
+static int check_timeout(struct gr_check *c, const json_t *h, struct gr_handler_conf *hc)
+{
+    const json_t *own = json_object_get(hc->config, "timeout_ms");
+    if (!json_is_integer(own) || json_integer_value(own) <= 0)
+        return 0;
+    json_int_t own_s = (json_integer_value(own) + 999) / 1000;
+    if (!json_object_get(h, "timeout_s")) {
+        if (own_s + 60 > (json_int_t)hc->timeout_s)
+            hc->timeout_s = own_s + 60 > 86400 ? 86400 : (unsigned)(own_s + 60);
+        return 0;
+    }
+    if (hc->timeout_s && (json_int_t)hc->timeout_s <= own_s)
+        return gr_check_fail_member(c, h, "timeout_s",
+                                    "\"timeout_s\" (%u s) of handler \"%s\" must be longer than "
+                                    "its plugin's \"timeout_ms\" (%lld ms): a call that uses its "
+                                    "whole time limit would restart graphrouter",
+                                    hc->timeout_s, hc->name, (long long)json_integer_value(own));
+    return 0;
+}
+
 static int parse_handlers(struct gr_check *c, struct gr_config *cfg)
 {
     json_t *handlers = NULL;
@@ -629,6 +653,8 @@ static int parse_handlers(struct gr_check *c, struct gr_config *cfg)
             hc->config = json_object();
             json_object_set_new((json_t *)h, "config", hc->config); /* owned by root */
         }
+        if (check_timeout(c, h, hc) < 0)
+            return -1;
     }
     return 0;
 }

@@ -39,9 +39,9 @@ struct gr_retry_policy {
     int64_t max_backoff_ms;
 };
 
-/* A handler's default "timeout_s": above the time limits of the bundled
- * plugins (http 10 s, exec 30 s by default), so it only catches a call that
- * is stuck. */
+/* A handler's default "timeout_s", far above the default time limits of the
+ * bundled plugins (http 10 s, exec 30 s), so it only catches a call that is
+ * stuck; a longer "timeout_ms" in the handler's config raises it (config.c). */
 #define GR_HANDLER_TIMEOUT_S 300
 
 struct gr_handler_conf {

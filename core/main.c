@@ -327,11 +327,12 @@ static int run(const char *file)
         if (term)
             break;
         struct gr_overdue stuck;
-        if (gr_workers_overdue(workers, &stuck)) {
+        while (gr_workers_overdue(workers, &stuck)) { /* each stuck call, once */
             restart_for(store, &stuck);
             status = 1; /* a failure: systemd's Restart=on-failure starts it again */
-            break;
         }
+        if (status)
+            break;
         if (hup)
             reload(&ctl);
         if (usr1)
@@ -355,6 +356,7 @@ static int run(const char *file)
         /* Its delivery stays "running" in the store and is taken again at
          * the next start, counting this attempt. */
         gr_error("exiting with a handler still running");
+        gr_store_flush(store); /* what the other workers finished */
         _exit(1);
     }
     gr_store_close(store);

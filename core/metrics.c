@@ -361,8 +361,8 @@ void gr_metrics_render(struct gr_buf *o, const struct gr_metrics_gauges *g)
         {"graphrouter_handler_failed_total",
          "Deliveries that failed (GR_FAIL, or retries exhausted)."},
         {"graphrouter_deliveries_interrupted",
-         "Deliveries found running at this start, each charged an attempt: graphrouter stopped "
-         "during their handle() (a crash, a kill, or a call past the handler's timeout_s)."}};
+         "Deliveries found taken (attempt recorded) but not finished at this start, each charged "
+         "an attempt: graphrouter stopped by a crash, a kill, or a call past timeout_s."}};
     for (size_t k = 0; k < 4; k++) {
         help_line(o, handler_series[k][0], k < 3 ? "counter" : "gauge", handler_series[k][1]);
         for (struct named *n = handlers; n; n = n->next) {

@@ -44,8 +44,8 @@ const char *gr_drop_reason_name(enum gr_drop_reason r);
 
 struct gr_handler_stats {
     atomic_uint_fast64_t handled, retried, failed;
-    /* deliveries found running at this start: graphrouter stopped during
-     * their handle() (a crash, a kill, a call past timeout_s) */
+    /* deliveries found taken but not finished at this start: graphrouter
+     * stopped (a crash, a kill, a call past timeout_s) while a worker held them */
     atomic_uint_fast64_t interrupted;
 };
 

@@ -145,6 +145,9 @@ struct gr_store_ops {
      * and charged that attempt. Returns once it is written, or after a few
      * seconds if the store cannot write it. */
     void (*note_running)(struct gr_store *s, int64_t unit, const char *note);
+    /* Returns once what was handed to the store before is written (or after
+     * a few seconds): before an exit that cannot close it (a handler stuck). */
+    void (*flush)(struct gr_store *s);
     void (*stats)(struct gr_store *s, struct gr_store_stats *out);
     /* Stop handing out work; take() returns -1 once nothing runs. */
     void (*stop_taking)(struct gr_store *s);
@@ -171,6 +174,7 @@ static inline void gr_store_note_running(struct gr_store *s, int64_t unit, const
 {
     s->ops->note_running(s, unit, note);
 }
+static inline void gr_store_flush(struct gr_store *s) { s->ops->flush(s); }
 static inline void gr_store_stats(struct gr_store *s, struct gr_store_stats *out) { s->ops->stats(s, out); }
 static inline void gr_store_stop_taking(struct gr_store *s) { s->ops->stop_taking(s); }
 static inline void gr_store_close(struct gr_store *s) { s->ops->close(s); }

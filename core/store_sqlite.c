@@ -96,6 +96,7 @@ static const char close_finished_items[] =
     "WHERE state = 1 AND NOT EXISTS (SELECT 1 FROM units WHERE item_id = items.id AND "
     "state IN (0, 1))";
 
+/* REQ_NOTE: a stuck delivery's note, or with none a flush (sq_flush) */
 enum req_kind { REQ_APPEND, REQ_TAKE, REQ_ROUTED, REQ_DELIVERED, REQ_NOTE };
 
 struct req {
@@ -834,6 +835,7 @@ static void finish_requests(struct sqlite_store *s, struct req *batch, int rc)
         } else if (r->kind == REQ_NOTE) {
             pthread_mutex_lock(&s->lock);
             bool abandoned = r->abandoned;
+            r->failed |= rc != 0;
             r->done = true;
             pthread_cond_broadcast(&s->answered);
             pthread_mutex_unlock(&s->lock);
@@ -888,6 +890,8 @@ static int run_request(struct sqlite_store *s, struct req *r, int64_t now,
     case REQ_DELIVERED:
         return do_delivered(s, r, now, &d->done_items, &d->done_bytes, &d->new_work);
     case REQ_NOTE: {
+        if (!r->text) /* a flush: only what was queued before it */
+            return 0;
         sqlite3_stmt *st = S(s, S_UNIT_NOTE);
         sqlite3_bind_int64(st, 1, r->unit);
         sqlite3_bind_text(st, 2, r->text, -1, SQLITE_STATIC);
@@ -1342,27 +1346,43 @@ static void sq_delivered(struct gr_store *base, struct gr_work *w,
     enqueue((struct sqlite_store *)base, r);
 }
 
-static void sq_note_running(struct gr_store *base, int64_t unit, const char *note)
+/* Queue `r` as urgent and wait (up to 5 s) until the writer ran it, with
+ * everything queued before it. False if it was not written. */
+static bool run_now(struct sqlite_store *s, struct req *r)
 {
-    struct sqlite_store *s = (struct sqlite_store *)base;
-    struct req *r = gr_xcalloc(1, sizeof *r);
-    r->kind = REQ_NOTE;
-    r->unit = unit;
-    r->text = gr_xstrdup(note);
     enqueue(s, r);
     int64_t until = gr_mono_ms() + 5000;
     struct timespec ts = {.tv_sec = until / 1000, .tv_nsec = (until % 1000) * 1000000};
     pthread_mutex_lock(&s->lock);
     while (!r->done && pthread_cond_timedwait(&s->answered, &s->lock, &ts) != ETIMEDOUT) {
     }
-    bool done = r->done;
-    r->abandoned = !done;
+    bool done = r->done, written = done && !r->failed;
+    r->abandoned = !done; /* then the writer frees it */
     pthread_mutex_unlock(&s->lock);
     if (done)
         free_req(r);
-    else
-        gr_warn("store: the reason delivery %lld is stuck could not be written in 5 s",
+    return written;
+}
+
+static void sq_note_running(struct gr_store *base, int64_t unit, const char *note)
+{
+    struct req *r = gr_xcalloc(1, sizeof *r);
+    r->kind = REQ_NOTE;
+    r->unit = unit;
+    r->text = gr_xstrdup(note);
+    if (!run_now((struct sqlite_store *)base, r))
+        gr_warn("store: why delivery %lld is stuck could not be written; after the restart it "
+                "reads as a crash",
                 (long long)unit);
+}
+
+static void sq_flush(struct gr_store *base)
+{
+    struct req *r = gr_xcalloc(1, sizeof *r);
+    r->kind = REQ_NOTE; /* with no note: written at once, after what came before */
+    if (!run_now((struct sqlite_store *)base, r))
+        gr_warn("store: the last completions could not be written; that work runs again at the "
+                "next start");
 }
 
 static void free_handlers(struct gr_store_handler *h, size_t n);
@@ -1447,6 +1467,7 @@ static const struct gr_store_ops sqlite_ops = {
     .delivered = sq_delivered,
     .set_handlers = sq_set_handlers,
     .note_running = sq_note_running,
+    .flush = sq_flush,
     .stats = sq_stats,
     .stop_taking = sq_stop_taking,
     .close = sq_close,

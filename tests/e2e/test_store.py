@@ -169,6 +169,41 @@ class CrashTest(RouterTest):
         self.assert_one_dead_letter(r, r"handle\(\) did not return within the handler's "
                                        r"timeout_s \(1 s\); graphrouter restarted$")
 
+    def test_a_call_that_returns_during_the_restart_is_kept(self):
+        cfg = base_config(workers=1, shutdown_timeout_s=10, handlers={
+            "f": dict(flaky(sleep_ms=2500, emit_to="out"), timeout_s=1), "out": out()},
+            routes=[{"name": "r", "to": "f"}])
+        r = self.router(cfg)
+        self.assertEqual(r.post(batch(item(id="slow")))[0], 202)
+        # past 1 s the watchdog restarts graphrouter; the call returns during the shutdown
+        self.assertEqual(r.stop(sig=0, timeout=TIMEOUT), 1, r.log()[-3000:])
+        self.assertIn("past its timeout_s (1 s); restarting graphrouter", r.text())
+        self.assertNotIn("exiting with a handler still running", r.log())
+        r.start()
+        r.wait_idle()
+        # its completion (and the event it emitted) was written: delivered once, not again
+        self.assertEqual(ids(r.read_jsonl()), ["slow"])
+        self.assertEqual(r.metric("graphrouter_deliveries_interrupted", handler="f"), 0)
+        self.assertEqual(r.log().count("call 1 -> ok"), 1)
+
+    def test_a_stuck_calls_reason_is_that_attempts_only(self):
+        cfg = base_config(workers=1, shutdown_timeout_s=1, handlers={
+            "f": dict(flaky(hang_on="m-1", emit_to="out"), timeout_s=1, retry={"max_attempts": 2}),
+            "out": out()}, routes=[{"name": "r", "to": "f"}])
+        r = self.router(cfg, start=False)
+        env = {"ASAN_OPTIONS": os.environ.get("ASAN_OPTIONS", "") + ":handle_segv=0"}
+        r.start(env=env)
+        self.assertEqual(r.post(batch(item(id="m-1")))[0], 202)
+        self.assertEqual(r.stop(sig=0, timeout=TIMEOUT), 1)  # attempt 1 hangs
+        cfg["handlers"]["f"]["config"] = {"crash_on": "m-1", "emit_to": ["out"]}
+        r.write_config(cfg)
+        r.start(env=env)
+        self.assertEqual(r.stop(sig=0, timeout=TIMEOUT), -11)  # attempt 2 crashes
+        r.start(env=env)
+        r.wait_idle()
+        # the dead letter tells the last attempt's story, not the first one's
+        self.assert_one_dead_letter(r, r"graphrouter stopped while the handler ran \(a crash\?\)$")
+
     def test_a_slow_handler_within_its_timeout_is_left_alone(self):
         cfg = base_config(workers=1, handlers={
             "f": dict(flaky(sleep_ms=1500, emit_to="out"), timeout_s=3), "out": out()},

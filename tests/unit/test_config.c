@@ -11,6 +11,7 @@
 #include <cmocka.h>
 
 #include "config.h"
+#include "util.h"
 
 #define MIN_TAIL "\"handlers\": {\"a\": {\"plugin\": \"file\"}}, \"routes\": []"
 
@@ -66,6 +67,10 @@ static const struct error_case errors[] = {
      "t.json:1:39: ", "\"timeout_s\" is 86401"},
     {"{\"handlers\": {\"a\": {\"plugin\": \"file\", \"timeout_s\": -1}}, \"routes\": []}",
      "t.json:1:39: ", "\"timeout_s\" is -1"},
+    {"{\"handlers\": {\"a\": {\"plugin\": \"exec\", \"timeout_s\": 60, \"config\": "
+     "{\"timeout_ms\": 60000}}}, \"routes\": []}",
+     "t.json:1:39: ", "\"timeout_s\" (60 s) of handler \"a\" must be longer than its plugin's "
+     "\"timeout_ms\" (60000 ms)"},
     {"{\"handlers\": {\"a\": {\"plugin\": 5}}, \"routes\": []}", "t.json:1:21: ",
      "\"plugin\" must be a string, not an integer"},
     /* routes */
@@ -165,6 +170,32 @@ static void test_defaults(void **state)
     gr_config_free(cfg);
 }
 
+/* timeout_s leaves room for the plugin's own "timeout_ms", when it has one. */
+static void test_timeout_follows_the_plugins_own(void **state)
+{
+    (void)state;
+    static const struct {
+        const char *handler;
+        unsigned timeout_s;
+    } cases[] = {
+        {"{\"plugin\": \"exec\", \"config\": {\"timeout_ms\": 30000}}", 300},
+        {"{\"plugin\": \"exec\", \"config\": {\"timeout_ms\": 600000}}", 660},
+        {"{\"plugin\": \"exec\", \"config\": {\"timeout_ms\": 600001}}", 661},
+        {"{\"plugin\": \"exec\", \"timeout_s\": 61, \"config\": {\"timeout_ms\": 60000}}", 61},
+        {"{\"plugin\": \"exec\", \"timeout_s\": 0, \"config\": {\"timeout_ms\": 60000}}", 0},
+        {"{\"plugin\": \"http\", \"config\": {\"timeout_ms\": \"soon\"}}", 300},
+    };
+    for (size_t i = 0; i < sizeof cases / sizeof *cases; i++) {
+        char *text = gr_xprintf("{\"handlers\": {\"a\": %s}, \"routes\": []}", cases[i].handler);
+        struct gr_config *cfg;
+        char *err = NULL;
+        assert_int_equal(gr_config_parse("t.json", text, strlen(text), &cfg, &err), 0);
+        assert_int_equal(cfg->handlers[0].timeout_s, cases[i].timeout_s);
+        gr_config_free(cfg);
+        free(text);
+    }
+}
+
 static void test_secrets(void **state)
 {
     (void)state;
@@ -248,6 +279,7 @@ int main(void)
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_errors),
         cmocka_unit_test(test_defaults),
+        cmocka_unit_test(test_timeout_follows_the_plugins_own),
         cmocka_unit_test(test_secrets),
         cmocka_unit_test(test_paths_and_plugins),
         cmocka_unit_test(test_example_config_is_valid),
