@@ -165,48 +165,97 @@ static int dlq_show(sqlite3 *db, const char *id)
     return 0;
 }
 
-/* Dead letters back to pending, attempts from zero; their items open again. */
-static int dlq_replay(sqlite3 *db, const char *id)
+/* The handlers the configuration names, as a JSON array for json_each(). */
+static char *handler_names(const struct gr_config *cfg)
 {
-    bool all = strcmp(id, "--all") == 0;
+    json_t *names = json_array();
+    for (size_t i = 0; i < cfg->nhandlers; i++)
+        json_array_append_new(names, json_string(cfg->handlers[i].name));
+    char *text = json_dumps(names, JSON_COMPACT);
+    json_decref(names);
+    return text;
+}
+
+/* Runs `sql` with ?1 the id (unless all), ?2 now and ?3 the configured
+ * handlers; returns the rows it changed, or -1. */
+static int replay_step(sqlite3 *db, const char *sql, bool all, const char *id, const char *names)
+{
     sqlite3_stmt *st;
-    if (sqlite3_exec(db, "BEGIN IMMEDIATE", NULL, NULL, NULL) != SQLITE_OK)
-        return fail(db, "locking the store");
-    if (sqlite3_prepare_v2(db, all ? "UPDATE items SET state = 1, done_ms = NULL WHERE id IN "
-                                     "(SELECT item_id FROM units WHERE state = 3)"
-                                   : "UPDATE items SET state = 1, done_ms = NULL WHERE id = "
-                                     "(SELECT item_id FROM units WHERE id = ?1 AND state = 3)",
-                           -1, &st, NULL) != SQLITE_OK ||
-        (!all && sqlite3_bind_int64(st, 1, strtoll(id, NULL, 10)) != SQLITE_OK) ||
-        sqlite3_step(st) != SQLITE_DONE) {
-        sqlite3_exec(db, "ROLLBACK", NULL, NULL, NULL);
-        return fail(db, "replaying");
-    }
-    sqlite3_finalize(st);
-    if (sqlite3_prepare_v2(db, all ? "UPDATE units SET state = 0, attempts = 0, finished_ms = "
-                                     "NULL, due_ms = ?2 WHERE state = 3"
-                                   : "UPDATE units SET state = 0, attempts = 0, finished_ms = "
-                                     "NULL, due_ms = ?2 WHERE id = ?1 AND state = 3",
-                           -1, &st, NULL) != SQLITE_OK) {
-        sqlite3_exec(db, "ROLLBACK", NULL, NULL, NULL);
-        return fail(db, "replaying");
-    }
+    if (sqlite3_prepare_v2(db, sql, -1, &st, NULL) != SQLITE_OK)
+        return -1;
     if (!all)
         sqlite3_bind_int64(st, 1, strtoll(id, NULL, 10));
     sqlite3_bind_int64(st, 2, gr_wall_ms());
+    sqlite3_bind_text(st, 3, names, -1, SQLITE_STATIC);
     int rc = sqlite3_step(st);
-    int n = sqlite3_changes(db);
     sqlite3_finalize(st);
-    if (rc != SQLITE_DONE || sqlite3_exec(db, "COMMIT", NULL, NULL, NULL) != SQLITE_OK) {
+    return rc == SQLITE_DONE ? sqlite3_changes(db) : -1;
+}
+
+/* Dead letters back to pending, attempts from zero; their items open again.
+ * Only those of handlers the configuration names: the daemon would make the
+ * others dead letters again. */
+static int dlq_replay(sqlite3 *db, const struct gr_config *cfg, const char *id)
+{
+    bool all = strcmp(id, "--all") == 0;
+    char *names = handler_names(cfg);
+#define REPLAYABLE "state = 3 AND handler IN (SELECT value FROM json_each(?3))"
+    if (sqlite3_exec(db, "BEGIN IMMEDIATE", NULL, NULL, NULL) != SQLITE_OK) {
+        free(names);
+        return fail(db, "locking the store");
+    }
+    int n = replay_step(db, all ? "UPDATE items SET state = 1, done_ms = NULL WHERE id IN "
+                                  "(SELECT item_id FROM units WHERE " REPLAYABLE ")"
+                                : "UPDATE items SET state = 1, done_ms = NULL WHERE id = "
+                                  "(SELECT item_id FROM units WHERE id = ?1 AND " REPLAYABLE ")",
+                        all, id, names);
+    if (n >= 0)
+        n = replay_step(db, all ? "UPDATE units SET state = 0, attempts = 0, finished_ms = NULL, "
+                                  "due_ms = ?2 WHERE " REPLAYABLE
+                                : "UPDATE units SET state = 0, attempts = 0, finished_ms = NULL, "
+                                  "due_ms = ?2 WHERE id = ?1 AND " REPLAYABLE,
+                        all, id, names);
+#undef REPLAYABLE
+    free(names);
+    if (n < 0 || sqlite3_exec(db, "COMMIT", NULL, NULL, NULL) != SQLITE_OK) {
+        int rc = fail(db, "replaying");
         sqlite3_exec(db, "ROLLBACK", NULL, NULL, NULL);
-        return fail(db, "replaying");
+        return rc;
     }
-    if (!all && n == 0) {
+    /* What was left, and why. */
+    sqlite3_stmt *st;
+    int left = 0;
+    char *handler = NULL;
+    if (sqlite3_prepare_v2(db, all ? "SELECT count(*), min(handler) FROM units WHERE state = 3"
+                                   : "SELECT count(*), min(handler) FROM units WHERE state = 3 "
+                                     "AND id = ?1",
+                           -1, &st, NULL) == SQLITE_OK) {
+        if (!all)
+            sqlite3_bind_int64(st, 1, strtoll(id, NULL, 10));
+        if (sqlite3_step(st) == SQLITE_ROW) {
+            left = sqlite3_column_int(st, 0);
+            if (sqlite3_column_text(st, 1))
+                handler = gr_xstrdup((const char *)sqlite3_column_text(st, 1));
+        }
+        sqlite3_finalize(st);
+    }
+    int rc = 0;
+    if (!all && n == 0 && left) {
+        fprintf(stderr, "graphrouter: dead letter %s is for handler \"%s\", which %s does not "
+                        "configure: replayed, it would be a dead letter again\n",
+                id, handler, cfg->file);
+        rc = 1;
+    } else if (!all && n == 0) {
         fprintf(stderr, "graphrouter: no dead letter %s in the store\n", id);
-        return 1;
+        rc = 1;
+    } else {
+        printf("%d dead letter%s replayed\n", n, n == 1 ? "" : "s");
+        if (all && left)
+            printf("%d left: for handlers %s does not configure (such as \"%s\")\n", left,
+                   cfg->file, handler);
     }
-    printf("%d dead letter%s replayed\n", n, n == 1 ? "" : "s");
-    return 0;
+    free(handler);
+    return rc;
 }
 
 static int dlq_purge(sqlite3 *db)
@@ -271,7 +320,7 @@ int gr_store_admin(const char *config_file, int argc, char **argv)
     else if (strcmp(cmd, "show") == 0)
         rc = dlq_show(db, argv[2]);
     else if (strcmp(cmd, "replay") == 0)
-        rc = dlq_replay(db, argv[2]);
+        rc = dlq_replay(db, cfg, argv[2]);
     else if (strcmp(cmd, "purge") == 0)
         rc = dlq_purge(db);
     else

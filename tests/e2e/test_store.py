@@ -7,6 +7,7 @@ import json
 import os
 import re
 import resource
+import signal
 import sqlite3
 import threading
 import time
@@ -302,6 +303,37 @@ class DeadLetterTest(RouterTest):
         status, text, err = r.cli("dlq", "list")
         self.assertEqual((status, len(text.splitlines()), err.strip()), (0, 1, "0 dead letters"))
         r.wait_for(lambda: r.metric("graphrouter_dead_letters", handler="never") == 0)
+
+
+    def test_replay_leaves_dead_letters_of_handlers_no_longer_configured(self):
+        cfg = base_config(handlers={
+            "f": flaky(fail_times=1, result="fail", emit_to="out"),
+            "old": flaky(fail_times=1000, result="fail"), "out": out()},
+            routes=[{"name": "r", "to": ["f", "old"]}])
+        r = self.router(cfg)
+        r.post(batch(item(id="a")))
+        r.wait_for(lambda: r.metric("graphrouter_dead_letters", handler="f") == 1 and
+                   r.metric("graphrouter_dead_letters", handler="old") == 1)
+        del cfg["handlers"]["old"]
+        cfg["handlers"]["f"] = flaky(emit_to="out")  # fixed
+        cfg["routes"] = [{"name": "r", "to": "f"}]
+        r.write_config(cfg)
+        r.send_signal(signal.SIGHUP)
+        r.wait_log("reloaded: generation 2")
+        rows = [l.split() for l in r.cli("dlq", "list")[1].splitlines()[1:]]
+        old = next(row[0] for row in rows if row[1] == "old")
+        status, text, err = r.cli("dlq", "replay", old)
+        self.assertEqual((status, text), (1, ""))
+        self.assertIn('dead letter %s is for handler "old", which %s does not configure'
+                      % (old, r.config_path), err)
+        status, text, _ = r.cli("dlq", "replay", "--all")
+        self.assertEqual(status, 0)
+        self.assertEqual(text, '1 dead letter replayed\n1 left: for handlers %s does not '
+                               'configure (such as "old")\n' % r.config_path)
+        self.assertEqual(ids(r.wait_jsonl(1)), ["a"])
+        r.wait_idle()
+        self.assertEqual([l.split()[1] for l in r.cli("dlq", "list")[1].splitlines()[1:]],
+                         ["old"])
 
 
 class DuplicateTest(RouterTest):
