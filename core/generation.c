@@ -8,6 +8,7 @@
 #include <string.h>
 
 #include "log.h"
+#include "plugin_job.h"
 #include "util.h"
 
 static pthread_mutex_t current_lock = PTHREAD_MUTEX_INITIALIZER;
@@ -230,7 +231,10 @@ int gr_generation_build(const char *file, uint64_t id, struct gr_generation *pre
             h->initialized = true;
             continue;
         }
-        if (h->lib->desc.init(h, &h->state) < 0) {
+        gr_job_call_begin(h, "init");
+        int rc = h->lib->desc.init(h, &h->state);
+        gr_job_call_end();
+        if (rc < 0) {
             gr_check_fail_member(&c, handlers_obj, h->name,
                                  "handler \"%s\" (plugin %s): init failed: %s", h->name,
                                  h->lib->path, h->init_error ? h->init_error : "no reason given");
@@ -261,8 +265,11 @@ void gr_generation_destroy(struct gr_generation *g)
         return;
     for (size_t i = g->nhandlers; i-- > 0;) {
         struct gr_handler *h = &g->handlers[i];
-        if (h->initialized && h->lib->desc.fini)
+        if (h->initialized && h->lib->desc.fini) {
+            gr_job_call_begin(h, "fini");
             h->lib->desc.fini(h->state);
+            gr_job_call_end();
+        }
         gr_handler_release(h);
         pthread_mutex_destroy(&h->serial_lock);
         pthread_mutex_destroy(&h->json_lock);

@@ -6,7 +6,8 @@
  * fails, the new one is torn down and the old one keeps serving. On success
  * the current-generation pointer is swapped. Work pins the generation it
  * starts on (a reference count) and finishes on it; a retired generation is
- * destroyed (fini, dlclose) by the control thread once its count is zero.
+ * destroyed (fini, dlclose) once its count is zero; the control thread runs
+ * builds and destroys as supervised jobs (plugin_job.h).
  *
  * Locking: `current` is read and swapped under a mutex held only for a
  * pointer copy and an atomic increment, so pinning never waits for a reload.
@@ -45,7 +46,9 @@ struct gr_generation {
 /* Build a complete generation from a config file. `prev` (may be NULL) is
  * the generation it will replace: an unchanged JWKS URL source is shared
  * with it, keys, cache and all. On failure returns -1 with
- * *err = "FILE:LINE:COL: what is wrong" (malloc'd). Control thread only. */
+ * *err = "FILE:LINE:COL: what is wrong" (malloc'd). Run by the control
+ * thread's jobs, one at a time, except beside one abandoned inside a
+ * plugin's init (plugin_job.h): what builds share is locked. */
 int gr_generation_build(const char *file, uint64_t id, struct gr_generation *prev,
                         struct gr_generation **out, char **err);
 /* fini every handler, unload plugins, free. The count must be zero. */

@@ -25,6 +25,7 @@
 #include "http.h"
 #include "log.h"
 #include "plugin_host.h"
+#include "plugin_job.h"
 #include "store.h"
 #include "store_admin.h"
 #include "util.h"
@@ -49,6 +50,73 @@ static void on_signal(int sig)
 static void on_generation_idle(void)
 {
     wake('R');
+}
+
+/* ---- plugin code off the control thread (plugin_job.h) ---------------- */
+
+static void report_stuck(const char *doing, const struct gr_job_stuck *st)
+{
+    gr_error("%s: handler \"%s\": %s() has not returned after %u s (the handler's timeout_s); "
+             "left to finish alone",
+             doing, st->handler, st->what, st->timeout_s);
+}
+
+struct build {
+    const char *file;
+    uint64_t id;
+    struct gr_generation *prev; /* pinned for the job */
+    struct gr_generation *g;
+    char *err;
+    int rc;
+};
+
+static void build_job(void *arg)
+{
+    struct build *b = arg;
+    b->rc = gr_generation_build(b->file, b->id, b->prev, &b->g, &b->err);
+}
+
+static void build_abandoned(void *arg)
+{
+    struct build *b = arg;
+    gr_generation_destroy(b->g);
+    free(b->err);
+    if (b->prev)
+        gr_generation_unpin(b->prev);
+    free(b);
+}
+
+/* gr_generation_build as a supervised job: 0 or -1 with *err as it returns;
+ * -2 when a plugin's init is stuck (*stuck says which). */
+static int build(const char *file, uint64_t id, bool on_current, struct gr_generation **out,
+                 char **err, struct gr_job_stuck *stuck)
+{
+    struct build *b = gr_xcalloc(1, sizeof *b);
+    *b = (struct build){.file = file, .id = id, .prev = on_current ? gr_generation_pin() : NULL};
+    if (!gr_job_run(build_job, b, build_abandoned, stuck))
+        return -2;
+    *out = b->g;
+    *err = b->err;
+    int rc = b->rc;
+    if (b->prev)
+        gr_generation_unpin(b->prev);
+    free(b);
+    return rc;
+}
+
+static void destroy_job(void *arg)
+{
+    gr_generation_destroy(arg);
+}
+
+/* fini and unload as a supervised job; false if a fini is stuck. */
+static bool destroy(struct gr_generation *g, const char *doing)
+{
+    struct gr_job_stuck stuck;
+    if (gr_job_run(destroy_job, g, NULL, &stuck))
+        return true;
+    report_stuck(doing, &stuck);
+    return false;
 }
 
 static void usage(FILE *out)
@@ -92,14 +160,22 @@ static int run_check(const char *file)
 {
     struct gr_generation *g;
     char *err = NULL;
-    int rc = gr_generation_build(file, 1, NULL, &g, &err);
+    struct gr_job_stuck stuck;
+    int rc = build(file, 1, false, &g, &err, &stuck);
+    if (rc == -2) {
+        fprintf(stderr, "%s: handler \"%s\": init() has not returned after %u s (the handler's "
+                        "timeout_s)\n",
+                file, stuck.handler, stuck.timeout_s);
+        _exit(1); /* the plugin's code is still running: nothing can be unloaded */
+    }
     if (rc < 0) {
         fprintf(stderr, "%s\n", err);
         free(err);
     } else {
         warn_about(g->cfg);
         printf("%s: ok (%zu handlers, %zu routes)\n", file, g->nhandlers, g->cfg->routes.n);
-        gr_generation_destroy(g);
+        if (!destroy(g, "checking the configuration"))
+            _exit(1);
     }
     gr_plugin_host_cleanup();
     return rc < 0 ? 1 : 0;
@@ -143,10 +219,17 @@ static void reload(struct control *ctl)
     struct gr_generation *cur = gr_generation_pin();
     struct gr_generation *g = NULL;
     char *err = NULL;
-    if (gr_generation_build(ctl->file, ctl->next_id, cur, &g, &err) == 0) {
+    struct gr_job_stuck stuck;
+    int rc = build(ctl->file, ctl->next_id, true, &g, &err, &stuck);
+    if (rc == -2) {
+        ctl->next_id++; /* that id stays with the abandoned build */
+        err = gr_xprintf("handler \"%s\": init() has not returned after %u s (the handler's "
+                         "timeout_s); that build is left to finish alone",
+                         stuck.handler, stuck.timeout_s);
+    } else if (rc == 0) {
         err = start_only_change(cur->cfg, g->cfg);
         if (err) {
-            gr_generation_destroy(g);
+            destroy(g, "reload");
             g = NULL;
         }
     }
@@ -187,18 +270,37 @@ static void reap(struct control *ctl)
         }
         *p = g->next_retired;
         gr_info("generation %llu retired", (unsigned long long)g->id);
-        gr_generation_destroy(g);
+        destroy(g, "retiring a generation"); /* stuck: it stays loaded */
     }
+}
+
+static void reopen_job(void *arg)
+{
+    struct gr_generation *g = arg;
+    for (size_t i = 0; i < g->nhandlers; i++) {
+        struct gr_handler *h = &g->handlers[i];
+        if (!h->lib->desc.reopen)
+            continue;
+        gr_job_call_begin(h, "reopen");
+        h->lib->desc.reopen(h->state);
+        gr_job_call_end();
+    }
+}
+
+static void reopen_abandoned(void *arg)
+{
+    gr_generation_unpin(arg);
 }
 
 static void reopen(void)
 {
     struct gr_generation *g = gr_generation_pin();
     gr_info("SIGUSR1: handlers reopen their files");
-    for (size_t i = 0; i < g->nhandlers; i++)
-        if (g->handlers[i].lib->desc.reopen)
-            g->handlers[i].lib->desc.reopen(g->handlers[i].state);
-    gr_generation_unpin(g);
+    struct gr_job_stuck stuck;
+    if (gr_job_run(reopen_job, g, reopen_abandoned, &stuck))
+        gr_generation_unpin(g);
+    else
+        report_stuck("SIGUSR1", &stuck);
 }
 
 static void raise_fd_limit(void)
@@ -262,7 +364,13 @@ static int run(const char *file)
     struct control ctl = {.file = file, .next_id = 2};
     struct gr_generation *g = NULL;
     char *err = NULL;
-    if (gr_generation_build(file, 1, NULL, &g, &err) < 0) {
+    struct gr_job_stuck stuck;
+    int built = build(file, 1, false, &g, &err, &stuck);
+    if (built == -2) {
+        report_stuck("cannot start", &stuck);
+        _exit(1); /* the plugin's code is still running: nothing can be unloaded */
+    }
+    if (built < 0) {
         gr_error("cannot start: %s", err);
         free(err);
         gr_plugin_host_cleanup();
@@ -287,7 +395,8 @@ static int run(const char *file)
     if (!store) {
         gr_error("cannot start: %s", err);
         free(err);
-        gr_generation_destroy(gr_generation_swap(NULL));
+        if (!destroy(gr_generation_swap(NULL), "cannot start"))
+            _exit(1);
         gr_plugin_host_cleanup();
         return 1;
     }
@@ -300,7 +409,8 @@ static int run(const char *file)
         gr_store_stop_taking(store);
         gr_workers_join(workers, gr_wall_ms() + 5000);
         gr_store_close(store);
-        gr_generation_destroy(gr_generation_swap(NULL));
+        if (!destroy(gr_generation_swap(NULL), "cannot start"))
+            _exit(1);
         gr_plugin_host_cleanup();
         return 1;
     }
@@ -326,9 +436,9 @@ static int run(const char *file)
         reap(&ctl);
         if (term)
             break;
-        struct gr_overdue stuck;
-        while (gr_workers_overdue(workers, &stuck)) { /* each stuck call, once */
-            restart_for(store, &stuck);
+        struct gr_overdue overdue;
+        while (gr_workers_overdue(workers, &overdue)) { /* each stuck call, once */
+            restart_for(store, &overdue);
             status = 1; /* a failure: systemd's Restart=on-failure starts it again */
         }
         if (status)
@@ -363,7 +473,12 @@ static int run(const char *file)
     struct gr_generation *last = gr_generation_swap(NULL);
     gr_generation_unpin(last);
     reap(&ctl);
-    gr_generation_destroy(last);
+    bool unloaded = destroy(last, "stopping");
+    if (!unloaded || gr_job_any_abandoned()) {
+        /* A plugin call is still running: its code must stay mapped. */
+        gr_info("stopped (with a plugin call still running)");
+        _exit(status ? status : 1);
+    }
     gr_plugin_host_cleanup();
     gr_info("stopped");
     return status;

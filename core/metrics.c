@@ -44,6 +44,7 @@ static struct {
     atomic_uint_fast64_t batch_buckets[8], batch_sum, store_failures, duplicates;
     atomic_uint_fast64_t rejected_full, rejected_error;
     atomic_uint_fast64_t reload_ok, reload_failed;
+    atomic_uint_fast64_t stuck_init, stuck_reopen, stuck_fini; /* plugin_job.c */
     atomic_uint_fast64_t tokens[GR_TOKEN_RESULT_COUNT];
     atomic_uint_fast64_t jwks_ok, jwks_failed, jwks_keys;
     atomic_int_fast64_t jwks_loaded_ms;
@@ -119,6 +120,14 @@ void gr_metrics_store_failure(void) { INC(m.store_failures); }
 void gr_metrics_duplicates(size_t n) { ADD(m.duplicates, n); }
 void gr_metrics_store_rejected(bool full) { full ? INC(m.rejected_full) : INC(m.rejected_error); }
 void gr_metrics_reload(bool ok) { ok ? INC(m.reload_ok) : INC(m.reload_failed); }
+void gr_metrics_plugin_call_stuck(const char *what)
+{
+    switch (what[0]) {
+    case 'i': INC(m.stuck_init); break;
+    case 'r': INC(m.stuck_reopen); break;
+    default: INC(m.stuck_fini); break;
+    }
+}
 void gr_metrics_jwks_refresh(bool ok) { ok ? INC(m.jwks_ok) : INC(m.jwks_failed); }
 
 void gr_metrics_token(int result)
@@ -303,6 +312,14 @@ void gr_metrics_render(struct gr_buf *o, const struct gr_metrics_gauges *g)
     help_line(o, "graphrouter_reloads_total", "counter", "Configuration reloads, by result.");
     gr_buf_printf(o, "graphrouter_reloads_total{result=\"success\"} %llu\n", GET(m.reload_ok));
     gr_buf_printf(o, "graphrouter_reloads_total{result=\"failure\"} %llu\n", GET(m.reload_failed));
+    help_line(o, "graphrouter_plugin_calls_stuck_total", "counter",
+              "Plugin init, reopen or fini calls given up on past their handler's timeout_s.");
+    gr_buf_printf(o, "graphrouter_plugin_calls_stuck_total{call=\"init\"} %llu\n",
+                  GET(m.stuck_init));
+    gr_buf_printf(o, "graphrouter_plugin_calls_stuck_total{call=\"reopen\"} %llu\n",
+                  GET(m.stuck_reopen));
+    gr_buf_printf(o, "graphrouter_plugin_calls_stuck_total{call=\"fini\"} %llu\n",
+                  GET(m.stuck_fini));
     help_line(o, "graphrouter_validation_tokens_total", "counter",
               "Distinct validation tokens, by the result of their first verification.");
     for (int r = 0; r < GR_TOKEN_RESULT_COUNT; r++)

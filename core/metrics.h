@@ -62,6 +62,8 @@ void gr_metrics_items_accepted(size_t n);
 void gr_metrics_item_dropped(enum gr_drop_reason r);
 void gr_metrics_item_routed(bool routed);
 void gr_metrics_reload(bool ok);
+/* A plugin's "init", "reopen" or "fini" given up on (plugin_job.c). */
+void gr_metrics_plugin_call_stuck(const char *what);
 /* Validation tokens, counted once per distinct token when first verified. */
 void gr_metrics_token(int result);
 /* The key set in force: how many keys, and when it was last loaded. */

@@ -29,7 +29,10 @@
  *   gr_plugin_entry(host)  once per load; keep `host` in a static, it stays
  *                          valid until the shared object is unloaded.
  *   init(h, &state)        once per handler per configuration generation, on
- *                          the router's control thread. Return 0, or a
+ *                          a thread the router's control thread supervises
+ *                          (as are reopen and fini): one still running past
+ *                          the handler's "timeout_s" is left to finish alone
+ *                          and fails its reload. Return 0, or a
  *                          negative value after describing the problem with
  *                          host->init_error(); then release what init
  *                          allocated, since fini is not called. `h` stays
@@ -40,9 +43,9 @@
  *                          within the handler's "timeout_s" (300 s by default):
  *                          a call still running then restarts the router, and
  *                          the delivery counts a failed attempt.
- *   reopen(state)          on SIGUSR1, on the control thread, possibly while
- *                          handle() runs on workers (log rotation).
- *   fini(state)            once, on the control thread, after the last
+ *   reopen(state)          on SIGUSR1, off the workers, possibly while
+ *                          handle() runs on them (log rotation).
+ *   fini(state)            once, off the workers, after the last
  *                          handle() of this generation has returned. Must
  *                          not fail.
  *

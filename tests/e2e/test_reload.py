@@ -148,3 +148,73 @@ class ReloadTest(RouterTest):
         r.wait_log(r"generation 1 retired")
         log = r.log()
         self.assertLess(log.index("call 1 -> ok"), log.index("generation 1 retired"))
+
+
+class StuckPluginCallTest(RouterTest):
+    """init, reopen and fini run on a supervised job thread: one that runs past
+    its handler's timeout_s is reported and left to finish alone, and graphrouter
+    goes on serving."""
+
+    def config(self, hang_in=None, tag="a"):
+        f = {"plugin": fixture_plugin("flaky"), "timeout_s": 1,
+             "config": {"emit_to": "out", "tag": tag}}
+        if hang_in:
+            f["config"]["hang_in"] = hang_in
+        return base_config(handlers={"f": f, "out": {"plugin": "file",
+                                                     "config": {"path": "out.jsonl"}}},
+                           routes=[{"name": "r", "to": "f"}])
+
+    def stuck(self, r, call):
+        return r.metric("graphrouter_plugin_calls_stuck_total", call=call)
+
+    def delivers(self, r, n, tag):
+        r.post(batch(item(id="i%d" % n)))
+        line = r.wait_jsonl(n)[n - 1]
+        self.assertEqual((line["id"], line["flaky_tag"]), ("i%d" % n, tag))
+
+    def test_an_init_stuck_in_a_reload_fails_the_reload(self):
+        r = self.router(self.config())
+        self.delivers(r, 1, "a")
+        r.write_config(self.config(hang_in="init", tag="b"))
+        r.send_signal(signal.SIGHUP)
+        r.wait_log(r'reload failed; generation 1 keeps serving: handler "f": init\(\) has not '
+                   r'returned after 1 s \(the handler\'s timeout_s\); that build is left to '
+                   r'finish alone')
+        self.assertEqual(r.metric("graphrouter_reloads_total", result="failure"), 1)
+        self.assertEqual(self.stuck(r, "init"), 1)
+        self.delivers(r, 2, "a")  # generation 1 serves
+        r.write_config(self.config(tag="c"))  # a fixed configuration loads
+        r.send_signal(signal.SIGHUP)
+        r.wait_for(lambda: r.metric("graphrouter_reloads_total", result="success") == 1)
+        self.assertEqual(r.metric("graphrouter_config_generation"), 3)
+        self.delivers(r, 3, "c")
+        # a plugin call still runs: graphrouter exits without unloading plugins, status 1
+        self.assertEqual(r.stop(), 1)
+        self.assertIn("stopped (with a plugin call still running)", r.log())
+
+    def test_an_init_stuck_at_start_stops_graphrouter_and_check(self):
+        r = self.router(self.config(hang_in="init"), start=False)
+        status, out, err = r.cli("--check")
+        self.assertEqual((status, out), (1, ""))
+        self.assertIn('handler "f": init() has not returned after 1 s', err)
+        with self.assertRaisesRegex(AssertionError, "router exited with 1"):
+            r.start()
+        self.assertRegex(r.text(), r'cannot start: handler "f": init\(\) has not returned after '
+                                   r'1 s')
+
+    def test_a_stuck_reopen_and_a_stuck_fini_are_reported(self):
+        r = self.router(self.config(hang_in="reopen"))
+        r.send_signal(signal.SIGUSR1)
+        r.wait_log(r'SIGUSR1: handler "f": reopen\(\) has not returned after 1 s')
+        self.assertEqual(self.stuck(r, "reopen"), 1)
+        self.delivers(r, 1, "a")
+        r.write_config(self.config(hang_in="fini", tag="b"))
+        r.send_signal(signal.SIGHUP)
+        r.wait_for(lambda: r.metric("graphrouter_reloads_total", result="success") == 1)
+        self.delivers(r, 2, "b")
+        r.write_config(self.config(tag="c"))  # retires generation 2, whose fini hangs
+        r.send_signal(signal.SIGHUP)
+        r.wait_log(r'retiring a generation: handler "f": fini\(\) has not returned after 1 s')
+        self.assertEqual(self.stuck(r, "fini"), 1)
+        self.delivers(r, 3, "c")
+        self.assertEqual(r.stop(), 1)

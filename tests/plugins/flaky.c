@@ -13,6 +13,7 @@
  *               with SIGSEGV (a plugin bug taking the router down)
  *   hang_on     a message whose JSON contains this string never returns from
  *               handle() (a plugin stuck on a lock or a dead peer)
+ *   hang_in     "init", "reopen" or "fini": that call never returns
  *
  * Emitted events also carry "flaky_max_inflight": the most handle() calls
  * that ran at the same time on this handler so far.
@@ -38,7 +39,7 @@ struct flaky {
     struct gr_handler *h;
     atomic_long calls;
     atomic_long inflight, max_inflight;
-    const char *crash_on, *hang_on;
+    const char *crash_on, *hang_on, *hang_in;
     long fail_times;
     int fail_result;
     long sleep_ms;
@@ -51,6 +52,15 @@ static void sleep_ms(long ms)
     struct timespec ts = {ms / 1000, (ms % 1000) * 1000000L};
     while (ms > 0 && nanosleep(&ts, &ts) != 0) {
     }
+}
+
+static void hang_if(const struct flaky *f, const char *call)
+{
+    if (!f->hang_in || strcmp(f->hang_in, call) != 0)
+        return;
+    host->log(f->h, GR_LOG_WARN, "%s: hanging on purpose", call);
+    for (;;)
+        sleep_ms(1000);
 }
 
 static int flaky_init(struct gr_handler *h, void **state)
@@ -73,7 +83,9 @@ static int flaky_init(struct gr_handler *h, void **state)
     f->tag = host->config_string(h, "tag");
     f->crash_on = host->config_string(h, "crash_on");
     f->hang_on = host->config_string(h, "hang_on");
+    f->hang_in = host->config_string(h, "hang_in");
     sleep_ms((long)host->config_int(h, "init_sleep_ms", 0));
+    hang_if(f, "init");
     *state = f;
     return 0;
 }
@@ -128,8 +140,14 @@ static int flaky_handle(void *state, struct gr_msg *msg)
     return rc;
 }
 
+static void flaky_reopen(void *state)
+{
+    hang_if(state, "reopen");
+}
+
 static void flaky_fini(void *state)
 {
+    hang_if(state, "fini");
     free(state);
 }
 
@@ -143,6 +161,7 @@ static const struct gr_config_key keys[] = {
     {"tag", GR_CONFIG_STRING, 0, "copied into emitted events"},
     {"crash_on", GR_CONFIG_STRING, 0, "crash (SIGSEGV) on messages containing this"},
     {"hang_on", GR_CONFIG_STRING, 0, "never return on messages containing this"},
+    {"hang_in", GR_CONFIG_STRING, 0, "\"init\", \"reopen\" or \"fini\": never return from it"},
     {NULL, 0, 0, NULL},
 };
 
@@ -156,6 +175,7 @@ static const struct gr_plugin plugin = {
     .config_keys = keys,
     .init = flaky_init,
     .handle = flaky_handle,
+    .reopen = flaky_reopen,
     .fini = flaky_fini,
 };
 

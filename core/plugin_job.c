@@ -1,0 +1,138 @@
+/* Supervised jobs for plugin code off the control thread (see plugin_job.h). */
+#define _GNU_SOURCE
+#include "plugin_job.h"
+
+#include <errno.h>
+#include <pthread.h>
+#include <stdatomic.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+
+#include "config.h"
+#include "log.h"
+#include "metrics.h"
+#include "util.h"
+
+struct job {
+    pthread_mutex_t lock;
+    pthread_cond_t finished;
+    void (*fn)(void *);
+    void (*abandoned_fn)(void *);
+    void *arg;
+    bool done, abandoned;
+    /* the plugin call in progress: none while since_ms is 0 */
+    int64_t since_ms; /* monotonic */
+    unsigned timeout_s;
+    const char *what;
+    char handler[65];
+};
+
+static _Thread_local struct job *current_job;
+static atomic_bool any_abandoned;
+
+void gr_job_call_begin(const struct gr_handler *h, const char *what)
+{
+    struct job *j = current_job;
+    if (!j)
+        return;
+    pthread_mutex_lock(&j->lock);
+    snprintf(j->handler, sizeof j->handler, "%s", h->name);
+    j->what = what;
+    j->timeout_s = h->conf->timeout_s;
+    j->since_ms = gr_mono_ms();
+    pthread_mutex_unlock(&j->lock);
+}
+
+void gr_job_call_end(void)
+{
+    struct job *j = current_job;
+    if (!j)
+        return;
+    pthread_mutex_lock(&j->lock);
+    j->since_ms = 0;
+    pthread_mutex_unlock(&j->lock);
+}
+
+static void job_free(struct job *j)
+{
+    pthread_cond_destroy(&j->finished);
+    pthread_mutex_destroy(&j->lock);
+    free(j);
+}
+
+static void *job_main(void *arg)
+{
+    struct job *j = arg;
+    current_job = j;
+    j->fn(j->arg);
+    current_job = NULL;
+    pthread_mutex_lock(&j->lock);
+    j->done = true;
+    bool abandoned = j->abandoned;
+    pthread_cond_signal(&j->finished);
+    pthread_mutex_unlock(&j->lock);
+    if (abandoned) { /* nobody waits: this thread cleans up */
+        gr_info("a plugin's %s for handler \"%s\" returned after all; what its job held is "
+                "released",
+                j->what, j->handler);
+        if (j->abandoned_fn)
+            j->abandoned_fn(j->arg);
+        job_free(j);
+    }
+    return NULL;
+}
+
+bool gr_job_run(void (*fn)(void *arg), void *arg, void (*abandoned)(void *arg),
+                struct gr_job_stuck *stuck)
+{
+    struct job *j = gr_xcalloc(1, sizeof *j);
+    j->fn = fn;
+    j->arg = arg;
+    j->abandoned_fn = abandoned;
+    pthread_mutex_init(&j->lock, NULL);
+    pthread_condattr_t attr;
+    pthread_condattr_init(&attr);
+    pthread_condattr_setclock(&attr, CLOCK_MONOTONIC);
+    pthread_cond_init(&j->finished, &attr);
+    pthread_condattr_destroy(&attr);
+    pthread_t t;
+    pthread_attr_t ta;
+    pthread_attr_init(&ta);
+    pthread_attr_setdetachstate(&ta, PTHREAD_CREATE_DETACHED);
+    int rc = pthread_create(&t, &ta, job_main, j);
+    pthread_attr_destroy(&ta);
+    if (rc != 0) { /* no thread: run it here, unsupervised */
+        gr_warn("cannot start a thread for plugin calls (%s); running them unsupervised",
+                strerror(rc));
+        current_job = NULL;
+        fn(arg);
+        job_free(j);
+        return true;
+    }
+    pthread_mutex_lock(&j->lock);
+    while (!j->done) {
+        int64_t until = gr_mono_ms() + 250;
+        struct timespec ts = {.tv_sec = until / 1000, .tv_nsec = (until % 1000) * 1000000};
+        pthread_cond_timedwait(&j->finished, &j->lock, &ts);
+        if (!j->done && j->since_ms && j->timeout_s &&
+            gr_mono_ms() - j->since_ms > (int64_t)j->timeout_s * 1000) {
+            j->abandoned = true;
+            *stuck = (struct gr_job_stuck){.what = j->what, .timeout_s = j->timeout_s};
+            snprintf(stuck->handler, sizeof stuck->handler, "%s", j->handler);
+            pthread_mutex_unlock(&j->lock);
+            atomic_store(&any_abandoned, true);
+            gr_metrics_plugin_call_stuck(stuck->what);
+            return false;
+        }
+    }
+    pthread_mutex_unlock(&j->lock);
+    job_free(j);
+    return true;
+}
+
+bool gr_job_any_abandoned(void)
+{
+    return atomic_load(&any_abandoned);
+}
