@@ -186,8 +186,11 @@ int gr_generation_build(const char *file, uint64_t id, struct gr_generation *pre
 {
     *out = NULL;
     struct gr_config *cfg;
-    if (gr_config_load(file, &cfg, err) < 0)
+    if (gr_config_load(file, &cfg, err) < 0) {
+        if (prev)
+            gr_generation_unpin(prev);
         return -1;
+    }
     struct gr_generation *g = gr_xcalloc(1, sizeof *g);
     g->id = id;
     g->cfg = cfg;
@@ -195,7 +198,10 @@ int gr_generation_build(const char *file, uint64_t id, struct gr_generation *pre
     g->handlers = gr_xcalloc(cfg->nhandlers, sizeof *g->handlers);
     struct gr_check c = {.file = cfg->file, .pos = cfg->pos};
     const json_t *handlers_obj = json_object_get(cfg->root, "handlers");
-    if (build_rich(&c, g, prev) < 0)
+    int rich = build_rich(&c, g, prev);
+    if (prev) /* released before any plugin code runs, which might never return */
+        gr_generation_unpin(prev);
+    if (rich < 0)
         goto fail;
 
     for (size_t i = 0; i < cfg->nhandlers; i++) {

@@ -44,8 +44,9 @@ struct gr_generation {
 };
 
 /* Build a complete generation from a config file. `prev` (may be NULL) is
- * the generation it will replace: an unchanged JWKS URL source is shared
- * with it, keys, cache and all. On failure returns -1 with
+ * the generation it will replace, pinned by the caller for the build, which
+ * unpins it before any plugin code runs: an unchanged JWKS URL source is
+ * shared with it, keys, cache and all. On failure returns -1 with
  * *err = "FILE:LINE:COL: what is wrong" (malloc'd). Run by the control
  * thread's jobs, one at a time, except beside one abandoned inside a
  * plugin's init (plugin_job.h): what builds share is locked. */

@@ -52,19 +52,78 @@ static void on_generation_idle(void)
     wake('R');
 }
 
-/* ---- plugin code off the control thread (plugin_job.h) ---------------- */
+/* ---- the control thread ---------------------------------------------------
+ * It acts on signals (through control_pipe), reloads, retires generations
+ * and watches the workers' handle() calls; plugin code it needs run (init,
+ * reopen, fini) runs as supervised jobs (plugin_job.h) while it goes on
+ * doing that every 250 ms (control_tick). */
+
+struct control {
+    const char *file;
+    uint64_t next_id;
+    struct gr_generation *retired;
+    struct gr_store *store;     /* NULL until started */
+    struct gr_workers *workers; /* NULL until started */
+    bool hup, usr1, term;       /* signals not acted on yet */
+    bool restart;               /* a handle() call is stuck: exit with status 1 */
+};
+
+/* A handle() call past its handler's timeout_s. In-process code cannot be
+ * stopped safely, so graphrouter restarts: it shuts down as for SIGTERM and
+ * exits with status 1 once the stuck call has had shutdown_timeout_s more;
+ * at the next start that delivery counts a failed attempt (see recover() in
+ * the store), so one that hangs every time ends as a dead letter. */
+static void restart_for(struct gr_store *store, const struct gr_overdue *o)
+{
+    gr_error("handler \"%s\": handle() has run for %lld s on delivery %lld, past its timeout_s "
+             "(%u s); restarting graphrouter (exit status 1): the delivery counts a failed "
+             "attempt and runs again after the restart",
+             o->handler, (long long)(o->running_ms / 1000), (long long)o->delivery, o->timeout_s);
+    char *note = gr_xprintf("handle() did not return within the handler's timeout_s (%u s); "
+                            "graphrouter restarted",
+                            o->timeout_s);
+    gr_store_note_running(store, o->delivery, note);
+    free(note);
+}
+
+/* Take in signals and check the workers' calls. True when the control
+ * thread must stop waiting for a plugin job: shutting down or restarting. */
+static bool control_tick(void *arg)
+{
+    struct control *ctl = arg;
+    char buf[64];
+    ssize_t n;
+    while ((n = read(control_pipe[0], buf, sizeof buf)) > 0) {
+        for (ssize_t i = 0; i < n; i++) {
+            ctl->hup |= buf[i] == 'H';
+            ctl->term |= buf[i] == 'T';
+            ctl->usr1 |= buf[i] == 'U';
+        }
+    }
+    struct gr_overdue overdue;
+    while (ctl->workers && gr_workers_overdue(ctl->workers, &overdue)) { /* each stuck call, once */
+        restart_for(ctl->store, &overdue);
+        ctl->restart = true;
+    }
+    return ctl->term || ctl->restart;
+}
 
 static void report_stuck(const char *doing, const struct gr_job_stuck *st)
 {
-    gr_error("%s: handler \"%s\": %s() has not returned after %u s (the handler's timeout_s); "
-             "left to finish alone",
-             doing, st->handler, st->what, st->timeout_s);
+    if (st->given_up)
+        gr_warn("%s: no longer waited for (graphrouter is stopping)%s%s%s", doing,
+                st->what ? "; handler \"" : "", st->what ? st->handler : "",
+                st->what ? "\" was in a plugin call" : "");
+    else
+        gr_error("%s: handler \"%s\": %s() has not returned after %u s (the handler's "
+                 "timeout_s); left to finish alone",
+                 doing, st->handler, st->what, st->timeout_s);
 }
 
 struct build {
     const char *file;
     uint64_t id;
-    struct gr_generation *prev; /* pinned for the job */
+    struct gr_generation *prev; /* pinned for the build, which unpins it */
     struct gr_generation *g;
     char *err;
     int rc;
@@ -81,25 +140,22 @@ static void build_abandoned(void *arg)
     struct build *b = arg;
     gr_generation_destroy(b->g);
     free(b->err);
-    if (b->prev)
-        gr_generation_unpin(b->prev);
     free(b);
 }
 
 /* gr_generation_build as a supervised job: 0 or -1 with *err as it returns;
- * -2 when a plugin's init is stuck (*stuck says which). */
-static int build(const char *file, uint64_t id, bool on_current, struct gr_generation **out,
+ * -2 when it was given up on (*stuck says why). */
+static int build(struct control *ctl, uint64_t id, bool on_current, struct gr_generation **out,
                  char **err, struct gr_job_stuck *stuck)
 {
     struct build *b = gr_xcalloc(1, sizeof *b);
-    *b = (struct build){.file = file, .id = id, .prev = on_current ? gr_generation_pin() : NULL};
-    if (!gr_job_run(build_job, b, build_abandoned, stuck))
+    *b = (struct build){.file = ctl->file, .id = id,
+                        .prev = on_current ? gr_generation_pin() : NULL};
+    if (!gr_job_run(build_job, b, build_abandoned, control_tick, ctl, stuck))
         return -2;
     *out = b->g;
     *err = b->err;
     int rc = b->rc;
-    if (b->prev)
-        gr_generation_unpin(b->prev);
     free(b);
     return rc;
 }
@@ -109,14 +165,22 @@ static void destroy_job(void *arg)
     gr_generation_destroy(arg);
 }
 
-/* fini and unload as a supervised job; false if a fini is stuck. */
-static bool destroy(struct gr_generation *g, const char *doing)
+/* fini and unload as a supervised job; false if it was given up on. */
+static bool destroy(struct control *ctl, struct gr_generation *g, const char *doing)
 {
     struct gr_job_stuck stuck;
-    if (gr_job_run(destroy_job, g, NULL, &stuck))
+    if (gr_job_run(destroy_job, g, NULL, control_tick, ctl, &stuck))
         return true;
     report_stuck(doing, &stuck);
     return false;
+}
+
+/* Plugins can be unloaded only once no plugin code runs: exit without. */
+static _Noreturn void exit_leaving_plugins(int status)
+{
+    gr_info("stopped (with a plugin call still running)");
+    gr_plugin_host_cleanup();
+    _exit(status);
 }
 
 static void usage(FILE *out)
@@ -158,14 +222,16 @@ static void warn_about(const struct gr_config *cfg)
 
 static int run_check(const char *file)
 {
+    struct control ctl = {.file = file};
     struct gr_generation *g;
     char *err = NULL;
     struct gr_job_stuck stuck;
-    int rc = build(file, 1, false, &g, &err, &stuck);
+    int rc = build(&ctl, 1, false, &g, &err, &stuck);
     if (rc == -2) {
         fprintf(stderr, "%s: handler \"%s\": init() has not returned after %u s (the handler's "
                         "timeout_s)\n",
                 file, stuck.handler, stuck.timeout_s);
+        gr_plugin_host_cleanup();
         _exit(1); /* the plugin's code is still running: nothing can be unloaded */
     }
     if (rc < 0) {
@@ -174,8 +240,11 @@ static int run_check(const char *file)
     } else {
         warn_about(g->cfg);
         printf("%s: ok (%zu handlers, %zu routes)\n", file, g->nhandlers, g->cfg->routes.n);
-        if (!destroy(g, "checking the configuration"))
+        fflush(stdout);
+        if (!destroy(&ctl, g, "checking the configuration")) {
+            gr_plugin_host_cleanup();
             _exit(1);
+        }
     }
     gr_plugin_host_cleanup();
     return rc < 0 ? 1 : 0;
@@ -205,13 +274,6 @@ static char *start_only_change(const struct gr_config *a, const struct gr_config
     return NULL;
 }
 
-struct control {
-    const char *file;
-    uint64_t next_id;
-    struct gr_generation *retired;
-    struct gr_store *store;
-};
-
 static void reload(struct control *ctl)
 {
     gr_info("reload requested: building generation %llu from %s",
@@ -220,16 +282,18 @@ static void reload(struct control *ctl)
     struct gr_generation *g = NULL;
     char *err = NULL;
     struct gr_job_stuck stuck;
-    int rc = build(ctl->file, ctl->next_id, true, &g, &err, &stuck);
+    int rc = build(ctl, ctl->next_id, true, &g, &err, &stuck);
     if (rc == -2) {
         ctl->next_id++; /* that id stays with the abandoned build */
-        err = gr_xprintf("handler \"%s\": init() has not returned after %u s (the handler's "
-                         "timeout_s); that build is left to finish alone",
-                         stuck.handler, stuck.timeout_s);
+        err = stuck.given_up
+                  ? gr_xstrdup("graphrouter is stopping; that build is left to finish alone")
+                  : gr_xprintf("handler \"%s\": init() has not returned after %u s (the "
+                               "handler's timeout_s); that build is left to finish alone",
+                               stuck.handler, stuck.timeout_s);
     } else if (rc == 0) {
         err = start_only_change(cur->cfg, g->cfg);
         if (err) {
-            destroy(g, "reload");
+            destroy(ctl, g, "reload");
             g = NULL;
         }
     }
@@ -270,7 +334,7 @@ static void reap(struct control *ctl)
         }
         *p = g->next_retired;
         gr_info("generation %llu retired", (unsigned long long)g->id);
-        destroy(g, "retiring a generation"); /* stuck: it stays loaded */
+        destroy(ctl, g, "retiring a generation"); /* stuck: it stays loaded */
     }
 }
 
@@ -287,20 +351,34 @@ static void reopen_job(void *arg)
     }
 }
 
+/* The generation whose reopen was given up on and still runs: SIGUSR1 does
+ * not start another reopen on the same handler states meanwhile. */
+static _Atomic(struct gr_generation *) reopen_running;
+
 static void reopen_abandoned(void *arg)
 {
+    struct gr_generation *g = arg;
+    atomic_compare_exchange_strong(&reopen_running, &g, NULL);
     gr_generation_unpin(arg);
 }
 
-static void reopen(void)
+static void reopen(struct control *ctl)
 {
     struct gr_generation *g = gr_generation_pin();
+    if (atomic_load(&reopen_running) == g) {
+        gr_warn("SIGUSR1 ignored: the last reopen of generation %llu has not returned",
+                (unsigned long long)g->id);
+        gr_generation_unpin(g);
+        return;
+    }
     gr_info("SIGUSR1: handlers reopen their files");
     struct gr_job_stuck stuck;
-    if (gr_job_run(reopen_job, g, reopen_abandoned, &stuck))
+    if (gr_job_run(reopen_job, g, reopen_abandoned, control_tick, ctl, &stuck)) {
         gr_generation_unpin(g);
-    else
-        report_stuck("SIGUSR1", &stuck);
+        return;
+    }
+    atomic_store(&reopen_running, g); /* a set after its clear would only skip a reopen */
+    report_stuck("SIGUSR1", &stuck);
 }
 
 static void raise_fd_limit(void)
@@ -335,24 +413,6 @@ static int setup_signals(sigset_t *handled)
     return 0;
 }
 
-/* A handle() call past its handler's timeout_s. In-process code cannot be
- * stopped safely, so graphrouter restarts: it shuts down as for SIGTERM and
- * exits with status 1 once the stuck call has had shutdown_timeout_s more;
- * at the next start that delivery counts a failed attempt (see recover() in
- * the store), so one that hangs every time ends as a dead letter. */
-static void restart_for(struct gr_store *store, const struct gr_overdue *o)
-{
-    gr_error("handler \"%s\": handle() has run for %lld s on delivery %lld, past its timeout_s "
-             "(%u s); restarting graphrouter (exit status 1): the delivery counts a failed "
-             "attempt and runs again after the restart",
-             o->handler, (long long)(o->running_ms / 1000), (long long)o->delivery, o->timeout_s);
-    char *note = gr_xprintf("handle() did not return within the handler's timeout_s (%u s); "
-                            "graphrouter restarted",
-                            o->timeout_s);
-    gr_store_note_running(store, o->delivery, note);
-    free(note);
-}
-
 static int run(const char *file)
 {
     raise_fd_limit();
@@ -365,10 +425,10 @@ static int run(const char *file)
     struct gr_generation *g = NULL;
     char *err = NULL;
     struct gr_job_stuck stuck;
-    int built = build(file, 1, false, &g, &err, &stuck);
+    int built = build(&ctl, 1, false, &g, &err, &stuck);
     if (built == -2) {
         report_stuck("cannot start", &stuck);
-        _exit(1); /* the plugin's code is still running: nothing can be unloaded */
+        exit_leaving_plugins(1);
     }
     if (built < 0) {
         gr_error("cannot start: %s", err);
@@ -395,8 +455,8 @@ static int run(const char *file)
     if (!store) {
         gr_error("cannot start: %s", err);
         free(err);
-        if (!destroy(gr_generation_swap(NULL), "cannot start"))
-            _exit(1);
+        if (!destroy(&ctl, gr_generation_swap(NULL), "cannot start"))
+            exit_leaving_plugins(1);
         gr_plugin_host_cleanup();
         return 1;
     }
@@ -409,8 +469,8 @@ static int run(const char *file)
         gr_store_stop_taking(store);
         gr_workers_join(workers, gr_wall_ms() + 5000);
         gr_store_close(store);
-        if (!destroy(gr_generation_swap(NULL), "cannot start"))
-            _exit(1);
+        if (!destroy(&ctl, gr_generation_swap(NULL), "cannot start"))
+            exit_leaving_plugins(1);
         gr_plugin_host_cleanup();
         return 1;
     }
@@ -419,35 +479,25 @@ static int run(const char *file)
             g->cfg->routes.n, g->cfg->workers, g->cfg->store_path);
     pthread_sigmask(SIG_UNBLOCK, &handled, NULL);
 
-    int status = 0;
+    ctl.workers = workers;
     for (;;) {
         struct pollfd p = {.fd = control_pipe[0], .events = POLLIN};
         poll(&p, 1, 1000);
-        bool hup = false, term = false, usr1 = false;
-        char buf[64];
-        ssize_t n;
-        while ((n = read(control_pipe[0], buf, sizeof buf)) > 0) {
-            for (ssize_t i = 0; i < n; i++) {
-                hup |= buf[i] == 'H';
-                term |= buf[i] == 'T';
-                usr1 |= buf[i] == 'U';
-            }
-        }
+        control_tick(&ctl);
         reap(&ctl);
-        if (term)
+        if (ctl.term || ctl.restart)
             break;
-        struct gr_overdue overdue;
-        while (gr_workers_overdue(workers, &overdue)) { /* each stuck call, once */
-            restart_for(store, &overdue);
-            status = 1; /* a failure: systemd's Restart=on-failure starts it again */
-        }
-        if (status)
-            break;
-        if (hup)
+        if (ctl.hup) {
+            ctl.hup = false;
             reload(&ctl);
-        if (usr1)
-            reopen();
+        }
+        if (ctl.usr1) {
+            ctl.usr1 = false;
+            reopen(&ctl);
+        }
     }
+    /* a failure: systemd's Restart=on-failure starts it again */
+    int status = ctl.restart ? 1 : 0;
 
     /* Shutdown: no new requests; those in progress are answered (their items
      * committed); workers finish what they hold; what waits stays stored. */
@@ -472,13 +522,14 @@ static int run(const char *file)
     gr_store_close(store);
     struct gr_generation *last = gr_generation_swap(NULL);
     gr_generation_unpin(last);
+    ctl.workers = NULL;
+    ctl.term = false; /* the jobs below are waited for: what they wait on is bounded */
     reap(&ctl);
-    bool unloaded = destroy(last, "stopping");
-    if (!unloaded || gr_job_any_abandoned()) {
-        /* A plugin call is still running: its code must stay mapped. */
-        gr_info("stopped (with a plugin call still running)");
-        _exit(status ? status : 1);
-    }
+    /* A job given up on may still use `last` (a reopen pins it) or run
+     * plugin code: then nothing is unloaded. */
+    if (gr_job_abandoned_running() || atomic_load(&last->refs) != 0 ||
+        !destroy(&ctl, last, "stopping"))
+        exit_leaving_plugins(status ? status : 1);
     gr_plugin_host_cleanup();
     gr_info("stopped");
     return status;

@@ -30,7 +30,7 @@ struct job {
 };
 
 static _Thread_local struct job *current_job;
-static atomic_bool any_abandoned;
+static atomic_int abandoned_running;
 
 void gr_job_call_begin(const struct gr_handler *h, const char *what)
 {
@@ -74,18 +74,19 @@ static void *job_main(void *arg)
     pthread_cond_signal(&j->finished);
     pthread_mutex_unlock(&j->lock);
     if (abandoned) { /* nobody waits: this thread cleans up */
-        gr_info("a plugin's %s for handler \"%s\" returned after all; what its job held is "
-                "released",
-                j->what, j->handler);
+        gr_info("a plugin job given up on has finished (last call: %s of handler \"%s\"); "
+                "what it held is released",
+                j->what ? j->what : "none", j->handler);
         if (j->abandoned_fn)
             j->abandoned_fn(j->arg);
         job_free(j);
+        atomic_fetch_sub(&abandoned_running, 1);
     }
     return NULL;
 }
 
 bool gr_job_run(void (*fn)(void *arg), void *arg, void (*abandoned)(void *arg),
-                struct gr_job_stuck *stuck)
+                bool (*give_up)(void *ctx), void *ctx, struct gr_job_stuck *stuck)
 {
     struct job *j = gr_xcalloc(1, sizeof *j);
     j->fn = fn;
@@ -116,23 +117,37 @@ bool gr_job_run(void (*fn)(void *arg), void *arg, void (*abandoned)(void *arg),
         int64_t until = gr_mono_ms() + 250;
         struct timespec ts = {.tv_sec = until / 1000, .tv_nsec = (until % 1000) * 1000000};
         pthread_cond_timedwait(&j->finished, &j->lock, &ts);
-        if (!j->done && j->since_ms && j->timeout_s &&
-            gr_mono_ms() - j->since_ms > (int64_t)j->timeout_s * 1000) {
-            j->abandoned = true;
-            *stuck = (struct gr_job_stuck){.what = j->what, .timeout_s = j->timeout_s};
-            snprintf(stuck->handler, sizeof stuck->handler, "%s", j->handler);
-            pthread_mutex_unlock(&j->lock);
-            atomic_store(&any_abandoned, true);
-            gr_metrics_plugin_call_stuck(stuck->what);
-            return false;
+        if (j->done)
+            break;
+        bool late = j->since_ms && j->timeout_s &&
+                    gr_mono_ms() - j->since_ms > (int64_t)j->timeout_s * 1000;
+        if (!late && give_up) {
+            pthread_mutex_unlock(&j->lock); /* give_up may take its time */
+            bool quit = give_up(ctx);
+            pthread_mutex_lock(&j->lock);
+            if (!quit || j->done)
+                continue;
+        } else if (!late) {
+            continue;
         }
+        j->abandoned = true;
+        *stuck = (struct gr_job_stuck){.timeout_s = j->timeout_s, .given_up = !late};
+        if (j->since_ms) {
+            stuck->what = j->what;
+            snprintf(stuck->handler, sizeof stuck->handler, "%s", j->handler);
+        }
+        atomic_fetch_add(&abandoned_running, 1);
+        pthread_mutex_unlock(&j->lock);
+        if (late)
+            gr_metrics_plugin_call_stuck(stuck->what);
+        return false;
     }
     pthread_mutex_unlock(&j->lock);
     job_free(j);
     return true;
 }
 
-bool gr_job_any_abandoned(void)
+bool gr_job_abandoned_running(void)
 {
-    return atomic_load(&any_abandoned);
+    return atomic_load(&abandoned_running) > 0;
 }

@@ -26,20 +26,24 @@ void gr_job_call_end(void);
 
 /* The call a job was abandoned in. */
 struct gr_job_stuck {
-    char handler[65];
-    const char *what;
+    char handler[65]; /* empty if no plugin call was running */
+    const char *what;  /* "init", "reopen", "fini"; NULL likewise */
     unsigned timeout_s;
+    bool given_up;     /* by `give_up`, not for a timeout */
 };
 
-/* Run fn(arg) on a new thread and wait until it returns: true. If one of its
- * plugin calls runs past its handler's timeout_s, fills *stuck, counts it
- * (graphrouter_plugin_calls_stuck_total) and returns false at once, leaving
- * the thread to finish alone: it then calls abandoned(arg) (may be NULL),
- * which must release what fn produced and arg itself. */
+/* Run fn(arg) on a new thread and wait until it returns: true. Returns
+ * false at once, leaving the thread to finish alone, when one of its plugin
+ * calls runs past its handler's timeout_s (counted in
+ * graphrouter_plugin_calls_stuck_total) or when give_up(ctx) (called about
+ * every 250 ms; may be NULL) says so; *stuck says which. An abandoned thread
+ * calls abandoned(arg) (may be NULL) once fn returns, if ever: it must
+ * release what fn produced and arg itself. */
 bool gr_job_run(void (*fn)(void *arg), void *arg, void (*abandoned)(void *arg),
-                struct gr_job_stuck *stuck);
+                bool (*give_up)(void *ctx), void *ctx, struct gr_job_stuck *stuck);
 
-/* Whether a job was ever abandoned: its thread may still be in plugin code. */
-bool gr_job_any_abandoned(void);
+/* Whether an abandoned job is still running: its thread may be in plugin code,
+ * so no plugin may be unloaded. */
+bool gr_job_abandoned_running(void);
 
 #endif

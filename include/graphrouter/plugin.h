@@ -32,7 +32,9 @@
  *                          a thread the router's control thread supervises
  *                          (as are reopen and fini): one still running past
  *                          the handler's "timeout_s" is left to finish alone
- *                          and fails its reload. Return 0, or a
+ *                          (an init then fails its reload, or the start), and
+ *                          the next init, reopen or fini of the same plugin
+ *                          may run beside it. Return 0, or a
  *                          negative value after describing the problem with
  *                          host->init_error(); then release what init
  *                          allocated, since fini is not called. `h` stays

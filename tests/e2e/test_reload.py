@@ -155,9 +155,9 @@ class StuckPluginCallTest(RouterTest):
     its handler's timeout_s is reported and left to finish alone, and graphrouter
     goes on serving."""
 
-    def config(self, hang_in=None, tag="a"):
-        f = {"plugin": fixture_plugin("flaky"), "timeout_s": 1,
-             "config": {"emit_to": "out", "tag": tag}}
+    def config(self, hang_in=None, tag="a", timeout_s=1, **more):
+        f = {"plugin": fixture_plugin("flaky"), "timeout_s": timeout_s,
+             "config": dict(emit_to="out", tag=tag, **more)}
         if hang_in:
             f["config"]["hang_in"] = hang_in
         return base_config(handlers={"f": f, "out": {"plugin": "file",
@@ -188,9 +188,43 @@ class StuckPluginCallTest(RouterTest):
         r.wait_for(lambda: r.metric("graphrouter_reloads_total", result="success") == 1)
         self.assertEqual(r.metric("graphrouter_config_generation"), 3)
         self.delivers(r, 3, "c")
+        # the stuck build let go of generation 1 before its plugins ran
+        r.wait_log(r"generation 1 retired")
         # a plugin call still runs: graphrouter exits without unloading plugins, status 1
         self.assertEqual(r.stop(), 1)
         self.assertIn("stopped (with a plugin call still running)", r.log())
+
+    def test_a_reopen_that_returns_late_is_released(self):
+        r = self.router(self.config(reopen_sleep_ms=2500))
+        r.send_signal(signal.SIGUSR1)
+        r.wait_log(r'SIGUSR1: handler "f": reopen\(\) has not returned after 1 s')
+        self.delivers(r, 1, "a")
+        r.wait_log(r"a plugin job given up on has finished \(last call: reopen of handler ")
+        self.assertEqual(r.stop(), 0)  # nothing runs any more: a clean stop
+        self.assertNotIn("plugin call still running", r.log())
+
+    def test_sigterm_with_the_serving_generations_reopen_stuck(self):
+        r = self.router(self.config(hang_in="reopen"))
+        r.send_signal(signal.SIGUSR1)
+        r.wait_log(r'SIGUSR1: handler "f": reopen\(\) has not returned after 1 s')
+        r.send_signal(signal.SIGUSR1)  # not another reopen on the same states
+        r.wait_log(r"SIGUSR1 ignored: the last reopen of generation 1 has not returned")
+        self.assertEqual(r.log().count("reopen: hanging on purpose"), 1)
+        self.delivers(r, 1, "a")
+        # the stuck reopen still uses generation 1: nothing is unloaded under it
+        self.assertEqual(r.stop(), 1)
+        self.assertIn("stopped (with a plugin call still running)", r.log())
+
+    def test_sigterm_does_not_wait_for_a_slow_reload(self):
+        r = self.router(self.config())
+        r.write_config(self.config(tag="b", timeout_s=60, init_sleep_ms=30000))
+        r.send_signal(signal.SIGHUP)
+        r.wait_log(r"reload requested: building generation 2")
+        t0 = time.monotonic()
+        self.assertEqual(r.stop(), 1)  # the build, still in init, is left behind
+        self.assertLess(time.monotonic() - t0, 10)
+        self.assertRegex(r.text(), r"reload failed; generation 1 keeps serving: graphrouter is "
+                                   r"stopping")
 
     def test_an_init_stuck_at_start_stops_graphrouter_and_check(self):
         r = self.router(self.config(hang_in="init"), start=False)

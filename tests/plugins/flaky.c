@@ -14,6 +14,7 @@
  *   hang_on     a message whose JSON contains this string never returns from
  *               handle() (a plugin stuck on a lock or a dead peer)
  *   hang_in     "init", "reopen" or "fini": that call never returns
+ *   reopen_sleep_ms  reopen() sleeps this long (slow, but it returns)
  *
  * Emitted events also carry "flaky_max_inflight": the most handle() calls
  * that ran at the same time on this handler so far.
@@ -40,6 +41,7 @@ struct flaky {
     atomic_long calls;
     atomic_long inflight, max_inflight;
     const char *crash_on, *hang_on, *hang_in;
+    long reopen_sleep_ms;
     long fail_times;
     int fail_result;
     long sleep_ms;
@@ -84,6 +86,7 @@ static int flaky_init(struct gr_handler *h, void **state)
     f->crash_on = host->config_string(h, "crash_on");
     f->hang_on = host->config_string(h, "hang_on");
     f->hang_in = host->config_string(h, "hang_in");
+    f->reopen_sleep_ms = (long)host->config_int(h, "reopen_sleep_ms", 0);
     sleep_ms((long)host->config_int(h, "init_sleep_ms", 0));
     hang_if(f, "init");
     *state = f;
@@ -142,7 +145,9 @@ static int flaky_handle(void *state, struct gr_msg *msg)
 
 static void flaky_reopen(void *state)
 {
-    hang_if(state, "reopen");
+    struct flaky *f = state;
+    sleep_ms(f->reopen_sleep_ms);
+    hang_if(f, "reopen");
 }
 
 static void flaky_fini(void *state)
@@ -161,6 +166,7 @@ static const struct gr_config_key keys[] = {
     {"tag", GR_CONFIG_STRING, 0, "copied into emitted events"},
     {"crash_on", GR_CONFIG_STRING, 0, "crash (SIGSEGV) on messages containing this"},
     {"hang_on", GR_CONFIG_STRING, 0, "never return on messages containing this"},
+    {"reopen_sleep_ms", GR_CONFIG_INT, 0, "sleep in reopen"},
     {"hang_in", GR_CONFIG_STRING, 0, "\"init\", \"reopen\" or \"fini\": never return from it"},
     {NULL, 0, 0, NULL},
 };
