@@ -111,9 +111,7 @@ static bool control_tick(void *arg)
 static void report_stuck(const char *doing, const struct gr_job_stuck *st)
 {
     if (st->given_up)
-        gr_warn("%s: no longer waited for (graphrouter is stopping)%s%s%s", doing,
-                st->what ? "; handler \"" : "", st->what ? st->handler : "",
-                st->what ? "\" was in a plugin call" : "");
+        gr_warn("%s: no longer waited for: graphrouter is stopping", doing);
     else
         gr_error("%s: handler \"%s\": %s() has not returned after %u s (the handler's "
                  "timeout_s); left to finish alone",
