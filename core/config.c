@@ -586,7 +586,10 @@ static int check_timeout(struct gr_check *c, const json_t *h, struct gr_handler_
     const json_t *own = json_object_get(hc->config, "timeout_ms");
     if (!json_is_integer(own) || json_integer_value(own) <= 0)
         return 0;
-    json_int_t own_s = (json_integer_value(own) + 999) / 1000;
+    json_int_t own_ms = json_integer_value(own);
+    if (own_ms > (json_int_t)86400 * 1000) /* no timeout_s can be longer */
+        own_ms = (json_int_t)86400 * 1000;
+    json_int_t own_s = (own_ms + 999) / 1000;
     if (!json_object_get(h, "timeout_s")) {
         if (own_s + 60 > (json_int_t)hc->timeout_s)
             hc->timeout_s = own_s + 60 > 86400 ? 86400 : (unsigned)(own_s + 60);

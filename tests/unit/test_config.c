@@ -184,6 +184,9 @@ static void test_timeout_follows_the_plugins_own(void **state)
         {"{\"plugin\": \"exec\", \"timeout_s\": 61, \"config\": {\"timeout_ms\": 60000}}", 61},
         {"{\"plugin\": \"exec\", \"timeout_s\": 0, \"config\": {\"timeout_ms\": 60000}}", 0},
         {"{\"plugin\": \"http\", \"config\": {\"timeout_ms\": \"soon\"}}", 300},
+        {"{\"plugin\": \"http\", \"config\": {\"timeout_ms\": 9223372036854775807}}", 86400},
+        {"{\"plugin\": \"http\", \"timeout_s\": 0, \"config\": {\"timeout_ms\": "
+         "9223372036854775807}}", 0},
     };
     for (size_t i = 0; i < sizeof cases / sizeof *cases; i++) {
         char *text = gr_xprintf("{\"handlers\": {\"a\": %s}, \"routes\": []}", cases[i].handler);
