@@ -78,6 +78,10 @@
 #   NOSTORE_RUN [1]: one more run of graphrouter with a body whose clientState
 #     is refused (answered 202, nothing stored): the request path's own cost
 #   DRAIN_TIMEOUT [20]: seconds to wait for graphrouter's backlog to be done
+#   LOADGEN_CPUS, SERVER_CPUS [unset]: CPU lists (taskset -c syntax, e.g. 0-1)
+#     for the load generators and for the servers under test (nginx and
+#     graphrouter alike); on a machine with enough cores, pinning them apart
+#     measures the servers without the load generator taking their CPU time
 #   KEEP_TMP [0]: 1 keeps the temp dir (configs, logs, raw results)
 #   With the defaults the whole script takes about 1.5 minutes (plus the
 #   install and the build, when they are needed).
@@ -109,6 +113,8 @@ PHASE2_NGINX=${PHASE2_NGINX:-1}
 NOSTORE_RUN=${NOSTORE_RUN:-1}
 DRAIN_TIMEOUT=${DRAIN_TIMEOUT:-20}
 KEEP_TMP=${KEEP_TMP:-0}
+LOADGEN_CPUS=${LOADGEN_CPUS:-}
+SERVER_CPUS=${SERVER_CPUS:-}
 
 die() {
   echo "ingest.sh: $*" >&2
@@ -120,6 +126,13 @@ for v in CONNS THREADS DURATION WARMUP RUNS GR_HTTP_THREADS GR_WORKERS NGINX_WOR
   [[ ${!v} =~ ^[0-9]+$ ]] && ((${!v} > 0)) || die "$v must be a positive integer (got '${!v}')"
 done
 [[ $LOAD_FRACTION =~ ^(0?\.[0-9]+|1(\.0*)?)$ ]] || die "LOAD_FRACTION must be in (0, 1]"
+loadgen_cpu=() server_cpu=()
+for v in LOADGEN_CPUS SERVER_CPUS; do
+  [ -z "${!v}" ] || [[ ${!v} =~ ^[0-9]+(-[0-9]+)?(,[0-9]+(-[0-9]+)?)*$ ]] ||
+    die "$v must be a CPU list such as 0-1 or 0,2 (got '${!v}')"
+done
+[ -z "$LOADGEN_CPUS" ] || loadgen_cpu=(taskset -c "$LOADGEN_CPUS")
+[ -z "$SERVER_CPUS" ] || server_cpu=(taskset -c "$SERVER_CPUS")
 ((THREADS <= CONNS)) || die "THREADS ($THREADS) must not exceed CONNS ($CONNS)"
 ((DURATION <= 120 && WARMUP <= 60 && RUNS <= 10)) ||
   die "DURATION <= 120, WARMUP <= 60 and RUNS <= 10 keep the run bounded"
@@ -359,7 +372,7 @@ $temp_paths    keepalive_requests 1000000;
 EOF
     "$ngx" -q -t -p "$ng/" -e "$ng/error.log" -c "$ng/nginx.conf" >/dev/null 2>&1 ||
       { cat "$ng/error.log" >&2; die "nginx rejects its config $ng/nginx.conf"; }
-    "$ngx" -p "$ng/" -e "$ng/error.log" -c "$ng/nginx.conf" &
+    "${server_cpu[@]}" "$ngx" -p "$ng/" -e "$ng/error.log" -c "$ng/nginx.conf" &
     nginx_pid=$!
     local i
     for ((i = 0; i < 50; i++)); do
@@ -398,7 +411,7 @@ start_graphrouter() {
 EOF
   "$bin" -c "$cfg" --check >/dev/null || die "graphrouter rejects its config $cfg"
   : >"$tmp/graphrouter.log"
-  (cd "$tmp" && exec "$bin" -c "$cfg" 2>>"$tmp/graphrouter.log") &
+  (cd "$tmp" && exec "${server_cpu[@]}" "$bin" -c "$cfg" 2>>"$tmp/graphrouter.log") &
   gr_pid=$!
   for ((i = 0; i < 100; i++)); do
     gr_port=$(sed -n 's/.*listening on 127\.0\.0\.1:\([0-9]*\).*/\1/p' "$tmp/graphrouter.log" | head -1)
@@ -447,14 +460,16 @@ bounded() {
 
 wrk_run() { # URL SECONDS OUTFILE; the WRKRESULT line is then in OUTFILE
   load_run=$((load_run + 1))
-  bounded $(($2 + 30)) "$3" env BENCH_BODY="$body" BENCH_RUN="$load_run" wrk -t"$THREADS" -c"$CONNS" -d"${2}s" \
+  bounded $(($2 + 30)) "$3" "${loadgen_cpu[@]}" env BENCH_BODY="$body" BENCH_RUN="$load_run" \
+    wrk -t"$THREADS" -c"$CONNS" -d"${2}s" \
     --timeout 5s -s "$here/post.lua" "$1" || { cat "$3" >&2; die "wrk failed"; }
   grep -q '^WRKRESULT' "$3" || { cat "$3" >&2; die "wrk printed no result"; }
 }
 
 open_run() { # PORT RATE SECONDS OUTFILE; the result line is then in OUTFILE
   load_run=$((load_run + 1))
-  bounded $(($3 + 30)) "$4" "$tmp/openloop" -H 127.0.0.1 -p "$1" -u /notifications -b "$body" \
+  bounded $(($3 + 30)) "$4" "${loadgen_cpu[@]}" "$tmp/openloop" -H 127.0.0.1 -p "$1" \
+    -u /notifications -b "$body" \
     -s "$load_run" \
     -r "$2" -d "$3" -c "$OPEN_CONNS" || { cat "$4" >&2; die "openloop failed"; }
   grep -q '^target_rps=' "$4" || { cat "$4" >&2; die "openloop printed no result"; }
@@ -474,6 +489,7 @@ echo "graphrouter ingest benchmark: $(nproc) CPUs, $(date -u +%Y-%m-%dT%H:%M:%SZ
 echo "request: POST /notifications, $(wc -c <"$body") bytes ($(basename "$body_src")), keep-alive"
 echo "graphrouter: $GR_HTTP_THREADS HTTP threads, $GR_WORKERS workers, file plugin; nginx: $NGINX_WORKERS workers, return 202"
 echo "phase 1: wrk -t$THREADS -c$CONNS, ${WARMUP}s warm-up + ${DURATION}s measured, $RUNS runs per server, alternating"
+echo "CPUs: load generators ${LOADGEN_CPUS:-any}, servers ${SERVER_CPUS:-any}"
 echo
 
 start_nginx
