@@ -253,11 +253,7 @@ struct gr_jwks *gr_jwks_new(const struct gr_jwks_options *o, char **err)
     j->min_refresh_ms = o->min_refresh_s * 1000;
     j->cache = gr_token_cache_new(GR_TOKEN_CACHE_CAPACITY);
     pthread_mutex_init(&j->lock, NULL);
-    pthread_condattr_t attr;
-    pthread_condattr_init(&attr);
-    pthread_condattr_setclock(&attr, CLOCK_MONOTONIC);
-    pthread_cond_init(&j->cond, &attr);
-    pthread_condattr_destroy(&attr);
+    gr_cond_init_mono(&j->cond);
     if (j->file) { /* a file is read now, so --check and the first items see its keys */
         struct keyset *s = load(j, err);
         if (!s) {

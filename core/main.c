@@ -73,16 +73,16 @@ struct control {
  * exits with status 1 once the stuck call has had shutdown_timeout_s more;
  * at the next start that delivery counts a failed attempt (see recover() in
  * the store), so one that hangs every time ends as a dead letter. */
-static void restart_for(struct gr_store *store, const struct gr_overdue *o)
+static void restart_for(struct gr_store *store, const struct gr_late_call *o)
 {
     gr_error("handler \"%s\": handle() has run for %lld s on delivery %lld, past its timeout_s "
              "(%u s); restarting graphrouter (exit status 1): the delivery counts a failed "
              "attempt and runs again after the restart",
-             o->handler, (long long)(o->running_ms / 1000), (long long)o->delivery, o->timeout_s);
+             o->handler, (long long)(o->running_ms / 1000), (long long)o->id, o->timeout_s);
     char *note = gr_xprintf("handle() did not return within the handler's timeout_s (%u s); "
                             "graphrouter restarted",
                             o->timeout_s);
-    gr_store_note_running(store, o->delivery, note);
+    gr_store_note_running(store, o->id, note);
     free(note);
 }
 
@@ -100,7 +100,7 @@ static bool control_tick(void *arg)
             ctl->usr1 |= buf[i] == 'U';
         }
     }
-    struct gr_overdue overdue;
+    struct gr_late_call overdue;
     while (ctl->workers && gr_workers_overdue(ctl->workers, &overdue)) { /* each stuck call, once */
         restart_for(ctl->store, &overdue);
         ctl->restart = true;
@@ -115,7 +115,7 @@ static void report_stuck(const char *doing, const struct gr_job_stuck *st)
     else
         gr_error("%s: handler \"%s\": %s() has not returned after %u s (the handler's "
                  "timeout_s); left to finish alone",
-                 doing, st->handler, st->what, st->timeout_s);
+                 doing, st->call.handler, st->call.what, st->call.timeout_s);
 }
 
 struct build {
@@ -228,7 +228,7 @@ static int run_check(const char *file)
     if (rc == -2) {
         fprintf(stderr, "%s: handler \"%s\": init() has not returned after %u s (the handler's "
                         "timeout_s)\n",
-                file, stuck.handler, stuck.timeout_s);
+                file, stuck.call.handler, stuck.call.timeout_s);
         gr_plugin_host_cleanup();
         _exit(1); /* the plugin's code is still running: nothing can be unloaded */
     }
@@ -287,7 +287,7 @@ static void reload(struct control *ctl)
                   ? gr_xstrdup("graphrouter is stopping; that build is left to finish alone")
                   : gr_xprintf("handler \"%s\": init() has not returned after %u s (the "
                                "handler's timeout_s); that build is left to finish alone",
-                               stuck.handler, stuck.timeout_s);
+                               stuck.call.handler, stuck.call.timeout_s);
     } else if (rc == 0) {
         err = start_only_change(cur->cfg, g->cfg);
         if (err) {

@@ -10,7 +10,6 @@
 #include <string.h>
 #include <time.h>
 
-#include "config.h"
 #include "log.h"
 #include "metrics.h"
 #include "util.h"
@@ -22,11 +21,7 @@ struct job {
     void (*abandoned_fn)(void *);
     void *arg;
     bool done, abandoned;
-    /* the plugin call in progress: none while since_ms is 0 */
-    int64_t since_ms; /* monotonic */
-    unsigned timeout_s;
-    const char *what;
-    char handler[65];
+    struct gr_callwatch call; /* the plugin call in progress */
 };
 
 static _Thread_local struct job *current_job;
@@ -34,29 +29,19 @@ static atomic_int abandoned_running;
 
 void gr_job_call_begin(const struct gr_handler *h, const char *what)
 {
-    struct job *j = current_job;
-    if (!j)
-        return;
-    pthread_mutex_lock(&j->lock);
-    snprintf(j->handler, sizeof j->handler, "%s", h->name);
-    j->what = what;
-    j->timeout_s = h->conf->timeout_s;
-    j->since_ms = gr_mono_ms();
-    pthread_mutex_unlock(&j->lock);
+    if (current_job)
+        gr_callwatch_begin(&current_job->call, h, what, 0);
 }
 
 void gr_job_call_end(void)
 {
-    struct job *j = current_job;
-    if (!j)
-        return;
-    pthread_mutex_lock(&j->lock);
-    j->since_ms = 0;
-    pthread_mutex_unlock(&j->lock);
+    if (current_job)
+        gr_callwatch_end(&current_job->call);
 }
 
 static void job_free(struct job *j)
 {
+    gr_callwatch_destroy(&j->call);
     pthread_cond_destroy(&j->finished);
     pthread_mutex_destroy(&j->lock);
     free(j);
@@ -76,7 +61,7 @@ static void *job_main(void *arg)
     if (abandoned) { /* nobody waits: this thread cleans up */
         gr_info("a plugin job given up on has finished (last call: %s of handler \"%s\"); "
                 "what it held is released",
-                j->what ? j->what : "none", j->handler);
+                j->call.call.what ? j->call.call.what : "none", j->call.call.handler);
         if (j->abandoned_fn)
             j->abandoned_fn(j->arg);
         job_free(j);
@@ -93,11 +78,8 @@ bool gr_job_run(void (*fn)(void *arg), void *arg, void (*abandoned)(void *arg),
     j->arg = arg;
     j->abandoned_fn = abandoned;
     pthread_mutex_init(&j->lock, NULL);
-    pthread_condattr_t attr;
-    pthread_condattr_init(&attr);
-    pthread_condattr_setclock(&attr, CLOCK_MONOTONIC);
-    pthread_cond_init(&j->finished, &attr);
-    pthread_condattr_destroy(&attr);
+    gr_cond_init_mono(&j->finished);
+    gr_callwatch_init(&j->call);
     pthread_t t;
     pthread_attr_t ta;
     pthread_attr_init(&ta);
@@ -119,8 +101,7 @@ bool gr_job_run(void (*fn)(void *arg), void *arg, void (*abandoned)(void *arg),
         pthread_cond_timedwait(&j->finished, &j->lock, &ts);
         if (j->done)
             break;
-        bool late = j->since_ms && j->timeout_s &&
-                    gr_mono_ms() - j->since_ms > (int64_t)j->timeout_s * 1000;
+        bool late = gr_callwatch_late(&j->call, &stuck->call);
         if (!late && give_up) {
             pthread_mutex_unlock(&j->lock); /* give_up may take its time */
             bool quit = give_up(ctx);
@@ -131,15 +112,11 @@ bool gr_job_run(void (*fn)(void *arg), void *arg, void (*abandoned)(void *arg),
             continue;
         }
         j->abandoned = true;
-        *stuck = (struct gr_job_stuck){.timeout_s = j->timeout_s, .given_up = !late};
-        if (j->since_ms) {
-            stuck->what = j->what;
-            snprintf(stuck->handler, sizeof stuck->handler, "%s", j->handler);
-        }
+        stuck->given_up = !late;
         atomic_fetch_add(&abandoned_running, 1);
         pthread_mutex_unlock(&j->lock);
         if (late)
-            gr_metrics_plugin_call_stuck(stuck->what);
+            gr_metrics_plugin_call_stuck(stuck->call.what);
         return false;
     }
     pthread_mutex_unlock(&j->lock);

@@ -16,6 +16,7 @@
 #include <stdbool.h>
 #include <stdint.h>
 
+#include "callwatch.h"
 #include "plugin_host.h"
 
 /* Around each plugin call a job makes: `what` is "init", "reopen" or
@@ -24,12 +25,10 @@
 void gr_job_call_begin(const struct gr_handler *h, const char *what);
 void gr_job_call_end(void);
 
-/* The call a job was abandoned in. */
+/* Why a job was abandoned. */
 struct gr_job_stuck {
-    char handler[65]; /* empty if no plugin call was running */
-    const char *what;  /* "init", "reopen", "fini"; NULL likewise */
-    unsigned timeout_s;
-    bool given_up;     /* by `give_up`, not for a timeout */
+    struct gr_late_call call; /* the call past its timeout_s, unless given_up */
+    bool given_up;            /* by `give_up` */
 };
 
 /* Run fn(arg) on a new thread and wait until it returns: true. Returns

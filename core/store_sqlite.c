@@ -96,8 +96,9 @@ static const char close_finished_items[] =
     "WHERE state = 1 AND NOT EXISTS (SELECT 1 FROM units WHERE item_id = items.id AND "
     "state IN (0, 1))";
 
-/* REQ_NOTE: a stuck delivery's note, or with none a flush (sq_flush) */
-enum req_kind { REQ_APPEND, REQ_TAKE, REQ_ROUTED, REQ_DELIVERED, REQ_NOTE };
+/* REQ_SYNC: written at once, after what was queued before it, and waited
+ * for (run_now): a stuck delivery's note, or nothing (a flush) */
+enum req_kind { REQ_APPEND, REQ_TAKE, REQ_ROUTED, REQ_DELIVERED, REQ_SYNC };
 
 struct req {
     enum req_kind kind;
@@ -113,8 +114,8 @@ struct req {
     struct gr_work *taken;
     int64_t next_due_ms;
     bool done;
-    bool abandoned; /* REQ_NOTE: its caller stopped waiting; the writer frees it */
-    int64_t unit;   /* REQ_NOTE */
+    bool abandoned; /* REQ_SYNC: its caller stopped waiting; the writer frees it */
+    int64_t unit;   /* REQ_SYNC */
     /* REQ_ROUTED, REQ_DELIVERED: the work and a copy of its outcome */
     struct gr_work *work;
     int result;
@@ -299,7 +300,7 @@ static void free_req(struct req *r)
 
 static bool urgent(const struct req *r)
 {
-    return r->kind == REQ_APPEND || r->kind == REQ_TAKE || r->kind == REQ_NOTE;
+    return r->kind == REQ_APPEND || r->kind == REQ_TAKE || r->kind == REQ_SYNC;
 }
 
 /* When the queue should run (monotonic ms): INT64_MAX while empty (under lock). */
@@ -832,7 +833,7 @@ static void finish_requests(struct sqlite_store *s, struct req *batch, int rc)
                                                         : GR_APPEND_OK;
             a->done(a->ctx, res);
             free_req(r);
-        } else if (r->kind == REQ_NOTE) {
+        } else if (r->kind == REQ_SYNC) {
             pthread_mutex_lock(&s->lock);
             bool abandoned = r->abandoned;
             r->failed |= rc != 0;
@@ -889,7 +890,7 @@ static int run_request(struct sqlite_store *s, struct req *r, int64_t now,
     }
     case REQ_DELIVERED:
         return do_delivered(s, r, now, &d->done_items, &d->done_bytes, &d->new_work);
-    case REQ_NOTE: {
+    case REQ_SYNC: {
         if (!r->text) /* a flush: only what was queued before it */
             return 0;
         sqlite3_stmt *st = S(s, S_UNIT_NOTE);
@@ -1367,7 +1368,7 @@ static bool run_now(struct sqlite_store *s, struct req *r)
 static void sq_note_running(struct gr_store *base, int64_t unit, const char *note)
 {
     struct req *r = gr_xcalloc(1, sizeof *r);
-    r->kind = REQ_NOTE;
+    r->kind = REQ_SYNC;
     r->unit = unit;
     r->text = gr_xstrdup(note);
     if (!run_now((struct sqlite_store *)base, r))
@@ -1379,7 +1380,7 @@ static void sq_note_running(struct gr_store *base, int64_t unit, const char *not
 static void sq_flush(struct gr_store *base)
 {
     struct req *r = gr_xcalloc(1, sizeof *r);
-    r->kind = REQ_NOTE; /* with no note: written at once, after what came before */
+    r->kind = REQ_SYNC; /* with no note */
     if (!run_now((struct sqlite_store *)base, r))
         gr_warn("store: the last completions could not be written; that work runs again at the "
                 "next start");
@@ -1691,13 +1692,9 @@ struct gr_store *gr_store_sqlite_open(const struct gr_store_config *c,
         return NULL;
     }
     pthread_mutex_init(&s->lock, NULL);
-    pthread_condattr_t attr;
-    pthread_condattr_init(&attr);
-    pthread_condattr_setclock(&attr, CLOCK_MONOTONIC);
-    pthread_cond_init(&s->wake, &attr);
-    pthread_cond_init(&s->answered, &attr);
-    pthread_cond_init(&s->work, &attr);
-    pthread_condattr_destroy(&attr);
+    gr_cond_init_mono(&s->wake);
+    gr_cond_init_mono(&s->answered);
+    gr_cond_init_mono(&s->work);
     s->handlers = gr_xcalloc(nh ? nh : 1, sizeof *s->handlers);
     for (size_t i = 0; i < nh; i++) {
         s->handlers[i] = h[i];

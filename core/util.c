@@ -136,6 +136,15 @@ int64_t gr_mono_ms(void)
     return gr_mono_ns() / 1000000;
 }
 
+void gr_cond_init_mono(pthread_cond_t *c)
+{
+    pthread_condattr_t attr;
+    pthread_condattr_init(&attr);
+    pthread_condattr_setclock(&attr, CLOCK_MONOTONIC);
+    pthread_cond_init(c, &attr);
+    pthread_condattr_destroy(&attr);
+}
+
 int64_t gr_wall_ms(void)
 {
     struct timespec ts;

@@ -10,6 +10,7 @@
 #ifndef GR_UTIL_H
 #define GR_UTIL_H
 
+#include <pthread.h>
 #include <stdarg.h>
 #include <stdbool.h>
 #include <stddef.h>
@@ -46,6 +47,8 @@ const struct evp_md_st *gr_sha256(void);
 int64_t gr_mono_ms(void);
 int64_t gr_mono_ns(void);
 int64_t gr_wall_ms(void);
+/* A condition variable whose timed waits take monotonic deadlines (gr_mono_ms). */
+void gr_cond_init_mono(pthread_cond_t *c);
 /* RFC 3339 UTC with milliseconds: "2026-11-23T20:45:00.123Z". */
 #define GR_RFC3339_LEN 64
 void gr_rfc3339(int64_t wall_ms, char out[GR_RFC3339_LEN]);

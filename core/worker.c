@@ -6,13 +6,13 @@
 #include <errno.h>
 #include <graphrouter/plugin.h>
 #include <pthread.h>
-#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/resource.h>
 #include <time.h>
 #include <unistd.h>
 
+#include "callwatch.h"
 #include "generation.h"
 #include "log.h"
 #include "metrics.h"
@@ -29,22 +29,10 @@
 #define GR_MSGCACHE_SLOTS 1024
 #define GR_MSGCACHE_MAX_LEN (64 * 1024)
 
-/* The handle() call a worker is in, for the watchdog (gr_workers_overdue).
- * The handler's name and stats belong to the generation the worker pinned,
- * which stays alive until the call returns: read them only under `lock`
- * while since_ms is set. */
-struct call {
-    pthread_mutex_t lock;
-    int64_t since_ms; /* monotonic; 0: not in handle() */
-    const struct gr_handler *handler;
-    int64_t delivery;
-    bool reported;
-};
-
 struct worker {
     struct gr_workers *ws;
     pthread_t thread;
-    struct call call;
+    struct gr_callwatch call; /* its handle() call, for gr_workers_overdue */
 };
 
 struct gr_workers {
@@ -165,24 +153,6 @@ static char *rebuild(struct gr_generation *g, const struct gr_work *w, const cha
     return text;
 }
 
-static void call_begin(struct call *c, const struct gr_handler *h, int64_t delivery)
-{
-    pthread_mutex_lock(&c->lock);
-    c->handler = h;
-    c->delivery = delivery;
-    c->reported = false;
-    c->since_ms = gr_mono_ms();
-    pthread_mutex_unlock(&c->lock);
-}
-
-static void call_end(struct call *c)
-{
-    pthread_mutex_lock(&c->lock);
-    c->since_ms = 0;
-    c->handler = NULL;
-    pthread_mutex_unlock(&c->lock);
-}
-
 static void deliver(struct worker *me, struct gr_work *w)
 {
     struct gr_workers *ws = me->ws;
@@ -223,9 +193,9 @@ static void deliver(struct worker *me, struct gr_work *w)
                          .handler = h};
     if (h->serial)
         pthread_mutex_lock(&h->serial_lock);
-    call_begin(&me->call, h, w->id); /* the clock starts once the call may run */
+    gr_callwatch_begin(&me->call, h, "handle", w->id); /* once the call may run */
     int rc = h->lib->desc.handle(h->state, &msg);
-    call_end(&me->call);
+    gr_callwatch_end(&me->call);
     if (h->serial)
         pthread_mutex_unlock(&h->serial_lock);
 
@@ -321,10 +291,10 @@ struct gr_workers *gr_workers_start(struct gr_store *store, unsigned n)
     for (unsigned i = 0; i < n; i++) {
         struct worker *me = &w->workers[i];
         me->ws = w;
-        pthread_mutex_init(&me->call.lock, NULL);
+        gr_callwatch_init(&me->call);
         if (pthread_create(&me->thread, NULL, worker_main, me) != 0) {
             gr_error("cannot start worker thread %u", i);
-            pthread_mutex_destroy(&me->call.lock);
+            gr_callwatch_destroy(&me->call);
             break;
         }
         w->n++;
@@ -332,24 +302,12 @@ struct gr_workers *gr_workers_start(struct gr_store *store, unsigned n)
     return w;
 }
 
-bool gr_workers_overdue(struct gr_workers *w, struct gr_overdue *out)
+bool gr_workers_overdue(struct gr_workers *w, struct gr_late_call *out)
 {
-    int64_t now = gr_mono_ms();
-    bool found = false;
-    for (unsigned i = 0; i < w->n && !found; i++) {
-        struct call *c = &w->workers[i].call;
-        pthread_mutex_lock(&c->lock);
-        unsigned limit = c->since_ms ? c->handler->conf->timeout_s : 0;
-        if (limit && !c->reported && now - c->since_ms > (int64_t)limit * 1000) {
-            c->reported = found = true;
-            *out = (struct gr_overdue){.delivery = c->delivery,
-                                       .running_ms = now - c->since_ms,
-                                       .timeout_s = limit};
-            snprintf(out->handler, sizeof out->handler, "%s", c->handler->name);
-        }
-        pthread_mutex_unlock(&c->lock);
-    }
-    return found;
+    for (unsigned i = 0; i < w->n; i++)
+        if (gr_callwatch_late(&w->workers[i].call, out))
+            return true;
+    return false;
 }
 
 bool gr_workers_join(struct gr_workers *w, int64_t deadline_wall_ms)
@@ -366,7 +324,7 @@ bool gr_workers_join(struct gr_workers *w, int64_t deadline_wall_ms)
             gr_error("worker %u did not finish by the shutdown deadline: a handler is stuck", i);
             return false;
         }
-        pthread_mutex_destroy(&w->workers[i].call.lock);
+        gr_callwatch_destroy(&w->workers[i].call);
     }
     gr_msgcache_destroy(&w->cache);
     free(w->workers);

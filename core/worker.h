@@ -17,8 +17,8 @@
 #define GR_WORKER_H
 
 #include <stdbool.h>
-#include <stdint.h>
 
+#include "callwatch.h"
 #include "config.h"
 #include "store.h"
 
@@ -30,18 +30,12 @@ struct gr_workers *gr_workers_start(struct gr_store *store, unsigned n);
  * false if one is still running (stuck in a handler); then nothing is freed. */
 bool gr_workers_join(struct gr_workers *w, int64_t deadline_wall_ms);
 
-/* A handle() call running past its handler's timeout_s. */
-struct gr_overdue {
-    char handler[65];
-    int64_t delivery;   /* the unit's id */
-    int64_t running_ms; /* how long the call has run */
-    unsigned timeout_s;
-};
-/* Finds a call past its handler's timeout_s that was not reported yet: fills
- * *out and returns true (once per call). In-process code cannot be stopped safely, so the caller restarts
- * graphrouter: the delivery, recorded as running, then counts a failed
- * attempt, and one that hangs every time ends as a dead letter. */
-bool gr_workers_overdue(struct gr_workers *w, struct gr_overdue *out);
+/* A handle() call past its handler's timeout_s, not reported yet: fills
+ * *out and returns true (once per call). In-process code cannot be stopped,
+ * so the caller restarts graphrouter: the delivery, recorded as running,
+ * then counts a failed attempt, and one that hangs every time ends as a
+ * dead letter. */
+bool gr_workers_overdue(struct gr_workers *w, struct gr_late_call *out);
 
 /* Delay before attempt number `attempts + 1`, full jitter: uniform in
  * [0, min(max, initial * 2^(attempts - 1))]. */
