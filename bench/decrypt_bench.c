@@ -18,7 +18,7 @@
 #include <unistd.h>
 
 #include "config.h"
-#include "decrypt.h"
+#include "crypto/decrypt.h"
 #include "simcrypto.h"
 #include "util.h"
 

@@ -17,9 +17,9 @@
 #include <stddef.h>
 #include <stdint.h>
 
-#include "decrypt.h"
+#include "crypto/decrypt.h"
 #include "jsonpos.h"
-#include "router.h"
+#include "route/router.h"
 
 #define GR_SECRET_DIGEST_LEN 32 /* SHA-256 */
 

@@ -8,7 +8,7 @@
 #include <string.h>
 
 #include "log.h"
-#include "plugin_job.h"
+#include "plugin/plugin_job.h"
 #include "util.h"
 
 static pthread_mutex_t current_lock = PTHREAD_MUTEX_INITIALIZER;

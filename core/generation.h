@@ -20,12 +20,12 @@
 #include <stdint.h>
 
 #include "config.h"
-#include "decrypt.h"
-#include "jwks.h"
-#include "jwt.h"
+#include "crypto/decrypt.h"
+#include "crypto/jwks.h"
+#include "crypto/jwt.h"
 #include "metrics.h"
-#include "plugin_host.h"
-#include "store.h"
+#include "plugin/plugin_host.h"
+#include "store/store.h"
 
 struct gr_generation {
     atomic_int refs;

@@ -22,14 +22,14 @@
 #include <unistd.h>
 
 #include "generation.h"
-#include "http.h"
+#include "http/http.h"
 #include "log.h"
-#include "plugin_host.h"
-#include "plugin_job.h"
-#include "store.h"
-#include "store_admin.h"
+#include "plugin/plugin_host.h"
+#include "plugin/plugin_job.h"
+#include "store/store.h"
+#include "store/store_admin.h"
 #include "util.h"
-#include "worker.h"
+#include "worker/worker.h"
 
 static int control_pipe[2] = {-1, -1};
 

@@ -9,8 +9,8 @@
 #include <stdlib.h>
 #include <string.h>
 
-#include "jwt.h"
-#include "store.h"
+#include "crypto/jwt.h"
+#include "store/store.h"
 
 
 static const unsigned tracked_status[] = {200, 202, 400, 404, 405, 413, 500, 503};

@@ -1,5 +1,5 @@
 /*
- * Fuzz gr_classify() (core/classify.c) with untrusted resource paths.
+ * Fuzz gr_classify() (core/route/classify.c) with untrusted resource paths.
  *
  * Input: RESOURCE [NUL ODATA_TYPE [NUL LIFECYCLE_EVENT]]; an empty input
  * passes NULL for everything. Each part is copied into its own malloc'd,
@@ -16,7 +16,7 @@
 #include <stdlib.h>
 #include <string.h>
 
-#include "classify.h"
+#include "route/classify.h"
 
 int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size);
 

@@ -1,5 +1,5 @@
 /*
- * Fuzz gr_config_parse() (core/config.c, core/jsonpos.c, core/router.c) with
+ * Fuzz gr_config_parse() (core/config.c, core/jsonpos.c, core/route/router.c) with
  * operator-written configuration text.
  *
  * The text is copied into a malloc'd buffer of exactly `size` bytes (no NUL
@@ -23,9 +23,9 @@
 #include <string.h>
 #include <strings.h>
 
-#include "classify.h"
+#include "route/classify.h"
 #include "config.h"
-#include "router.h"
+#include "route/router.h"
 
 int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size);
 

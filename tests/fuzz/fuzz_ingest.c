@@ -1,8 +1,8 @@
 /*
- * Fuzz gr_ingest_parse() (core/ingest.c) with untrusted notification POST
+ * Fuzz gr_ingest_parse() (core/http/ingest.c) with untrusted notification POST
  * bodies, then do with every accepted item what a worker does: build the
- * routed notification (core/notification.c, core/classify.c) and match it
- * against the routes (core/router.c).
+ * routed notification (core/route/notification.c, core/route/classify.c) and match it
+ * against the routes (core/route/router.c).
  *
  * The config is parsed once, with a top-level client_state and listed
  * subscriptions whose secrets are the clientState values in
@@ -19,7 +19,7 @@
  * item is a JSON object of exactly its stated length, ready to store.
  *
  * And ingest against jansson, the reference: ingest reads the body with its
- * own scanner (core/jsonscan.c), so the same body is also parsed with
+ * own scanner (core/http/jsonscan.c), so the same body is also parsed with
  * json_loadb and judged here from jansson's tree, as a worker reads items:
  * the body is refused as invalid JSON exactly when jansson refuses it; a body
  * jansson reads gets the same status; each item gets the same verdict (drop
@@ -37,10 +37,10 @@
 #include <strings.h>
 
 #include "config.h"
-#include "ingest.h"
-#include "notification.h"
-#include "router.h"
-#include "store.h"
+#include "http/ingest.h"
+#include "route/notification.h"
+#include "route/router.h"
+#include "store/store.h"
 
 int LLVMFuzzerInitialize(int *argc, char ***argv);
 int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size);
@@ -72,7 +72,7 @@ int LLVMFuzzerInitialize(int *argc, char ***argv)
     return 0;
 }
 
-/* What a worker does with a stored item (core/worker.c, route). */
+/* What a worker does with a stored item (core/worker/worker.c, route). */
 static void route_item(const struct gr_store_item *it)
 {
     json_error_t jerr;

@@ -1,5 +1,5 @@
 /*
- * Fuzz gr_token_verify() and gr_token_policy_check() (core/jwt.c) with
+ * Fuzz gr_token_verify() and gr_token_policy_check() (core/crypto/jwt.c) with
  * untrusted validation tokens.
  *
  * The key lookup knows one RSA-2048 key (kid "fuzz-kid"), made once in
@@ -23,7 +23,7 @@
 #include <stdlib.h>
 #include <string.h>
 
-#include "jwt.h"
+#include "crypto/jwt.h"
 #include "simcrypto.h"
 
 int LLVMFuzzerInitialize(int *argc, char ***argv);

@@ -1,5 +1,5 @@
 /*
- * Retry backoff (core/worker.c, gr_backoff_ms): exponential with full
+ * Retry backoff (core/worker/worker.c, gr_backoff_ms): exponential with full
  * jitter. Before attempt n+1 the wait is uniform in
  * [0, min(max_backoff_ms, initial_backoff_ms * 2^(n-1))].
  *
@@ -15,7 +15,7 @@
 
 #include <cmocka.h>
 
-#include "worker.h"
+#include "worker/worker.h"
 
 #define DRAWS 4000
 

@@ -8,7 +8,7 @@
 
 #include <cmocka.h>
 
-#include "classify.h"
+#include "route/classify.h"
 
 struct id {
     const char *role, *value;

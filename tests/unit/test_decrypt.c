@@ -19,7 +19,7 @@
 #include <openssl/provider.h>
 
 #include "config.h"
-#include "decrypt.h"
+#include "crypto/decrypt.h"
 #include "simcrypto.h"
 
 #define VECTORS GR_SOURCE_DIR "/tests/vectors/synthetic/"

@@ -1,5 +1,5 @@
 /*
- * The in-memory duplicate keys (core/dedupe.c).
+ * The in-memory duplicate keys (core/store/dedupe.c).
  *
  * Keys are SHA-256-like: random 32 bytes here. Checked: a key is a duplicate
  * within the window and not after it; the same item is not its own
@@ -17,7 +17,7 @@
 
 #include <cmocka.h>
 
-#include "dedupe.h"
+#include "store/dedupe.h"
 
 #define WINDOW 1000
 

@@ -11,7 +11,7 @@
 
 #include <cmocka.h>
 
-#include "ingest.h"
+#include "http/ingest.h"
 #include "util.h"
 
 static const char *config_text =

@@ -1,5 +1,5 @@
 /*
- * The request path's JSON scanner (core/jsonscan.c) against jansson, on the
+ * The request path's JSON scanner (core/http/jsonscan.c) against jansson, on the
  * cases a fuzzer is unlikely to build: numbers at the edges of long long and
  * double, every kind of bad escape and surrogate, overlong and out-of-range
  * UTF-8, and nesting around JSON_PARSER_MAX_DEPTH. For each text, the scanner
@@ -18,7 +18,7 @@
 #include <cmocka.h>
 #include <jansson.h>
 
-#include "jsonscan.h"
+#include "http/jsonscan.h"
 
 /* A whole body as ingest checks it: an object or array, then nothing. */
 static bool scanner_accepts(const char *text, size_t len)

@@ -1,5 +1,5 @@
 /*
- * Notifications kept from routing to delivery (core/msgcache.c).
+ * Notifications kept from routing to delivery (core/worker/msgcache.c).
  *
  * Checked: a text is handed out once per use and the last take empties the
  * slot; an id the slot does not hold (never put, evicted by a colliding id,
@@ -20,7 +20,7 @@
 
 #include <cmocka.h>
 
-#include "msgcache.h"
+#include "worker/msgcache.h"
 #include "util.h"
 
 static char *text_of(int64_t id, size_t *len)

@@ -14,9 +14,9 @@
 #include <cmocka.h>
 #include <jansson.h>
 
-#include "base64.h"
-#include "jwks.h"
-#include "jwt.h"
+#include "crypto/base64.h"
+#include "crypto/jwks.h"
+#include "crypto/jwt.h"
 #include "simcrypto.h"
 
 #define VECTORS GR_SOURCE_DIR "/tests/vectors/synthetic/"

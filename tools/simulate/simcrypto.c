@@ -16,7 +16,7 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
-#include "base64.h"
+#include "crypto/base64.h"
 #include "util.h"
 
 EVP_PKEY *sim_rsa_key(int bits)

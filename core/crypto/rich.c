@@ -1,17 +1,17 @@
 /* Token coverage and decryption of rich items (see rich.h). Stateless; the
  * JWKS object and key ring it uses are thread-safe. */
 #define _GNU_SOURCE
-#include "rich.h"
+#include "crypto/rich.h"
 
 #include <stdlib.h>
 #include <strings.h>
 #include <time.h>
 
-#include "decrypt.h"
-#include "jwks.h"
-#include "jwt.h"
+#include "crypto/decrypt.h"
+#include "crypto/jwks.h"
+#include "crypto/jwt.h"
 #include "log.h"
-#include "notification.h"
+#include "route/notification.h"
 #include "util.h"
 
 struct coverage {

@@ -4,7 +4,7 @@
  * new EVP_PKEY reference, so a swap never pulls a key from under a verifier.
  */
 #define _GNU_SOURCE
-#include "jwks.h"
+#include "crypto/jwks.h"
 
 #include <curl/curl.h>
 #include <errno.h>
@@ -18,7 +18,7 @@
 #include <string.h>
 #include <time.h>
 
-#include "base64.h"
+#include "crypto/base64.h"
 #include "log.h"
 #include "metrics.h"
 #include "util.h"

@@ -1,6 +1,6 @@
 /* Validation-token (JWT) verification and its cache (see jwt.h). */
 #define _GNU_SOURCE
-#include "jwt.h"
+#include "crypto/jwt.h"
 
 #include <jansson.h>
 #include <math.h>
@@ -10,7 +10,7 @@
 #include <string.h>
 #include <strings.h>
 
-#include "base64.h"
+#include "crypto/base64.h"
 #include "util.h"
 
 /* A token that failed stays cached this long. */

@@ -1,5 +1,5 @@
 /* Base64 in both alphabets (see base64.h). */
-#include "base64.h"
+#include "crypto/base64.h"
 
 #include <pthread.h>
 #include <stdlib.h>

@@ -1,6 +1,6 @@
 /* Building routed notifications (see notification.h). */
 #define _GNU_SOURCE
-#include "notification.h"
+#include "route/notification.h"
 
 #include <ctype.h>
 #include <stdlib.h>

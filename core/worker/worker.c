@@ -1,7 +1,7 @@
 /* The worker pool (see worker.h). Workers share nothing but the store and
  * the generation pointer; all per-work state is on the stack. */
 #define _GNU_SOURCE
-#include "worker.h"
+#include "worker/worker.h"
 
 #include <errno.h>
 #include <graphrouter/plugin.h>
@@ -12,13 +12,13 @@
 #include <time.h>
 #include <unistd.h>
 
-#include "callwatch.h"
+#include "plugin/callwatch.h"
 #include "generation.h"
 #include "log.h"
 #include "metrics.h"
-#include "msgcache.h"
-#include "notification.h"
-#include "rich.h"
+#include "worker/msgcache.h"
+#include "route/notification.h"
+#include "crypto/rich.h"
 #include "util.h"
 
 #define GR_WORKER_NICE 10

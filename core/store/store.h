@@ -26,7 +26,7 @@
 #include <stddef.h>
 #include <stdint.h>
 
-#include "jwt.h"
+#include "crypto/jwt.h"
 
 /* ---- appending (the request path) --------------------------------------- */
 

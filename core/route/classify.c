@@ -9,7 +9,7 @@
  * that change.
  */
 #define _GNU_SOURCE
-#include "classify.h"
+#include "route/classify.h"
 
 #include <ctype.h>
 #include <stdbool.h>

@@ -40,10 +40,10 @@
 #include <time.h>
 #include <unistd.h>
 
-#include "dedupe.h"
+#include "store/dedupe.h"
 #include "log.h"
 #include "metrics.h"
-#include "store.h"
+#include "store/store.h"
 #include "util.h"
 
 enum { ITEM_TO_ROUTE = 0, ITEM_ROUTED = 1, ITEM_DONE = 2, ITEM_ROUTING = 3 };

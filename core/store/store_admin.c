@@ -1,6 +1,6 @@
 /* The status and dlq commands (see store_admin.h). Single-threaded. */
 #define _GNU_SOURCE
-#include "store_admin.h"
+#include "store/store_admin.h"
 
 #include <jansson.h>
 #include <sqlite3.h>

@@ -18,9 +18,9 @@
 
 #include <stdbool.h>
 
-#include "callwatch.h"
+#include "plugin/callwatch.h"
 #include "config.h"
-#include "store.h"
+#include "store/store.h"
 
 struct gr_workers;
 

@@ -19,7 +19,7 @@
 #include <stddef.h>
 #include <stdint.h>
 
-#include "classify.h"
+#include "route/classify.h"
 
 struct gr_check;
 

@@ -1,5 +1,5 @@
 /* Duplicate keys in memory (see dedupe.h). */
-#include "dedupe.h"
+#include "store/dedupe.h"
 
 #include <stdlib.h>
 #include <string.h>

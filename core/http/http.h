@@ -17,7 +17,7 @@
 #include <stdint.h>
 
 #include "config.h"
-#include "store.h"
+#include "store/store.h"
 
 struct gr_http;
 

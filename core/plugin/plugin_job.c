@@ -1,6 +1,6 @@
 /* Supervised jobs for plugin code off the control thread (see plugin_job.h). */
 #define _GNU_SOURCE
-#include "plugin_job.h"
+#include "plugin/plugin_job.h"
 
 #include <errno.h>
 #include <pthread.h>

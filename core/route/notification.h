@@ -9,8 +9,8 @@
 #include <jansson.h>
 #include <stdint.h>
 
-#include "classify.h"
-#include "router.h"
+#include "route/classify.h"
+#include "route/router.h"
 
 /* Member `key` of `obj`, exact match first, then ignoring ASCII case
  * (historic payloads carry "Id" and "ChangeType"). */

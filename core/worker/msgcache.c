@@ -1,5 +1,5 @@
 /* Notifications built while routing, kept for the deliveries (see msgcache.h). */
-#include "msgcache.h"
+#include "worker/msgcache.h"
 
 #include <stdbool.h>
 #include <stdlib.h>

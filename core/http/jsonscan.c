@@ -1,6 +1,6 @@
 /* A validating JSON scanner that agrees with jansson (see jsonscan.h). */
 #define _GNU_SOURCE
-#include "jsonscan.h"
+#include "http/jsonscan.h"
 
 #include <errno.h>
 #include <jansson.h>

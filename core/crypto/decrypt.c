@@ -1,6 +1,6 @@
 /* Key ring loading and encryptedContent decryption (see decrypt.h). */
 #define _GNU_SOURCE
-#include "decrypt.h"
+#include "crypto/decrypt.h"
 
 #include <errno.h>
 #include <openssl/crypto.h>
@@ -19,9 +19,9 @@
 #include <strings.h>
 #include <sys/stat.h>
 
-#include "base64.h"
+#include "crypto/base64.h"
 #include "config.h"
-#include "notification.h"
+#include "route/notification.h"
 #include "util.h"
 
 #define GR_KEY_FILE_MAX (1u << 20)

@@ -22,7 +22,7 @@
 #include <stdbool.h>
 #include <stdint.h>
 
-#include "jwt.h"
+#include "crypto/jwt.h"
 
 struct gr_jwks_options {
     const char *url;     /* https://... ; or */

@@ -1,6 +1,6 @@
 /* Notification batch parsing and per-item authentication (see ingest.h). */
 #define _GNU_SOURCE
-#include "ingest.h"
+#include "http/ingest.h"
 
 #include <ctype.h>
 #include <openssl/evp.h>
@@ -11,9 +11,9 @@
 #include <string.h>
 #include <strings.h>
 
-#include "jsonscan.h"
+#include "http/jsonscan.h"
 #include "log.h"
-#include "notification.h"
+#include "route/notification.h"
 #include "util.h"
 
 /* Longest subscription id quoted in a log line. */

@@ -5,7 +5,7 @@
  * handler or message they are given (json_lock guards the one lazy cache).
  */
 #define _GNU_SOURCE
-#include "plugin_host.h"
+#include "plugin/plugin_host.h"
 
 #include <dlfcn.h>
 #include <errno.h>

@@ -16,8 +16,8 @@
 #include <stdbool.h>
 #include <stdint.h>
 
-#include "callwatch.h"
-#include "plugin_host.h"
+#include "plugin/callwatch.h"
+#include "plugin/plugin_host.h"
 
 /* Around each plugin call a job makes: `what` is "init", "reopen" or
  * "fini" (a string literal). Outside a job (graphrouter --check) these do

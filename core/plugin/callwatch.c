@@ -1,5 +1,5 @@
 /* Plugin calls watched from another thread (see callwatch.h). */
-#include "callwatch.h"
+#include "plugin/callwatch.h"
 
 #include <stdio.h>
 

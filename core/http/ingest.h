@@ -26,7 +26,7 @@
 
 #include "config.h"
 #include "metrics.h"
-#include "store.h"
+#include "store/store.h"
 
 struct gr_ingest {
     int status;   /* 202, or 400 with `reason` */

@@ -4,7 +4,7 @@
  * store (its own lock), the pinned generation and atomic counters.
  */
 #define _GNU_SOURCE
-#include "http.h"
+#include "http/http.h"
 
 #include <arpa/inet.h>
 #include <errno.h>
@@ -17,7 +17,7 @@
 #include <unistd.h>
 
 #include "generation.h"
-#include "ingest.h"
+#include "http/ingest.h"
 #include "log.h"
 #include "metrics.h"
 #include "util.h"

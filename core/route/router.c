@@ -1,6 +1,6 @@
 /* Route compilation and matching (see router.h). */
 #define _GNU_SOURCE
-#include "router.h"
+#include "route/router.h"
 
 #include <fnmatch.h>
 #include <stdlib.h>

@@ -12,7 +12,7 @@
 #include <stdbool.h>
 #include <stdint.h>
 
-#include "plugin_host.h"
+#include "plugin/plugin_host.h"
 
 /* What a late call was. */
 struct gr_late_call {
