@@ -17,8 +17,8 @@
 #include <stddef.h>
 #include <stdint.h>
 
+#include "check.h"
 #include "crypto/decrypt.h"
-#include "jsonpos.h"
 #include "route/router.h"
 
 #define GR_SECRET_DIGEST_LEN 32 /* SHA-256 */
@@ -127,44 +127,5 @@ const struct gr_subscription *gr_config_subscription(const struct gr_config *cfg
 void gr_secret_digest(const char *value, size_t len, struct gr_secret *out);
 /* Constant-time: does `value` match `secret`? */
 bool gr_secret_matches(const struct gr_secret *secret, const char *value, size_t len);
-
-/*
- * Strict-check helpers, shared by the config, route and plugin-schema checks.
- * Each failure records the first error (later ones are ignored) as
- * "FILE:LINE:COL: message" at the position of the member/element named, and
- * returns -1.
- */
-struct gr_check {
-    const char *file;
-    const struct gr_jsonpos *pos;
-    char *err; /* first error, malloc'd */
-};
-
-int gr_check_fail_member(struct gr_check *c, const json_t *obj, const char *key, const char *fmt,
-                         ...) __attribute__((format(printf, 4, 5)));
-int gr_check_fail_element(struct gr_check *c, const json_t *arr, size_t i, const char *fmt, ...)
-    __attribute__((format(printf, 4, 5)));
-int gr_check_fail_value(struct gr_check *c, const json_t *value, const char *fmt, ...)
-    __attribute__((format(printf, 3, 4)));
-
-/* Every key of `obj` must be in `allowed` (NULL-terminated) or start with "//".
- * `what` names the object in the message ("route \"outlook\""). */
-int gr_check_keys(struct gr_check *c, const json_t *obj, const char *what,
-                  const char *const *allowed);
-bool gr_check_is_comment(const char *key);
-
-/* Typed members. Absent (or, for optional keys, null) leaves the default;
- * a wrong type or range is an error. */
-int gr_check_string(struct gr_check *c, const json_t *obj, const char *key, bool required,
-                    const char **out);
-int gr_check_uint(struct gr_check *c, const json_t *obj, const char *key, uint64_t min,
-                  uint64_t max, uint64_t *out);
-int gr_check_bool(struct gr_check *c, const json_t *obj, const char *key, bool *out);
-int gr_check_object(struct gr_check *c, const json_t *obj, const char *key, bool required,
-                    json_t **out);
-/* A string, or an array of strings (a lone string is a one-element list);
- * an empty list is an error. *out is malloc'd (free it), entries borrowed. */
-int gr_check_string_list(struct gr_check *c, const json_t *obj, const char *key,
-                         const char ***out, size_t *n);
 
 #endif

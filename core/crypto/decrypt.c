@@ -20,7 +20,7 @@
 #include <sys/stat.h>
 
 #include "crypto/base64.h"
-#include "config.h"
+#include "check.h"
 #include "route/notification.h"
 #include "util.h"
 

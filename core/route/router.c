@@ -7,7 +7,7 @@
 #include <string.h>
 #include <strings.h>
 
-#include "config.h"
+#include "check.h"
 #include "util.h"
 
 unsigned gr_change_type_bit(const char *s)
