@@ -2,33 +2,26 @@
 #define _GNU_SOURCE
 #include "crypto/decrypt.h"
 
-#include <errno.h>
 #include <openssl/crypto.h>
 #include <openssl/err.h>
 #include <openssl/evp.h>
 #include <openssl/hmac.h>
-#include <openssl/pem.h>
-#include <openssl/pkcs12.h>
-#include <openssl/provider.h>
 #include <openssl/rsa.h>
 #include <openssl/x509.h>
-#include <pthread.h>
-#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <strings.h>
-#include <sys/stat.h>
 
 #include "crypto/base64.h"
+#include "crypto/keyfile.h"
 #include "check.h"
 #include "route/notification.h"
 #include "util.h"
 
-#define GR_KEY_FILE_MAX (1u << 20)
-
 struct ring_key {
     char *certificate_id;
     char thumbprint[41]; /* "" without a certificate */
+    char *certificate;   /* base64 DER; NULL without a certificate */
     EVP_PKEY *pkey;
 };
 
@@ -47,193 +40,28 @@ const char *gr_decrypt_result_name(enum gr_decrypt_result r)
 
 /* ---- loading ----------------------------------------------------------- */
 
-/* A secret file: readable, not by group or others, not huge. */
-static unsigned char *read_secret(const char *path, bool check_mode, size_t *len, char **why)
-{
-    struct stat st;
-    if (stat(path, &st) != 0) {
-        *why = gr_xprintf("cannot open %s: %s", path, strerror(errno));
-        return NULL;
-    }
-    if (check_mode && (st.st_mode & (S_IRGRP | S_IROTH | S_IWGRP | S_IWOTH))) {
-        *why = gr_xprintf("%s is readable or writable by group or others (mode %04o); it holds "
-                          "a private key: chmod 600 it",
-                          path, (unsigned)(st.st_mode & 07777));
-        return NULL;
-    }
-    FILE *f = fopen(path, "rb");
-    if (!f) {
-        *why = gr_xprintf("cannot open %s: %s", path, strerror(errno));
-        return NULL;
-    }
-    unsigned char *buf = gr_xmalloc(GR_KEY_FILE_MAX + 1);
-    size_t n = fread(buf, 1, GR_KEY_FILE_MAX + 1, f);
-    fclose(f);
-    if (n > GR_KEY_FILE_MAX) {
-        OPENSSL_cleanse(buf, n);
-        free(buf);
-        *why = gr_xprintf("%s is larger than %u bytes", path, GR_KEY_FILE_MAX);
-        return NULL;
-    }
-    buf[n] = '\0';
-    *len = n;
-    return buf;
-}
-
-static void free_secret(unsigned char *buf, size_t len)
-{
-    if (buf) {
-        OPENSSL_cleanse(buf, len);
-        free(buf);
-    }
-}
-
-static int password_cb(char *buf, int size, int rwflag, void *u)
-{
-    (void)rwflag;
-    const char *pass = u ? u : "";
-    int n = (int)strlen(pass);
-    if (n > size)
-        return -1;
-    memcpy(buf, pass, (size_t)n);
-    return n;
-}
-
-/* PKCS#12 files from Windows often use RC2-40 or 3DES, which OpenSSL 3 keeps
- * in its legacy provider. Loading a provider explicitly turns off the
- * implicit default one, so both are loaded; and both are released at exit,
- * before OpenSSL's own clean-up (registered earlier, so run later), which
- * cannot free a provider still referenced. */
-static OSSL_PROVIDER *legacy_provider, *default_provider;
-
-static void unload_providers(void)
-{
-    OSSL_PROVIDER_unload(legacy_provider);
-    OSSL_PROVIDER_unload(default_provider);
-}
-
-static void load_providers(void)
-{
-    legacy_provider = OSSL_PROVIDER_load(NULL, "legacy");
-    default_provider = OSSL_PROVIDER_load(NULL, "default");
-    atexit(unload_providers);
-}
-
-static void load_legacy_provider(void)
-{
-    static pthread_once_t once = PTHREAD_ONCE_INIT;
-    pthread_once(&once, load_providers);
-}
-
-static bool is_pem(const unsigned char *buf, size_t len)
-{
-    return memmem(buf, len, "-----BEGIN", 10) != NULL;
-}
-
-/* Read the private key (and a certificate, if the file carries one). */
-static EVP_PKEY *read_key(const unsigned char *buf, size_t len, const char *pass, X509 **cert)
-{
-    EVP_PKEY *pkey = NULL;
-    if (is_pem(buf, len)) {
-        BIO *bio = BIO_new_mem_buf(buf, (int)len);
-        pkey = PEM_read_bio_PrivateKey(bio, NULL, password_cb, (void *)pass);
-        BIO_free(bio);
-        bio = BIO_new_mem_buf(buf, (int)len);
-        *cert = PEM_read_bio_X509(bio, NULL, NULL, NULL);
-        BIO_free(bio);
-        ERR_clear_error();
-        return pkey;
-    }
-    for (int attempt = 0; attempt < 2 && !pkey; attempt++) {
-        if (attempt == 1)
-            load_legacy_provider();
-        BIO *bio = BIO_new_mem_buf(buf, (int)len);
-        PKCS12 *p12 = d2i_PKCS12_bio(bio, NULL);
-        BIO_free(bio);
-        if (p12 && PKCS12_parse(p12, pass ? pass : "", &pkey, cert, NULL) != 1)
-            pkey = NULL;
-        PKCS12_free(p12);
-        ERR_clear_error();
-    }
-    return pkey;
-}
-
-static X509 *read_certificate(const char *path, char **why)
-{
-    size_t len;
-    unsigned char *buf = read_secret(path, false, &len, why);
-    if (!buf)
-        return NULL;
-    BIO *bio = BIO_new_mem_buf(buf, (int)len);
-    X509 *cert = is_pem(buf, len) ? PEM_read_bio_X509(bio, NULL, NULL, NULL) : d2i_X509_bio(bio, NULL);
-    BIO_free(bio);
-    free(buf);
-    ERR_clear_error();
-    if (!cert)
-        *why = gr_xprintf("%s holds no X.509 certificate (PEM or DER)", path);
-    return cert;
-}
-
-static void thumbprint(X509 *cert, char out[41])
-{
-    unsigned char md[EVP_MAX_MD_SIZE];
-    unsigned int n = 0;
-    out[0] = '\0';
-    if (X509_digest(cert, EVP_sha1(), md, &n) == 1 && n == 20)
-        for (unsigned i = 0; i < n; i++)
-            snprintf(out + 2 * i, 3, "%02X", md[i]);
-}
-
 static int load_one(const struct gr_decryption_key_conf *k, struct ring_key *out, char **why)
 {
-    char *pass = NULL;
-    size_t pass_len = 0, key_len = 0;
-    if (k->password_file) {
-        pass = (char *)read_secret(k->password_file, true, &pass_len, why);
-        if (!pass)
-            return -1;
-        pass[strcspn(pass, "\r\n")] = '\0'; /* the first line */
-    }
-    unsigned char *buf = read_secret(k->private_key_file, true, &key_len, why);
-    X509 *cert = NULL;
-    EVP_PKEY *pkey = buf ? read_key(buf, key_len, pass, &cert) : NULL;
-    free_secret(buf, key_len);
-    free_secret((unsigned char *)pass, pass_len);
-    if (!buf)
-        goto fail;
-    if (!pkey) {
-        *why = gr_xprintf("%s: no private key could be read (PEM PKCS#1/PKCS#8 or PKCS#12%s)",
-                          k->private_key_file,
-                          k->password_file ? "; is the password right?" : "; encrypted? set password_file");
-        goto fail;
-    }
+    struct gr_keyfile_spec spec = {k->private_key_file, k->certificate_file, k->password_file};
+    EVP_PKEY *pkey;
+    X509 *cert;
+    if (gr_keyfile_load(&spec, &pkey, &cert, why) < 0)
+        return -1;
     if (EVP_PKEY_get_base_id(pkey) != EVP_PKEY_RSA || EVP_PKEY_get_bits(pkey) < 2048 ||
         EVP_PKEY_get_bits(pkey) > 4096) {
         *why = gr_xprintf("%s: Graph needs an RSA key of 2048 to 4096 bits", k->private_key_file);
-        goto fail;
-    }
-    if (k->certificate_file) {
         X509_free(cert);
-        if (!(cert = read_certificate(k->certificate_file, why)))
-            goto fail;
-    }
-    if (cert && EVP_PKEY_eq(X509_get0_pubkey(cert), pkey) != 1) {
-        *why = gr_xprintf("the certificate %s does not belong to the private key %s",
-                          k->certificate_file ? k->certificate_file : "in the key file",
-                          k->private_key_file);
-        goto fail;
+        EVP_PKEY_free(pkey);
+        return -1;
     }
     out->certificate_id = gr_xstrdup(k->certificate_id);
     out->pkey = pkey;
-    if (cert)
-        thumbprint(cert, out->thumbprint);
+    if (cert) {
+        gr_keyfile_thumbprint(cert, out->thumbprint);
+        out->certificate = gr_keyfile_cert_base64(cert);
+    }
     X509_free(cert);
     return 0;
-fail:
-    X509_free(cert);
-    EVP_PKEY_free(pkey);
-    ERR_clear_error();
-    return -1;
 }
 
 int gr_keyring_load(struct gr_check *c, const struct gr_decryption_key_conf *keys, size_t n,
@@ -262,6 +90,7 @@ void gr_keyring_free(struct gr_keyring *ring)
         return;
     for (size_t i = 0; i < ring->n; i++) {
         free(ring->v[i].certificate_id);
+        free(ring->v[i].certificate);
         EVP_PKEY_free(ring->v[i].pkey);
     }
     free(ring->v);
@@ -271,6 +100,18 @@ void gr_keyring_free(struct gr_keyring *ring)
 size_t gr_keyring_size(const struct gr_keyring *ring)
 {
     return ring ? ring->n : 0;
+}
+
+const char *gr_keyring_certificate(const struct gr_keyring *ring, const char *id,
+                                   const char **thumbprint)
+{
+    for (size_t i = 0; ring && i < ring->n; i++)
+        if (ring->v[i].certificate && strcmp(ring->v[i].certificate_id, id) == 0) {
+            if (thumbprint)
+                *thumbprint = ring->v[i].thumbprint;
+            return ring->v[i].certificate;
+        }
+    return NULL;
 }
 
 /* ---- decrypting -------------------------------------------------------- */

@@ -51,6 +51,11 @@ int gr_keyring_load(struct gr_check *c, const struct gr_decryption_key_conf *key
                     struct gr_keyring **out);
 void gr_keyring_free(struct gr_keyring *ring);
 size_t gr_keyring_size(const struct gr_keyring *ring);
+/* The certificate (base64 DER) of the first key with certificate id `id`
+ * that has one, and its thumbprint; NULL if none has (a subscription's
+ * encryptionCertificate). Valid as long as the ring. */
+const char *gr_keyring_certificate(const struct gr_keyring *ring, const char *id,
+                                   const char **thumbprint);
 
 /* Decrypt one item's encryptedContent; on GR_DECRYPT_OK *content is a new
  * JSON object. */

@@ -427,3 +427,35 @@ enum gr_token_result gr_token_cache_verify(struct gr_token_cache *cache, const c
     *claims = fresh;
     return rc;
 }
+
+static char *segment(const json_t *v)
+{
+    char *text = json_dumps(v, JSON_COMPACT);
+    char *out = text ? gr_base64url_encode((const unsigned char *)text, strlen(text)) : NULL;
+    free(text);
+    return out;
+}
+
+char *gr_jwt_sign_rs256(EVP_PKEY *key, const json_t *header, const json_t *claims)
+{
+    char *h = segment(header), *p = segment(claims), *token = NULL;
+    char *input = h && p ? gr_xprintf("%s.%s", h, p) : NULL;
+    free(h);
+    free(p);
+    size_t sig_len = 0;
+    unsigned char *sig = NULL;
+    EVP_MD_CTX *md = EVP_MD_CTX_new();
+    if (input && md && EVP_DigestSignInit(md, NULL, EVP_sha256(), NULL, key) == 1 &&
+        EVP_DigestSign(md, NULL, &sig_len, (const unsigned char *)input, strlen(input)) == 1) {
+        sig = gr_xmalloc(sig_len);
+        if (EVP_DigestSign(md, sig, &sig_len, (const unsigned char *)input, strlen(input)) == 1) {
+            char *s64 = gr_base64url_encode(sig, sig_len);
+            token = gr_xprintf("%s.%s", input, s64);
+            free(s64);
+        }
+    }
+    EVP_MD_CTX_free(md);
+    free(sig);
+    free(input);
+    return token;
+}

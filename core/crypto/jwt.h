@@ -120,4 +120,9 @@ enum gr_token_result gr_token_cache_verify(struct gr_token_cache *cache, const c
                                            int64_t now, struct gr_token_claims *claims,
                                            bool *first_seen);
 
+/* A JWT signed RS256 with `key`: base64url(header).base64url(claims).signature,
+ * each JSON part compact (graphrouter's client assertion for Entra ID;
+ * graphrouter-simulate's tokens). NULL if signing fails. */
+char *gr_jwt_sign_rs256(EVP_PKEY *key, const json_t *header, const json_t *claims);
+
 #endif

@@ -17,6 +17,8 @@
 #include <unistd.h>
 
 #include "crypto/base64.h"
+#include "crypto/jwt.h"
+#include "crypto/keyfile.h"
 #include "util.h"
 
 EVP_PKEY *sim_rsa_key(int bits)
@@ -46,24 +48,6 @@ X509 *sim_self_signed(EVP_PKEY *key, const char *common_name, int days)
         return NULL;
     }
     return cert;
-}
-
-void sim_thumbprint(X509 *cert, char out[41])
-{
-    unsigned char md[EVP_MAX_MD_SIZE];
-    unsigned int n = 0;
-    X509_digest(cert, EVP_sha1(), md, &n);
-    for (unsigned i = 0; i < n && i < 20; i++)
-        snprintf(out + 2 * i, 3, "%02X", md[i]);
-}
-
-char *sim_cert_base64(X509 *cert)
-{
-    unsigned char *der = NULL;
-    int len = i2d_X509(cert, &der);
-    char *b64 = len > 0 ? gr_base64_encode(der, (size_t)len) : NULL;
-    OPENSSL_free(der);
-    return b64;
 }
 
 static FILE *create(const char *path, mode_t mode)
@@ -194,7 +178,7 @@ json_t *sim_encrypt(const char *plaintext, X509 *cert, const char *cert_id, bool
         json_object_set_new(ec, "encryptionCertificateId", json_string(cert_id));
     if (with_thumbprint) {
         char tp[41];
-        sim_thumbprint(cert, tp);
+        gr_keyfile_thumbprint(cert, tp);
         json_object_set_new(ec, "encryptionCertificateThumbprint", json_string(tp));
     }
     free(data);
@@ -216,6 +200,11 @@ static char *segment(const json_t *v)
 char *sim_jwt(EVP_PKEY *key, const char *kid, const char *alg, const json_t *claims)
 {
     json_t *header = json_pack("{s:s,s:s,s:s}", "typ", "JWT", "alg", alg, "kid", kid);
+    if (strcmp(alg, "none") != 0 && strcmp(alg, "HS256") != 0) {
+        char *token = gr_jwt_sign_rs256(key, header, claims); /* RS256, whatever alg says */
+        json_decref(header);
+        return token;
+    }
     char *h = segment(header), *p = segment(claims);
     json_decref(header);
     char *input = gr_xprintf("%s.%s", h, p);
@@ -226,37 +215,18 @@ char *sim_jwt(EVP_PKEY *key, const char *kid, const char *alg, const json_t *cla
         free(input);
         return token;
     }
-    size_t sig_len = 0;
-    unsigned char *sig = NULL;
-    if (strcmp(alg, "HS256") == 0) {
-        BIO *pem = BIO_new(BIO_s_mem());
-        char *pub = NULL;
-        PEM_write_bio_PUBKEY(pem, key);
-        long pub_len = BIO_get_mem_data(pem, &pub);
-        unsigned int mac_len = 0;
-        sig = gr_xmalloc(EVP_MAX_MD_SIZE);
-        HMAC(EVP_sha256(), pub, (int)pub_len, (const unsigned char *)input, strlen(input), sig,
-             &mac_len);
-        sig_len = mac_len;
-        BIO_free(pem);
-        char *s64 = gr_base64url_encode(sig, sig_len);
-        char *token = gr_xprintf("%s.%s", input, s64);
-        free(s64);
-        free(sig);
-        free(input);
-        return token;
-    }
-    EVP_MD_CTX *md = EVP_MD_CTX_new();
-    if (EVP_DigestSignInit(md, NULL, EVP_sha256(), NULL, key) == 1 &&
-        EVP_DigestSign(md, NULL, &sig_len, (const unsigned char *)input, strlen(input)) == 1) {
-        sig = gr_xmalloc(sig_len);
-        EVP_DigestSign(md, sig, &sig_len, (const unsigned char *)input, strlen(input));
-    }
-    EVP_MD_CTX_free(md);
-    char *s64 = sig ? gr_base64url_encode(sig, sig_len) : gr_xstrdup("");
+    BIO *pem = BIO_new(BIO_s_mem());
+    char *pub = NULL;
+    PEM_write_bio_PUBKEY(pem, key);
+    long pub_len = BIO_get_mem_data(pem, &pub);
+    unsigned int mac_len = 0;
+    unsigned char sig[EVP_MAX_MD_SIZE];
+    HMAC(EVP_sha256(), pub, (int)pub_len, (const unsigned char *)input, strlen(input), sig,
+         &mac_len);
+    BIO_free(pem);
+    char *s64 = gr_base64url_encode(sig, mac_len);
     char *token = gr_xprintf("%s.%s", input, s64);
     free(s64);
-    free(sig);
     free(input);
     return token;
 }

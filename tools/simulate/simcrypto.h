@@ -16,10 +16,6 @@
 EVP_PKEY *sim_rsa_key(int bits);
 /* A self-signed certificate for `key`, valid `days` from now. */
 X509 *sim_self_signed(EVP_PKEY *key, const char *common_name, int days);
-/* Upper-case hex SHA-1 of the certificate's DER (41 bytes with NUL). */
-void sim_thumbprint(X509 *cert, char out[41]);
-/* base64 of the certificate's DER: a subscription's encryptionCertificate. */
-char *sim_cert_base64(X509 *cert);
 
 /* Write PEM files; private keys get mode 0600. 0 or -1 (errno set). */
 int sim_write_key(const char *path, EVP_PKEY *key);

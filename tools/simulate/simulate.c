@@ -27,6 +27,7 @@
 #include <sys/stat.h>
 #include <time.h>
 
+#include "crypto/keyfile.h"
 #include "payloads.h"
 #include "simcrypto.h"
 #include "util.h"
@@ -151,7 +152,7 @@ static int cmd_keys(int argc, char **argv)
     char *files[] = {path_in(out, "encryption-key.pem"), path_in(out, "encryption-cert.pem"),
                      path_in(out, "encryption-cert.b64"), path_in(out, "signing-key.pem"),
                      path_in(out, "jwks.json"), path_in(out, "kid")};
-    char *b64 = sim_cert_base64(cert);
+    char *b64 = gr_keyfile_cert_base64(cert);
     json_t *jwks = sim_jwks(sign, kid);
     FILE *f;
     if (sim_write_key(files[0], enc) || sim_write_cert(files[1], cert) ||
@@ -160,7 +161,7 @@ static int cmd_keys(int argc, char **argv)
         !(f = fopen(files[5], "w")) || fprintf(f, "%s\n", kid) < 0 || fclose(f))
         die("cannot write the files in %s: %s", out, strerror(errno));
     char tp[41];
-    sim_thumbprint(cert, tp);
+    gr_keyfile_thumbprint(cert, tp);
     printf("encryptionCertificate (base64 DER, for the subscription; also in %s):\n%s\n\n"
            "encryption certificate thumbprint: %s\n"
            "token signing key kid:             %s\n"
