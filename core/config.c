@@ -209,17 +209,38 @@ static int parse_secrets(struct gr_check *c, struct gr_config *cfg)
     if (!json_is_array(subs))
         return gr_check_fail_member(c, cfg->root, "subscriptions",
                                     "\"subscriptions\" must be a list of {\"id\", "
-                                    "\"client_state\"} objects");
-    cfg->nsubscriptions = json_array_size(subs);
-    cfg->subscriptions = gr_xcalloc(cfg->nsubscriptions, sizeof *cfg->subscriptions);
+                                    "\"client_state\"} or {\"resource\", \"change_type\", ...} "
+                                    "objects");
+    size_t n = json_array_size(subs);
+    cfg->subscriptions = gr_xcalloc(n ? n : 1, sizeof *cfg->subscriptions);
+    cfg->declarations = gr_xcalloc(n ? n : 1, sizeof *cfg->declarations);
     static const char *const keys[] = {"id", "client_state", NULL};
-    for (size_t i = 0; i < cfg->nsubscriptions; i++) {
+    for (size_t i = 0; i < n; i++) {
         const json_t *s = json_array_get(subs, i);
         const char *id = NULL, *secret = NULL;
         if (!json_is_object(s))
             return gr_check_fail_element(c, subs, i,
                                          "each subscription must be an object with \"id\" and "
-                                         "\"client_state\"");
+                                         "\"client_state\", or one that declares a subscription "
+                                         "with \"resource\"");
+        if (json_object_get(s, "resource")) {
+            if (json_object_get(s, "id") || json_object_get(s, "client_state"))
+                return gr_check_fail_element(c, subs, i,
+                                             "a subscription either names an \"id\" (created "
+                                             "elsewhere, with its \"client_state\") or declares "
+                                             "one with \"resource\" for graphrouter to create; "
+                                             "not both");
+            struct gr_declaration *d = &cfg->declarations[cfg->ndeclarations++];
+            if (gr_declaration_parse(c, s, &cfg->graph, d) < 0)
+                return -1;
+            for (size_t j = 0; j + 1 < cfg->ndeclarations; j++)
+                if (strcmp(cfg->declarations[j].key, d->key) == 0)
+                    return gr_check_fail_element(c, subs, i,
+                                                 "subscription \"%s\" (%s, tenant %s) is "
+                                                 "declared twice",
+                                                 d->resource, d->change_type, d->tenant);
+            continue;
+        }
         if (gr_check_keys(c, s, "a subscription", keys) < 0 ||
             gr_check_string(c, s, "id", true, &id) < 0 ||
             gr_check_string(c, s, "client_state", true, &secret) < 0)
@@ -228,12 +249,13 @@ static int parse_secrets(struct gr_check *c, struct gr_config *cfg)
             return gr_check_fail_element(c, subs, i,
                                          "a subscription's \"id\" and \"client_state\" must not "
                                          "be empty");
-        for (size_t j = 0; j < i; j++)
+        for (size_t j = 0; j < cfg->nsubscriptions; j++)
             if (strcasecmp(cfg->subscriptions[j].id, id) == 0)
                 return gr_check_fail_element(c, subs, i, "subscription \"%s\" is listed twice",
                                              id);
-        cfg->subscriptions[i].id = id;
-        gr_secret_digest(secret, strlen(secret), &cfg->subscriptions[i].secret);
+        struct gr_subscription *listed = &cfg->subscriptions[cfg->nsubscriptions++];
+        listed->id = id;
+        gr_secret_digest(secret, strlen(secret), &listed->secret);
     }
     qsort(cfg->subscriptions, cfg->nsubscriptions, sizeof *cfg->subscriptions, cmp_subscription);
     return 0;
@@ -305,6 +327,22 @@ static int parse_decryption_keys(struct gr_check *c, struct gr_config *cfg)
         cfg->ndecryption_keys = i + 1;
     }
     return 0;
+}
+
+/* What declared subscriptions with resource data need from the rest of
+ * the configuration. */
+static int check_rich_declarations(struct gr_check *c, const struct gr_config *cfg)
+{
+    const char **ids = gr_xcalloc(cfg->ndecryption_keys + 1, sizeof *ids);
+    for (size_t i = 0; i < cfg->ndecryption_keys; i++)
+        ids[i] = cfg->decryption_keys[i].certificate_id;
+    int rc = 0;
+    for (size_t i = 0; i < cfg->ndeclarations && rc == 0; i++)
+        rc = gr_declaration_check_rich(c, &cfg->declarations[i], &cfg->graph, ids,
+                                       cfg->ndecryption_keys, cfg->tokens.app_ids,
+                                       cfg->has_tokens ? cfg->tokens.napp_ids : 0);
+    free(ids);
+    return rc;
 }
 
 static bool valid_name(const char *s, bool allow_dot)
@@ -435,13 +473,13 @@ static int parse_top(struct gr_check *c, struct gr_config *cfg)
     static const char *const keys[] = {
         "listen",  "paths",     "limits",   "store",           "client_state",
         "subscriptions", "plugin_dir", "workers", "log_level", "shutdown_timeout_s",
-        "validation_tokens", "decryption_keys", "handlers", "routes", NULL};
+        "validation_tokens", "decryption_keys", "graph", "handlers", "routes", NULL};
     if (!json_is_object(cfg->root))
         return gr_check_fail_value(c, cfg->root, "the configuration must be a JSON object");
     if (gr_check_keys(c, cfg->root, "the configuration", keys) < 0 || parse_listen(c, cfg) < 0 ||
         parse_paths(c, cfg) < 0 || parse_limits(c, cfg) < 0 || parse_store(c, cfg) < 0 ||
-        parse_secrets(c, cfg) < 0 ||
-        parse_tokens(c, cfg) < 0 || parse_decryption_keys(c, cfg) < 0)
+        gr_graph_conf_parse(c, cfg->root, &cfg->graph) < 0 || parse_secrets(c, cfg) < 0 ||
+        parse_tokens(c, cfg) < 0 || parse_decryption_keys(c, cfg) < 0 || check_rich_declarations(c, cfg) < 0)
         return -1;
 
     cfg->plugin_dir = GR_DEFAULT_PLUGIN_DIR;
@@ -567,6 +605,10 @@ void gr_config_free(struct gr_config *cfg)
     free(cfg->handlers);
     gr_routes_free(&cfg->routes);
     free(cfg->subscriptions);
+    for (size_t i = 0; i < cfg->ndeclarations; i++)
+        gr_declaration_free(&cfg->declarations[i]);
+    free(cfg->declarations);
+    gr_graph_conf_free(&cfg->graph);
     free(cfg->tokens.app_ids);
     free(cfg->tokens.tenant_ids);
     free(cfg->decryption_keys);

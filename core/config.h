@@ -19,6 +19,7 @@
 
 #include "check.h"
 #include "crypto/decrypt.h"
+#include "graph/graph_conf.h"
 #include "route/router.h"
 
 #define GR_SECRET_DIGEST_LEN 32 /* SHA-256 */
@@ -93,8 +94,11 @@ struct gr_config {
 
     bool has_fallback_secret;
     struct gr_secret fallback_secret;
-    struct gr_subscription *subscriptions; /* sorted by id, case-insensitively */
+    struct gr_subscription *subscriptions; /* listed by id; sorted by id, case-insensitively */
     size_t nsubscriptions;
+    struct gr_declaration *declarations;   /* declared: graphrouter creates and keeps them */
+    size_t ndeclarations;
+    struct gr_graph_conf graph;
 
     const char *plugin_dir;
     unsigned workers;

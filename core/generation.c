@@ -181,6 +181,24 @@ static int build_rich(struct gr_check *c, struct gr_generation *g, struct gr_gen
     return 0;
 }
 
+/* The Graph client (its credentials read now), and the certificates the
+ * declared subscriptions with resource data name. */
+static int build_graph(struct gr_check *c, struct gr_generation *g, struct gr_generation *prev)
+{
+    const struct gr_config *cfg = g->cfg;
+    for (size_t i = 0; i < cfg->ndeclarations; i++) {
+        const struct gr_declaration *d = &cfg->declarations[i];
+        if (d->rich && !gr_keyring_certificate(g->keyring, d->certificate_id, NULL))
+            return gr_check_fail_member(c, d->node, "certificate_id",
+                                        "subscription \"%s\": the decryption key \"%s\" has no "
+                                        "certificate to give Graph (add its certificate_file)",
+                                        d->resource, d->certificate_id);
+    }
+    if (!cfg->graph.present)
+        return 0;
+    return gr_graph_client_build(c, &cfg->graph, prev ? prev->graph : NULL, &g->graph);
+}
+
 int gr_generation_build(const char *file, uint64_t id, struct gr_generation *prev,
                         struct gr_generation **out, char **err)
 {
@@ -199,6 +217,8 @@ int gr_generation_build(const char *file, uint64_t id, struct gr_generation *pre
     struct gr_check c = {.file = cfg->file, .pos = cfg->pos};
     const json_t *handlers_obj = json_object_get(cfg->root, "handlers");
     int rich = build_rich(&c, g, prev);
+    if (rich == 0)
+        rich = build_graph(&c, g, prev);
     if (prev) /* released before any plugin code runs, which might never return */
         gr_generation_unpin(prev);
     if (rich < 0)
@@ -284,6 +304,7 @@ void gr_generation_destroy(struct gr_generation *g)
         gr_plugin_lib_unload(&g->libs[i]);
     gr_jwks_unref(g->jwks);
     gr_keyring_free(g->keyring);
+    gr_graph_client_free(g->graph);
     free(g->libs);
     free(g->handlers);
     free(g->route_stats);

@@ -22,6 +22,7 @@
 #include <unistd.h>
 
 #include "generation.h"
+#include "graph/manager.h"
 #include "http/http.h"
 #include "log.h"
 #include "plugin/plugin_host.h"
@@ -63,6 +64,7 @@ struct control {
     uint64_t next_id;
     struct gr_generation *retired;
     struct gr_store *store;     /* NULL until started */
+    struct gr_manager *manager; /* NULL until started */
     struct gr_workers *workers; /* NULL until started */
     bool hup, usr1, term;       /* signals not acted on yet */
     bool restart;               /* a handle() call is stuck: exit with status 1 */
@@ -187,6 +189,7 @@ static void usage(FILE *out)
             "usage: graphrouter -c FILE [--check]\n"
             "       graphrouter -c FILE status\n"
             "       graphrouter -c FILE dlq list | show ID | replay ID | replay --all | purge\n"
+            "       graphrouter -c FILE subscriptions [--json]\n"
             "       graphrouter --version | -h\n"
             "\n"
             "Receives Microsoft Graph change notifications and routes them to handler plugins.\n"
@@ -198,7 +201,8 @@ static void usage(FILE *out)
             "  -h, --help         this text\n"
             "\n"
             "status shows the deliveries pending, in progress and dead per handler; dlq lists,\n"
-            "shows, replays and purges dead letters. Both work while graphrouter runs.\n"
+            "shows, replays and purges dead letters; subscriptions lists the subscriptions\n"
+            "graphrouter manages. All work while graphrouter runs.\n"
             "\n"
             "Signals: HUP reloads the configuration and plugins, USR1 makes handlers reopen\n"
             "their files, TERM and INT finish the work in flight and exit.\n");
@@ -206,7 +210,7 @@ static void usage(FILE *out)
 
 static void warn_about(const struct gr_config *cfg)
 {
-    if (!cfg->has_fallback_secret && cfg->nsubscriptions == 0)
+    if (!cfg->has_fallback_secret && cfg->nsubscriptions == 0 && cfg->ndeclarations == 0)
         gr_warn("%s: no \"client_state\" and no \"subscriptions\": every notification will be "
                 "dropped",
                 cfg->file);
@@ -319,6 +323,7 @@ static void reload(struct control *ctl)
     gr_metrics_reload(true);
     gr_info("reloaded: generation %llu serves now (%zu handlers, %zu routes)",
             (unsigned long long)g->id, g->nhandlers, g->cfg->routes.n);
+    gr_manager_reconcile(ctl->manager); /* what the new configuration declares, at once */
 }
 
 /* Destroy retired generations nothing uses any more. */
@@ -459,11 +464,14 @@ static int run(const char *file)
         return 1;
     }
     ctl.store = store;
+    /* The managed subscriptions' secrets are known before the first POST. */
+    struct gr_manager *manager = gr_manager_new(store, &err);
     struct gr_workers *workers = gr_workers_start(store, g->cfg->workers);
-    struct gr_http *http = gr_http_start(g->cfg, store, &err);
+    struct gr_http *http = manager ? gr_http_start(g->cfg, store, &err) : NULL;
     if (!http) {
         gr_error("cannot start: %s", err);
         free(err);
+        gr_manager_stop(manager);
         gr_store_stop_taking(store);
         gr_workers_join(workers, gr_wall_ms() + 5000);
         gr_store_close(store);
@@ -475,6 +483,10 @@ static int run(const char *file)
     gr_info("graphrouter %s listening on %s:%u (%zu handlers, %zu routes, %u workers, store %s)",
             GR_VERSION, g->cfg->listen_address, gr_http_port(http), g->nhandlers,
             g->cfg->routes.n, g->cfg->workers, g->cfg->store_path);
+    /* Graph validates the notification URL while it creates a subscription:
+     * the listener serves before the manager's first create. */
+    gr_manager_start(manager);
+    ctl.manager = manager;
     pthread_sigmask(SIG_UNBLOCK, &handled, NULL);
 
     ctl.workers = workers;
@@ -509,6 +521,8 @@ static int run(const char *file)
     if (!gr_http_wait_idle(http, deadline))
         gr_warn("requests still in progress at the shutdown deadline are cut off");
     gr_http_stop(http);
+    gr_manager_stop(manager); /* a Graph call in progress is cut short */
+    ctl.manager = NULL;
     gr_store_stop_taking(store);
     if (!gr_workers_join(workers, wall_deadline)) {
         /* Its delivery stays "running" in the store and is taken again at

@@ -16,6 +16,14 @@
 static const unsigned tracked_status[] = {200, 202, 400, 404, 405, 413, 500, 503};
 #define N_STATUS (GR_ARRAY_LEN(tracked_status) + 1) /* + "other" */
 
+/* Graph's answers counted by status; the rest are "other" (and "none": no answer). */
+static const long graph_status[] = {200, 201, 204, 400, 401, 403, 404, 409, 429, 500, 503};
+static const char *const lifecycle_names[] = {"reauthorizationRequired", "subscriptionRemoved",
+                                              "missed"};
+static const char *const resync_names[] = {"missed", "subscriptionRemoved", "renewal_not_found",
+                                           "expired"};
+static const char *const sub_op_names[GR_SUB_OP_COUNT] = {"creates", "renewals", "deletes"};
+
 /* Ack latency buckets, in seconds. */
 static const double buckets[] = {0.00001, 0.000025, 0.00005, 0.0001, 0.00025, 0.0005,
                                  0.001,   0.0025,   0.005,   0.01,   0.025,   0.05,
@@ -48,7 +56,14 @@ static struct {
     atomic_uint_fast64_t tokens[GR_TOKEN_RESULT_COUNT];
     atomic_uint_fast64_t jwks_ok, jwks_failed, jwks_keys;
     atomic_int_fast64_t jwks_loaded_ms;
-} m;
+    atomic_uint_fast64_t graph_requests[GR_ARRAY_LEN(graph_status) + 2]; /* + other, none */
+    atomic_uint_fast64_t graph_tokens_ok, graph_tokens_failed;
+    atomic_uint_fast64_t sub_ops[GR_SUB_OP_COUNT][2]; /* [op][ok] */
+    atomic_uint_fast64_t lifecycle[4];                /* + other */
+    atomic_uint_fast64_t resyncs[4];
+    atomic_uint_fast64_t subs[3];
+    atomic_int_fast64_t next_expiry_ms;
+} m = {.next_expiry_ms = -1};
 
 struct named {
     struct named *next;
@@ -134,6 +149,44 @@ void gr_metrics_token(int result)
 {
     if (result >= 0 && result < GR_TOKEN_RESULT_COUNT)
         INC(m.tokens[result]);
+}
+
+void gr_metrics_graph_request(long status)
+{
+    size_t i = 0;
+    while (i < GR_ARRAY_LEN(graph_status) && graph_status[i] != status)
+        i++;
+    INC(m.graph_requests[status == 0 ? GR_ARRAY_LEN(graph_status) + 1 : i]);
+}
+
+void gr_metrics_graph_token(bool ok) { ok ? INC(m.graph_tokens_ok) : INC(m.graph_tokens_failed); }
+void gr_metrics_sub_op(enum gr_sub_op op, bool ok) { INC(m.sub_ops[op][ok]); }
+
+static size_t name_index(const char *const *names, size_t n, const char *name)
+{
+    size_t i = 0;
+    while (i < n && (!name || strcmp(names[i], name) != 0))
+        i++;
+    return i;
+}
+
+void gr_metrics_lifecycle_event(const char *event)
+{
+    INC(m.lifecycle[name_index(lifecycle_names, GR_ARRAY_LEN(lifecycle_names), event)]);
+}
+
+void gr_metrics_resync(const char *reason)
+{
+    size_t i = name_index(resync_names, GR_ARRAY_LEN(resync_names), reason);
+    if (i < GR_ARRAY_LEN(resync_names))
+        INC(m.resyncs[i]);
+}
+
+void gr_metrics_subscriptions(const uint64_t by_state[3], int64_t next_expiry_ms)
+{
+    for (size_t i = 0; i < 3; i++)
+        atomic_store_explicit(&m.subs[i], by_state[i], memory_order_relaxed);
+    atomic_store_explicit(&m.next_expiry_ms, next_expiry_ms, memory_order_relaxed);
 }
 
 void gr_metrics_jwks(size_t keys, int64_t loaded_wall_ms)
@@ -240,6 +293,64 @@ static void render_seconds(struct gr_buf *o, const char *name, const char *help,
     gr_buf_printf(o, "%s_count %llu\n", name, GET(h->count));
 }
 
+static void render_graph(struct gr_buf *o)
+{
+    help_line(o, "graphrouter_graph_requests_total", "counter",
+              "Calls to Microsoft Graph, by the HTTP status of the answer (none: no answer).");
+    for (size_t i = 0; i < GR_ARRAY_LEN(graph_status) + 2; i++) {
+        unsigned long long v = GET(m.graph_requests[i]);
+        if (!v)
+            continue;
+        if (i < GR_ARRAY_LEN(graph_status))
+            gr_buf_printf(o, "graphrouter_graph_requests_total{code=\"%ld\"} %llu\n",
+                          graph_status[i], v);
+        else
+            gr_buf_printf(o, "graphrouter_graph_requests_total{code=\"%s\"} %llu\n",
+                          i == GR_ARRAY_LEN(graph_status) ? "other" : "none", v);
+    }
+    help_line(o, "graphrouter_graph_token_requests_total", "counter",
+              "App-only token requests to the identity platform, by result.");
+    gr_buf_printf(o, "graphrouter_graph_token_requests_total{result=\"success\"} %llu\n",
+                  GET(m.graph_tokens_ok));
+    gr_buf_printf(o, "graphrouter_graph_token_requests_total{result=\"failure\"} %llu\n",
+                  GET(m.graph_tokens_failed));
+    for (int op = 0; op < GR_SUB_OP_COUNT; op++) {
+        char *name = gr_xprintf("graphrouter_subscription_%s_total", sub_op_names[op]);
+        char *help = gr_xprintf("Subscription %s graphrouter made in Graph, by result.",
+                                sub_op_names[op]);
+        help_line(o, name, "counter", help);
+        gr_buf_printf(o, "%s{result=\"success\"} %llu\n", name, GET(m.sub_ops[op][1]));
+        gr_buf_printf(o, "%s{result=\"failure\"} %llu\n", name, GET(m.sub_ops[op][0]));
+        free(name);
+        free(help);
+    }
+    help_line(o, "graphrouter_subscriptions", "gauge",
+              "Subscriptions graphrouter manages, by state.");
+    static const char *const states[] = {"creating", "active", "deleting"};
+    for (size_t i = 0; i < 3; i++)
+        gr_buf_printf(o, "graphrouter_subscriptions{state=\"%s\"} %llu\n", states[i],
+                      GET(m.subs[i]));
+    help_line(o, "graphrouter_lifecycle_events_total", "counter",
+              "Lifecycle events of managed subscriptions acted on, by event (other: ignored).");
+    for (size_t i = 0; i < 4; i++)
+        gr_buf_printf(o, "graphrouter_lifecycle_events_total{event=\"%s\"} %llu\n",
+                      i < 3 ? lifecycle_names[i] : "other", GET(m.lifecycle[i]));
+    help_line(o, "graphrouter_resyncs_total", "counter",
+              "Resync notifications graphrouter routed, by reason.");
+    for (size_t i = 0; i < 4; i++)
+        gr_buf_printf(o, "graphrouter_resyncs_total{reason=\"%s\"} %llu\n", resync_names[i],
+                      GET(m.resyncs[i]));
+    int64_t next = atomic_load_explicit(&m.next_expiry_ms, memory_order_relaxed);
+    help_line(o, "graphrouter_subscription_next_expiry_seconds", "gauge",
+              "Seconds until the soonest declared subscription expires (0: one has no live "
+              "subscription); absent when none is declared.");
+    if (next >= 0) {
+        double left = next ? (double)(next - gr_wall_ms()) / 1000 : 0.0;
+        gr_buf_printf(o, "graphrouter_subscription_next_expiry_seconds %.3f\n",
+                      left > 0 ? left : 0.0);
+    }
+}
+
 void gr_metrics_render(struct gr_buf *o, const struct gr_metrics_gauges *g)
 {
     help_line(o, "graphrouter_build_info", "gauge", "Version of the running graphrouter.");
@@ -336,6 +447,8 @@ void gr_metrics_render(struct gr_buf *o, const struct gr_metrics_gauges *g)
               "When the signing keys in force were loaded (0: never).");
     gr_buf_printf(o, "graphrouter_jwks_loaded_timestamp_seconds %.3f\n",
                   (double)atomic_load_explicit(&m.jwks_loaded_ms, memory_order_relaxed) / 1000);
+
+    render_graph(o);
 
     help_line(o, "graphrouter_config_generation", "gauge",
               "Id of the configuration generation now serving (1 at start, +1 per reload).");

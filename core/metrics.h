@@ -76,6 +76,20 @@ void gr_metrics_store_failure(void);
 void gr_metrics_duplicates(size_t n);
 void gr_metrics_store_rejected(bool full);
 
+/* The control plane (graph/): calls to Graph by HTTP status (0: no
+ * answer), token requests, subscription operations and their results,
+ * lifecycle events acted on, resyncs sent. */
+void gr_metrics_graph_request(long status);
+void gr_metrics_graph_token(bool ok);
+enum gr_sub_op { GR_SUB_OP_CREATE, GR_SUB_OP_RENEW, GR_SUB_OP_DELETE, GR_SUB_OP_COUNT };
+void gr_metrics_sub_op(enum gr_sub_op op, bool ok);
+void gr_metrics_lifecycle_event(const char *event);
+void gr_metrics_resync(const char *reason);
+/* Managed subscriptions by state (creating, active, deleting), and when the
+ * soonest declared one expires (wall ms; 0: a declared one has none live;
+ * -1: nothing is declared). */
+void gr_metrics_subscriptions(const uint64_t by_state[3], int64_t next_expiry_ms);
+
 /* Get-or-create by name; never freed. */
 struct gr_handler_stats *gr_metrics_handler(const char *name);
 struct gr_route_stats *gr_metrics_route(const char *name);

@@ -243,8 +243,10 @@ static enum MHD_Result finish(struct MHD_Connection *c, struct gr_http *h, struc
     }
     int64_t received_ms = gr_wall_ms();
     struct gr_generation *g = gr_generation_pin();
+    struct gr_managed *managed = gr_managed_pin();
     struct gr_ingest in;
-    gr_ingest_parse(g->cfg, r->body.data ? r->body.data : "", r->body.len, &in);
+    gr_ingest_parse(g->cfg, managed, r->body.data ? r->body.data : "", r->body.len, &in);
+    gr_managed_unpin(managed);
     gr_generation_unpin(g);
     gr_buf_free(&r->body);
 

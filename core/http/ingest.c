@@ -285,9 +285,12 @@ static void judged_free(struct judged *j)
 #define WANT(n) {.name = (n), .len = sizeof(n) - 1}
 
 /* An item's verdict: a drop reason (with *why), or -1: accepted. Reads the
- * subscription and the clientState into j. */
-static int verdict(const struct gr_config *cfg, const struct member_want *wants,
-                   struct judged *j, const char **why)
+ * subscription and the clientState into j. A subscription listed in the
+ * configuration, or one graphrouter manages, accepts only its own secret;
+ * any other subscription the secret of one being created (Graph may deliver
+ * before the create has answered with its id), or else the top-level one. */
+static int verdict(const struct gr_config *cfg, const struct gr_managed *managed,
+                   const struct member_want *wants, struct judged *j, const char **why)
 {
     j->strings[F_SUBSCRIPTION] = string_of(&wants[F_SUBSCRIPTION]);
     j->strings[F_CHANGE] = string_of(&wants[F_CHANGE]);
@@ -301,27 +304,35 @@ static int verdict(const struct gr_config *cfg, const struct member_want *wants,
         return GR_DROP_VALIDATION_MESSAGE;
     }
     const struct gr_subscription *listed = gr_config_subscription(cfg, sub);
-    const struct gr_secret *secret =
-        listed ? &listed->secret : cfg->has_fallback_secret ? &cfg->fallback_secret : NULL;
+    const struct gr_managed_sub *own = listed ? NULL : gr_managed_find(managed, sub);
+    const struct gr_secret *secret = listed ? &listed->secret
+                                     : own  ? &own->secret
+                                     : cfg->has_fallback_secret ? &cfg->fallback_secret
+                                                                : NULL;
     const char *cs = j->strings[F_CLIENT_STATE] = string_of(&wants[F_CLIENT_STATE]);
     if (!cs) {
         *why = "no clientState";
         return GR_DROP_MISSING_CLIENT_STATE;
     }
+    size_t len = strlen(cs);
+    if (!listed && !own && gr_managed_pending_match(managed, cs, len))
+        return -1;
     if (!secret) {
         *why = "subscription not listed in \"subscriptions\" and no top-level \"client_state\"";
         return GR_DROP_NO_SECRET;
     }
-    if (!gr_secret_matches(secret, cs, strlen(cs))) {
+    if (!gr_secret_matches(secret, cs, len)) {
         *why = listed ? "clientState does not match this subscription's client_state"
+               : own  ? "clientState does not match the one graphrouter created this "
+                        "subscription with"
                       : "clientState does not match the top-level client_state";
         return GR_DROP_BAD_CLIENT_STATE;
     }
     return -1;
 }
 
-static void judge_item(const struct gr_config *cfg, struct span item, struct gr_ingest *out,
-                       bool *needs_tokens)
+static void judge_item(const struct gr_config *cfg, const struct gr_managed *managed,
+                       struct span item, struct gr_ingest *out, bool *needs_tokens)
 {
     struct member_want wants[F_COUNT] = {
         [F_SUBSCRIPTION] = WANT("subscriptionId"), [F_CHANGE] = WANT("changeType"),
@@ -337,7 +348,7 @@ static void judge_item(const struct gr_config *cfg, struct span item, struct gr_
     struct kept_text kept = {0};
     if (*item.p == '{') {
         walk_members(item, wants, F_COUNT, "clientState", &kept);
-        reason = verdict(cfg, wants, &j, &why);
+        reason = verdict(cfg, managed, wants, &j, &why);
     }
     if (reason >= 0) {
         drop(out, (enum gr_drop_reason)reason, j.strings[F_SUBSCRIPTION], why);
@@ -461,8 +472,8 @@ static bool scan_top(struct gr_jscan *s, struct top *t)
     return s->p == s->end || gr_jscan_fail(s); /* end of input expected */
 }
 
-void gr_ingest_parse(const struct gr_config *cfg, const char *body, size_t len,
-                     struct gr_ingest *out)
+void gr_ingest_parse(const struct gr_config *cfg, const struct gr_managed *managed,
+                     const char *body, size_t len, struct gr_ingest *out)
 {
     *out = (struct gr_ingest){.status = 202};
     struct gr_jscan s;
@@ -491,7 +502,7 @@ void gr_ingest_parse(const struct gr_config *cfg, const char *body, size_t len,
     out->items = gr_xcalloc(out->received ? out->received : 1, sizeof *out->items);
     bool needs_tokens = false;
     for (size_t i = 0; i < t.nelements; i++)
-        judge_item(cfg, t.elements[i], out, &needs_tokens);
+        judge_item(cfg, managed, t.elements[i], out, &needs_tokens);
     if (needs_tokens)
         read_tokens(t.has_tokens ? t.tokens.p : NULL,
                     t.has_tokens ? (size_t)(t.tokens.end - t.tokens.p) : 0, out);

@@ -7,8 +7,9 @@
  * accepts (jsonscan.h), and each item's members are read from its text as a
  * worker later reads them from jansson's tree. Each item is judged on its
  * own: its clientState must match its subscription's own secret if the
- * subscription is listed, else the top-level client_state (a listed
- * subscription never accepts the fallback). Items that pass become store
+ * subscription is listed in the configuration or managed by graphrouter
+ * (graph/managed.h), else the top-level client_state (those never accept
+ * the fallback). Items that pass become store
  * items: the item's own text, without its clientState members (members are
  * joined by a comma; values are untouched, so encrypted content stays as
  * sent), with its duplicate key, for the HTTP layer to append; the others are
@@ -25,6 +26,7 @@
 #include <stdint.h>
 
 #include "config.h"
+#include "graph/managed.h"
 #include "metrics.h"
 #include "store/store.h"
 
@@ -39,8 +41,9 @@ struct gr_ingest {
     size_t tokens_skipped; /* validationTokens entries that are not usable tokens */
 };
 
-void gr_ingest_parse(const struct gr_config *cfg, const char *body, size_t len,
-                     struct gr_ingest *out);
+/* `managed` may be NULL (no managed subscriptions). */
+void gr_ingest_parse(const struct gr_config *cfg, const struct gr_managed *managed,
+                     const char *body, size_t len, struct gr_ingest *out);
 /* Frees the reason, the tokens and any items still held (set nitems = 0
  * and tokens = NULL after handing them to the store). */
 void gr_ingest_free(struct gr_ingest *in);

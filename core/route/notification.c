@@ -4,6 +4,7 @@
 
 #include <ctype.h>
 #include <stdlib.h>
+#include <string.h>
 #include <strings.h>
 
 #include "util.h"
@@ -74,6 +75,9 @@ json_t *gr_notification_build(const json_t *item, int64_t received_ms, json_t *c
                         string_or_null(gr_json_string_ci(item, "subscriptionExpirationDateTime")));
     if (lifecycle)
         json_object_set_new(n, "lifecycle_event", json_string(lifecycle));
+    const char *resync = gr_json_string_ci(item, "resyncReason");
+    if (resync && change && strcmp(change, "resync") == 0) /* graph/actions.c makes these */
+        json_object_set_new(n, "resync_reason", json_string(resync));
     json_object_set_new(n, "received_at", json_string(received));
     free(change);
     return n;

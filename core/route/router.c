@@ -20,6 +20,8 @@ unsigned gr_change_type_bit(const char *s)
         return GR_CHANGE_UPDATED;
     if (strcasecmp(s, "deleted") == 0)
         return GR_CHANGE_DELETED;
+    if (strcasecmp(s, "resync") == 0)
+        return GR_CHANGE_RESYNC;
     return 0;
 }
 
@@ -63,7 +65,8 @@ static int parse_match(struct gr_check *c, const json_t *match, struct gr_route 
             free(list);
             return gr_check_fail_member(
                 c, match, "change_type",
-                "route \"%s\": unknown change_type \"%s\" (known: created, updated, deleted)",
+                "route \"%s\": unknown change_type \"%s\" (known: created, updated, deleted, "
+                "resync)",
                 r->name, bad);
         }
         r->changes |= bit;

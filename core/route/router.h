@@ -23,8 +23,10 @@
 
 struct gr_check;
 
-enum { GR_CHANGE_CREATED = 1, GR_CHANGE_UPDATED = 2, GR_CHANGE_DELETED = 4 };
-/* Case-insensitive "created" / "updated" / "deleted" -> bit, or 0. */
+/* "resync": a notification graphrouter makes when a managed subscription
+ * may have missed changes (graph/manager.c), never one Graph sends. */
+enum { GR_CHANGE_CREATED = 1, GR_CHANGE_UPDATED = 2, GR_CHANGE_DELETED = 4, GR_CHANGE_RESYNC = 8 };
+/* Case-insensitive "created" / "updated" / "deleted" / "resync" -> bit, or 0. */
 unsigned gr_change_type_bit(const char *s);
 
 struct gr_route {

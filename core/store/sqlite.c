@@ -21,6 +21,17 @@
 #define GR_STR_(x) #x
 #define GR_STR(x) GR_STR_(x)
 
+/* Layout 3 added these: the control plane's records (sqlite_subs.c). */
+#define SUBSCRIPTION_TABLES                                                                   \
+    "CREATE TABLE IF NOT EXISTS subscriptions("                                              \
+    "  key TEXT PRIMARY KEY, id TEXT, tenant TEXT NOT NULL, resource TEXT NOT NULL,"          \
+    "  change_type TEXT NOT NULL, rich INTEGER NOT NULL, cert_id TEXT, cert_thumbprint TEXT," \
+    "  secret BLOB NOT NULL, state INTEGER NOT NULL, resync TEXT, expires_ms INTEGER,"        \
+    "  renewed_ms INTEGER, due_ms INTEGER, failures INTEGER NOT NULL DEFAULT 0,"              \
+    "  last_error TEXT, created_ms INTEGER NOT NULL, updated_ms INTEGER NOT NULL);"           \
+    "CREATE TABLE IF NOT EXISTS subscription_events(seq INTEGER PRIMARY KEY,"                \
+    "  subscription_id TEXT NOT NULL, event TEXT NOT NULL, item_id INTEGER,"                 \
+    "  received_ms INTEGER NOT NULL);"
 
 static const char schema[] =
     "CREATE TABLE IF NOT EXISTS batches(id INTEGER PRIMARY KEY, tokens TEXT NOT NULL,"
@@ -46,6 +57,7 @@ static const char schema[] =
     "CREATE INDEX IF NOT EXISTS units_due ON units(due_ms) WHERE state = 0;"
     "CREATE INDEX IF NOT EXISTS units_item ON units(item_id, state);"
     "CREATE INDEX IF NOT EXISTS units_order ON units(handler, item_id, id) WHERE state IN (0, 1);"
+    SUBSCRIPTION_TABLES
     "PRAGMA user_version = " GR_STR(SCHEMA_VERSION) ";";
 
 const char sq_close_finished_items[] =
@@ -169,6 +181,8 @@ void sq_free_req(struct req *r)
     }
     free(r->events);
     free(r->text);
+    free(r->life_sub);
+    free(r->life_event);
     free(r->handlers);
     gr_work_free(r->work); /* a completion's work, done with */
     free(r);
@@ -242,6 +256,10 @@ static void sq_routed(struct gr_store *base, struct gr_work *w, const struct gr_
     r->ntargets = o->result == GR_ROUTED ? o->nhandlers : 0;
     r->text = o->note ? gr_xstrdup(o->note) : NULL;
     r->delay_ms = o->delay_ms;
+    if (o->result == GR_ROUTED && o->lifecycle_subscription && o->lifecycle_event) {
+        r->life_sub = gr_xstrdup(o->lifecycle_subscription);
+        r->life_event = gr_xstrdup(o->lifecycle_event);
+    }
     sq_enqueue((struct sqlite_store *)base, r);
 }
 
@@ -373,6 +391,10 @@ static const struct gr_store_ops sqlite_ops = {
     .stats = sq_stats,
     .stop_taking = sq_stop_taking,
     .close = sq_close,
+    .subs_load = sq_subs_load,
+    .subs_put = sq_subs_put,
+    .subs_delete = sq_subs_delete,
+    .lease = sq_lease,
 };
 
 /* Create missing parent directories and the file itself, private. */
@@ -541,15 +563,23 @@ struct gr_store *gr_store_sqlite_open(const struct gr_store_config *c,
                           ? sqlite3_column_int(uv, 0)
                           : SCHEMA_VERSION; /* a new file */
         sqlite3_finalize(uv);
-        if (version == 1) { /* duplicate keys moved to memory (dedupe.h) */
-            rc = sq_exec(s->db, "BEGIN IMMEDIATE; DROP TABLE IF EXISTS dedupe; PRAGMA user_version = "
-                             GR_STR(SCHEMA_VERSION) "; COMMIT");
+        /* Older layouts are converted in place, in one transaction each:
+         * 1 -> 2 moved duplicate keys to memory (dedupe.h), 2 -> 3 added the
+         * control plane's tables. */
+        static const char *const upgrade[] = {
+            [1] = "BEGIN IMMEDIATE; DROP TABLE IF EXISTS dedupe; PRAGMA user_version = 2; COMMIT",
+            [2] = "BEGIN IMMEDIATE; " SUBSCRIPTION_TABLES " PRAGMA user_version = 3; COMMIT",
+        };
+        int from = version;
+        while (rc == SQLITE_OK && version >= 1 && version < SCHEMA_VERSION) {
+            rc = sq_exec(s->db, upgrade[version]);
             if (rc == SQLITE_OK)
-                gr_info("store: %s converted from layout 1 to layout %d", c->path, SCHEMA_VERSION);
+                version++;
             else if (!sqlite3_get_autocommit(s->db))
                 sq_exec(s->db, "ROLLBACK");
-            version = SCHEMA_VERSION;
         }
+        if (rc == SQLITE_OK && from != version)
+            gr_info("store: %s converted from layout %d to layout %d", c->path, from, version);
         if (rc == SQLITE_OK && version != SCHEMA_VERSION) {
             why = gr_xprintf("store: %s holds store layout %d; this graphrouter reads layout %d "
                              "(move the file away, or let the graphrouter that wrote it finish "

@@ -60,11 +60,20 @@ enum { UNIT_PENDING = 0, UNIT_RUNNING = 1, UNIT_DONE = 2, UNIT_DEAD = 3 };
 
 /* The layout below; kept in PRAGMA user_version. A file of another version
  * is refused, never reinterpreted. */
-#define SCHEMA_VERSION 2
+#define SCHEMA_VERSION 3
 
 /* REQ_SYNC: written at once, after what was queued before it, and waited
- * for (sq_run_now): a stuck delivery's note, or nothing (a flush) */
-enum req_kind { REQ_APPEND, REQ_TAKE, REQ_ROUTED, REQ_DELIVERED, REQ_SYNC };
+ * for (sq_run_now): a stuck delivery's note, or nothing (a flush).
+ * REQ_CALL: the same for the control plane's records (sqlite_subs.c): `call`
+ * runs inside the transaction, and the caller waits for it however long. */
+enum req_kind { REQ_APPEND, REQ_TAKE, REQ_ROUTED, REQ_DELIVERED, REQ_SYNC, REQ_CALL };
+
+/* What one request changed, applied to the counters once it is kept. */
+struct delta {
+    uint64_t added_items, added_bytes, done_items, done_bytes, routed, duplicates;
+    bool new_work;
+};
+struct sqlite_store;
 
 struct req {
     enum req_kind kind;
@@ -91,6 +100,10 @@ struct req {
     int64_t delay_ms;
     struct gr_emitted_event *events; /* strings owned */
     size_t nevents;
+    char *life_sub, *life_event; /* REQ_ROUTED: a managed subscription's lifecycle event */
+    /* REQ_CALL */
+    int (*call)(struct sqlite_store *s, struct req *r, int64_t now, struct delta *d);
+    void *arg;
 };
 
 enum stmt_id {
@@ -152,6 +165,8 @@ void sq_count_queue(struct sqlite_store *s); /* under lock */
 /* Queue `r` as urgent and wait (up to 5 s) until the writer ran it, with
  * everything queued before it. False if it was not written. */
 bool sq_run_now(struct sqlite_store *s, struct req *r);
+/* The same without a time limit, for a REQ_CALL; the caller frees `r`. */
+bool sq_run_call(struct sqlite_store *s, struct req *r);
 void *sq_writer_main(void *arg);
 
 /* sqlite_work.c: run by the writer inside its transaction */
@@ -165,6 +180,16 @@ int sq_do_delivered(struct sqlite_store *s, struct req *r, int64_t now, uint64_t
                     uint64_t *done_bytes, bool *new_work);
 void sq_free_chain(struct gr_work *w);
 struct gr_store_stats_handler *sq_hstat(struct sqlite_store *s, const char *name); /* under lock */
+
+/* sqlite_subs.c */
+int sq_add_sub_event(struct sqlite_store *s, const char *subscription, const char *event,
+                     int64_t item, int64_t now);
+int sq_subs_load(struct gr_store *base, struct gr_sub_record **out, size_t *n,
+                 struct gr_sub_event **events, size_t *nevents);
+int sq_subs_put(struct gr_store *base, const struct gr_sub_record *r, const int64_t *consumed,
+                size_t nconsumed, const struct gr_store_item *resync);
+int sq_subs_delete(struct gr_store *base, const char *key);
+bool sq_lease(struct gr_store *base, int64_t ttl_ms);
 
 /* sqlite_maint.c: true if purging is behind (maintenance should come back soon) */
 bool sq_maintenance(struct sqlite_store *s);

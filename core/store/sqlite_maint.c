@@ -66,6 +66,9 @@ static bool purge(struct sqlite_store *s, int64_t now)
         "state = 2 AND done_ms < ?1 ORDER BY done_ms LIMIT ?3)",
         "DELETE FROM batches WHERE id IN (SELECT id FROM batches b WHERE received_ms < ?1 AND "
         "NOT EXISTS (SELECT 1 FROM items WHERE batch_id = b.id) ORDER BY received_ms LIMIT ?3)",
+        /* lifecycle events no manager took (the graph section was removed since) */
+        "DELETE FROM subscription_events WHERE seq IN (SELECT seq FROM subscription_events "
+        "WHERE received_ms < ?1 ORDER BY seq LIMIT ?3)",
     };
     /* Items are kept for the duplicate window at least: their keys are how a
      * restart remembers what was seen (dedupe_load). */

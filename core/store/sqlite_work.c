@@ -415,6 +415,11 @@ int sq_do_routed(struct sqlite_store *s, struct req *r, int64_t now, uint64_t *d
         return sq_step(st);
     }
     (*routed)++;
+    if (r->life_sub) { /* for the manager, whatever the routes do with the item */
+        int rc = sq_add_sub_event(s, r->life_sub, r->life_event, w->id, now);
+        if (rc)
+            return rc;
+    }
     if (r->result != GR_ROUTED || !r->ntargets) /* dropped, or nothing routes it */
         return finish_item(s, w, now, r->text ? r->text : "unrouted", done_items, done_bytes);
     if (w->has_dedupe) {

@@ -26,7 +26,8 @@
 
 static bool urgent(const struct req *r)
 {
-    return r->kind == REQ_APPEND || r->kind == REQ_TAKE || r->kind == REQ_SYNC;
+    return r->kind == REQ_APPEND || r->kind == REQ_TAKE || r->kind == REQ_SYNC ||
+           r->kind == REQ_CALL;
 }
 
 /* When the queue should run (monotonic ms): INT64_MAX while empty (under lock). */
@@ -68,7 +69,6 @@ void sq_count_queue(struct sqlite_store *s)
     }
 }
 
-
 /* ---- the writer -------------------------------------------------------- */
 
 static void finish_requests(struct sqlite_store *s, struct req *batch, int rc)
@@ -82,7 +82,7 @@ static void finish_requests(struct sqlite_store *s, struct req *batch, int rc)
                                                         : GR_APPEND_OK;
             a->done(a->ctx, res);
             sq_free_req(r);
-        } else if (r->kind == REQ_SYNC) {
+        } else if (r->kind == REQ_SYNC || r->kind == REQ_CALL) {
             pthread_mutex_lock(&s->lock);
             bool abandoned = r->abandoned;
             r->failed |= rc != 0;
@@ -106,12 +106,6 @@ static void finish_requests(struct sqlite_store *s, struct req *batch, int rc)
         }
     }
 }
-
-/* What one request changed, applied to the counters once it is kept. */
-struct delta {
-    uint64_t added_items, added_bytes, done_items, done_bytes, routed, duplicates;
-    bool new_work;
-};
 
 static int run_request(struct sqlite_store *s, struct req *r, int64_t now,
                        const struct delta *so_far, struct delta *d)
@@ -149,6 +143,7 @@ static int run_request(struct sqlite_store *s, struct req *r, int64_t now,
         sqlite3_clear_bindings(st);
         return rc;
     }
+    case REQ_CALL: return r->call(s, r, now, d);
     }
     return 0;
 }
@@ -163,7 +158,7 @@ static void run_batch(struct sqlite_store *s, struct req *batch)
     size_t nreq = 0, nappend = 0;
     for (struct req *r = batch; r; r = r->next) {
         nreq++;
-        nappend += r->kind == REQ_APPEND;
+        nappend += r->kind == REQ_APPEND || r->kind == REQ_CALL; /* both durable at once */
     }
     sq_step(S(s, nappend && s->cfg.synchronous_full ? S_SYNC_FULL : S_SYNC_NORMAL));
     int rc = sq_step(S(s, S_BEGIN));
@@ -343,5 +338,16 @@ bool sq_run_now(struct sqlite_store *s, struct req *r)
     pthread_mutex_unlock(&s->lock);
     if (done)
         sq_free_req(r);
+    return written;
+}
+
+bool sq_run_call(struct sqlite_store *s, struct req *r)
+{
+    sq_enqueue(s, r);
+    pthread_mutex_lock(&s->lock);
+    while (!r->done)
+        pthread_cond_wait(&s->answered, &s->lock);
+    bool written = !r->failed;
+    pthread_mutex_unlock(&s->lock);
     return written;
 }

@@ -91,6 +91,9 @@ struct gr_route_outcome {
     size_t nhandlers;
     const char *note;   /* GR_ROUTE_DROPPED: why, kept with the item */
     int64_t delay_ms;   /* GR_ROUTE_WAIT */
+    /* GR_ROUTED, a lifecycle event of a subscription graphrouter manages:
+     * kept (gr_sub_event) in the same step, for the manager to act on */
+    const char *lifecycle_subscription, *lifecycle_event;
 };
 
 struct gr_emitted_event {
@@ -105,6 +108,43 @@ struct gr_delivery_outcome {
     const char *error;                    /* RETRY, DEAD: kept as last_error */
     const struct gr_emitted_event *events; /* GR_DELIVERED: stored with the completion */
     size_t nevents;
+};
+
+/* ---- the control plane's records (graph/manager.c) ----------------------
+ * The subscriptions graphrouter manages, and the lifecycle events it has
+ * yet to act on. Only the manager writes records; routing a lifecycle item
+ * adds its event in the step that routes it, so an event that got a 202 is
+ * acted on even after a crash. */
+
+enum gr_sub_state {
+    GR_SUB_CREATING = 0, /* to create (again): no live subscription */
+    GR_SUB_ACTIVE = 1,   /* created; renewed before it expires */
+    GR_SUB_DELETING = 2, /* no longer declared, or replaced: to delete in Graph */
+};
+
+struct gr_sub_record {
+    char *key;            /* a declaration's (graph_conf.h); "delete\n<id>" while deleting */
+    char *id;             /* Graph's subscription id; NULL while creating */
+    char *tenant, *resource, *change_type;
+    bool rich;
+    char *cert_id, *cert_thumbprint; /* rich: the certificate Graph encrypts to */
+    unsigned char secret[32];        /* SHA-256 of its clientState (never the secret) */
+    enum gr_sub_state state;
+    char *resync;         /* a resync to send once it is active again: its reason */
+    int64_t expires_ms;   /* the expiry Graph granted; 0: none */
+    int64_t renewed_ms;   /* when it was created or last renewed */
+    int64_t due_ms;       /* when the manager acts on it next (renewal or retry) */
+    unsigned failures;    /* failed attempts in a row (backoff) */
+    char *last_error;     /* the last failure, NULL after a success */
+    int64_t created_ms;   /* when the record was made */
+};
+void gr_sub_record_clear(struct gr_sub_record *r); /* frees its strings */
+void gr_sub_record_copy(struct gr_sub_record *dst, const struct gr_sub_record *src);
+
+struct gr_sub_event {
+    int64_t seq;
+    char *subscription_id;
+    char *event; /* reauthorizationRequired, subscriptionRemoved, missed */
 };
 
 /* ---- the interface ------------------------------------------------------- */
@@ -151,6 +191,20 @@ struct gr_store_ops {
     void (*stats)(struct gr_store *s, struct gr_store_stats *out);
     /* Stop handing out work; take() returns -1 once nothing runs. */
     void (*stop_taking)(struct gr_store *s);
+    /* The control plane's records: each call is written (or read) at once,
+     * after what was handed to the store before it, and returns 0 once it
+     * is durable, or -1. */
+    int (*subs_load)(struct gr_store *s, struct gr_sub_record **out, size_t *n,
+                     struct gr_sub_event **events, size_t *nevents);
+    /* Insert or replace `r` (by key; NULL: none); in the same step, forget
+     * the events `consumed` (acted on) and store `resync`, an item to route,
+     * if given. */
+    int (*subs_put)(struct gr_store *s, const struct gr_sub_record *r, const int64_t *consumed,
+                    size_t nconsumed, const struct gr_store_item *resync);
+    int (*subs_delete)(struct gr_store *s, const char *key);
+    /* Whether this process may run the control plane now, for ttl_ms (a
+     * store shared by several instances gives it to one of them). */
+    bool (*lease)(struct gr_store *s, int64_t ttl_ms);
     void (*close)(struct gr_store *s);
 };
 
@@ -178,6 +232,23 @@ static inline void gr_store_flush(struct gr_store *s) { s->ops->flush(s); }
 static inline void gr_store_stats(struct gr_store *s, struct gr_store_stats *out) { s->ops->stats(s, out); }
 static inline void gr_store_stop_taking(struct gr_store *s) { s->ops->stop_taking(s); }
 static inline void gr_store_close(struct gr_store *s) { s->ops->close(s); }
+static inline int gr_store_subs_load(struct gr_store *s, struct gr_sub_record **out, size_t *n,
+                                     struct gr_sub_event **events, size_t *nevents)
+{
+    return s->ops->subs_load(s, out, n, events, nevents);
+}
+static inline int gr_store_subs_put(struct gr_store *s, const struct gr_sub_record *r,
+                                    const int64_t *consumed, size_t nconsumed,
+                                    const struct gr_store_item *resync)
+{
+    return s->ops->subs_put(s, r, consumed, nconsumed, resync);
+}
+static inline int gr_store_subs_delete(struct gr_store *s, const char *key)
+{
+    return s->ops->subs_delete(s, key);
+}
+static inline bool gr_store_lease(struct gr_store *s, int64_t ttl_ms) { return s->ops->lease(s, ttl_ms); }
+void gr_sub_events_free(struct gr_sub_event *e, size_t n);
 
 void gr_store_stats_free(struct gr_store_stats *st);
 

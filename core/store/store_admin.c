@@ -282,18 +282,23 @@ static int usage(void)
 {
     fprintf(stderr, "usage: graphrouter -c FILE status\n"
                     "       graphrouter -c FILE dlq list | show ID | replay ID | replay --all | "
-                    "purge\n");
+                    "purge\n"
+                    "       graphrouter -c FILE subscriptions [--json]\n");
     return 2;
 }
 
 int gr_store_admin(const char *config_file, int argc, char **argv)
 {
     bool is_status = strcmp(argv[0], "status") == 0;
-    if (!is_status && (strcmp(argv[0], "dlq") != 0 || argc < 2))
+    bool is_subs = strcmp(argv[0], "subscriptions") == 0;
+    bool subs_json = is_subs && argc == 2 && strcmp(argv[1], "--json") == 0;
+    if (is_subs && argc != 1 && !subs_json)
         return usage();
-    const char *cmd = is_status ? "status" : argv[1];
+    if (!is_status && !is_subs && (strcmp(argv[0], "dlq") != 0 || argc < 2))
+        return usage();
+    const char *cmd = is_status || is_subs ? argv[0] : argv[1];
     bool needs_id = strcmp(cmd, "show") == 0 || strcmp(cmd, "replay") == 0;
-    if ((is_status && argc != 1) || (!is_status && argc != (needs_id ? 3 : 2)))
+    if ((is_status && argc != 1) || (!is_status && !is_subs && argc != (needs_id ? 3 : 2)))
         return usage();
     struct gr_config *cfg;
     char *err = NULL;
@@ -315,6 +320,8 @@ int gr_store_admin(const char *config_file, int argc, char **argv)
     int rc;
     if (is_status)
         rc = status(db, cfg);
+    else if (is_subs)
+        rc = gr_subs_admin(db, cfg, subs_json);
     else if (strcmp(cmd, "list") == 0)
         rc = dlq_list(db);
     else if (strcmp(cmd, "show") == 0)

@@ -3,6 +3,7 @@
  *
  *   graphrouter -c FILE status
  *   graphrouter -c FILE dlq list | show ID | replay ID | replay --all | purge
+ *   graphrouter -c FILE subscriptions [--json]
  *
  * It opens the configuration's store with its own connection (SQLite WAL
  * lets it read beside the daemon, and its writes wait for the daemon's
@@ -11,7 +12,14 @@
 #ifndef GR_STORE_ADMIN_H
 #define GR_STORE_ADMIN_H
 
-/* argv[0] is "status" or "dlq". Returns the exit status. */
+#include <sqlite3.h>
+#include <stdbool.h>
+
+struct gr_config;
+
+/* argv[0] is "status", "dlq" or "subscriptions". Returns the exit status. */
 int gr_store_admin(const char *config_file, int argc, char **argv);
+/* The subscriptions command (subs_admin.c). */
+int gr_subs_admin(sqlite3 *db, const struct gr_config *cfg, bool json);
 
 #endif

@@ -14,6 +14,8 @@
 
 #include "plugin/callwatch.h"
 #include "generation.h"
+#include "graph/managed.h"
+#include "graph/manager.h"
 #include "log.h"
 #include "metrics.h"
 #include "worker/msgcache.h"
@@ -52,6 +54,33 @@ int64_t gr_backoff_ms(const struct gr_retry_policy *p, unsigned attempts)
     if (cap <= 0)
         return 0;
     return (int64_t)arc4random_uniform((uint32_t)cap + 1);
+}
+
+/* A lifecycle event of a subscription graphrouter manages goes to the
+ * manager too: routing the item keeps it in the store (o's lifecycle
+ * fields), and the manager acts on it from there. Returns true if it did. */
+static bool lifecycle_action(const json_t *n, struct gr_route_outcome *o)
+{
+    static const char *const acted_on[] = {"reauthorizationRequired", "subscriptionRemoved",
+                                           "missed"};
+    const char *id = json_string_value(json_object_get(n, "subscription_id"));
+    const char *event = json_string_value(json_object_get(n, "lifecycle_event"));
+    struct gr_managed *managed = gr_managed_pin();
+    bool ours = gr_managed_find(managed, id) != NULL;
+    gr_managed_unpin(managed);
+    if (!ours || !event)
+        return false;
+    for (size_t i = 0; i < GR_ARRAY_LEN(acted_on); i++)
+        if (strcmp(event, acted_on[i]) == 0) {
+            o->lifecycle_subscription = id;
+            o->lifecycle_event = acted_on[i];
+            return true;
+        }
+    gr_metrics_lifecycle_event(event); /* counted as "other" */
+    gr_warn_limited("subscription %.80s: lifecycle event \"%.40s\" is not one graphrouter knows; "
+                    "routed, not acted on",
+                    id, event);
+    return false;
 }
 
 static void route(struct gr_workers *ws, struct gr_work *w)
@@ -109,6 +138,7 @@ static void route(struct gr_workers *ws, struct gr_work *w)
             names[o.nhandlers++] = g->handlers[i].name;
     o.result = GR_ROUTED;
     o.handlers = names;
+    bool poke = cls.type == GR_RT_LIFECYCLE && lifecycle_action(n, &o);
     /* For the deliveries, before they can exist; or, keeping nothing, empty
      * the slot, so that no delivery of this item finds an older item's text. */
     char *text = o.nhandlers && !rich ? json_dumps(n, JSON_COMPACT) : NULL;
@@ -118,6 +148,8 @@ static void route(struct gr_workers *ws, struct gr_work *w)
         gr_info("item not routed: no route matched; resource_type=%s subscription=%.80s",
                 gr_rtype_name(cls.type), in.subscription_id ? in.subscription_id : "(none)");
     gr_store_routed(store, w, &o); /* copies the names: the generation may go */
+    if (poke) /* after the routed record, which carries the event, is queued */
+        gr_manager_poke();
     gr_generation_unpin(g);
     gr_classification_free(&cls);
     json_decref(n);

@@ -545,11 +545,35 @@ class LayoutTest(RouterTest):
         db.commit()
         db.close()
         r.start()
-        self.assertIn("converted from layout 1 to layout 2", r.log())
-        self.assertEqual(db_rows(r, "PRAGMA user_version"), [(2,)])
+        self.assertIn("converted from layout 1 to layout 3", r.log())
+        self.assertEqual(db_rows(r, "PRAGMA user_version"), [(3,)])
         self.assertEqual(db_rows(r, "SELECT count(*) FROM sqlite_schema WHERE name = 'dedupe'"),
                          [(0,)])
         self.assertEqual(db_rows(r, "SELECT count(*) FROM units WHERE state = 0"), [(1,)])
+
+    def test_a_layout_2_store_is_converted(self):
+        # Layout 3 added the control plane's tables (managed subscriptions
+        # and their lifecycle events); a layout 2 file keeps its work.
+        r = self.router(base_config(handlers={
+            "f": dict(flaky(fail_times=100000), retry={"initial_backoff_ms": 60000,
+                                                      "max_backoff_ms": 60000})},
+            routes=[{"name": "r", "to": "f"}]))
+        self.assertEqual(r.post(batch(item(id="old")))[0], 202)
+        r.wait_for(lambda: db_rows(r, "SELECT count(*) FROM units")[0][0] == 1)
+        self.assertEqual(r.stop(), 0)
+        db = sqlite3.connect(r.path("var/graphrouter.db"))
+        db.execute("DROP TABLE subscriptions")
+        db.execute("DROP TABLE subscription_events")
+        db.execute("PRAGMA user_version = 2")
+        db.commit()
+        db.close()
+        r.start()
+        self.assertIn("converted from layout 2 to layout 3", r.log())
+        self.assertEqual(db_rows(r, "PRAGMA user_version"), [(3,)])
+        self.assertEqual(db_rows(r, "SELECT count(*) FROM sqlite_schema WHERE name IN "
+                                    "('subscriptions', 'subscription_events')"), [(2,)])
+        self.assertEqual(db_rows(r, "SELECT count(*) FROM units WHERE state = 0"), [(1,)])
+        self.assertEqual(r.cli("subscriptions")[0], 0)
 
     def test_a_store_of_another_layout_is_refused(self):
         r = self.router(base_config())
@@ -561,5 +585,5 @@ class LayoutTest(RouterTest):
         with self.assertRaises(AssertionError) as ctx:
             r.start()
         self.assertEqual(r.proc.returncode, 1)
-        self.assertIn("graphrouter.db holds store layout 99; this graphrouter reads layout 2",
+        self.assertIn("graphrouter.db holds store layout 99; this graphrouter reads layout 3",
                       str(ctx.exception).replace('\\"', '"'))

@@ -202,7 +202,7 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
         memcpy(body, data, size);
 
     struct gr_ingest in;
-    gr_ingest_parse(cfg, body, size, &in);
+    gr_ingest_parse(cfg, NULL, body, size, &in);
 
     if (in.status == 400) {
         if (!in.reason || strchr(in.reason, '\n') || in.nitems != 0)

@@ -44,14 +44,14 @@ static void test_bad_bodies(void **state)
     };
     for (size_t i = 0; i < sizeof bad / sizeof bad[0]; i++) {
         struct gr_ingest in;
-        gr_ingest_parse(cfg, bad[i].body, strlen(bad[i].body), &in);
+        gr_ingest_parse(cfg, NULL, bad[i].body, strlen(bad[i].body), &in);
         assert_int_equal(in.status, 400);
         assert_non_null(strstr(in.reason, bad[i].reason));
         assert_null(strchr(in.reason, '\n'));
         gr_ingest_free(&in);
     }
     struct gr_ingest in;
-    gr_ingest_parse(cfg, "{\"value\": []}", 13, &in);
+    gr_ingest_parse(cfg, NULL, "{\"value\": []}", 13, &in);
     assert_int_equal(in.status, 202);
     assert_int_equal(in.nitems, 0);
     gr_ingest_free(&in);
@@ -76,7 +76,7 @@ static void test_mixed_batch(void **state)
         "{\"SubscriptionId\": \"LISTED\", \"ClientState\": \"own-secret\", \"n\": 9}"
         "]}";
     struct gr_ingest in;
-    gr_ingest_parse(cfg, body, strlen(body), &in);
+    gr_ingest_parse(cfg, NULL, body, strlen(body), &in);
     assert_int_equal(in.status, 202);
     assert_int_equal(in.received, 10);
     assert_int_equal(in.nitems, 3);
@@ -113,13 +113,13 @@ static void test_members_as_jansson_reads_them(void **state)
         "\"clientstate\": \"wrong\", \"n\": [1, {\"clientState\": \"kept: not a member of the item\"}]}"
         "], \"value\": \"the last value counts\"}";
     struct gr_ingest in;
-    gr_ingest_parse(cfg, body, strlen(body), &in);
+    gr_ingest_parse(cfg, NULL, body, strlen(body), &in);
     assert_int_equal(in.status, 400); /* the last "value" is not an array */
     gr_ingest_free(&in);
     char *one = gr_xstrdup(body);
     *strstr(one, "], \"value\"") = '\0';
     char *fixed = gr_xprintf("%s]}", one);
-    gr_ingest_parse(cfg, fixed, strlen(fixed), &in);
+    gr_ingest_parse(cfg, NULL, fixed, strlen(fixed), &in);
     assert_int_equal(in.status, 202);
     assert_int_equal(in.received, 3);
     assert_int_equal(in.dropped[GR_DROP_BAD_CLIENT_STATE], 1); /* exact "clientState" is "wrong" */
@@ -142,7 +142,7 @@ static void test_no_fallback(void **state)
     const char *body = "{\"value\": [{\"subscriptionId\": \"other\", \"clientState\": \"x\"},"
                        "{\"subscriptionId\": \"listed\", \"clientState\": \"own\"}]}";
     struct gr_ingest in;
-    gr_ingest_parse(cfg, body, strlen(body), &in);
+    gr_ingest_parse(cfg, NULL, body, strlen(body), &in);
     assert_int_equal(in.nitems, 1);
     assert_int_equal(in.dropped[GR_DROP_NO_SECRET], 1);
     gr_ingest_free(&in);

@@ -1,0 +1,691 @@
+/*
+ * The Graph client (see client.h): credentials, tokens, calls, throttling.
+ * Each tenant has one lock, held while its token is fetched and while its
+ * throttling state is read or changed; never while a Graph call runs.
+ */
+#define _GNU_SOURCE
+#include "graph/client.h"
+
+#include <curl/curl.h>
+#include <openssl/crypto.h>
+#include <openssl/rand.h>
+#include <pthread.h>
+#include <stdatomic.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <strings.h>
+#include <time.h>
+
+#include "crypto/base64.h"
+#include "crypto/jwt.h"
+#include "crypto/keyfile.h"
+#include "log.h"
+#include "metrics.h"
+#include "util.h"
+
+#define GR_GRAPH_MAX_BODY (16u << 20)    /* a page of a list is far smaller */
+#define GR_GRAPH_ERROR_MAX 400            /* characters of an error kept for logs */
+#define GR_ASSERTION_LIFETIME_S 600       /* a client assertion is valid this long */
+#define GR_TOKEN_MARGIN_MAX_MS (5 * 60000) /* a token is renewed this long before it expires */
+
+struct tenant {
+    char *id;
+    /* the credential: a secret, or a key and its certificate's x5t */
+    char *secret;
+    size_t secret_len;
+    EVP_PKEY *key;
+    char *x5t;
+    char *fingerprint; /* what identifies the credential, for reloads (no secret in it) */
+
+    pthread_mutex_t lock;
+    char *token;                 /* cached access token */
+    int64_t token_refresh_mono;  /* fetch a new one from then on */
+    int64_t blocked_until_mono;  /* a Retry-After in force */
+    int64_t *writes;             /* monotonic times of the last writes (a ring) */
+    size_t nwrites, next_write;
+};
+
+struct gr_graph_client {
+    char *app_id, *base_url, *login_url, *scope, *ca_file;
+    long connect_timeout_ms, timeout_ms;
+    unsigned write_budget;
+    int64_t write_window_ms;
+    struct tenant *tenants;
+    size_t ntenants;
+};
+
+void gr_graph_response_free(struct gr_graph_response *r)
+{
+    json_decref(r->body);
+    free(r->error);
+    *r = (struct gr_graph_response){0};
+}
+
+/* ---- credentials --------------------------------------------------------- */
+
+static char *dup_or_null(const char *s)
+{
+    return s ? gr_xstrdup(s) : NULL;
+}
+
+/* A secret file's content is the secret, one trailing newline stripped. */
+static int load_secret(struct gr_check *c, const struct gr_graph_tenant_conf *tc,
+                       struct tenant *t)
+{
+    if (tc->client_secret_env) {
+        const char *v = getenv(tc->client_secret_env);
+        if (!v || !*v)
+            return gr_check_fail_member(c, tc->node, "client_secret_env",
+                                        "graph tenant \"%s\": the environment variable %s is "
+                                        "not set (or empty)",
+                                        tc->id, tc->client_secret_env);
+        t->secret = gr_xstrdup(v);
+        t->secret_len = strlen(v);
+        t->fingerprint = gr_xprintf("env:%s", tc->client_secret_env);
+        return 0;
+    }
+    size_t len;
+    char *why = NULL;
+    unsigned char *buf = gr_keyfile_read(tc->client_secret_file, true, &len, &why);
+    if (!buf) {
+        gr_check_fail_member(c, tc->node, "client_secret_file", "graph tenant \"%s\": %s",
+                             tc->id, why);
+        free(why);
+        return -1;
+    }
+    size_t n = len;
+    if (n && buf[n - 1] == '\n')
+        n -= n >= 2 && buf[n - 2] == '\r' ? 2 : 1;
+    if (n == 0 || memchr(buf, '\0', n) || memchr(buf, '\n', n)) {
+        gr_keyfile_free(buf, len);
+        return gr_check_fail_member(c, tc->node, "client_secret_file",
+                                    "graph tenant \"%s\": %s must hold the client secret on "
+                                    "one line",
+                                    tc->id, tc->client_secret_file);
+    }
+    t->secret = gr_xstrndup((const char *)buf, n);
+    t->secret_len = n;
+    gr_keyfile_free(buf, len);
+    /* A digest of the secret tells a changed file apart without keeping it twice. */
+    unsigned char md[32];
+    unsigned int mdlen = 0;
+    EVP_Digest(t->secret, n, md, &mdlen, gr_sha256(), NULL);
+    char *hex = gr_base64url_encode(md, sizeof md);
+    t->fingerprint = gr_xprintf("secret:%s", hex);
+    free(hex);
+    return 0;
+}
+
+static int load_certificate(struct gr_check *c, const struct gr_graph_tenant_conf *tc,
+                            struct tenant *t)
+{
+    struct gr_keyfile_spec spec = {tc->private_key_file, tc->client_certificate_file,
+                                   tc->password_file};
+    X509 *cert;
+    char *why = NULL;
+    if (gr_keyfile_load(&spec, &t->key, &cert, &why) < 0) {
+        gr_check_fail_member(c, tc->node, "private_key_file", "graph tenant \"%s\": %s", tc->id,
+                             why);
+        free(why);
+        return -1;
+    }
+    if (EVP_PKEY_get_base_id(t->key) != EVP_PKEY_RSA || EVP_PKEY_get_bits(t->key) < 2048) {
+        X509_free(cert);
+        return gr_check_fail_member(c, tc->node, "private_key_file",
+                                    "graph tenant \"%s\": %s: Entra ID needs an RSA key of 2048 "
+                                    "bits or more",
+                                    tc->id, tc->private_key_file);
+    }
+    t->x5t = gr_keyfile_x5t(cert);
+    X509_free(cert);
+    t->fingerprint = gr_xprintf("cert:%s", t->x5t ? t->x5t : "");
+    return 0;
+}
+
+static void tenant_free(struct tenant *t)
+{
+    free(t->id);
+    if (t->secret) {
+        OPENSSL_cleanse(t->secret, t->secret_len);
+        free(t->secret);
+    }
+    EVP_PKEY_free(t->key);
+    free(t->x5t);
+    free(t->fingerprint);
+    if (t->token) {
+        OPENSSL_cleanse(t->token, strlen(t->token));
+        free(t->token);
+    }
+    free(t->writes);
+    pthread_mutex_destroy(&t->lock);
+}
+
+/* "https://graph.microsoft.com/v1.0" -> "https://graph.microsoft.com/.default":
+ * a national cloud's tokens are for its own Graph host. */
+static char *scope_of(const char *base_url)
+{
+    const char *host = strstr(base_url, "://");
+    const char *end = host ? strchr(host + 3, '/') : NULL;
+    size_t n = end ? (size_t)(end - base_url) : strlen(base_url);
+    return gr_xprintf("%.*s/.default", (int)n, base_url);
+}
+
+/* Keep what `prev` knew of the same tenant with the same credential. */
+static void adopt(struct gr_graph_client *c, struct tenant *t, struct gr_graph_client *prev)
+{
+    if (!prev || strcmp(prev->app_id, c->app_id) != 0 ||
+        strcmp(prev->login_url, c->login_url) != 0 || strcmp(prev->base_url, c->base_url) != 0)
+        return;
+    for (size_t i = 0; i < prev->ntenants; i++) {
+        struct tenant *p = &prev->tenants[i];
+        if (strcasecmp(p->id, t->id) != 0)
+            continue;
+        pthread_mutex_lock(&p->lock);
+        t->blocked_until_mono = p->blocked_until_mono;
+        for (size_t k = 0; k < p->nwrites && k < c->write_budget; k++)
+            t->writes[t->nwrites++] = p->writes[(p->next_write + p->nwrites - 1 - k) % p->nwrites];
+        if (strcmp(p->fingerprint, t->fingerprint) == 0 && p->token) {
+            t->token = gr_xstrdup(p->token);
+            t->token_refresh_mono = p->token_refresh_mono;
+        }
+        pthread_mutex_unlock(&p->lock);
+        t->next_write = t->nwrites % c->write_budget;
+        return;
+    }
+}
+
+int gr_graph_client_build(struct gr_check *chk, const struct gr_graph_conf *conf,
+                          struct gr_graph_client *prev, struct gr_graph_client **out)
+{
+    *out = NULL;
+    struct gr_graph_client *c = gr_xcalloc(1, sizeof *c);
+    c->app_id = gr_xstrdup(conf->app_id);
+    c->base_url = gr_xstrdup(conf->base_url);
+    c->login_url = gr_xstrdup(conf->login_url);
+    c->scope = scope_of(conf->base_url);
+    c->ca_file = dup_or_null(conf->ca_file);
+    c->connect_timeout_ms = (long)conf->connect_timeout_s * 1000;
+    c->timeout_ms = (long)conf->timeout_s * 1000;
+    c->write_budget = conf->write_budget;
+    c->write_window_ms = (int64_t)conf->write_budget_window_s * 1000;
+    c->tenants = gr_xcalloc(conf->ntenants, sizeof *c->tenants);
+    for (size_t i = 0; i < conf->ntenants; i++) {
+        const struct gr_graph_tenant_conf *tc = &conf->tenants[i];
+        struct tenant *t = &c->tenants[i];
+        c->ntenants = i + 1;
+        t->id = gr_xstrdup(tc->id);
+        pthread_mutex_init(&t->lock, NULL);
+        t->writes = gr_xcalloc(c->write_budget, sizeof *t->writes);
+        if ((tc->private_key_file ? load_certificate(chk, tc, t) : load_secret(chk, tc, t)) < 0) {
+            gr_graph_client_free(c);
+            return -1;
+        }
+        adopt(c, t, prev);
+    }
+    *out = c;
+    return 0;
+}
+
+void gr_graph_client_free(struct gr_graph_client *c)
+{
+    if (!c)
+        return;
+    for (size_t i = 0; i < c->ntenants; i++)
+        tenant_free(&c->tenants[i]);
+    free(c->tenants);
+    free(c->app_id);
+    free(c->base_url);
+    free(c->login_url);
+    free(c->scope);
+    free(c->ca_file);
+    free(c);
+}
+
+/* ---- HTTP ----------------------------------------------------------------- */
+
+struct transfer {
+    struct gr_buf body;
+    bool too_large;
+    char *retry_after; /* the header's value */
+};
+
+static size_t on_body(char *data, size_t size, size_t nmemb, void *userp)
+{
+    struct transfer *x = userp;
+    size_t n = size * nmemb;
+    if (x->body.len + n > GR_GRAPH_MAX_BODY) {
+        x->too_large = true;
+        return 0; /* aborts the transfer */
+    }
+    gr_buf_append(&x->body, data, n);
+    return n;
+}
+
+static size_t on_header(char *data, size_t size, size_t nmemb, void *userp)
+{
+    struct transfer *x = userp;
+    size_t n = size * nmemb;
+    static const char name[] = "retry-after:";
+    if (n > sizeof name - 1 && strncasecmp(data, name, sizeof name - 1) == 0) {
+        const char *v = data + sizeof name - 1;
+        size_t len = n - (sizeof name - 1);
+        while (len && (*v == ' ' || *v == '\t'))
+            v++, len--;
+        while (len && (v[len - 1] == '\r' || v[len - 1] == '\n' || v[len - 1] == ' '))
+            len--;
+        free(x->retry_after);
+        x->retry_after = gr_xstrndup(v, len);
+    }
+    return n;
+}
+
+/* Printable ASCII only, at most GR_GRAPH_ERROR_MAX characters. */
+static char *clean(const char *s)
+{
+    struct gr_buf b = {0};
+    for (const char *p = s; p && *p && b.len < GR_GRAPH_ERROR_MAX; p++)
+        gr_buf_append(&b, *p >= ' ' && *p < 0x7f ? p : "?", 1);
+    return b.data ? b.data : gr_xstrdup("");
+}
+
+/* One HTTP exchange. `auth` is a bearer token or NULL; `content_type` goes
+ * with `payload` (NULL: no body). Returns false on a network failure
+ * (*error set). */
+/* Aborts a transfer once *cancel is set (graphrouter is stopping). */
+static int on_progress(void *userp, curl_off_t dltotal, curl_off_t dlnow, curl_off_t ultotal,
+                       curl_off_t ulnow)
+{
+    (void)dltotal, (void)dlnow, (void)ultotal, (void)ulnow;
+    const atomic_bool *cancel = userp;
+    return cancel && atomic_load(cancel) ? 1 : 0;
+}
+
+static bool exchange(const struct gr_graph_client *c, const char *method, const char *url,
+                     const char *auth, const char *content_type, const char *payload,
+                     const atomic_bool *cancel, long *status, struct transfer *x, char **error)
+{
+    CURL *h = curl_easy_init();
+    if (!h) {
+        *error = gr_xstrdup("curl_easy_init failed");
+        return false;
+    }
+    char errbuf[CURL_ERROR_SIZE] = "";
+    struct curl_slist *headers = curl_slist_append(NULL, "Accept: application/json");
+    char *bearer = auth ? gr_xprintf("Authorization: Bearer %s", auth) : NULL;
+    if (bearer)
+        headers = curl_slist_append(headers, bearer);
+    char *ct = content_type ? gr_xprintf("Content-Type: %s", content_type) : NULL;
+    if (ct)
+        headers = curl_slist_append(headers, ct);
+    curl_easy_setopt(h, CURLOPT_URL, url);
+    curl_easy_setopt(h, CURLOPT_PROTOCOLS_STR, "https,http"); /* http only to loopback (config) */
+    curl_easy_setopt(h, CURLOPT_FOLLOWLOCATION, 0L);
+    curl_easy_setopt(h, CURLOPT_SSL_VERIFYPEER, 1L);
+    curl_easy_setopt(h, CURLOPT_SSL_VERIFYHOST, 2L);
+    if (c->ca_file)
+        curl_easy_setopt(h, CURLOPT_CAINFO, c->ca_file);
+    curl_easy_setopt(h, CURLOPT_CONNECTTIMEOUT_MS, c->connect_timeout_ms);
+    curl_easy_setopt(h, CURLOPT_TIMEOUT_MS, c->timeout_ms);
+    curl_easy_setopt(h, CURLOPT_NOSIGNAL, 1L);
+    curl_easy_setopt(h, CURLOPT_USERAGENT, "graphrouter/" GR_VERSION);
+    curl_easy_setopt(h, CURLOPT_ERRORBUFFER, errbuf);
+    curl_easy_setopt(h, CURLOPT_HTTPHEADER, headers);
+    curl_easy_setopt(h, CURLOPT_CUSTOMREQUEST, method);
+    if (payload) {
+        curl_easy_setopt(h, CURLOPT_POSTFIELDS, payload);
+        curl_easy_setopt(h, CURLOPT_POSTFIELDSIZE_LARGE, (curl_off_t)strlen(payload));
+    } else if (strcmp(method, "GET") == 0) {
+        curl_easy_setopt(h, CURLOPT_HTTPGET, 1L);
+    }
+    curl_easy_setopt(h, CURLOPT_WRITEFUNCTION, on_body);
+    curl_easy_setopt(h, CURLOPT_WRITEDATA, x);
+    curl_easy_setopt(h, CURLOPT_HEADERFUNCTION, on_header);
+    curl_easy_setopt(h, CURLOPT_HEADERDATA, x);
+    curl_easy_setopt(h, CURLOPT_NOPROGRESS, 0L);
+    curl_easy_setopt(h, CURLOPT_XFERINFOFUNCTION, on_progress);
+    curl_easy_setopt(h, CURLOPT_XFERINFODATA, (void *)cancel);
+    CURLcode rc = curl_easy_perform(h);
+    curl_easy_getinfo(h, CURLINFO_RESPONSE_CODE, status);
+    curl_easy_cleanup(h);
+    curl_slist_free_all(headers);
+    if (bearer) {
+        OPENSSL_cleanse(bearer, strlen(bearer));
+        free(bearer);
+    }
+    free(ct);
+    if (rc != CURLE_OK) {
+        *error = x->too_large ? gr_xprintf("the answer is larger than %u bytes", GR_GRAPH_MAX_BODY)
+                              : clean(*errbuf ? errbuf : curl_easy_strerror(rc));
+        *status = 0;
+        return false;
+    }
+    return true;
+}
+
+/* ---- tokens --------------------------------------------------------------- */
+
+static char *client_assertion(const struct gr_graph_client *c, const struct tenant *t,
+                              const char *token_url)
+{
+    unsigned char id[16];
+    if (RAND_bytes(id, sizeof id) != 1)
+        return NULL;
+    char *jti = gr_base64url_encode(id, sizeof id);
+    json_int_t now = (json_int_t)(gr_wall_ms() / 1000);
+    json_t *header = json_pack("{s:s,s:s,s:s}", "alg", "RS256", "typ", "JWT", "x5t", t->x5t);
+    json_t *claims = json_pack("{s:s,s:s,s:s,s:s,s:I,s:I,s:I}", "aud", token_url, "iss",
+                               c->app_id, "sub", c->app_id, "jti", jti, "nbf", now, "iat", now,
+                               "exp", now + GR_ASSERTION_LIFETIME_S);
+    char *jwt = header && claims ? gr_jwt_sign_rs256(t->key, header, claims) : NULL;
+    json_decref(header);
+    json_decref(claims);
+    free(jti);
+    return jwt;
+}
+
+static void form_add(struct gr_buf *b, const char *name, const char *value)
+{
+    char *v = curl_easy_escape(NULL, value, 0);
+    gr_buf_printf(b, "%s%s=%s", b->len ? "&" : "", name, v ? v : "");
+    if (v) {
+        OPENSSL_cleanse(v, strlen(v));
+        curl_free(v);
+    }
+}
+
+/* The error the token endpoint gave: "HTTP 401 invalid_client: AADSTS...". */
+static char *token_error(long status, const json_t *doc)
+{
+    const char *code = json_string_value(json_object_get(doc, "error"));
+    const char *desc = json_string_value(json_object_get(doc, "error_description"));
+    char *raw = gr_xprintf("the token request for the app failed: HTTP %ld%s%s%s%s", status,
+                           code ? " " : "", code ? code : "", desc ? ": " : "",
+                           desc ? desc : "");
+    char *out = clean(raw);
+    free(raw);
+    return out;
+}
+
+/* A token for `t`, from the cache or fetched now (under t->lock). NULL with
+ * *error on failure. */
+static char *get_token(const struct gr_graph_client *c, struct tenant *t,
+                       const atomic_bool *cancel, char **error)
+{
+    int64_t now = gr_mono_ms();
+    if (t->token && now < t->token_refresh_mono)
+        return gr_xstrdup(t->token);
+    char *url = gr_xprintf("%s/%s/oauth2/v2.0/token", c->login_url, t->id);
+    struct gr_buf form = {0};
+    form_add(&form, "client_id", c->app_id);
+    form_add(&form, "scope", c->scope);
+    form_add(&form, "grant_type", "client_credentials");
+    if (t->key) {
+        char *jwt = client_assertion(c, t, url);
+        if (!jwt) {
+            *error = gr_xstrdup("signing the client assertion failed");
+            free(url);
+            return NULL;
+        }
+        form_add(&form, "client_assertion_type",
+                 "urn:ietf:params:oauth:client-assertion-type:jwt-bearer");
+        form_add(&form, "client_assertion", jwt);
+        free(jwt);
+    } else {
+        form_add(&form, "client_secret", t->secret);
+    }
+    struct transfer x = {0};
+    long status = 0;
+    char *token = NULL;
+    if (exchange(c, "POST", url, NULL, "application/x-www-form-urlencoded", form.data, cancel,
+                 &status, &x, error)) {
+        json_t *doc = json_loadb(x.body.data ? x.body.data : "", x.body.len, 0, NULL);
+        const char *tok = json_string_value(json_object_get(doc, "access_token"));
+        json_int_t expires_in = json_integer_value(json_object_get(doc, "expires_in"));
+        if (status == 200 && tok && *tok && expires_in > 0) {
+            token = gr_xstrdup(tok);
+            int64_t life = (int64_t)expires_in * 1000, margin = life / 4;
+            if (margin > GR_TOKEN_MARGIN_MAX_MS)
+                margin = GR_TOKEN_MARGIN_MAX_MS;
+            if (t->token) {
+                OPENSSL_cleanse(t->token, strlen(t->token));
+                free(t->token);
+            }
+            t->token = gr_xstrdup(tok);
+            t->token_refresh_mono = gr_mono_ms() + life - margin;
+        } else {
+            *error = token_error(status, doc);
+        }
+        json_decref(doc);
+    } else {
+        char *net = *error;
+        *error = gr_xprintf("the token request for the app failed: %s", net);
+        free(net);
+    }
+    gr_metrics_graph_token(token != NULL);
+    if (x.body.data)
+        OPENSSL_cleanse(x.body.data, x.body.len);
+    gr_buf_free(&x.body);
+    free(x.retry_after);
+    OPENSSL_cleanse(form.data, form.len);
+    gr_buf_free(&form);
+    free(url);
+    return token;
+}
+
+static void forget_token(struct tenant *t, const char *used)
+{
+    pthread_mutex_lock(&t->lock);
+    if (t->token && strcmp(t->token, used) == 0) {
+        OPENSSL_cleanse(t->token, strlen(t->token));
+        free(t->token);
+        t->token = NULL;
+    }
+    pthread_mutex_unlock(&t->lock);
+}
+
+/* ---- calls ---------------------------------------------------------------- */
+
+static struct tenant *tenant_of(struct gr_graph_client *c, const char *id)
+{
+    for (size_t i = 0; id && i < c->ntenants; i++)
+        if (strcasecmp(c->tenants[i].id, id) == 0)
+            return &c->tenants[i];
+    return NULL;
+}
+
+/* May a call go out now? Records a write against the budget. */
+static bool admit(struct gr_graph_client *c, struct tenant *t, bool write, int64_t *wait_ms)
+{
+    int64_t now = gr_mono_ms();
+    if (t->blocked_until_mono > now) {
+        *wait_ms = t->blocked_until_mono - now;
+        return false;
+    }
+    if (!write)
+        return true;
+    if (t->nwrites == c->write_budget) {
+        int64_t oldest = t->writes[t->next_write]; /* the ring is full: next is the oldest */
+        if (now - oldest < c->write_window_ms) {
+            *wait_ms = oldest + c->write_window_ms - now;
+            return false;
+        }
+    } else {
+        t->nwrites++;
+    }
+    t->writes[t->next_write] = now;
+    t->next_write = (t->next_write + 1) % c->write_budget;
+    return true;
+}
+
+/* "HTTP 400 ValidationError: Subscription validation request failed. ..." */
+static char *graph_error(long status, const json_t *doc)
+{
+    const json_t *e = json_object_get(doc, "error");
+    const char *code = json_string_value(json_object_get(e, "code"));
+    const char *msg = json_string_value(json_object_get(e, "message"));
+    char *raw = gr_xprintf("HTTP %ld%s%s%s%s", status, code ? " " : "", code ? code : "",
+                           msg ? ": " : "", msg ? msg : "");
+    char *out = clean(raw);
+    free(raw);
+    return out;
+}
+
+enum gr_graph_outcome gr_graph_call(struct gr_graph_client *c, const char *tenant_id,
+                                    const char *method, const char *target, const json_t *body,
+                                    bool write, const atomic_bool *cancel,
+                                    struct gr_graph_response *out)
+{
+    *out = (struct gr_graph_response){0};
+    struct tenant *t = tenant_of(c, tenant_id);
+    if (!t) {
+        out->error = gr_xprintf("tenant %s is not in graph.tenants", tenant_id ? tenant_id : "?");
+        return GR_GRAPH_FAILED;
+    }
+    char *url;
+    if (target[0] == '/') {
+        url = gr_xprintf("%s%s", c->base_url, target);
+    } else {
+        size_t n = strlen(c->base_url);
+        if (strncmp(target, c->base_url, n) != 0 || target[n] != '/') {
+            out->error = gr_xstrdup("a link outside graph.base_url is not followed");
+            return GR_GRAPH_FAILED;
+        }
+        url = gr_xstrdup(target);
+    }
+    char *payload = body ? json_dumps(body, JSON_COMPACT) : NULL;
+    enum gr_graph_outcome result = GR_GRAPH_FAILED;
+    for (int attempt = 0; attempt < 2; attempt++) {
+        pthread_mutex_lock(&t->lock);
+        int64_t wait = 0;
+        if (!admit(c, t, write && attempt == 0, &wait)) {
+            pthread_mutex_unlock(&t->lock);
+            out->retry_after_ms = wait;
+            result = GR_GRAPH_THROTTLED;
+            break;
+        }
+        char *token = get_token(c, t, cancel, &out->error);
+        pthread_mutex_unlock(&t->lock);
+        if (!token)
+            break;
+        struct transfer x = {0};
+        long status = 0;
+        bool answered = exchange(c, method, url, token, payload ? "application/json" : NULL,
+                                 payload, cancel, &status, &x, &out->error);
+        gr_metrics_graph_request(status);
+        if (answered) {
+            out->status = status;
+            out->body = x.body.len ? json_loadb(x.body.data, x.body.len, 0, NULL) : NULL;
+            if ((status == 429 || status == 503) && x.retry_after) {
+                int64_t ms = gr_graph_retry_after_ms(x.retry_after, gr_wall_ms());
+                if (ms >= 0) {
+                    out->retry_after_ms = ms;
+                    pthread_mutex_lock(&t->lock);
+                    int64_t until = gr_mono_ms() + ms;
+                    if (until > t->blocked_until_mono)
+                        t->blocked_until_mono = until;
+                    pthread_mutex_unlock(&t->lock);
+                }
+            }
+            if (status >= 300)
+                out->error = graph_error(status, out->body);
+            result = GR_GRAPH_ANSWERED;
+        }
+        gr_buf_free(&x.body);
+        free(x.retry_after);
+        bool again = answered && status == 401 && attempt == 0;
+        if (again) /* the token may have been revoked: once more with a new one */
+            forget_token(t, token);
+        OPENSSL_cleanse(token, strlen(token));
+        free(token);
+        if (!again)
+            break;
+        gr_graph_response_free(out);
+    }
+    free(payload);
+    free(url);
+    return result;
+}
+
+/* ---- small pieces ---------------------------------------------------------- */
+
+char *gr_graph_new_client_state(void)
+{
+    unsigned char raw[32];
+    if (RAND_bytes(raw, sizeof raw) != 1)
+        abort(); /* no CSPRNG: no secret can be made */
+    char *s = gr_base64url_encode(raw, sizeof raw);
+    OPENSSL_cleanse(raw, sizeof raw);
+    return s;
+}
+
+static bool digits(const char *s, int n, int *out)
+{
+    int v = 0;
+    for (int i = 0; i < n; i++) {
+        if (s[i] < '0' || s[i] > '9')
+            return false;
+        v = v * 10 + (s[i] - '0');
+    }
+    *out = v;
+    return true;
+}
+
+bool gr_graph_parse_time(const char *s, int64_t *ms)
+{
+    int y, mo, d, h, mi, sec;
+    if (!s || strlen(s) < 19 || !digits(s, 4, &y) || s[4] != '-' || !digits(s + 5, 2, &mo) ||
+        s[7] != '-' || !digits(s + 8, 2, &d) || (s[10] != 'T' && s[10] != 't') ||
+        !digits(s + 11, 2, &h) || s[13] != ':' || !digits(s + 14, 2, &mi) || s[16] != ':' ||
+        !digits(s + 17, 2, &sec) || mo < 1 || mo > 12 || d < 1 || d > 31 || h > 23 || mi > 59 ||
+        sec > 60)
+        return false;
+    const char *p = s + 19;
+    int64_t frac_ms = 0;
+    if (*p == '.') {
+        int n = 0, scale = 100;
+        for (p++; *p >= '0' && *p <= '9'; p++, n++) {
+            frac_ms += (*p - '0') * scale;
+            scale /= 10;
+        }
+        if (n < 1 || n > 7)
+            return false;
+    }
+    int offset_min = 0;
+    if (*p == 'Z' || *p == 'z') {
+        p++;
+    } else if (*p == '+' || *p == '-') {
+        int oh, om;
+        if (!digits(p + 1, 2, &oh) || p[3] != ':' || !digits(p + 4, 2, &om) || oh > 23 ||
+            om > 59)
+            return false;
+        offset_min = (oh * 60 + om) * (*p == '-' ? -1 : 1);
+        p += 6;
+    } else {
+        return false;
+    }
+    if (*p)
+        return false;
+    struct tm tm = {.tm_year = y - 1900, .tm_mon = mo - 1, .tm_mday = d, .tm_hour = h,
+                    .tm_min = mi, .tm_sec = sec};
+    time_t t = timegm(&tm);
+    *ms = ((int64_t)t - (int64_t)offset_min * 60) * 1000 + frac_ms;
+    return true;
+}
+
+int64_t gr_graph_retry_after_ms(const char *v, int64_t now_wall_ms)
+{
+    int64_t ms = -1;
+    char *end;
+    long long secs = v && *v ? strtoll(v, &end, 10) : -1;
+    if (v && *v && *end == '\0' && secs >= 0) {
+        ms = secs > 86400 ? 86400000 : secs * 1000;
+    } else if (v && *v) {
+        time_t when = curl_getdate(v, NULL);
+        if (when != -1)
+            ms = (int64_t)when * 1000 - now_wall_ms;
+        if (ms < 0 && when != -1)
+            ms = 0;
+    }
+    return ms > 86400000 ? 86400000 : ms;
+}
