@@ -183,8 +183,11 @@ static void adopt(struct gr_graph_client *c, struct tenant *t, struct gr_graph_c
             continue;
         pthread_mutex_lock(&p->lock);
         t->blocked_until_mono = p->blocked_until_mono;
-        for (size_t k = 0; k < p->nwrites && k < c->write_budget; k++)
-            t->writes[t->nwrites++] = p->writes[(p->next_write + p->nwrites - 1 - k) % p->nwrites];
+        /* the newest writes, oldest first (the ring's oldest is at next_write once full) */
+        size_t oldest = p->nwrites < prev->write_budget ? 0 : p->next_write;
+        size_t keep = p->nwrites < c->write_budget ? p->nwrites : c->write_budget;
+        for (size_t k = p->nwrites - keep; k < p->nwrites; k++)
+            t->writes[t->nwrites++] = p->writes[(oldest + k) % prev->write_budget];
         if (strcmp(p->fingerprint, t->fingerprint) == 0 && p->token) {
             t->token = gr_xstrdup(p->token);
             t->token_refresh_mono = p->token_refresh_mono;
@@ -602,7 +605,10 @@ enum gr_graph_outcome gr_graph_call(struct gr_graph_client *c, const char *tenan
             break;
         gr_graph_response_free(out);
     }
-    free(payload);
+    if (payload) { /* a create carries the clientState */
+        OPENSSL_cleanse(payload, strlen(payload));
+        free(payload);
+    }
     free(url);
     return result;
 }

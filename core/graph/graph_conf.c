@@ -272,6 +272,12 @@ int gr_declaration_parse(struct gr_check *c, const json_t *o, const struct gr_gr
                                     "\"certificate_id\" is for subscriptions with "
                                     "\"include_resource_data\": true");
     unsigned max = gr_lifetime_max_minutes(d->resource, d->rich, &d->type);
+    if ((d->type == GR_RT_DRIVE_ITEM || d->type == GR_RT_LIST) &&
+        strcmp(d->change_type, "updated") != 0)
+        return gr_check_fail_member(c, o, "change_type",
+                                    "subscription \"%s\": Graph notifies %s subscriptions of "
+                                    "\"updated\" only",
+                                    d->resource, gr_rtype_name(d->type));
     if (d->rich && (d->type == GR_RT_MESSAGE || d->type == GR_RT_EVENT ||
                     d->type == GR_RT_CONTACT) && !has_select(d->resource))
         return gr_check_fail_member(c, o, "resource",
@@ -293,7 +299,7 @@ int gr_declaration_parse(struct gr_check *c, const json_t *o, const struct gr_gr
             c->err = NULL;
             return gr_check_fail_member(c, o, "expiration_minutes",
                                         "\"expiration_minutes\" of subscription \"%s\" must be "
-                                        "between 1 and %u: Graph keeps a %s%s subscription at "
+                                        "between 1 and %u: Graph keeps a %s subscription%s at "
                                         "most %u minutes",
                                         d->resource, max, gr_rtype_name(d->type),
                                         d->rich ? " (with resource data)" : "", max);

@@ -291,10 +291,13 @@ static void *manager_main(void *arg)
         if (m->reconcile_due && m->reconcile_due <= gr_wall_ms())
             gr_mgr_reconcile(&ctx);
         struct gr_mgr_sub *s;
-        while (!interrupted(m) && (s = next_due(m, gr_wall_ms())))
-            gr_mgr_act(&ctx, s);
         if (m->changed)
             gr_mgr_publish(m, g->cfg);
+        while (!interrupted(m) && (s = next_due(m, gr_wall_ms()))) {
+            gr_mgr_act(&ctx, s);
+            if (m->changed) /* ingest and the workers see each change at once */
+                gr_mgr_publish(m, g->cfg);
+        }
         gr_mgr_ctx_free(&ctx);
         gr_generation_unpin(g);
     }

@@ -13,7 +13,8 @@
  *   - success: 0, *err NULL, and a config whose pieces agree: every listed
  *     subscription is found by gr_config_subscription (case-insensitively),
  *     every handler by gr_config_handler_index, every route's "to" names a
- *     handler, at most one default route; then the routes are matched
+ *     handler, at most one default route, every declared subscription has
+ *     its own key, a configured tenant and a lifetime; then the routes are matched
  *     against a few notifications, as a worker would.
  */
 #include <stdbool.h>
@@ -69,6 +70,22 @@ static void check_config(const struct gr_config *cfg)
     }
     if (ndefault > 1)
         abort();
+    /* declared subscriptions: a key each, distinct, a tenant of graph.tenants, a lifetime */
+    for (size_t i = 0; i < cfg->ndeclarations; i++) {
+        const struct gr_declaration *d = &cfg->declarations[i];
+        if (!cfg->graph.present || !cfg->graph.public_url || !d->key || !d->tenant ||
+            !d->resource || !d->change_type || d->expiration_minutes == 0 ||
+            (d->rich && !d->certificate_id))
+            abort();
+        bool tenant = false;
+        for (size_t t = 0; t < cfg->graph.ntenants; t++)
+            tenant |= d->tenant == cfg->graph.tenants[t].id;
+        if (!tenant)
+            abort();
+        for (size_t j = 0; j < i; j++)
+            if (strcmp(cfg->declarations[j].key, d->key) == 0)
+                abort();
+    }
 
     bool *targets = calloc(cfg->nhandlers ? cfg->nhandlers : 1, sizeof *targets);
     bool *fired = calloc(cfg->routes.n ? cfg->routes.n : 1, sizeof *fired);
