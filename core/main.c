@@ -241,7 +241,11 @@ static int run_check(const char *file)
         free(err);
     } else {
         warn_about(g->cfg);
-        printf("%s: ok (%zu handlers, %zu routes)\n", file, g->nhandlers, g->cfg->routes.n);
+        if (g->cfg->ndeclarations)
+            printf("%s: ok (%zu handlers, %zu routes, %zu declared subscriptions)\n", file,
+                   g->nhandlers, g->cfg->routes.n, g->cfg->ndeclarations);
+        else
+            printf("%s: ok (%zu handlers, %zu routes)\n", file, g->nhandlers, g->cfg->routes.n);
         fflush(stdout);
         if (!destroy(&ctl, g, "checking the configuration")) {
             gr_plugin_host_cleanup();

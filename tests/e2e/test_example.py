@@ -40,3 +40,25 @@ class ExampleConfigTest(RouterTest):
         events = {e["event"]: e for e in r.wait_jsonl(2, "var/events.jsonl")}
         self.assertEqual(set(events), {"mail.message.created", "presence.updated"})
         self.assertEqual(events["presence.updated"]["availability"], "Busy")
+
+    def test_control_plane_example(self):
+        # The example's //graph section and //declared_examples, enabled as the comments say,
+        # pass --check once their credential files exist.
+        with open(os.path.join(SOURCE, "config", "graphrouter.json")) as f:
+            cfg = json.load(f)
+        cfg["graph"] = cfg.pop("//graph")
+        cfg["subscriptions"] += cfg.pop("//declared_examples")
+        cfg["plugin_dir"] = PLUGINS
+        r = self.router(cfg, start=False)
+        simulate("keys", "--out", r.path("var/keys"), "--cert-id", "graphrouter-example")
+        with open(r.path("var/graph-client-secret.txt"), "w") as f:
+            f.write("the-app's-client-secret\n")
+        os.chmod(r.path("var/graph-client-secret.txt"), 0o600)
+        subprocess.run(["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-keyout",
+                        r.path("var/keys/app-key.pem"), "-out", r.path("var/keys/app-cert.pem"),
+                        "-days", "1", "-subj", "/CN=graphrouter-app"],
+                       check=True, capture_output=True)
+        check = subprocess.run([BINARY, "-c", r.config_path, "--check"], cwd=r.dir,
+                               capture_output=True, text=True, timeout=60)
+        self.assertEqual(check.returncode, 0, check.stderr)
+        self.assertIn("2 declared subscriptions", check.stdout)

@@ -10,9 +10,10 @@ import json
 import os
 import re
 import signal
+import subprocess
 import time
 
-from grtest import APP_ID, SECRET, TIMEOUT
+from grtest import BINARY, SECRET
 from graphtest import (APP, CLIENT_SECRET, TENANT, GraphTest, declared, self_signed)
 
 RESYNC_ROUTES = [
@@ -325,3 +326,67 @@ class CertificateCredentialTest(GraphTest):
         r.wait_log(r"the token request for the app failed: HTTP 401 invalid_client: AADSTS700027")
         self.assertEqual(self.creates(), [])
         self.assertEqual(self.sub_json(r)[0]["state"], "failing")
+
+
+class CheckTest(GraphTest):
+    def check(self, r):
+        return r.cli("--check")
+
+    def test_check_reads_every_credential_and_calls_nobody(self):
+        keys = self.keys()
+        app_cert, app_key = self_signed(self._scratch, "app")
+        other_cert, other_key = self_signed(self._scratch, "other")
+        tenants = [{"id": TENANT, "client_secret_file": "secret.txt"},
+                   {"id": "t2", "client_certificate_file": app_cert, "private_key_file": app_key},
+                   {"id": "t3", "client_secret_env": "GR_E2E_GRAPH_SECRET"}]
+        subs = [declared(tenant=TENANT),
+                declared("/communications/presences/u", ["updated"], tenant="t2",
+                         include_resource_data=True, certificate_id=keys.cert_id)]
+        extra = {"validation_tokens": {"app_ids": [APP], "jwks_file": keys.jwks},
+                 "decryption_keys": [keys.decryption_key()]}
+        r = self.graph_router(subs, tenants=tenants, start=False, **extra)
+        p = subprocess.run([BINARY, "-c", r.config_path, "--check"], cwd=r.dir,
+                           capture_output=True, text=True, timeout=60,
+                           env=dict(os.environ, GR_E2E_GRAPH_SECRET="from-env"))
+        self.assertEqual(p.returncode, 0, p.stderr)
+        self.assertTrue(p.stdout.strip().endswith("ok (1 handlers, 1 routes, 2 declared "
+                                                  "subscriptions)"), p.stdout)
+        # not set in the environment
+        status, _, err = self.check(r)
+        self.assertEqual(status, 1)
+        self.assertRegex(err, r'graphrouter\.json:\d+:\d+: graph tenant "t3": the environment '
+                              r'variable GR_E2E_GRAPH_SECRET is not set')
+        # a secret file others can read
+        tenants[2] = {"id": "t3", "client_secret_file": "secret.txt"}
+        os.chmod(r.path("secret.txt"), 0o644)
+        r.write_config(self.graph_config(subs, r.graph_port, tenants=tenants, **extra))
+        status, _, err = self.check(r)
+        self.assertEqual(status, 1)
+        self.assertRegex(err, r'graphrouter\.json:\d+:\d+: graph tenant "%s": secret\.txt is '
+                              r'readable or writable by group or others \(mode 0644\)' % TENANT)
+        os.chmod(r.path("secret.txt"), 0o600)
+        # a certificate that is not the key's
+        tenants[1] = {"id": "t2", "client_certificate_file": other_cert,
+                      "private_key_file": app_key}
+        r.write_config(self.graph_config(subs, r.graph_port, tenants=tenants, **extra))
+        status, _, err = self.check(r)
+        self.assertEqual(status, 1)
+        self.assertRegex(err, r'graph tenant "t2": the certificate .*other\.pem does not belong '
+                              r'to the private key')
+        # a rich subscription whose key has no certificate to give Graph
+        tenants[1] = {"id": "t2", "client_certificate_file": app_cert, "private_key_file": app_key}
+        extra["decryption_keys"] = [keys.decryption_key(certificate=False)]
+        r.write_config(self.graph_config(subs, r.graph_port, tenants=tenants, **extra))
+        status, _, err = self.check(r)
+        self.assertEqual(status, 1)
+        self.assertRegex(err, r'subscription "/communications/presences/u": the decryption key '
+                              r'"test-cert" has no certificate to give Graph')
+        # a lifetime Graph does not allow
+        extra["decryption_keys"] = [keys.decryption_key()]
+        subs[1]["expiration_minutes"] = 90
+        r.write_config(self.graph_config(subs, r.graph_port, tenants=tenants, **extra))
+        status, _, err = self.check(r)
+        self.assertEqual(status, 1)
+        self.assertRegex(err, r'graphrouter\.json:\d+:\d+: "expiration_minutes" of subscription '
+                              r'"/communications/presences/u" must be between 1 and 60')
+        self.assertEqual(self.fake.requests, [])  # --check never calls Graph

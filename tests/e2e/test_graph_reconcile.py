@@ -5,14 +5,13 @@ subscription is never touched, an orphan at this router's URL is deleted before 
 is created, lists are followed across pages, 429 + Retry-After is honoured, the write budget is
 kept, and lifecycle events that got their 202 are acted on after a SIGKILL."""
 
+import os
 import signal
 import sqlite3
 import time
 
 from grtest import TEST_PLUGINS
 from graphtest import TENANT, GraphTest, declared
-
-import os
 
 SLOW = os.path.join(TEST_PLUGINS, "flaky.so")
 
@@ -88,6 +87,26 @@ class ReloadTest(GraphTest):
         self.assertEqual(r.metric("graphrouter_subscription_deletes_total", result="success"), 1)
         live = {s["id"] for s in self.live()}
         self.assertEqual(live, {foreign_url, other_app, ids["/users/u1/messages"]})
+
+    def test_moved_notification_url_moves_the_subscription(self):
+        r = self.graph_router([declared()])
+        self.wait_creates(1)
+        old = self.live()[0]["id"]
+        cfg = self.graph_config([declared()], r.graph_port,
+                                paths={"notifications": ["/graph/in", "/notifications"]})
+        r.write_config(cfg)
+        r.send_signal(signal.SIGHUP)
+        created = self.wait_creates(2)
+        self.assertEqual(created[1].body["notificationUrl"],
+                         "http://127.0.0.1:%d/graph/in" % r.graph_port)
+        delete = self.fake.requests_matching("DELETE")
+        self.assertEqual([q.path for q in delete], ["/v1.0/subscriptions/" + old])
+        self.assertLess(delete[0].time, created[1].time)
+        self.assertEqual([s["notificationUrl"] for s in self.live()],
+                         ["http://127.0.0.1:%d/graph/in" % r.graph_port])
+        new = self.live()[0]["id"]
+        self.assertEqual(self.fake.notify(new), 202)
+        self.assertEqual(r.wait_jsonl(1)[0]["subscription_id"], new)
 
     def test_orphan_at_our_url_is_deleted_before_its_replacement(self):
         self.fake.page_size = 2
