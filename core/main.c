@@ -521,12 +521,12 @@ static int run(const char *file)
     int64_t deadline = gr_mono_ms() + grace_ms, wall_deadline = gr_wall_ms() + grace_ms;
     gr_info("shutting down: finishing requests and the deliveries in progress (up to %lld s)",
             (long long)(grace_ms / 1000));
+    gr_manager_stop(manager); /* first: a Graph call in progress is cut short */
+    ctl.manager = NULL;
     gr_http_quiesce(http);
     if (!gr_http_wait_idle(http, deadline))
         gr_warn("requests still in progress at the shutdown deadline are cut off");
     gr_http_stop(http);
-    gr_manager_stop(manager); /* a Graph call in progress is cut short */
-    ctl.manager = NULL;
     gr_store_stop_taking(store);
     if (!gr_workers_join(workers, wall_deadline)) {
         /* Its delivery stays "running" in the store and is taken again at

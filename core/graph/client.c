@@ -315,6 +315,7 @@ static bool exchange(const struct gr_graph_client *c, const char *method, const 
     }
     char errbuf[CURL_ERROR_SIZE] = "";
     struct curl_slist *headers = curl_slist_append(NULL, "Accept: application/json");
+    headers = curl_slist_append(headers, "Expect:"); /* no 100-continue round trip */
     char *bearer = auth ? gr_xprintf("Authorization: Bearer %s", auth) : NULL;
     if (bearer)
         headers = curl_slist_append(headers, bearer);

@@ -293,7 +293,11 @@ static void *manager_main(void *arg)
         struct gr_mgr_sub *s;
         if (m->changed)
             gr_mgr_publish(m, g->cfg);
-        while (!interrupted(m) && (s = next_due(m, gr_wall_ms()))) {
+        /* At least one action per round, so that a stream of pokes cannot starve
+         * the renewals; then on until a poke or a reconcile comes in. */
+        for (bool first = true; (first || !interrupted(m)) && !stop_asked(m) &&
+                                (s = next_due(m, gr_wall_ms()));
+             first = false) {
             gr_mgr_act(&ctx, s);
             if (m->changed) /* ingest and the workers see each change at once */
                 gr_mgr_publish(m, g->cfg);
