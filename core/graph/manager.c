@@ -327,7 +327,7 @@ struct gr_manager *gr_manager_new(struct gr_store *store, char **err)
         gr_sub_record_clear(&recs[i]);
     }
     free(recs);
-    m->poked = nevents > 0; /* events a crash left: acted on first */
+    m->poked = true; /* events a crash left, or routed before the thread starts: first */
     m->reconcile_due = gr_wall_ms(); /* the first thing the thread does */
     gr_sub_events_free(events, nevents);
     struct gr_generation *g = gr_generation_pin();
@@ -335,19 +335,19 @@ struct gr_manager *gr_manager_new(struct gr_store *store, char **err)
     gr_generation_unpin(g);
     if (m->n)
         gr_info("subscriptions: %zu records in the store", m->n);
+    /* Workers may route a lifecycle event before the thread starts: their
+     * pokes set its flag meanwhile. */
+    pthread_mutex_lock(&running_lock);
+    running = m;
+    pthread_mutex_unlock(&running_lock);
     return m;
 }
 
 void gr_manager_start(struct gr_manager *m)
 {
     m->started = pthread_create(&m->thread, NULL, manager_main, m) == 0;
-    if (!m->started) {
+    if (!m->started)
         gr_error("subscriptions: cannot start the manager's thread");
-        return;
-    }
-    pthread_mutex_lock(&running_lock);
-    running = m;
-    pthread_mutex_unlock(&running_lock);
 }
 
 static void signal_flag(struct gr_manager *m, bool reconcile)

@@ -41,7 +41,8 @@ void gr_manager_start(struct gr_manager *m);
 /* The configuration changed: reconcile at once. */
 void gr_manager_reconcile(struct gr_manager *m);
 /* A lifecycle event of a managed subscription was just routed (any thread):
- * look at the store's events at once. No-op without a running manager. */
+ * look at the store's events at once (the manager's thread, or its start, will).
+ * No-op without a manager. */
 void gr_manager_poke(void);
 /* Stop (a Graph call in progress is aborted) and free. NULL is fine. */
 void gr_manager_stop(struct gr_manager *m);
