@@ -234,10 +234,11 @@ static int parse_secrets(struct gr_check *c, struct gr_config *cfg)
             if (gr_declaration_parse(c, s, &cfg->graph, d) < 0)
                 return -1;
             for (size_t j = 0; j + 1 < cfg->ndeclarations; j++)
-                if (strcmp(cfg->declarations[j].key, d->key) == 0)
+                if (gr_declaration_same_subscription(&cfg->declarations[j], d))
                     return gr_check_fail_element(c, subs, i,
                                                  "subscription \"%s\" (%s, tenant %s) is "
-                                                 "declared twice",
+                                                 "declared twice (Graph keeps one subscription "
+                                                 "per tenant, resource and change types)",
                                                  d->resource, d->change_type, d->tenant);
             continue;
         }

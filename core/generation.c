@@ -183,7 +183,7 @@ static int build_rich(struct gr_check *c, struct gr_generation *g, struct gr_gen
 
 /* The Graph client (its credentials read now), and the certificates the
  * declared subscriptions with resource data name. */
-static int build_graph(struct gr_check *c, struct gr_generation *g, struct gr_generation *prev)
+static int build_graph(struct gr_check *c, struct gr_generation *g)
 {
     const struct gr_config *cfg = g->cfg;
     for (size_t i = 0; i < cfg->ndeclarations; i++) {
@@ -196,7 +196,7 @@ static int build_graph(struct gr_check *c, struct gr_generation *g, struct gr_ge
     }
     if (!cfg->graph.present)
         return 0;
-    return gr_graph_client_build(c, &cfg->graph, prev ? prev->graph : NULL, &g->graph);
+    return gr_graph_client_build(c, &cfg->graph, &g->graph);
 }
 
 int gr_generation_build(const char *file, uint64_t id, struct gr_generation *prev,
@@ -218,7 +218,7 @@ int gr_generation_build(const char *file, uint64_t id, struct gr_generation *pre
     const json_t *handlers_obj = json_object_get(cfg->root, "handlers");
     int rich = build_rich(&c, g, prev);
     if (rich == 0)
-        rich = build_graph(&c, g, prev);
+        rich = build_graph(&c, g);
     if (prev) /* released before any plugin code runs, which might never return */
         gr_generation_unpin(prev);
     if (rich < 0)

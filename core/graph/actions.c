@@ -6,6 +6,7 @@
  */
 #define _GNU_SOURCE
 #include <jansson.h>
+#include <openssl/crypto.h>
 #include <openssl/evp.h>
 #include <stdlib.h>
 #include <string.h>
@@ -14,6 +15,7 @@
 #include "graph/client.h"
 #include "graph/manager.h"
 #include "graph/manager_int.h"
+#include "route/router.h"
 #include "log.h"
 #include "metrics.h"
 #include "util.h"
@@ -86,8 +88,8 @@ static void throttled(struct gr_mgr_sub *s, const char *what, const struct gr_gr
                       int64_t now)
 {
     s->r.due_ms = now + (resp->retry_after_ms > 0 ? resp->retry_after_ms : 1000);
-    gr_info("subscription %s (tenant %s, resource %s): %s waits %lld ms: the tenant is "
-            "throttled (Retry-After) or at its write budget",
+    gr_debug("subscription %s (tenant %s, resource %s): %s waits %lld ms: the tenant is "
+             "throttled (Retry-After), at its write budget, or not answering",
             id_of(&s->r), s->r.tenant, s->r.resource, what, (long long)(s->r.due_ms - now));
 }
 
@@ -115,23 +117,37 @@ void gr_mgr_resync_item(const struct gr_sub_record *r, const char *reason,
     out->body = json_dumps(item, JSON_COMPACT);
     out->len = strlen(out->body);
     json_decref(item);
-    gr_metrics_resync(reason);
 }
 
-/* Save, and route the resync the record still owes, now that it is active. */
+/* Save, and route the resync the record still owes, now that it is active:
+ * both in one step, or neither (it is still owed then). */
 static void save_active(struct gr_manager *m, struct gr_mgr_sub *s)
 {
-    struct gr_store_item resync = {0};
     char *reason = s->r.resync;
-    if (reason) {
-        gr_mgr_resync_item(&s->r, reason, &resync);
-        s->r.resync = NULL;
+    if (!reason) {
+        gr_mgr_save(m, s, NULL, 0, NULL);
+        return;
+    }
+    struct gr_store_item resync;
+    gr_mgr_resync_item(&s->r, reason, &resync);
+    s->r.resync = NULL;
+    if (gr_mgr_save(m, s, NULL, 0, &resync) == 0) {
+        gr_metrics_resync(reason);
         gr_info("subscription %s (tenant %s, resource %s): routing a resync (%s)", s->r.id,
                 s->r.tenant, s->r.resource, reason);
+        free(reason);
+    } else {
+        s->r.resync = reason;
     }
-    gr_mgr_save(m, s, NULL, 0, reason ? &resync : NULL);
     free(resync.body);
-    free(reason);
+}
+
+/* Graph's subscription ids are GUIDs; anything else is never put in a path. */
+static bool valid_id(const char *id)
+{
+    size_t n = id ? strlen(id) : 0;
+    return n > 0 && n <= 128 &&
+           strspn(id, "abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789-_") == n;
 }
 
 static int64_t granted_expiry(const struct gr_graph_response *resp, int64_t asked)
@@ -153,23 +169,29 @@ static void new_secret(struct gr_mgr_sub *s)
     EVP_Digest(s->client_state, strlen(s->client_state), s->r.secret, &n, gr_sha256(), NULL);
 }
 
-static json_t *create_body(const struct gr_mgr_ctx *ctx, const struct gr_mgr_sub *s,
-                           const struct gr_declaration *d, int64_t expires, const char **cert_tp)
+/* The create's JSON text. The clientState (base64url: nothing to escape) is
+ * written into the text, never into a JSON tree, so that every copy of it
+ * is one the caller wipes. */
+static char *create_body(const struct gr_mgr_ctx *ctx, const struct gr_mgr_sub *s,
+                         const struct gr_declaration *d, int64_t expires, const char **cert_tp)
 {
     char when[GR_RFC3339_LEN];
     gr_rfc3339(expires, when);
-    json_t *b = json_pack("{s:s,s:s,s:s,s:s,s:s,s:s,s:s}", "changeType", d->change_type,
+    json_t *b = json_pack("{s:s,s:s,s:s,s:s,s:s,s:s}", "changeType", d->change_type,
                           "notificationUrl", ctx->notification_url, "lifecycleNotificationUrl",
                           ctx->lifecycle_url, "resource", d->resource, "expirationDateTime",
-                          when, "clientState", s->client_state, "latestSupportedTlsVersion",
-                          "v1_2");
+                          when, "latestSupportedTlsVersion", "v1_2");
     if (d->rich) {
         const char *cert = gr_keyring_certificate(ctx->g->keyring, d->certificate_id, cert_tp);
         json_object_set_new(b, "includeResourceData", json_true());
         json_object_set_new(b, "encryptionCertificate", json_string(cert ? cert : ""));
         json_object_set_new(b, "encryptionCertificateId", json_string(d->certificate_id));
     }
-    return b;
+    char *rest = json_dumps(b, JSON_COMPACT);
+    json_decref(b);
+    char *text = gr_xprintf("{\"clientState\":\"%s\",%s", s->client_state, rest + 1);
+    free(rest);
+    return text;
 }
 
 static void do_create(struct gr_mgr_ctx *ctx, struct gr_mgr_sub *s, const struct gr_declaration *d)
@@ -183,15 +205,16 @@ static void do_create(struct gr_mgr_ctx *ctx, struct gr_mgr_sub *s, const struct
     }
     int64_t asked = now + (int64_t)d->expiration_minutes * 60000;
     const char *tp = NULL;
-    json_t *body = create_body(ctx, s, d, asked, &tp);
+    char *body = create_body(ctx, s, d, asked, &tp);
     struct gr_graph_response resp;
     enum gr_graph_outcome o = gr_graph_call(ctx->g->graph, s->r.tenant, "POST", "/subscriptions",
                                             body, true, &m->stopping, &resp);
-    json_decref(body);
+    OPENSSL_cleanse(body, strlen(body));
+    free(body);
     const char *id = json_string_value(json_object_get(resp.body, "id"));
     if (o == GR_GRAPH_THROTTLED) {
         throttled(s, "creating it", &resp, now);
-    } else if (o == GR_GRAPH_ANSWERED && resp.status == 201 && id && *id) {
+    } else if (o == GR_GRAPH_ANSWERED && resp.status == 201 && valid_id(id)) {
         gr_metrics_sub_op(GR_SUB_OP_CREATE, true);
         now = gr_wall_ms();
         set_string(&s->r.id, id);
@@ -213,6 +236,8 @@ static void do_create(struct gr_mgr_ctx *ctx, struct gr_mgr_sub *s, const struct
         gr_metrics_sub_op(GR_SUB_OP_CREATE, false);
         if (o == GR_GRAPH_ANSWERED && resp.status == 409) /* an orphan: list, delete it, again */
             m->reconcile_due = now;
+        if (o == GR_GRAPH_ANSWERED && !resp.error)
+            resp.error = gr_xprintf("HTTP %ld without a usable subscription id", resp.status);
         failed(s, "creating it", &resp, now, 0);
         gr_mgr_save(m, s, NULL, 0, NULL);
     }
@@ -250,10 +275,12 @@ static void do_renew(struct gr_mgr_ctx *ctx, struct gr_mgr_sub *s, const struct 
         json_object_set_new(body, "encryptionCertificateId", json_string(d->certificate_id));
     }
     char *path = gr_xprintf("/subscriptions/%s", s->r.id);
-    struct gr_graph_response resp;
-    enum gr_graph_outcome o = gr_graph_call(ctx->g->graph, s->r.tenant, "PATCH", path, body, true,
-                                            &m->stopping, &resp);
+    char *text = json_dumps(body, JSON_COMPACT);
     json_decref(body);
+    struct gr_graph_response resp;
+    enum gr_graph_outcome o = gr_graph_call(ctx->g->graph, s->r.tenant, "PATCH", path, text, true,
+                                            &m->stopping, &resp);
+    free(text);
     free(path);
     if (o == GR_GRAPH_THROTTLED) {
         throttled(s, "renewing it", &resp, now);
@@ -321,8 +348,12 @@ static void do_delete(struct gr_mgr_ctx *ctx, struct gr_mgr_sub *s)
 }
 
 /* A subscription graphrouter no longer wants: its record becomes a
- * deletion, under a key of its own (the declaration may get a new one). */
-static void to_deleting(struct gr_manager *m, struct gr_mgr_sub *s, const char *why)
+ * deletion, under a key of its own, so the declaration may get a new one.
+ * With `replaced`, the deletion waits until the declaration's new
+ * subscription is live (its URL moved: no gap), and its notifications are
+ * accepted meanwhile. */
+static void to_deleting(struct gr_manager *m, struct gr_mgr_sub *s, const char *why,
+                        bool replaced)
 {
     if (!s->r.id) { /* never created: nothing to delete in Graph */
         gr_mgr_drop(m, s);
@@ -339,6 +370,7 @@ static void to_deleting(struct gr_manager *m, struct gr_mgr_sub *s, const char *
     r.due_ms = gr_wall_ms();
     r.failures = 0;
     set_string(&r.resync, NULL);
+    set_string(&r.replaced_by, replaced ? old_key : NULL);
     if (!gr_mgr_find_key(m, r.key))
         gr_mgr_save(m, gr_mgr_add(m, &r), NULL, 0, NULL); /* first: the deletion is kept */
     gr_mgr_drop(m, gr_mgr_find_key(m, old_key));
@@ -374,7 +406,14 @@ static json_t *list_all(struct gr_mgr_ctx *ctx, const char *tenant, int64_t *wai
         next = link ? gr_xstrdup(link) : NULL;
         gr_graph_response_free(&resp);
     }
-    free(next);
+    if (next) { /* cut short, it would make the rest look deleted */
+        gr_warn("subscriptions: tenant %s lists more than %d pages; not reconciled", tenant,
+                GR_MAX_LIST_PAGES);
+        free(next);
+        json_decref(all);
+        *wait_ms = 0;
+        return NULL;
+    }
     return all;
 }
 
@@ -388,6 +427,52 @@ static const json_t *listed(const json_t *all, const char *id)
             return e;
     }
     return NULL;
+}
+
+/* "created,updated" -> its GR_CHANGE_* bits, whatever the order or case. */
+static unsigned change_bits(const char *list)
+{
+    unsigned bits = 0;
+    char *copy = gr_xstrdup(list ? list : "");
+    for (char *save = NULL, *t = strtok_r(copy, ", ", &save); t; t = strtok_r(NULL, ", ", &save))
+        bits |= gr_change_type_bit(t);
+    free(copy);
+    return bits;
+}
+
+/* The same resource, as Graph compares them for a 409: no leading '/', any case. */
+static bool same_resource(const char *a, const char *b)
+{
+    a += *a == '/';
+    b += *b == '/';
+    return strcasecmp(a, b) == 0;
+}
+
+/* Would this listed subscription conflict (409) with a declared one? */
+static bool conflicts_with_declaration(const struct gr_mgr_ctx *ctx, const char *tenant,
+                                       const json_t *e)
+{
+    const char *res = json_string_value(json_object_get(e, "resource"));
+    unsigned bits = change_bits(json_string_value(json_object_get(e, "changeType")));
+    for (size_t i = 0; res && i < ctx->cfg->ndeclarations; i++) {
+        const struct gr_declaration *d = &ctx->cfg->declarations[i];
+        if (strcasecmp(d->tenant, tenant) == 0 && same_resource(d->resource, res) &&
+            change_bits(d->change_type) == bits)
+            return true;
+    }
+    return false;
+}
+
+/* An unknown subscription at this router's URL: ours, orphaned (a create
+ * whose answer was lost, a lost store), unless the configuration lists it by
+ * id (made elsewhere: never touched), or a top-level client_state could be
+ * what it was made with and no declaration needs its place. */
+static bool orphan(const struct gr_mgr_ctx *ctx, const char *tenant, const json_t *e,
+                   const char *id)
+{
+    if (gr_config_subscription(ctx->cfg, id))
+        return false;
+    return !ctx->cfg->has_fallback_secret || conflicts_with_declaration(ctx, tenant, e);
 }
 
 static bool same_url(const json_t *e, const char *member, const char *ours)
@@ -425,7 +510,8 @@ static void reconcile_tenant(struct gr_mgr_ctx *ctx, const char *tenant, const j
         } else if (s->r.state == GR_SUB_ACTIVE &&
                    (!same_url(e, "notificationUrl", ctx->notification_url) ||
                     !same_url(e, "lifecycleNotificationUrl", ctx->lifecycle_url))) {
-            to_deleting(m, s, "its notification URLs are not this router's any more");
+            to_deleting(m, s, "its notification URLs are not this router's any more; it is "
+                              "created again at the new ones first", true);
         } else if (s->r.state == GR_SUB_ACTIVE) { /* adopted: Graph's expiry is the truth */
             int64_t graph_ms;
             const char *exp = json_string_value(json_object_get(e, "expirationDateTime"));
@@ -444,8 +530,9 @@ static void reconcile_tenant(struct gr_mgr_ctx *ctx, const char *tenant, const j
     const json_t *e;
     json_array_foreach(all, i, e) {
         const char *id = json_string_value(json_object_get(e, "id"));
-        if (!id || gr_mgr_find_id(m, id) || !same_url(e, "notificationUrl", ctx->notification_url))
-            continue; /* known, or not at this router's URL: never touched */
+        if (!valid_id(id) || gr_mgr_find_id(m, id) || !same_url(e, "notificationUrl", ctx->notification_url) ||
+            !orphan(ctx, tenant, e, id))
+            continue; /* known, listed, or not at this router's URL: never touched */
         struct gr_sub_record r = {0};
         r.key = gr_xprintf(DELETE_KEY_PREFIX "%s", id);
         if (gr_mgr_find_key(m, r.key)) {
@@ -494,7 +581,7 @@ void gr_mgr_reconcile(struct gr_mgr_ctx *ctx)
         size_t before = m->n;
         if (s->r.state != GR_SUB_DELETING && !declared(ctx, s->r.key)) {
             if (tenant_configured(ctx, s->r.tenant))
-                to_deleting(m, s, "no longer declared");
+                to_deleting(m, s, "no longer declared", false);
             else
                 gr_mgr_act(ctx, s); /* says why, and forgets it */
         } else if (s->r.state == GR_SUB_ACTIVE) {
@@ -523,8 +610,10 @@ void gr_mgr_reconcile(struct gr_mgr_ctx *ctx)
         m->reconcile_failures++;
         int64_t backoff = gr_manager_backoff_ms(m->reconcile_failures, gr_mgr_jitter());
         m->reconcile_due = now + (retry_in > backoff ? retry_in : backoff);
-    } else {
+    } else if (cfg->ndeclarations || m->n) {
+        /* again later: most resources never say that Graph removed a subscription */
         m->reconcile_failures = 0;
+        m->reconcile_due = now + (int64_t)cfg->graph.reconcile_interval_s * 1000;
     }
     gr_mgr_publish(m, cfg);
 }
@@ -543,12 +632,17 @@ void gr_mgr_act(struct gr_mgr_ctx *ctx, struct gr_mgr_sub *s)
         return;
     }
     if (s->r.state == GR_SUB_DELETING) {
+        const struct gr_mgr_sub *by = s->r.replaced_by ? gr_mgr_find_key(m, s->r.replaced_by) : NULL;
+        if (by && by->r.state != GR_SUB_ACTIVE && declared(ctx, by->r.key)) {
+            s->r.due_ms = now + 2000; /* its replacement is not live yet */
+            return;
+        }
         do_delete(ctx, s);
         return;
     }
     const struct gr_declaration *d = declared(ctx, s->r.key);
     if (!d) {
-        to_deleting(m, s, "no longer declared");
+        to_deleting(m, s, "no longer declared", false);
         return;
     }
     if (s->r.state == GR_SUB_CREATING) {

@@ -1,11 +1,17 @@
 /*
  * The Graph client (see client.h): credentials, tokens, calls, throttling.
- * Each tenant has one lock, held while its token is fetched and while its
- * throttling state is read or changed; never while a Graph call runs.
+ *
+ * What Graph and the identity platform tell about a tenant (its token, a
+ * Retry-After, its recent writes, failures to reach it) lives in a `pace`
+ * shared by every generation's client for the same Graph, app and tenant,
+ * so a reload forgets none of it. A pace's `lock` guards its fields and is
+ * never held during I/O; `fetch` serialises token requests (only callers
+ * that need a token wait on it).
  */
 #define _GNU_SOURCE
 #include "graph/client.h"
 
+#include <ctype.h>
 #include <curl/curl.h>
 #include <openssl/crypto.h>
 #include <openssl/rand.h>
@@ -29,6 +35,25 @@
 #define GR_ASSERTION_LIFETIME_S 600       /* a client assertion is valid this long */
 #define GR_TOKEN_MARGIN_MAX_MS (5 * 60000) /* a token is renewed this long before it expires */
 
+#define GR_TENANT_BACKOFF_CAP_MS 60000  /* a tenant that cannot be reached: retried this often */
+
+struct pace {
+    struct pace *next; /* the registry's list */
+    int refs;          /* under registry_lock */
+    char *key;         /* base_url, login_url, app id, tenant (lower case) */
+    pthread_mutex_t lock, fetch;
+    char *token;                 /* cached access token ... */
+    char *token_fingerprint;     /* ... for this credential */
+    int64_t token_refresh_mono;  /* fetch a new one from then on */
+    int64_t blocked_until_mono;  /* a Retry-After, or a failure backoff, in force */
+    unsigned failures;           /* calls in a row that got no answer, or no token */
+    int64_t *writes;             /* monotonic times of the last writes: a ring of `cap` */
+    size_t cap, n, head;
+};
+
+static pthread_mutex_t registry_lock = PTHREAD_MUTEX_INITIALIZER;
+static struct pace *registry;
+
 struct tenant {
     char *id;
     /* the credential: a secret, or a key and its certificate's x5t */
@@ -36,14 +61,8 @@ struct tenant {
     size_t secret_len;
     EVP_PKEY *key;
     char *x5t;
-    char *fingerprint; /* what identifies the credential, for reloads (no secret in it) */
-
-    pthread_mutex_t lock;
-    char *token;                 /* cached access token */
-    int64_t token_refresh_mono;  /* fetch a new one from then on */
-    int64_t blocked_until_mono;  /* a Retry-After in force */
-    int64_t *writes;             /* monotonic times of the last writes (a ring) */
-    size_t nwrites, next_write;
+    char *fingerprint; /* what identifies the credential (no secret in it) */
+    struct pace *pace;
 };
 
 struct gr_graph_client {
@@ -143,6 +162,69 @@ static int load_certificate(struct gr_check *c, const struct gr_graph_tenant_con
     return 0;
 }
 
+static void wipe_free(char *s)
+{
+    if (s) {
+        OPENSSL_cleanse(s, strlen(s));
+        free(s);
+    }
+}
+
+/* The pace for `key`, shared; its write ring holds at least `budget`. */
+static struct pace *pace_get(const char *key, unsigned budget)
+{
+    pthread_mutex_lock(&registry_lock);
+    struct pace *p = registry;
+    while (p && strcmp(p->key, key) != 0)
+        p = p->next;
+    if (!p) {
+        p = gr_xcalloc(1, sizeof *p);
+        p->key = gr_xstrdup(key);
+        pthread_mutex_init(&p->lock, NULL);
+        pthread_mutex_init(&p->fetch, NULL);
+        p->next = registry;
+        registry = p;
+    }
+    p->refs++;
+    pthread_mutex_unlock(&registry_lock);
+    pthread_mutex_lock(&p->lock);
+    if (p->cap < budget) { /* grow, keeping the newest writes in order */
+        int64_t *w = gr_xcalloc(budget, sizeof *w);
+        for (size_t k = 0; k < p->n; k++)
+            w[k] = p->writes[(p->head + p->cap - p->n + k) % p->cap];
+        free(p->writes);
+        p->writes = w;
+        p->head = p->n % budget;
+        p->cap = budget;
+    }
+    pthread_mutex_unlock(&p->lock);
+    return p;
+}
+
+static void pace_put(struct pace *p)
+{
+    if (!p)
+        return;
+    pthread_mutex_lock(&registry_lock);
+    bool last = --p->refs == 0;
+    if (last) {
+        struct pace **q = &registry;
+        while (*q != p)
+            q = &(*q)->next;
+        *q = p->next;
+    }
+    pthread_mutex_unlock(&registry_lock);
+    if (!last)
+        return;
+    wipe_free(p->token);
+    free(p->token_fingerprint);
+    free(p->writes);
+    free(p->key);
+    pthread_mutex_destroy(&p->lock);
+    pthread_mutex_destroy(&p->fetch);
+    free(p);
+}
+
 static void tenant_free(struct tenant *t)
 {
     free(t->id);
@@ -153,12 +235,7 @@ static void tenant_free(struct tenant *t)
     EVP_PKEY_free(t->key);
     free(t->x5t);
     free(t->fingerprint);
-    if (t->token) {
-        OPENSSL_cleanse(t->token, strlen(t->token));
-        free(t->token);
-    }
-    free(t->writes);
-    pthread_mutex_destroy(&t->lock);
+    pace_put(t->pace);
 }
 
 /* "https://graph.microsoft.com/v1.0" -> "https://graph.microsoft.com/.default":
@@ -171,35 +248,8 @@ static char *scope_of(const char *base_url)
     return gr_xprintf("%.*s/.default", (int)n, base_url);
 }
 
-/* Keep what `prev` knew of the same tenant with the same credential. */
-static void adopt(struct gr_graph_client *c, struct tenant *t, struct gr_graph_client *prev)
-{
-    if (!prev || strcmp(prev->app_id, c->app_id) != 0 ||
-        strcmp(prev->login_url, c->login_url) != 0 || strcmp(prev->base_url, c->base_url) != 0)
-        return;
-    for (size_t i = 0; i < prev->ntenants; i++) {
-        struct tenant *p = &prev->tenants[i];
-        if (strcasecmp(p->id, t->id) != 0)
-            continue;
-        pthread_mutex_lock(&p->lock);
-        t->blocked_until_mono = p->blocked_until_mono;
-        /* the newest writes, oldest first (the ring's oldest is at next_write once full) */
-        size_t oldest = p->nwrites < prev->write_budget ? 0 : p->next_write;
-        size_t keep = p->nwrites < c->write_budget ? p->nwrites : c->write_budget;
-        for (size_t k = p->nwrites - keep; k < p->nwrites; k++)
-            t->writes[t->nwrites++] = p->writes[(oldest + k) % prev->write_budget];
-        if (strcmp(p->fingerprint, t->fingerprint) == 0 && p->token) {
-            t->token = gr_xstrdup(p->token);
-            t->token_refresh_mono = p->token_refresh_mono;
-        }
-        pthread_mutex_unlock(&p->lock);
-        t->next_write = t->nwrites % c->write_budget;
-        return;
-    }
-}
-
 int gr_graph_client_build(struct gr_check *chk, const struct gr_graph_conf *conf,
-                          struct gr_graph_client *prev, struct gr_graph_client **out)
+                          struct gr_graph_client **out)
 {
     *out = NULL;
     struct gr_graph_client *c = gr_xcalloc(1, sizeof *c);
@@ -218,13 +268,15 @@ int gr_graph_client_build(struct gr_check *chk, const struct gr_graph_conf *conf
         struct tenant *t = &c->tenants[i];
         c->ntenants = i + 1;
         t->id = gr_xstrdup(tc->id);
-        pthread_mutex_init(&t->lock, NULL);
-        t->writes = gr_xcalloc(c->write_budget, sizeof *t->writes);
         if ((tc->private_key_file ? load_certificate(chk, tc, t) : load_secret(chk, tc, t)) < 0) {
             gr_graph_client_free(c);
             return -1;
         }
-        adopt(c, t, prev);
+        char *key = gr_xprintf("%s\n%s\n%s\n%s", c->base_url, c->login_url, c->app_id, t->id);
+        for (char *p = key; *p; p++)
+            *p = (char)tolower((unsigned char)*p);
+        t->pace = pace_get(key, c->write_budget);
+        free(key);
     }
     *out = c;
     return 0;
@@ -352,11 +404,10 @@ static bool exchange(const struct gr_graph_client *c, const char *method, const 
     CURLcode rc = curl_easy_perform(h);
     curl_easy_getinfo(h, CURLINFO_RESPONSE_CODE, status);
     curl_easy_cleanup(h);
+    for (struct curl_slist *l = headers; l; l = l->next) /* the copy of the token */
+        OPENSSL_cleanse(l->data, strlen(l->data));
     curl_slist_free_all(headers);
-    if (bearer) {
-        OPENSSL_cleanse(bearer, strlen(bearer));
-        free(bearer);
-    }
+    wipe_free(bearer);
     free(ct);
     if (rc != CURLE_OK) {
         *error = x->too_large ? gr_xprintf("the answer is larger than %u bytes", GR_GRAPH_MAX_BODY)
@@ -411,14 +462,19 @@ static char *token_error(long status, const json_t *doc)
     return out;
 }
 
-/* A token for `t`, from the cache or fetched now (under t->lock). NULL with
- * *error on failure. */
-static char *get_token(const struct gr_graph_client *c, struct tenant *t,
-                       const atomic_bool *cancel, char **error)
+/* The cached token, if it is for this credential and fresh (under p->lock). */
+static char *cached_token(const struct tenant *t)
 {
-    int64_t now = gr_mono_ms();
-    if (t->token && now < t->token_refresh_mono)
-        return gr_xstrdup(t->token);
+    const struct pace *p = t->pace;
+    return p->token && strcmp(p->token_fingerprint, t->fingerprint) == 0 &&
+                   gr_mono_ms() < p->token_refresh_mono
+               ? gr_xstrdup(p->token)
+               : NULL;
+}
+
+static char *fetch_token(const struct gr_graph_client *c, struct tenant *t,
+                         const atomic_bool *cancel, char **error)
+{
     char *url = gr_xprintf("%s/%s/oauth2/v2.0/token", c->login_url, t->id);
     struct gr_buf form = {0};
     form_add(&form, "client_id", c->app_id);
@@ -429,12 +485,13 @@ static char *get_token(const struct gr_graph_client *c, struct tenant *t,
         if (!jwt) {
             *error = gr_xstrdup("signing the client assertion failed");
             free(url);
+            gr_buf_free(&form);
             return NULL;
         }
         form_add(&form, "client_assertion_type",
                  "urn:ietf:params:oauth:client-assertion-type:jwt-bearer");
         form_add(&form, "client_assertion", jwt);
-        free(jwt);
+        wipe_free(jwt);
     } else {
         form_add(&form, "client_secret", t->secret);
     }
@@ -451,12 +508,14 @@ static char *get_token(const struct gr_graph_client *c, struct tenant *t,
             int64_t life = (int64_t)expires_in * 1000, margin = life / 4;
             if (margin > GR_TOKEN_MARGIN_MAX_MS)
                 margin = GR_TOKEN_MARGIN_MAX_MS;
-            if (t->token) {
-                OPENSSL_cleanse(t->token, strlen(t->token));
-                free(t->token);
-            }
-            t->token = gr_xstrdup(tok);
-            t->token_refresh_mono = gr_mono_ms() + life - margin;
+            struct pace *p = t->pace;
+            pthread_mutex_lock(&p->lock);
+            wipe_free(p->token);
+            free(p->token_fingerprint);
+            p->token = gr_xstrdup(tok);
+            p->token_fingerprint = gr_xstrdup(t->fingerprint);
+            p->token_refresh_mono = gr_mono_ms() + life - margin;
+            pthread_mutex_unlock(&p->lock);
         } else {
             *error = token_error(status, doc);
         }
@@ -477,15 +536,36 @@ static char *get_token(const struct gr_graph_client *c, struct tenant *t,
     return token;
 }
 
+/* A token for `t`: the cached one, or one fetched now (one fetch at a time
+ * per pace; nobody else waits for it). NULL with *error on failure. */
+static char *get_token(const struct gr_graph_client *c, struct tenant *t,
+                       const atomic_bool *cancel, char **error)
+{
+    struct pace *p = t->pace;
+    pthread_mutex_lock(&p->lock);
+    char *token = cached_token(t);
+    pthread_mutex_unlock(&p->lock);
+    if (token)
+        return token;
+    pthread_mutex_lock(&p->fetch);
+    pthread_mutex_lock(&p->lock);
+    token = cached_token(t); /* another caller may have fetched it meanwhile */
+    pthread_mutex_unlock(&p->lock);
+    if (!token)
+        token = fetch_token(c, t, cancel, error);
+    pthread_mutex_unlock(&p->fetch);
+    return token;
+}
+
 static void forget_token(struct tenant *t, const char *used)
 {
-    pthread_mutex_lock(&t->lock);
-    if (t->token && strcmp(t->token, used) == 0) {
-        OPENSSL_cleanse(t->token, strlen(t->token));
-        free(t->token);
-        t->token = NULL;
+    struct pace *p = t->pace;
+    pthread_mutex_lock(&p->lock);
+    if (p->token && strcmp(p->token, used) == 0) {
+        wipe_free(p->token);
+        p->token = NULL;
     }
-    pthread_mutex_unlock(&t->lock);
+    pthread_mutex_unlock(&p->lock);
 }
 
 /* ---- calls ---------------------------------------------------------------- */
@@ -498,28 +578,53 @@ static struct tenant *tenant_of(struct gr_graph_client *c, const char *id)
     return NULL;
 }
 
-/* May a call go out now? Records a write against the budget. */
-static bool admit(struct gr_graph_client *c, struct tenant *t, bool write, int64_t *wait_ms)
+/* May a call go out now? Records a write against the budget: at most
+ * write_budget writes in any write_budget_window_s (under p->lock). */
+static bool admit(const struct gr_graph_client *c, struct pace *p, bool write, int64_t *wait_ms)
 {
     int64_t now = gr_mono_ms();
-    if (t->blocked_until_mono > now) {
-        *wait_ms = t->blocked_until_mono - now;
+    if (p->blocked_until_mono > now) {
+        *wait_ms = p->blocked_until_mono - now;
         return false;
     }
     if (!write)
         return true;
-    if (t->nwrites == c->write_budget) {
-        int64_t oldest = t->writes[t->next_write]; /* the ring is full: next is the oldest */
-        if (now - oldest < c->write_window_ms) {
-            *wait_ms = oldest + c->write_window_ms - now;
+    if (p->n >= c->write_budget) { /* the budget-th newest write must have left the window */
+        int64_t t = p->writes[(p->head + p->cap - c->write_budget) % p->cap];
+        if (now - t < c->write_window_ms) {
+            *wait_ms = t + c->write_window_ms - now;
             return false;
         }
-    } else {
-        t->nwrites++;
     }
-    t->writes[t->next_write] = now;
-    t->next_write = (t->next_write + 1) % c->write_budget;
+    p->writes[p->head] = now;
+    p->head = (p->head + 1) % p->cap;
+    if (p->n < p->cap)
+        p->n++;
     return true;
+}
+
+/* After each call: a tenant that cannot be reached (or gives no token) is
+ * held back, 1 s doubling to a minute, so its calls do not hold up the
+ * other tenants' for their whole time limits; any answer lifts it. A
+ * Retry-After holds it back for as long as it says. */
+static void paced(struct pace *p, bool answered, int64_t retry_after_ms)
+{
+    pthread_mutex_lock(&p->lock);
+    int64_t now = gr_mono_ms(), until = 0;
+    if (answered) {
+        p->failures = 0;
+        if (retry_after_ms >= 0)
+            until = now + retry_after_ms;
+    } else {
+        int64_t wait = 1000;
+        for (unsigned i = 0; i < p->failures && wait < GR_TENANT_BACKOFF_CAP_MS; i++)
+            wait *= 2;
+        p->failures++;
+        until = now + (wait < GR_TENANT_BACKOFF_CAP_MS ? wait : GR_TENANT_BACKOFF_CAP_MS);
+    }
+    if (until > p->blocked_until_mono)
+        p->blocked_until_mono = until;
+    pthread_mutex_unlock(&p->lock);
 }
 
 /* "HTTP 400 ValidationError: Subscription validation request failed. ..." */
@@ -536,7 +641,7 @@ static char *graph_error(long status, const json_t *doc)
 }
 
 enum gr_graph_outcome gr_graph_call(struct gr_graph_client *c, const char *tenant_id,
-                                    const char *method, const char *target, const json_t *body,
+                                    const char *method, const char *target, const char *body,
                                     bool write, const atomic_bool *cancel,
                                     struct gr_graph_response *out)
 {
@@ -557,58 +662,51 @@ enum gr_graph_outcome gr_graph_call(struct gr_graph_client *c, const char *tenan
         }
         url = gr_xstrdup(target);
     }
-    char *payload = body ? json_dumps(body, JSON_COMPACT) : NULL;
+    struct pace *p = t->pace;
     enum gr_graph_outcome result = GR_GRAPH_FAILED;
     for (int attempt = 0; attempt < 2; attempt++) {
-        pthread_mutex_lock(&t->lock);
+        pthread_mutex_lock(&p->lock);
         int64_t wait = 0;
-        if (!admit(c, t, write && attempt == 0, &wait)) {
-            pthread_mutex_unlock(&t->lock);
+        bool go = admit(c, p, write && attempt == 0, &wait);
+        pthread_mutex_unlock(&p->lock);
+        if (!go) {
             out->retry_after_ms = wait;
             result = GR_GRAPH_THROTTLED;
             break;
         }
         char *token = get_token(c, t, cancel, &out->error);
-        pthread_mutex_unlock(&t->lock);
-        if (!token)
+        if (!token) {
+            paced(p, false, -1);
             break;
+        }
         struct transfer x = {0};
         long status = 0;
-        bool answered = exchange(c, method, url, token, payload ? "application/json" : NULL,
-                                 payload, cancel, &status, &x, &out->error);
+        bool answered = exchange(c, method, url, token, body ? "application/json" : NULL, body,
+                                 cancel, &status, &x, &out->error);
         gr_metrics_graph_request(status);
+        int64_t retry_after = -1;
         if (answered) {
             out->status = status;
             out->body = x.body.len ? json_loadb(x.body.data, x.body.len, 0, NULL) : NULL;
-            if ((status == 429 || status == 503) && x.retry_after) {
-                int64_t ms = gr_graph_retry_after_ms(x.retry_after, gr_wall_ms());
-                if (ms >= 0) {
-                    out->retry_after_ms = ms;
-                    pthread_mutex_lock(&t->lock);
-                    int64_t until = gr_mono_ms() + ms;
-                    if (until > t->blocked_until_mono)
-                        t->blocked_until_mono = until;
-                    pthread_mutex_unlock(&t->lock);
-                }
-            }
+            if ((status == 429 || status == 503) && x.retry_after)
+                retry_after = gr_graph_retry_after_ms(x.retry_after, gr_wall_ms());
+            out->retry_after_ms = retry_after > 0 ? retry_after : 0;
             if (status >= 300)
                 out->error = graph_error(status, out->body);
             result = GR_GRAPH_ANSWERED;
         }
+        paced(p, answered, retry_after);
+        if (x.body.data) /* a create's answer echoes the clientState */
+            OPENSSL_cleanse(x.body.data, x.body.len);
         gr_buf_free(&x.body);
         free(x.retry_after);
         bool again = answered && status == 401 && attempt == 0;
         if (again) /* the token may have been revoked: once more with a new one */
             forget_token(t, token);
-        OPENSSL_cleanse(token, strlen(token));
-        free(token);
+        wipe_free(token);
         if (!again)
             break;
         gr_graph_response_free(out);
-    }
-    if (payload) { /* a create carries the clientState */
-        OPENSSL_cleanse(payload, strlen(payload));
-        free(payload);
     }
     free(url);
     return result;

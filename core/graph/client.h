@@ -6,17 +6,20 @@
  * {login_url}/{tenant}/oauth2/v2.0/token, with a client secret or with a
  * certificate (a client-assertion JWT, RS256, signed here). A token is
  * cached until shortly before it expires; a 401 fetches a new one once and
- * tries again. A 429 or 503 with Retry-After keeps every call to that tenant
+ * tries again. graph.ca_file, when given, replaces the system's CAs. A 429 or 503 with Retry-After keeps every call to that tenant
  * back until it passes (the call is not made: GR_GRAPH_THROTTLED says how
  * long to wait), and subscription writes stay under graph.write_budget per
  * graph.write_budget_window_s. Retrying anything else, with backoff, is the
  * caller's choice.
  *
  * A client belongs to a configuration generation (built with it, so
- * --check reads every credential); a reload that keeps a tenant's
- * credential keeps its token and its throttling state. Thread-safe: one
- * lock per tenant, held while its token is fetched. Never logs or returns a
- * secret or a token.
+ * --check reads every credential); what Graph said of a tenant (its token,
+ * a Retry-After, its recent writes, that it cannot be reached) is shared by
+ * every generation's client, so a reload forgets none of it. A tenant that
+ * gives no answer (or no token) is held back, 1 s doubling to a minute, so
+ * that it does not hold up the other tenants' calls. Thread-safe; no lock is
+ * held during I/O but a tenant's token fetch, which only callers needing
+ * that token wait for. Never logs or returns a secret or a token.
  */
 #ifndef GR_GRAPH_CLIENT_H
 #define GR_GRAPH_CLIENT_H
@@ -47,20 +50,19 @@ struct gr_graph_response {
 void gr_graph_response_free(struct gr_graph_response *r);
 
 /* Read every tenant's credential (secret files must not be readable by
- * group or others; a certificate must match its key). Tokens and
- * throttling of `prev` (may be NULL) are kept for tenants whose app,
- * endpoints and credential are unchanged. Errors go to `c`. */
+ * group or others; a certificate must match its key). Errors go to `c`. */
 int gr_graph_client_build(struct gr_check *c, const struct gr_graph_conf *conf,
-                          struct gr_graph_client *prev, struct gr_graph_client **out);
+                          struct gr_graph_client **out);
 void gr_graph_client_free(struct gr_graph_client *c);
 
 /* One call for `tenant`: `target` is a path under base_url ("/subscriptions")
  * or an absolute URL that starts with base_url + "/" (an @odata.nextLink);
- * `body` (may be NULL) is sent as JSON. `write` counts it against the
- * write budget. A transfer in progress is aborted once *cancel (may be NULL)
- * is set. Fills *out (free it) and returns what happened. */
+ * `body` (JSON text, may be NULL) is sent as application/json. `write`
+ * counts it against the write budget. A transfer in progress is aborted
+ * once *cancel (may be NULL) is set. Fills *out (free it) and returns what
+ * happened. */
 enum gr_graph_outcome gr_graph_call(struct gr_graph_client *c, const char *tenant,
-                                    const char *method, const char *target, const json_t *body,
+                                    const char *method, const char *target, const char *body,
                                     bool write, const atomic_bool *cancel,
                                     struct gr_graph_response *out);
 

@@ -19,8 +19,13 @@ static bool loopback_host(const char *host)
     static const char *const names[] = {"127.0.0.1", "localhost", "[::1]"};
     for (size_t i = 0; i < GR_ARRAY_LEN(names); i++) {
         size_t n = strlen(names[i]);
-        if (strncasecmp(host, names[i], n) == 0 &&
-            (host[n] == '\0' || host[n] == ':' || host[n] == '/'))
+        if (strncasecmp(host, names[i], n) != 0)
+            continue;
+        const char *p = host + n;
+        if (*p == ':') /* a port: digits only */
+            for (p++; *p >= '0' && *p <= '9'; p++) {
+            }
+        if (*p == '\0' || *p == '/' || *p == '?')
             return true;
     }
     return false;
@@ -29,11 +34,17 @@ static bool loopback_host(const char *host)
 bool gr_graph_url_allowed(const char *url)
 {
     for (const char *p = url; *p; p++)
-        if ((unsigned char)*p <= ' ' || *p == 0x7f || *p == '#')
+        if ((unsigned char)*p <= ' ' || *p == 0x7f || *p == '#' || *p == '\\')
             return false;
-    if (gr_has_prefix_ci(url, "https://"))
-        return url[8] != '\0' && url[8] != '/';
-    return gr_has_prefix_ci(url, "http://") && loopback_host(url + 7);
+    bool https = gr_has_prefix_ci(url, "https://");
+    if (!https && !gr_has_prefix_ci(url, "http://"))
+        return false;
+    const char *host = url + (https ? 8 : 7);
+    size_t authority = strcspn(host, "/?");
+    /* no user:password@ (nor a host hidden behind one), and a host */
+    if (authority == 0 || memchr(host, '@', authority) || host[0] == ':')
+        return false;
+    return https || loopback_host(host);
 }
 
 /* A URL key: allowed as above, without a query; copied without trailing '/'. */
@@ -111,8 +122,9 @@ int gr_graph_conf_parse(struct gr_check *c, const json_t *root, struct gr_graph_
         return 0;
     static const char *const keys[] = {"app_id", "tenants", "public_url", "base_url",
                                        "login_url", "ca_file", "connect_timeout_s", "timeout_s",
-                                       "write_budget", "write_budget_window_s", NULL};
-    uint64_t connect = 10, timeout = 60, budget = 1000, window = 20;
+                                       "write_budget", "write_budget_window_s",
+                                       "reconcile_interval_s", NULL};
+    uint64_t connect = 10, timeout = 60, budget = 1000, window = 20, reconcile = 3600;
     g->present = true;
     g->node = obj;
     if (gr_check_keys(c, obj, "\"graph\"", keys) < 0 ||
@@ -124,7 +136,8 @@ int gr_graph_conf_parse(struct gr_check *c, const json_t *root, struct gr_graph_
         gr_check_uint(c, obj, "connect_timeout_s", 1, 300, &connect) < 0 ||
         gr_check_uint(c, obj, "timeout_s", 1, 600, &timeout) < 0 ||
         gr_check_uint(c, obj, "write_budget", 1, 100000, &budget) < 0 ||
-        gr_check_uint(c, obj, "write_budget_window_s", 1, 3600, &window) < 0)
+        gr_check_uint(c, obj, "write_budget_window_s", 1, 3600, &window) < 0 ||
+        gr_check_uint(c, obj, "reconcile_interval_s", 10, 86400, &reconcile) < 0)
         return -1;
     if (!*g->app_id)
         return gr_check_fail_member(c, obj, "app_id", "\"app_id\" is empty");
@@ -137,6 +150,7 @@ int gr_graph_conf_parse(struct gr_check *c, const json_t *root, struct gr_graph_
     g->timeout_s = (unsigned)timeout;
     g->write_budget = (unsigned)budget;
     g->write_budget_window_s = (unsigned)window;
+    g->reconcile_interval_s = (unsigned)reconcile;
 
     const json_t *list = json_object_get(obj, "tenants");
     if (!json_is_array(list) || json_array_size(list) == 0)
@@ -307,8 +321,8 @@ int gr_declaration_parse(struct gr_check *c, const json_t *o, const struct gr_gr
         return -1;
     }
     d->expiration_minutes = (unsigned)minutes;
-    d->key = gr_xprintf("%s\n%s\n%s\n%s", d->tenant, d->resource, d->change_type,
-                        d->rich ? "rich" : "basic");
+    d->key = gr_xprintf("%s\n%s\n%s\n%s", d->tenant, d->resource + (d->resource[0] == '/'),
+                        d->change_type, d->rich ? "rich" : "basic");
     return 0;
 }
 
@@ -336,6 +350,15 @@ int gr_declaration_check_rich(struct gr_check *c, const struct gr_declaration *d
                                     "\"app_ids\" is needed to accept what Graph sends",
                                     d->resource);
     return 0;
+}
+
+bool gr_declaration_same_subscription(const struct gr_declaration *a,
+                                      const struct gr_declaration *b)
+{
+    const char *ra = a->resource + (a->resource[0] == '/');
+    const char *rb = b->resource + (b->resource[0] == '/');
+    return strcasecmp(a->tenant, b->tenant) == 0 && strcasecmp(ra, rb) == 0 &&
+           strcmp(a->change_type, b->change_type) == 0;
 }
 
 void gr_declaration_free(struct gr_declaration *d)

@@ -40,13 +40,15 @@ struct gr_graph_conf {
     const char *ca_file;
     unsigned connect_timeout_s, timeout_s;
     unsigned write_budget, write_budget_window_s; /* subscription writes per tenant */
+    unsigned reconcile_interval_s; /* how often Graph's lists are compared again */
     const json_t *node;
 };
 
 /* A subscription graphrouter creates and keeps alive. */
 struct gr_declaration {
-    char *key;           /* owned: what identifies it in the store (tenant, resource,
-                          * change types, with or without resource data) */
+    char *key;           /* owned: what identifies it in the store (tenant, resource
+                          * without a leading '/', change types, with or without
+                          * resource data) */
     const char *tenant;  /* the graph.tenants id, as written there */
     const char *resource;
     char *change_type;   /* owned: "created,updated,deleted" order, as Graph takes it */
@@ -69,6 +71,11 @@ int gr_declaration_check_rich(struct gr_check *c, const struct gr_declaration *d
                               const struct gr_graph_conf *g, const char *const *cert_ids,
                               size_t ncert_ids, const char *const *token_app_ids,
                               size_t ntoken_app_ids);
+/* Would Graph take the two for one subscription (a 409)? The same tenant,
+ * resource (ignoring a leading '/' and case) and change types, whatever
+ * include_resource_data says. */
+bool gr_declaration_same_subscription(const struct gr_declaration *a,
+                                      const struct gr_declaration *b);
 void gr_declaration_free(struct gr_declaration *d);
 void gr_graph_conf_free(struct gr_graph_conf *g);
 

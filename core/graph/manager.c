@@ -127,7 +127,9 @@ void gr_mgr_publish(struct gr_manager *m, const struct gr_config *cfg)
         const struct gr_sub_record *r = &m->v[i].r;
         if (r->state <= GR_SUB_DELETING)
             by_state[r->state]++;
-        if (r->state == GR_SUB_ACTIVE && r->id)
+        static const unsigned char none[sizeof r->secret];
+        bool secret = memcmp(r->secret, none, sizeof none) != 0; /* an orphan's is unknown */
+        if ((r->state == GR_SUB_ACTIVE || r->state == GR_SUB_DELETING) && r->id && secret)
             gr_managed_add(snap, r->id, r->secret, r->key, r->tenant, r->resource);
         else if (r->state == GR_SUB_CREATING)
             gr_managed_add_pending(snap, r->secret);
@@ -190,7 +192,9 @@ static void take_events(struct gr_manager *m)
                     s->r.id, s->r.tenant, s->r.resource);
             gr_mgr_resync_item(&s->r, "missed", &resync);
         }
-        gr_mgr_save(m, s, &e->seq, 1, resync.body ? &resync : NULL);
+        /* the event is forgotten with what it caused, or stays for the next look */
+        if (gr_mgr_save(m, s, &e->seq, 1, resync.body ? &resync : NULL) == 0 && resync.body)
+            gr_metrics_resync("missed");
         free(resync.body);
     }
     gr_sub_events_free(events, nevents);
@@ -262,6 +266,17 @@ static void wait_for_work(struct gr_manager *m)
     pthread_mutex_unlock(&m->lock);
 }
 
+static void pause_for(struct gr_manager *m, int64_t ms)
+{
+    pthread_mutex_lock(&m->lock);
+    if (!stop_asked(m)) {
+        int64_t until = gr_mono_ms() + ms;
+        struct timespec ts = {.tv_sec = until / 1000, .tv_nsec = (until % 1000) * 1000000};
+        pthread_cond_timedwait(&m->wake, &m->lock, &ts);
+    }
+    pthread_mutex_unlock(&m->lock);
+}
+
 static void *manager_main(void *arg)
 {
     struct gr_manager *m = arg;
@@ -275,8 +290,10 @@ static void *manager_main(void *arg)
             gr_info(lease ? "subscriptions: this instance manages them"
                           : "subscriptions: another instance manages them");
         leased = lease;
-        if (!lease)
+        if (!lease) { /* asked again a third of the lease's time later */
+            pause_for(m, GR_LEASE_TTL_MS / 3);
             continue;
+        }
         struct gr_generation *g = gr_generation_pin();
         struct gr_mgr_ctx ctx;
         gr_mgr_ctx_init(&ctx, m, g);
@@ -298,6 +315,8 @@ static void *manager_main(void *arg)
         for (bool first = true; (first || !interrupted(m)) && !stop_asked(m) &&
                                 (s = next_due(m, gr_wall_ms()));
              first = false) {
+            if (!first && !gr_store_lease(m->store, GR_LEASE_TTL_MS))
+                break; /* the lease is kept up for as long as the round lasts */
             gr_mgr_act(&ctx, s);
             if (m->changed) /* ingest and the workers see each change at once */
                 gr_mgr_publish(m, g->cfg);

@@ -28,7 +28,8 @@
     "  change_type TEXT NOT NULL, rich INTEGER NOT NULL, cert_id TEXT, cert_thumbprint TEXT," \
     "  secret BLOB NOT NULL, state INTEGER NOT NULL, resync TEXT, expires_ms INTEGER,"        \
     "  renewed_ms INTEGER, due_ms INTEGER, failures INTEGER NOT NULL DEFAULT 0,"              \
-    "  last_error TEXT, created_ms INTEGER NOT NULL, updated_ms INTEGER NOT NULL);"           \
+    "  last_error TEXT, created_ms INTEGER NOT NULL, updated_ms INTEGER NOT NULL,"          \
+    "  replaced_by TEXT);"                                                                   \
     "CREATE TABLE IF NOT EXISTS subscription_events(seq INTEGER PRIMARY KEY,"                \
     "  subscription_id TEXT NOT NULL, event TEXT NOT NULL, item_id INTEGER,"                 \
     "  received_ms INTEGER NOT NULL);"

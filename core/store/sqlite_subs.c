@@ -8,7 +8,7 @@
  * Tables (layout 3):
  *   subscriptions(key, id, tenant, resource, change_type, rich, cert_id,
  *       cert_thumbprint, secret, state, resync, expires_ms, renewed_ms,
- *       due_ms, failures, last_error, created_ms, updated_ms)
+ *       due_ms, failures, last_error, created_ms, updated_ms, replaced_by)
  *       secret is the SHA-256 of the clientState, never the clientState
  *   subscription_events(seq, subscription_id, event, item_id, received_ms)
  */
@@ -31,6 +31,7 @@ void gr_sub_record_clear(struct gr_sub_record *r)
     free(r->cert_thumbprint);
     free(r->resync);
     free(r->last_error);
+    free(r->replaced_by);
     *r = (struct gr_sub_record){0};
 }
 
@@ -51,6 +52,7 @@ void gr_sub_record_copy(struct gr_sub_record *d, const struct gr_sub_record *s)
     d->cert_thumbprint = dup_or_null(s->cert_thumbprint);
     d->resync = dup_or_null(s->resync);
     d->last_error = dup_or_null(s->last_error);
+    d->replaced_by = dup_or_null(s->replaced_by);
 }
 
 void gr_sub_events_free(struct gr_sub_event *e, size_t n)
@@ -105,7 +107,8 @@ static int call_load(struct sqlite_store *s, struct req *r, int64_t now, struct 
     int rc = sqlite3_prepare_v2(s->db,
                                 "SELECT key, id, tenant, resource, change_type, rich, cert_id, "
                                 "cert_thumbprint, secret, state, resync, expires_ms, renewed_ms, "
-                                "due_ms, failures, last_error, created_ms FROM subscriptions "
+                                "due_ms, failures, last_error, created_ms, replaced_by FROM "
+                                "subscriptions "
                                 "ORDER BY key",
                                 -1, &st, NULL);
     if (rc != SQLITE_OK)
@@ -132,6 +135,7 @@ static int call_load(struct sqlite_store *s, struct req *r, int64_t now, struct 
         x->failures = (unsigned)sqlite3_column_int(st, 14);
         x->last_error = sq_column_text(st, 15, NULL);
         x->created_ms = sqlite3_column_int64(st, 16);
+        x->replaced_by = sq_column_text(st, 17, NULL);
     }
     sqlite3_finalize(st);
     if (rc != SQLITE_DONE)
@@ -215,8 +219,8 @@ static int call_put(struct sqlite_store *s, struct req *req, int64_t now, struct
         s->db,
         "INSERT OR REPLACE INTO subscriptions(key, id, tenant, resource, change_type, rich, "
         "cert_id, cert_thumbprint, secret, state, resync, expires_ms, renewed_ms, due_ms, "
-        "failures, last_error, created_ms, updated_ms) VALUES(?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, "
-        "?10, ?11, ?12, ?13, ?14, ?15, ?16, ?17, ?18)",
+        "failures, last_error, created_ms, updated_ms, replaced_by) VALUES(?1, ?2, ?3, ?4, ?5, "
+        "?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16, ?17, ?18, ?19)",
         -1, &st, NULL);
     if (rc != SQLITE_OK)
         return rc;
@@ -238,6 +242,7 @@ static int call_put(struct sqlite_store *s, struct req *req, int64_t now, struct
     bind_text_or_null(st, 16, r->last_error);
     sqlite3_bind_int64(st, 17, r->created_ms ? r->created_ms : now);
     sqlite3_bind_int64(st, 18, now);
+    bind_text_or_null(st, 19, r->replaced_by);
     rc = sq_step(st);
     sqlite3_finalize(st);
 events:

@@ -137,6 +137,8 @@ struct gr_sub_record {
     unsigned failures;    /* failed attempts in a row (backoff) */
     char *last_error;     /* the last failure, NULL after a success */
     int64_t created_ms;   /* when the record was made */
+    char *replaced_by;    /* deleting: the key of the record that replaces it, which is
+                           * to be live first (its URL moved); NULL: delete at once */
 };
 void gr_sub_record_clear(struct gr_sub_record *r); /* frees its strings */
 void gr_sub_record_copy(struct gr_sub_record *dst, const struct gr_sub_record *src);

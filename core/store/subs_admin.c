@@ -83,17 +83,31 @@ static json_t *as_json(const struct row *r, int64_t now)
                      r->last_error);
 }
 
+/* One line, one field: what Graph sent may hold anything. */
+static char *printable(const char *v)
+{
+    char *out = gr_xstrdup(v && *v ? v : "-");
+    for (char *p = out; *p; p++)
+        if ((unsigned char)*p <= ' ' || *p == 0x7f)
+            *p = (unsigned char)*p == ' ' ? ' ' : '?';
+    return out;
+}
+
 static void print_row(const struct row *r, int64_t now)
 {
     char expires[32];
     in(r->expires_ms ? r->expires_ms - now : 0, expires);
-    char *err = gr_xstrdup(r->last_error ? r->last_error : "-");
-    for (char *p = err; *p; p++)
-        if ((unsigned char)*p < ' ' || *p == 0x7f)
-            *p = ' ';
-    printf("%-36s %-9s %10s  %-36s %-24s %-40s %s\n", r->id ? r->id : "-", state_name(r, now),
-           expires, r->tenant ? r->tenant : "-", r->change_type ? r->change_type : "-",
-           r->resource ? r->resource : "-", err);
+    char *id = printable(r->id), *tenant = printable(r->tenant), *ct = printable(r->change_type),
+         *res = printable(r->resource), *err = printable(r->last_error);
+    for (char *p = res; *p; p++)
+        if (*p == ' ')
+            *p = '_'; /* the resource is one column */
+    printf("%-36s %-9s %10s  %-36s %-24s %-40s %s\n", id, state_name(r, now), expires, tenant,
+           ct, res, err);
+    free(id);
+    free(tenant);
+    free(ct);
+    free(res);
     free(err);
 }
 

@@ -149,6 +149,22 @@ class CreateTest(GraphTest):
         self.assertEqual(r.metric("graphrouter_graph_requests_total", code="401"), 1)
 
 
+class TokenTest(GraphTest):
+    def test_a_token_is_renewed_before_it_expires(self):
+        fake = self.start_fake(token_lifetime_s=8)
+        fake.add_tenant(TENANT, APP, secret=CLIENT_SECRET)
+        fake.grant_seconds = 3
+        r = self.graph_router([declared()], fake=fake)
+        self.wait_creates(1, fake=fake)
+        self.wait_requests("PATCH", r"^/v1\.0/subscriptions/", n=5, fake=fake, timeout=30)
+        tokens = fake.requests_matching("POST", r"/oauth2/v2\.0/token$")
+        # a quarter of its 8 s early: a new one every 6 s, never a 401
+        self.assertGreaterEqual(len(tokens), 2)
+        gaps = [b.time - a.time for a, b in zip(tokens, tokens[1:])]
+        self.assertTrue(all(5.5 < g < 8.0 for g in gaps), gaps)
+        self.assertEqual([q for q in fake.requests if q.status == 401], [])
+
+
 class RenewalTest(GraphTest):
     def test_renewed_before_a_short_granted_expiry(self):
         self.fake.grant_seconds = 6
@@ -324,8 +340,9 @@ class CertificateCredentialTest(GraphTest):
                                                       "client_certificate_file": app_cert,
                                                       "private_key_file": app_key}])
         r.wait_log(r"the token request for the app failed: HTTP 401 invalid_client: AADSTS700027")
+        r.wait_for(lambda: self.sub_json(r)[0]["state"] == "failing")
         self.assertEqual(self.creates(), [])
-        self.assertEqual(self.sub_json(r)[0]["state"], "failing")
+        self.assertIn("AADSTS700027", self.sub_json(r)[0]["last_error"])
 
 
 class CheckTest(GraphTest):

@@ -5,8 +5,10 @@ subscription is never touched, an orphan at this router's URL is deleted before 
 is created, lists are followed across pages, 429 + Retry-After is honoured, the write budget is
 kept, and lifecycle events that got their 202 are acted on after a SIGKILL."""
 
+import json
 import os
 import signal
+import socket
 import sqlite3
 import time
 
@@ -99,14 +101,42 @@ class ReloadTest(GraphTest):
         created = self.wait_creates(2)
         self.assertEqual(created[1].body["notificationUrl"],
                          "http://127.0.0.1:%d/graph/in" % r.graph_port)
-        delete = self.fake.requests_matching("DELETE")
+        delete = self.wait_requests("DELETE", r"^/v1\.0/subscriptions/")
         self.assertEqual([q.path for q in delete], ["/v1.0/subscriptions/" + old])
-        self.assertLess(delete[0].time, created[1].time)
+        self.assertLess(created[1].time, delete[0].time)  # no gap: the new one first
         self.assertEqual([s["notificationUrl"] for s in self.live()],
                          ["http://127.0.0.1:%d/graph/in" % r.graph_port])
         new = self.live()[0]["id"]
         self.assertEqual(self.fake.notify(new), 202)
         self.assertEqual(r.wait_jsonl(1)[0]["subscription_id"], new)
+
+    def test_listed_and_fallback_subscriptions_at_our_url_are_left_alone(self):
+        r = self.graph_router([declared()], start=False)
+        ours = "http://127.0.0.1:%d/notifications" % r.graph_port
+        listed = self.fake.add_foreign(TENANT, ours, resource="/users/u7/events")
+        fallback = self.fake.add_foreign(TENANT, ours, resource="/users/u8/events")
+        conflicting = self.fake.add_foreign(TENANT, ours, resource="users/U1/messages",
+                                            change_type="updated,created")
+        cfg = self.graph_config([declared(), {"id": listed, "client_state": "its-own"}],
+                                r.graph_port)
+        r.write_config(cfg)
+        r.start()
+        self.wait_creates(1)
+        # the one in the declaration's place goes; the listed one and the one the top-level
+        # client_state may have been made with stay
+        self.assertEqual([q.path for q in self.fake.requests_matching("DELETE")],
+                         ["/v1.0/subscriptions/" + conflicting])
+        live = {s["id"] for s in self.live()}
+        self.assertTrue({listed, fallback} <= live)
+        # without a top-level client_state nothing could take the unknown one's notifications
+        self.assertEqual(r.stop(), 0)
+        del cfg["client_state"]
+        r.write_config(cfg)
+        r.start()
+        delete = self.wait_requests("DELETE", r"^/v1\.0/subscriptions/", n=2)
+        self.assertEqual(delete[1].path, "/v1.0/subscriptions/" + fallback)
+        time.sleep(0.5)
+        self.assertIn(listed, {s["id"] for s in self.live()})
 
     def test_orphan_at_our_url_is_deleted_before_its_replacement(self):
         self.fake.page_size = 2
@@ -133,6 +163,21 @@ class ReloadTest(GraphTest):
 
 
 class ThrottleTest(GraphTest):
+    def test_retry_after_survives_a_reload(self):
+        self.fake.grant_seconds = 600
+        r = self.graph_router([declared()])
+        self.wait_creates(1)
+        self.fake.throttle(TENANT, 4, times=1)
+        cfg = self.graph_config([declared(), declared("/users/u2/messages", ["created"])],
+                                r.graph_port)
+        r.write_config(cfg)
+        r.send_signal(signal.SIGHUP)  # the reload's reconcile is answered 429
+        created = self.wait_creates(2, timeout=30)
+        r.send_signal(signal.SIGHUP)  # another generation, the same tenant's pace
+        (first, seconds), = self.fake.throttled_at(TENANT)
+        self.assertGreaterEqual(created[1].time - first, seconds - 0.1)
+        self.assertEqual(self.fake.early_requests(TENANT), [])
+
     def test_retry_after_is_honoured(self):
         self.fake.throttle(TENANT, 3, times=1)
         r = self.graph_router([declared()])
@@ -148,8 +193,84 @@ class ThrottleTest(GraphTest):
         r = self.graph_router(subs, graph={"write_budget": 2, "write_budget_window_s": 3})
         created = self.wait_creates(3, timeout=30)
         self.assertGreaterEqual(created[2].time - created[0].time, 2.5)
-        r.wait_log(r"creating it waits \d+ ms: the tenant is throttled \(Retry-After\) or at its "
+        r.wait_log(r"creating it waits \d+ ms: the tenant is throttled \(Retry-After\), at its "
                    r"write budget")
+
+
+class FailureTest(GraphTest):
+    def test_renewal_failing_until_expiry(self):
+        self.fake.grant_seconds = 6
+        r = self.graph_router([declared()], handlers={
+            "out": {"plugin": "file", "config": {"path": "out.jsonl"}}},
+            routes=[{"name": "all", "to": "out"}])
+        self.wait_creates(1)
+        sid = self.live()[0]["id"]
+        self.fake.fail("PATCH", r"/subscriptions/", 503, times=100)
+        created = self.wait_creates(2, timeout=30)
+        patches = self.fake.requests_matching("PATCH")
+        self.assertGreaterEqual(len(patches), 2)  # retried with backoff ...
+        self.assertTrue(all(q.status == 503 for q in patches))
+        gaps = [b.time - a.time for a, b in zip(patches, patches[1:])]
+        self.assertTrue(all(g > 0.4 for g in gaps), gaps)
+        resync = r.wait_jsonl(1)[0]  # ... and, expired meanwhile, created again with a resync
+        self.assertEqual((resync["change_type"], resync["resync_reason"]), ("resync", "expired"))
+        self.assertNotEqual(resync["subscription_id"], sid)
+        self.assertGreater(created[1].time - patches[0].time, 1.0)
+        self.assertGreaterEqual(r.metric("graphrouter_subscription_renewals_total",
+                                         result="failure"), 2)
+
+    def test_delete_answered_404_counts_as_deleted(self):
+        r = self.graph_router([declared()])
+        self.wait_creates(1)
+        self.fake.fail("DELETE", r"/subscriptions/", 404)
+        r.write_config(self.graph_config([], r.graph_port))
+        r.send_signal(signal.SIGHUP)
+        self.wait_requests("DELETE", r"^/v1\.0/subscriptions/")
+        r.wait_for(lambda: self.sub_json(r) == [])
+        self.assertEqual(r.metric("graphrouter_subscription_deletes_total", result="success"), 1)
+        r.wait_log(r"deleted \(tenant %s, resource /users/u1/messages\): Graph had it no more"
+                   % TENANT)
+
+    def test_a_tenant_removed_from_the_configuration_is_forgotten(self):
+        r = self.graph_router([declared()])
+        self.wait_creates(1)
+        sid = self.live()[0]["id"]
+        cfg = self.graph_config([], r.graph_port)
+        del cfg["graph"]
+        r.write_config(cfg)
+        r.send_signal(signal.SIGHUP)
+        r.wait_log(r"subscription %s \(tenant %s, resource /users/u1/messages\): the "
+                   r"configuration has no credential for its tenant any more; graphrouter "
+                   r"forgets it" % (sid, TENANT))
+        r.wait_for(lambda: self.sub_json(r) == [])
+        self.assertEqual(self.fake.requests_matching("DELETE"), [])
+
+    def test_a_removal_graph_does_not_announce_is_found(self):
+        r = self.graph_router([declared()], graph={"reconcile_interval_s": 10}, handlers={
+            "out": {"plugin": "file", "config": {"path": "out.jsonl"}}},
+            routes=[{"name": "all", "to": "out"}])
+        self.wait_creates(1)
+        sid = self.live()[0]["id"]
+        self.fake.remove(sid)  # no subscriptionRemoved
+        created = self.wait_creates(2, timeout=30)
+        lists = self.fake.requests_matching("GET", r"^/v1\.0/subscriptions$")
+        self.assertEqual(len(lists), 2)
+        self.assertGreater(lists[1].time - lists[0].time, 9.5)
+        resync = r.wait_jsonl(1)[0]
+        self.assertEqual(resync["resync_reason"], "subscriptionRemoved")
+
+    def test_stop_during_a_call_that_does_not_answer(self):
+        silent = socket.socket()
+        silent.bind(("127.0.0.1", 0))
+        silent.listen(8)  # accepts, never answers
+        self.addCleanup(silent.close)
+        url = "http://127.0.0.1:%d" % silent.getsockname()[1]
+        r = self.graph_router([declared()], graph={"login_url": url, "timeout_s": 120,
+                                                   "connect_timeout_s": 60})
+        time.sleep(1.0)  # the manager waits for its token
+        t0 = time.monotonic()
+        self.assertEqual(r.stop(), 0)
+        self.assertLess(time.monotonic() - t0, 5.0)
 
 
 class CrashTest(GraphTest):
@@ -199,6 +320,28 @@ class CrashTest(GraphTest):
         time.sleep(0.5)
         self.assertEqual(len(self.creates(status=None)), 2)  # once, not twice
 
+    def test_a_stored_lifecycle_item_is_acted_on_at_start(self):
+        # An item that got its 202 but was not routed before graphrouter stopped: routing it
+        # at the next start hands the event to the manager, however early that happens.
+        self.fake.grant_seconds = 3600
+        r = self.graph_router([declared()], listen={"address": "127.0.0.1", "threads": 16})
+        self.wait_creates(1)
+        sid = self.live()[0]["id"]
+        r.wait_for(lambda: self.sub_json(r)[0]["state"] == "active")
+        self.assertEqual(r.stop(), 0)
+        db = sqlite3.connect(r.path("var/graphrouter.db"))
+        body = json.dumps({"subscriptionId": sid, "tenantId": TENANT,
+                           "subscriptionExpirationDateTime": "2030-01-01T00:00:00Z",
+                           "lifecycleEvent": "reauthorizationRequired"})
+        db.execute("INSERT INTO items(received_ms, body, len, state, due_ms) "
+                   "VALUES(strftime('%s') * 1000, ?, ?, 0, 0)", (body, len(body)))
+        db.commit()
+        db.close()
+        r.start()
+        patch = self.wait_requests("PATCH", r"^/v1\.0/subscriptions/" + sid)[0]
+        self.assertEqual(patch.status, 200)
+        r.wait_for(lambda: db_count(r, "SELECT count(*) FROM subscription_events") == 0)
+
     def test_sigkill_after_missed(self):
         r = self.crash_router()
         self.wait_creates(1)
@@ -213,3 +356,11 @@ class CrashTest(GraphTest):
         self.assertEqual([(l["resync_reason"], l["subscription_id"]) for l in resync],
                          [("missed", sid)])
         self.assertEqual(len(self.creates(status=None)), 1)
+
+
+def db_count(r, sql):
+    db = sqlite3.connect(r.path("var/graphrouter.db"))
+    try:
+        return db.execute(sql).fetchone()[0]
+    finally:
+        db.close()

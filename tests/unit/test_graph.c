@@ -119,6 +119,10 @@ static const struct error_case errors[] = {
      "\"created\"},\n {\"resource\": \"/users/u/messages\", \"change_type\": [\"created\"]}], "
      TAIL "}",
      "t.json:2:2: ", "subscription \"/users/u/messages\" (created, tenant T1) is declared twice"},
+    {"{" GRAPH1 "\"subscriptions\": [{\"resource\": \"/users/U/messages\", \"change_type\": "
+     "\"created\"},\n {\"resource\": \"users/u/messages\", \"change_type\": \"created\", "
+     "\"include_resource_data\": false}], " TAIL "}",
+     "t.json:2:2: ", "is declared twice (Graph keeps one subscription per tenant"},
     {"{" GRAPH1 "\"subscriptions\": [{\"id\": \"s\", \"client_state\": \"x\", \"resource\": "
      "\"/users/u/messages\", \"change_type\": \"created\"}], " TAIL "}",
      "t.json:1:", "either names an \"id\""},
@@ -178,6 +182,7 @@ static void test_declarations(void **state)
     assert_int_equal(cfg->graph.timeout_s, 60);
     assert_int_equal(cfg->graph.write_budget, 1000);
     assert_int_equal(cfg->graph.write_budget_window_s, 20);
+    assert_int_equal(cfg->graph.reconcile_interval_s, 3600);
     assert_int_equal(cfg->ndeclarations, 4);
     assert_int_equal(cfg->nsubscriptions, 1);
     const struct gr_declaration *d = &cfg->declarations[0];
@@ -186,7 +191,7 @@ static void test_declarations(void **state)
     assert_int_equal(d->expiration_minutes, 10080);
     assert_int_equal(d->type, GR_RT_MESSAGE);
     assert_false(d->rich);
-    assert_string_equal(d->key, "T2\n/users/u/messages\ncreated,deleted\nbasic");
+    assert_string_equal(d->key, "T2\nusers/u/messages\ncreated,deleted\nbasic");
     assert_int_equal(cfg->declarations[1].expiration_minutes, 30);
     assert_int_equal(cfg->declarations[2].expiration_minutes, 42300);
     assert_int_equal(cfg->declarations[3].expiration_minutes, 360);
@@ -226,6 +231,13 @@ static void test_lifetimes(void **state)
         {"copilot/interactionHistory/getAllEnterpriseInteractions", false, 4320},
         {"/print/printers/p/jobs", false, 4230},
         {"/solutions/bookingBusinesses", false, 0},
+        {"/users/u/teamwork/installedApps", false, 4320},
+        {"/users/u/settings", false, 0},
+        {"/users('u')", false, 41760},
+        {"/groups/g/owners", false, 41760},
+        {"/groups/g/drive/root", false, 42300},
+        {"/sites/s/lists/l/items?$select=blueprint/x", false, 42300},
+        {"/me/drive/root:/blueprint/printing:", false, 42300},
     };
     for (size_t i = 0; i < sizeof cases / sizeof *cases; i++) {
         enum gr_rtype type;
@@ -290,6 +302,25 @@ static void test_schedule(void **state)
     assert_int_equal(gr_manager_backoff_ms(9, 1.0), 256000);
     assert_int_equal(gr_manager_backoff_ms(10, 1.0), 300000);
     assert_int_equal(gr_manager_backoff_ms(1000, 0.0), 150000);
+}
+
+static void test_urls(void **state)
+{
+    (void)state;
+    static const char *const allowed[] = {
+        "https://graph.microsoft.com/v1.0", "https://in.example.com", "http://127.0.0.1:8080",
+        "http://localhost/hooks", "http://[::1]:9/x", "HTTPS://graph.microsoft.us/v1.0"};
+    static const char *const refused[] = {
+        "http://graph.microsoft.com/v1.0", "http://localhost:1@evil.example/v1.0",
+        "https://user:pw@graph.microsoft.com", "http://localhost.evil.example",
+        "http://127.0.0.1:80evil", "https://", "https:///path", "ftp://localhost",
+        "https://graph microsoft.com", "https://x#frag", "http://127.0.0.2", "https://x\\y"};
+    for (size_t i = 0; i < sizeof allowed / sizeof *allowed; i++)
+        if (!gr_graph_url_allowed(allowed[i]))
+            fail_msg("refused %s", allowed[i]);
+    for (size_t i = 0; i < sizeof refused / sizeof *refused; i++)
+        if (gr_graph_url_allowed(refused[i]))
+            fail_msg("allowed %s", refused[i]);
 }
 
 static void test_client_states(void **state)
@@ -380,7 +411,7 @@ static void test_secret_files(void **state)
         assert_int_equal(gr_config_parse("t.json", text, strlen(text), &cfg, &err), 0);
         struct gr_check c = {.file = "t.json", .pos = cfg->pos};
         struct gr_graph_client *client = NULL;
-        int rc = gr_graph_client_build(&c, &cfg->graph, NULL, &client);
+        int rc = gr_graph_client_build(&c, &cfg->graph, &client);
         if (cases[i].error) {
             assert_int_equal(rc, -1);
             if (!strstr(c.err, cases[i].error))
@@ -408,6 +439,7 @@ int main(void)
         cmocka_unit_test(test_lifetimes),      cmocka_unit_test(test_times),
         cmocka_unit_test(test_retry_after),    cmocka_unit_test(test_schedule),
         cmocka_unit_test(test_client_states),  cmocka_unit_test(test_managed_secrets),
+        cmocka_unit_test(test_urls),
         cmocka_unit_test(test_secret_files),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
