@@ -11,7 +11,7 @@
 #include "config.h"
 #include "util.h"
 
-static void age(int64_t ms, char out[32])
+void gr_admin_duration(int64_t ms, char out[32])
 {
     if (ms <= 0) {
         snprintf(out, 32, "-");
@@ -59,7 +59,7 @@ static int status(sqlite3 *db, const struct gr_config *cfg)
     int64_t now = gr_wall_ms();
     while (sqlite3_step(st) == SQLITE_ROW) {
         char a[32];
-        age(sqlite3_column_type(st, 4) == SQLITE_NULL ? 0 : now - sqlite3_column_int64(st, 4), a);
+        gr_admin_duration(sqlite3_column_type(st, 4) == SQLITE_NULL ? 0 : now - sqlite3_column_int64(st, 4), a);
         const char *name = (const char *)sqlite3_column_text(st, 0);
         printf("%-24s %10lld %12lld %12lld %16s%s\n", name, sqlite3_column_int64(st, 1),
                sqlite3_column_int64(st, 2), sqlite3_column_int64(st, 3), a,
@@ -110,7 +110,7 @@ static int dlq_list(sqlite3 *db)
     int n = 0;
     while (sqlite3_step(st) == SQLITE_ROW) {
         char a[32];
-        age(now - sqlite3_column_int64(st, 3), a);
+        gr_admin_duration(now - sqlite3_column_int64(st, 3), a);
         char *err = one_line(sqlite3_column_text(st, 4));
         char *w = what((const char *)sqlite3_column_text(st, 5),
                        (const char *)sqlite3_column_text(st, 6));

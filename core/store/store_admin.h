@@ -14,11 +14,14 @@
 
 #include <sqlite3.h>
 #include <stdbool.h>
+#include <stdint.h>
 
 struct gr_config;
 
 /* argv[0] is "status", "dlq" or "subscriptions". Returns the exit status. */
 int gr_store_admin(const char *config_file, int argc, char **argv);
+/* "45s", "3m07s", "2h03m", "4d21h"; "-" for 0 or less. */
+void gr_admin_duration(int64_t ms, char out[32]);
 /* The subscriptions command (subs_admin.c). */
 int gr_subs_admin(sqlite3 *db, const struct gr_config *cfg, bool json);
 

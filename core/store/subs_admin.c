@@ -16,12 +16,10 @@
 #include "store/store_admin.h"
 #include "util.h"
 
+/* A record of the store's, or a declaration not recorded yet (declared). */
 struct row {
-    char *key, *id, *tenant, *resource, *change_type, *cert_id, *resync, *last_error;
-    bool rich;
-    int state;
-    int64_t expires_ms, renewed_ms, due_ms;
-    unsigned failures;
+    struct gr_sub_record r;
+    bool declared;
 };
 
 static char *text(sqlite3_stmt *st, int col)
@@ -30,31 +28,17 @@ static char *text(sqlite3_stmt *st, int col)
     return t ? gr_xstrdup((const char *)t) : NULL;
 }
 
-static const char *state_name(const struct row *r, int64_t now)
+static const char *state_name(const struct row *row, int64_t now)
 {
+    const struct gr_sub_record *r = &row->r;
+    if (row->declared)
+        return "declared";
     switch (r->state) {
     case GR_SUB_CREATING: return r->failures ? "failing" : "creating";
     case GR_SUB_ACTIVE: return r->expires_ms && r->expires_ms <= now ? "expired" : "active";
     case GR_SUB_DELETING: return "deleting";
-    default: return r->key ? "unknown" : "declared";
+    default: return "unknown";
     }
-}
-
-static void in(int64_t ms, char out[32])
-{
-    if (ms <= 0) {
-        snprintf(out, 32, "-");
-        return;
-    }
-    long long s = ms / 1000;
-    if (s < 60)
-        snprintf(out, 32, "%llds", s);
-    else if (s < 3600)
-        snprintf(out, 32, "%lldm%02llds", s / 60, s % 60);
-    else if (s < 86400)
-        snprintf(out, 32, "%lldh%02lldm", s / 3600, s / 60 % 60);
-    else
-        snprintf(out, 32, "%lldd%02lldh", s / 86400, s / 3600 % 24);
 }
 
 static json_t *time_or_null(int64_t ms)
@@ -66,15 +50,16 @@ static json_t *time_or_null(int64_t ms)
     return json_string(t);
 }
 
-static json_t *as_json(const struct row *r, int64_t now)
+static json_t *as_json(const struct row *row, int64_t now)
 {
+    const struct gr_sub_record *r = &row->r;
     json_t *types = json_array();
     char *ct = gr_xstrdup(r->change_type ? r->change_type : "");
     for (char *save = NULL, *t = strtok_r(ct, ",", &save); t; t = strtok_r(NULL, ",", &save))
         json_array_append_new(types, json_string(t));
     free(ct);
     return json_pack("{s:s?,s:s,s:s?,s:s?,s:o,s:b,s:s?,s:o,s:o,s:o,s:i,s:s?,s:s?}", "id", r->id,
-                     "state", state_name(r, now), "tenant", r->tenant, "resource", r->resource,
+                     "state", state_name(row, now), "tenant", r->tenant, "resource", r->resource,
                      "change_type", types, "include_resource_data", r->rich, "certificate_id",
                      r->cert_id, "expires", time_or_null(r->expires_ms), "renewed",
                      time_or_null(r->renewed_ms), "next_action",
@@ -93,34 +78,23 @@ static char *printable(const char *v)
     return out;
 }
 
-static void print_row(const struct row *r, int64_t now)
+static void print_row(const struct row *row, int64_t now)
 {
+    const struct gr_sub_record *r = &row->r;
     char expires[32];
-    in(r->expires_ms ? r->expires_ms - now : 0, expires);
+    gr_admin_duration(r->expires_ms ? r->expires_ms - now : 0, expires);
     char *id = printable(r->id), *tenant = printable(r->tenant), *ct = printable(r->change_type),
          *res = printable(r->resource), *err = printable(r->last_error);
     for (char *p = res; *p; p++)
         if (*p == ' ')
             *p = '_'; /* the resource is one column */
-    printf("%-36s %-9s %10s  %-36s %-24s %-40s %s\n", id, state_name(r, now), expires, tenant,
+    printf("%-36s %-9s %10s  %-36s %-24s %-40s %s\n", id, state_name(row, now), expires, tenant,
            ct, res, err);
     free(id);
     free(tenant);
     free(ct);
     free(res);
     free(err);
-}
-
-static void row_free(struct row *r)
-{
-    free(r->key);
-    free(r->id);
-    free(r->tenant);
-    free(r->resource);
-    free(r->change_type);
-    free(r->cert_id);
-    free(r->resync);
-    free(r->last_error);
 }
 
 int gr_subs_admin(sqlite3 *db, const struct gr_config *cfg, bool as_json_output)
@@ -135,12 +109,18 @@ int gr_subs_admin(sqlite3 *db, const struct gr_config *cfg, bool as_json_output)
                                         -1, &st, NULL) == SQLITE_OK;
     while (has_table && sqlite3_step(st) == SQLITE_ROW) {
         rows = gr_xrealloc(rows, (n + 1) * sizeof *rows);
-        struct row *r = &rows[n++];
-        *r = (struct row){text(st, 0), text(st, 1), text(st, 2), text(st, 3), text(st, 4),
-                          text(st, 6), text(st, 7), text(st, 8), sqlite3_column_int(st, 5),
-                          sqlite3_column_int(st, 9), sqlite3_column_int64(st, 10),
-                          sqlite3_column_int64(st, 11), sqlite3_column_int64(st, 12),
-                          (unsigned)sqlite3_column_int(st, 13)};
+        struct gr_sub_record *r = &rows[n++].r;
+        rows[n - 1].declared = false;
+        *r = (struct gr_sub_record){.key = text(st, 0), .id = text(st, 1), .tenant = text(st, 2),
+                                    .resource = text(st, 3), .change_type = text(st, 4),
+                                    .rich = sqlite3_column_int(st, 5) != 0,
+                                    .cert_id = text(st, 6), .resync = text(st, 7),
+                                    .last_error = text(st, 8),
+                                    .state = (enum gr_sub_state)sqlite3_column_int(st, 9),
+                                    .expires_ms = sqlite3_column_int64(st, 10),
+                                    .renewed_ms = sqlite3_column_int64(st, 11),
+                                    .due_ms = sqlite3_column_int64(st, 12),
+                                    .failures = (unsigned)sqlite3_column_int(st, 13)};
     }
     if (has_table)
         sqlite3_finalize(st);
@@ -149,16 +129,16 @@ int gr_subs_admin(sqlite3 *db, const struct gr_config *cfg, bool as_json_output)
         const struct gr_declaration *d = &cfg->declarations[i];
         bool known = false;
         for (size_t j = 0; j < n && !known; j++)
-            known = rows[j].key && strcmp(rows[j].key, d->key) == 0;
+            known = rows[j].r.key && strcmp(rows[j].r.key, d->key) == 0;
         if (known)
             continue;
         rows = gr_xrealloc(rows, (n + 1) * sizeof *rows);
-        rows[n++] = (struct row){.tenant = gr_xstrdup(d->tenant),
-                                 .resource = gr_xstrdup(d->resource),
-                                 .change_type = gr_xstrdup(d->change_type), .rich = d->rich,
-                                 .cert_id = d->certificate_id ? gr_xstrdup(d->certificate_id)
-                                                              : NULL,
-                                 .state = -1};
+        rows[n++] = (struct row){{.tenant = gr_xstrdup(d->tenant),
+                                  .resource = gr_xstrdup(d->resource),
+                                  .change_type = gr_xstrdup(d->change_type), .rich = d->rich,
+                                  .cert_id = d->certificate_id ? gr_xstrdup(d->certificate_id)
+                                                               : NULL},
+                                 true};
     }
     int64_t now = gr_wall_ms();
     if (as_json_output) {
@@ -177,7 +157,7 @@ int gr_subs_admin(sqlite3 *db, const struct gr_config *cfg, bool as_json_output)
         fprintf(stderr, "%zu subscription%s\n", n, n == 1 ? "" : "s");
     }
     for (size_t i = 0; i < n; i++)
-        row_free(&rows[i]);
+        gr_sub_record_clear(&rows[i].r);
     free(rows);
     return 0;
 }

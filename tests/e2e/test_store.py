@@ -528,9 +528,8 @@ class RichAtRestTest(RouterTest):
 
 
 class LayoutTest(RouterTest):
-    def test_a_layout_1_store_is_converted(self):
-        # Layout 1 kept duplicate keys in a table of their own; layout 2
-        # keeps them in memory. The conversion keeps every item.
+    def stopped_with_a_pending_delivery(self):
+        """A router stopped with one delivery pending (its handler keeps asking to retry)."""
         r = self.router(base_config(handlers={
             "f": dict(flaky(fail_times=100000), retry={"initial_backoff_ms": 60000,
                                                       "max_backoff_ms": 60000})},
@@ -538,6 +537,12 @@ class LayoutTest(RouterTest):
         self.assertEqual(r.post(batch(item(id="old")))[0], 202)
         r.wait_for(lambda: db_rows(r, "SELECT count(*) FROM units")[0][0] == 1)
         self.assertEqual(r.stop(), 0)
+        return r
+
+    def test_a_layout_1_store_is_converted(self):
+        # Layout 1 kept duplicate keys in a table of their own; layout 2
+        # keeps them in memory. The conversion keeps every item.
+        r = self.stopped_with_a_pending_delivery()
         db = sqlite3.connect(r.path("var/graphrouter.db"))
         db.execute("CREATE TABLE dedupe(key BLOB PRIMARY KEY, seen_ms INTEGER NOT NULL) "
                    "WITHOUT ROWID")
@@ -554,13 +559,7 @@ class LayoutTest(RouterTest):
     def test_a_layout_2_store_is_converted(self):
         # Layout 3 added the control plane's tables (managed subscriptions
         # and their lifecycle events); a layout 2 file keeps its work.
-        r = self.router(base_config(handlers={
-            "f": dict(flaky(fail_times=100000), retry={"initial_backoff_ms": 60000,
-                                                      "max_backoff_ms": 60000})},
-            routes=[{"name": "r", "to": "f"}]))
-        self.assertEqual(r.post(batch(item(id="old")))[0], 202)
-        r.wait_for(lambda: db_rows(r, "SELECT count(*) FROM units")[0][0] == 1)
-        self.assertEqual(r.stop(), 0)
+        r = self.stopped_with_a_pending_delivery()
         db = sqlite3.connect(r.path("var/graphrouter.db"))
         db.execute("DROP TABLE subscriptions")
         db.execute("DROP TABLE subscription_events")
