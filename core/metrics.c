@@ -18,6 +18,7 @@ static const unsigned tracked_status[] = {200, 202, 400, 404, 405, 413, 500, 503
 
 /* Graph's answers counted by status; the rest are "other" (and "none": no answer). */
 static const long graph_status[] = {200, 201, 204, 400, 401, 403, 404, 409, 429, 500, 503};
+_Static_assert(GR_ARRAY_LEN(graph_status) + 2 == GR_GRAPH_STATUS_SLOTS, "graph status slots");
 static const char *const lifecycle_names[] = {"reauthorizationRequired", "subscriptionRemoved",
                                               "missed"};
 static const char *const resync_names[] = {"missed", "subscriptionRemoved", "renewal_not_found",
@@ -56,7 +57,7 @@ static struct {
     atomic_uint_fast64_t tokens[GR_TOKEN_RESULT_COUNT];
     atomic_uint_fast64_t jwks_ok, jwks_failed, jwks_keys;
     atomic_int_fast64_t jwks_loaded_ms;
-    atomic_uint_fast64_t graph_requests[GR_ARRAY_LEN(graph_status) + 2]; /* + other, none */
+    atomic_uint_fast64_t graph_requests[GR_GRAPH_STATUS_SLOTS];
     atomic_uint_fast64_t graph_tokens_ok, graph_tokens_failed;
     atomic_uint_fast64_t sub_ops[GR_SUB_OP_COUNT][2]; /* [op][ok] */
     atomic_uint_fast64_t lifecycle[4];                /* + other */
@@ -151,12 +152,28 @@ void gr_metrics_token(int result)
         INC(m.tokens[result]);
 }
 
-void gr_metrics_graph_request(long status)
+static size_t graph_slot(long status)
 {
     size_t i = 0;
     while (i < GR_ARRAY_LEN(graph_status) && graph_status[i] != status)
         i++;
-    INC(m.graph_requests[status == 0 ? GR_ARRAY_LEN(graph_status) + 1 : i]);
+    return status == 0 ? GR_ARRAY_LEN(graph_status) + 1 : i;
+}
+
+void gr_metrics_graph_request(long status) { INC(m.graph_requests[graph_slot(status)]); }
+void gr_metrics_handler_graph(struct gr_handler_stats *h, long status)
+{
+    INC(h->graph[graph_slot(status)]);
+}
+
+static void graph_code(struct gr_buf *o, const char *series, const char *label, size_t slot,
+                       unsigned long long v)
+{
+    if (slot < GR_ARRAY_LEN(graph_status))
+        gr_buf_printf(o, "%s{%scode=\"%ld\"} %llu\n", series, label, graph_status[slot], v);
+    else
+        gr_buf_printf(o, "%s{%scode=\"%s\"} %llu\n", series, label,
+                      slot == GR_ARRAY_LEN(graph_status) ? "other" : "none", v);
 }
 
 void gr_metrics_graph_token(bool ok) { ok ? INC(m.graph_tokens_ok) : INC(m.graph_tokens_failed); }
@@ -297,17 +314,9 @@ static void render_graph(struct gr_buf *o)
 {
     help_line(o, "graphrouter_graph_requests_total", "counter",
               "Calls to Microsoft Graph, by the HTTP status of the answer (none: no answer).");
-    for (size_t i = 0; i < GR_ARRAY_LEN(graph_status) + 2; i++) {
-        unsigned long long v = GET(m.graph_requests[i]);
-        if (!v)
-            continue;
-        if (i < GR_ARRAY_LEN(graph_status))
-            gr_buf_printf(o, "graphrouter_graph_requests_total{code=\"%ld\"} %llu\n",
-                          graph_status[i], v);
-        else
-            gr_buf_printf(o, "graphrouter_graph_requests_total{code=\"%s\"} %llu\n",
-                          i == GR_ARRAY_LEN(graph_status) ? "other" : "none", v);
-    }
+    for (size_t i = 0; i < GR_ARRAY_LEN(graph_status) + 2; i++)
+        if (GET(m.graph_requests[i]))
+            graph_code(o, "graphrouter_graph_requests_total", "", i, GET(m.graph_requests[i]));
     help_line(o, "graphrouter_graph_token_requests_total", "counter",
               "App-only token requests to the identity platform, by result.");
     gr_buf_printf(o, "graphrouter_graph_token_requests_total{result=\"success\"} %llu\n",
@@ -503,6 +512,16 @@ void gr_metrics_render(struct gr_buf *o, const struct gr_metrics_gauges *g)
             gr_buf_printf(o, "%s{handler=\"%s\"} %llu\n", handler_series[k][0], n->name, GET(*v));
         }
     }
+    help_line(o, "graphrouter_handler_graph_requests_total", "counter",
+              "Graph calls a handler made (host->graph_request), by status (none: no answer).");
+    for (struct named *n = handlers; n; n = n->next)
+        for (size_t i = 0; i < GR_GRAPH_STATUS_SLOTS; i++)
+            if (GET(n->u.handler.graph[i])) {
+                char *label = gr_xprintf("handler=\"%s\",", n->name);
+                graph_code(o, "graphrouter_handler_graph_requests_total", label, i,
+                           GET(n->u.handler.graph[i]));
+                free(label);
+            }
     help_line(o, "graphrouter_route_fired_total", "counter", "Items each route fired for.");
     for (struct named *n = routes; n; n = n->next)
         gr_buf_printf(o, "graphrouter_route_fired_total{route=\"%s\"} %llu\n", n->name,

@@ -42,8 +42,12 @@ enum gr_drop_reason {
 const char *gr_drop_reason_name(enum gr_drop_reason r);
 
 
+/* Graph's answers counted by status (metrics.c has the list), + other, none. */
+#define GR_GRAPH_STATUS_SLOTS 13
+
 struct gr_handler_stats {
     atomic_uint_fast64_t handled, retried, failed;
+    atomic_uint_fast64_t graph[GR_GRAPH_STATUS_SLOTS]; /* the handler's Graph calls */
     /* deliveries found taken but not finished at this start: graphrouter
      * stopped (a crash, a kill, a call past timeout_s) while a worker held them */
     atomic_uint_fast64_t interrupted;
@@ -80,6 +84,8 @@ void gr_metrics_store_rejected(bool full);
  * answer), token requests, subscription operations and their results,
  * lifecycle events acted on, resyncs sent. */
 void gr_metrics_graph_request(long status);
+/* A Graph call a handler made (host->graph_request), by status. */
+void gr_metrics_handler_graph(struct gr_handler_stats *h, long status);
 void gr_metrics_graph_token(bool ok);
 enum gr_sub_op { GR_SUB_OP_CREATE, GR_SUB_OP_RENEW, GR_SUB_OP_DELETE, GR_SUB_OP_COUNT };
 void gr_metrics_sub_op(enum gr_sub_op op, bool ok);

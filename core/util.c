@@ -51,6 +51,15 @@ char *gr_xstrdup(const char *s)
     return gr_xstrndup(s, strlen(s));
 }
 
+char *gr_xmemdup(const void *p, size_t n)
+{
+    char *out = gr_xmalloc(n + 1);
+    if (n)
+        memcpy(out, p, n);
+    out[n] = '\0';
+    return out;
+}
+
 char *gr_xstrndup(const char *s, size_t n)
 {
     char *p = gr_xmalloc(n + 1);

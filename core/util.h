@@ -23,6 +23,8 @@ void *gr_xcalloc(size_t n, size_t size);
 void *gr_xrealloc(void *p, size_t n);
 char *gr_xstrdup(const char *s);
 char *gr_xstrndup(const char *s, size_t n);
+/* n bytes (NUL bytes included) and a NUL after them. */
+char *gr_xmemdup(const void *p, size_t n);
 char *gr_xprintf(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
 char *gr_xvprintf(const char *fmt, va_list ap) __attribute__((format(printf, 1, 0)));
 

@@ -208,7 +208,7 @@ static void do_create(struct gr_mgr_ctx *ctx, struct gr_mgr_sub *s, const struct
     char *body = create_body(ctx, s, d, asked, &tp);
     struct gr_graph_response resp;
     enum gr_graph_outcome o = gr_graph_call(ctx->g->graph, s->r.tenant, "POST", "/subscriptions",
-                                            body, true, &m->stopping, &resp);
+                                            body, true, &m->stopping, 0, &resp);
     OPENSSL_cleanse(body, strlen(body));
     free(body);
     const char *id = json_string_value(json_object_get(resp.body, "id"));
@@ -279,7 +279,7 @@ static void do_renew(struct gr_mgr_ctx *ctx, struct gr_mgr_sub *s, const struct 
     json_decref(body);
     struct gr_graph_response resp;
     enum gr_graph_outcome o = gr_graph_call(ctx->g->graph, s->r.tenant, "PATCH", path, text, true,
-                                            &m->stopping, &resp);
+                                            &m->stopping, 0, &resp);
     free(text);
     free(path);
     if (o == GR_GRAPH_THROTTLED) {
@@ -329,7 +329,7 @@ static void do_delete(struct gr_mgr_ctx *ctx, struct gr_mgr_sub *s)
     char *path = gr_xprintf("/subscriptions/%s", s->r.id);
     struct gr_graph_response resp;
     enum gr_graph_outcome o = gr_graph_call(ctx->g->graph, s->r.tenant, "DELETE", path, NULL,
-                                            true, &m->stopping, &resp);
+                                            true, &m->stopping, 0, &resp);
     free(path);
     if (o == GR_GRAPH_THROTTLED) {
         throttled(s, "deleting it", &resp, now);
@@ -389,7 +389,7 @@ static json_t *list_all(struct gr_mgr_ctx *ctx, const char *tenant, int64_t *wai
     for (int page = 0; next && page < GR_MAX_LIST_PAGES; page++) {
         struct gr_graph_response resp;
         enum gr_graph_outcome o = gr_graph_call(ctx->g->graph, tenant, "GET", next, NULL, false,
-                                                &ctx->m->stopping, &resp);
+                                                &ctx->m->stopping, 0, &resp);
         free(next);
         next = NULL;
         const json_t *value = json_object_get(resp.body, "value");

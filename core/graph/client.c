@@ -77,6 +77,8 @@ struct gr_graph_client {
 void gr_graph_response_free(struct gr_graph_response *r)
 {
     json_decref(r->body);
+    free(r->text);
+    free(r->location);
     free(r->error);
     *r = (struct gr_graph_response){0};
 }
@@ -302,7 +304,7 @@ void gr_graph_client_free(struct gr_graph_client *c)
 struct transfer {
     struct gr_buf body;
     bool too_large;
-    char *retry_after; /* the header's value */
+    char *retry_after, *location; /* those headers' values */
 };
 
 static size_t on_body(char *data, size_t size, size_t nmemb, void *userp)
@@ -317,20 +319,32 @@ static size_t on_body(char *data, size_t size, size_t nmemb, void *userp)
     return n;
 }
 
+/* The value of header `name` ("retry-after:") in this header line, or NULL. */
+static char *header_value(const char *data, size_t n, const char *name)
+{
+    size_t k = strlen(name);
+    if (n <= k || strncasecmp(data, name, k) != 0)
+        return NULL;
+    const char *v = data + k;
+    size_t len = n - k;
+    while (len && (*v == ' ' || *v == '\t'))
+        v++, len--;
+    while (len && (v[len - 1] == '\r' || v[len - 1] == '\n' || v[len - 1] == ' '))
+        len--;
+    return gr_xstrndup(v, len);
+}
+
 static size_t on_header(char *data, size_t size, size_t nmemb, void *userp)
 {
     struct transfer *x = userp;
     size_t n = size * nmemb;
-    static const char name[] = "retry-after:";
-    if (n > sizeof name - 1 && strncasecmp(data, name, sizeof name - 1) == 0) {
-        const char *v = data + sizeof name - 1;
-        size_t len = n - (sizeof name - 1);
-        while (len && (*v == ' ' || *v == '\t'))
-            v++, len--;
-        while (len && (v[len - 1] == '\r' || v[len - 1] == '\n' || v[len - 1] == ' '))
-            len--;
+    char *v;
+    if ((v = header_value(data, n, "retry-after:"))) {
         free(x->retry_after);
-        x->retry_after = gr_xstrndup(v, len);
+        x->retry_after = v;
+    } else if ((v = header_value(data, n, "location:"))) {
+        free(x->location);
+        x->location = v;
     }
     return n;
 }
@@ -358,7 +372,8 @@ static int on_progress(void *userp, curl_off_t dltotal, curl_off_t dlnow, curl_o
 
 static bool exchange(const struct gr_graph_client *c, const char *method, const char *url,
                      const char *auth, const char *content_type, const char *payload,
-                     const atomic_bool *cancel, long *status, struct transfer *x, char **error)
+                     const atomic_bool *cancel, long timeout_ms, long *status,
+                     struct transfer *x, char **error)
 {
     CURL *h = curl_easy_init();
     if (!h) {
@@ -381,8 +396,10 @@ static bool exchange(const struct gr_graph_client *c, const char *method, const 
     curl_easy_setopt(h, CURLOPT_SSL_VERIFYHOST, 2L);
     if (c->ca_file)
         curl_easy_setopt(h, CURLOPT_CAINFO, c->ca_file);
-    curl_easy_setopt(h, CURLOPT_CONNECTTIMEOUT_MS, c->connect_timeout_ms);
-    curl_easy_setopt(h, CURLOPT_TIMEOUT_MS, c->timeout_ms);
+    long total = timeout_ms > 0 && timeout_ms < c->timeout_ms ? timeout_ms : c->timeout_ms;
+    curl_easy_setopt(h, CURLOPT_CONNECTTIMEOUT_MS,
+                     c->connect_timeout_ms < total ? c->connect_timeout_ms : total);
+    curl_easy_setopt(h, CURLOPT_TIMEOUT_MS, total);
     curl_easy_setopt(h, CURLOPT_NOSIGNAL, 1L);
     curl_easy_setopt(h, CURLOPT_USERAGENT, "graphrouter/" GR_VERSION);
     curl_easy_setopt(h, CURLOPT_ERRORBUFFER, errbuf);
@@ -473,7 +490,7 @@ static char *cached_token(const struct tenant *t)
 }
 
 static char *fetch_token(const struct gr_graph_client *c, struct tenant *t,
-                         const atomic_bool *cancel, char **error)
+                         const atomic_bool *cancel, long timeout_ms, char **error)
 {
     char *url = gr_xprintf("%s/%s/oauth2/v2.0/token", c->login_url, t->id);
     struct gr_buf form = {0};
@@ -499,7 +516,7 @@ static char *fetch_token(const struct gr_graph_client *c, struct tenant *t,
     long status = 0;
     char *token = NULL;
     if (exchange(c, "POST", url, NULL, "application/x-www-form-urlencoded", form.data, cancel,
-                 &status, &x, error)) {
+                 timeout_ms, &status, &x, error)) {
         json_t *doc = json_loadb(x.body.data ? x.body.data : "", x.body.len, 0, NULL);
         const char *tok = json_string_value(json_object_get(doc, "access_token"));
         json_int_t expires_in = json_integer_value(json_object_get(doc, "expires_in"));
@@ -530,6 +547,7 @@ static char *fetch_token(const struct gr_graph_client *c, struct tenant *t,
         OPENSSL_cleanse(x.body.data, x.body.len);
     gr_buf_free(&x.body);
     free(x.retry_after);
+    free(x.location);
     OPENSSL_cleanse(form.data, form.len);
     gr_buf_free(&form);
     free(url);
@@ -539,7 +557,7 @@ static char *fetch_token(const struct gr_graph_client *c, struct tenant *t,
 /* A token for `t`: the cached one, or one fetched now (one fetch at a time
  * per pace; nobody else waits for it). NULL with *error on failure. */
 static char *get_token(const struct gr_graph_client *c, struct tenant *t,
-                       const atomic_bool *cancel, char **error)
+                       const atomic_bool *cancel, long timeout_ms, char **error)
 {
     struct pace *p = t->pace;
     pthread_mutex_lock(&p->lock);
@@ -552,7 +570,7 @@ static char *get_token(const struct gr_graph_client *c, struct tenant *t,
     token = cached_token(t); /* another caller may have fetched it meanwhile */
     pthread_mutex_unlock(&p->lock);
     if (!token)
-        token = fetch_token(c, t, cancel, error);
+        token = fetch_token(c, t, cancel, timeout_ms, error);
     pthread_mutex_unlock(&p->fetch);
     return token;
 }
@@ -576,6 +594,11 @@ static struct tenant *tenant_of(struct gr_graph_client *c, const char *id)
         if (strcasecmp(c->tenants[i].id, id) == 0)
             return &c->tenants[i];
     return NULL;
+}
+
+bool gr_graph_has_tenant(struct gr_graph_client *c, const char *tenant)
+{
+    return tenant_of(c, tenant) != NULL;
 }
 
 /* May a call go out now? Records a write against the budget: at most
@@ -642,7 +665,7 @@ static char *graph_error(long status, const json_t *doc)
 
 enum gr_graph_outcome gr_graph_call(struct gr_graph_client *c, const char *tenant_id,
                                     const char *method, const char *target, const char *body,
-                                    bool write, const atomic_bool *cancel,
+                                    bool write, const atomic_bool *cancel, int64_t deadline_mono,
                                     struct gr_graph_response *out)
 {
     *out = (struct gr_graph_response){0};
@@ -674,20 +697,31 @@ enum gr_graph_outcome gr_graph_call(struct gr_graph_client *c, const char *tenan
             result = GR_GRAPH_THROTTLED;
             break;
         }
-        char *token = get_token(c, t, cancel, &out->error);
+        long left = 0; /* ms to the deadline, if there is one */
+        if (deadline_mono && (left = (long)(deadline_mono - gr_mono_ms())) < 1) {
+            out->error = gr_xstrdup("no time is left for a Graph call");
+            break;
+        }
+        char *token = get_token(c, t, cancel, left, &out->error);
         if (!token) {
             paced(p, false, -1);
             break;
         }
         struct transfer x = {0};
         long status = 0;
+        if (deadline_mono && (left = (long)(deadline_mono - gr_mono_ms())) < 1)
+            left = 1;
         bool answered = exchange(c, method, url, token, body ? "application/json" : NULL, body,
-                                 cancel, &status, &x, &out->error);
+                                 cancel, left, &status, &x, &out->error);
         gr_metrics_graph_request(status);
         int64_t retry_after = -1;
         if (answered) {
             out->status = status;
             out->body = x.body.len ? json_loadb(x.body.data, x.body.len, 0, NULL) : NULL;
+            out->text = x.body.len ? gr_xstrndup(x.body.data, x.body.len) : NULL;
+            out->len = x.body.len;
+            out->location = x.location;
+            x.location = NULL;
             if ((status == 429 || status == 503) && x.retry_after)
                 retry_after = gr_graph_retry_after_ms(x.retry_after, gr_wall_ms());
             out->retry_after_ms = retry_after > 0 ? retry_after : 0;
@@ -700,6 +734,7 @@ enum gr_graph_outcome gr_graph_call(struct gr_graph_client *c, const char *tenan
             OPENSSL_cleanse(x.body.data, x.body.len);
         gr_buf_free(&x.body);
         free(x.retry_after);
+        free(x.location);
         bool again = answered && status == 401 && attempt == 0;
         if (again) /* the token may have been revoked: once more with a new one */
             forget_token(t, token);

@@ -43,6 +43,9 @@ enum gr_graph_outcome {
 struct gr_graph_response {
     long status;            /* the HTTP status; 0: none */
     json_t *body;           /* the answer's JSON, or NULL */
+    char *text;             /* the answer's body as sent (NUL-terminated), or NULL */
+    size_t len;
+    char *location;         /* the Location header, or NULL */
     int64_t retry_after_ms; /* 429/503: its Retry-After; THROTTLED: how long to wait */
     char *error;            /* why it failed, for logs: Graph's error code and message,
                              * the network error, or the token endpoint's answer */
@@ -59,12 +62,16 @@ void gr_graph_client_free(struct gr_graph_client *c);
  * or an absolute URL that starts with base_url + "/" (an @odata.nextLink);
  * `body` (JSON text, may be NULL) is sent as application/json. `write`
  * counts it against the write budget. A transfer in progress is aborted
- * once *cancel (may be NULL) is set. Fills *out (free it) and returns what
- * happened. */
+ * once *cancel (may be NULL) is set; with `deadline_mono` (gr_mono_ms; 0:
+ * none) the call, token included, ends by then. Fills *out (free it) and
+ * returns what happened. */
 enum gr_graph_outcome gr_graph_call(struct gr_graph_client *c, const char *tenant,
                                     const char *method, const char *target, const char *body,
-                                    bool write, const atomic_bool *cancel,
+                                    bool write, const atomic_bool *cancel, int64_t deadline_mono,
                                     struct gr_graph_response *out);
+
+/* Is `tenant` one of graph.tenants (ignoring case)? */
+bool gr_graph_has_tenant(struct gr_graph_client *c, const char *tenant);
 
 /* A new clientState: 43 characters of base64url from 32 bytes of OpenSSL's
  * CSPRNG (Graph allows 128). Wipe it (OPENSSL_cleanse) before freeing. */

@@ -253,6 +253,12 @@ static const struct gr_host host_table = {
     .metric_set = host_metric_set,
     .set_error = host_set_error,
     .retry_after = host_retry_after,
+    .graph_available = gr_host_graph_available,
+    .graph_request = gr_host_graph_request,
+    .state_get = gr_host_state_get,
+    .state_put = gr_host_state_put,
+    .state_delete = gr_host_state_delete,
+    .state_lock = gr_host_state_lock,
 };
 
 const struct gr_host *gr_plugin_host(void)

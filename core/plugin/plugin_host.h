@@ -20,7 +20,9 @@
 #include <stdbool.h>
 
 #include "config.h"
+#include "graph/client.h"
 #include "metrics.h"
+#include "store/store.h"
 
 struct gr_generation;
 
@@ -74,7 +76,29 @@ struct gr_msg {
     size_t nemitted, cap;
     char *error; /* set through host->set_error */
     int64_t retry_after_ms; /* set through host->retry_after; 0: none */
+    /* ABI 1.2 services (plugin/services.c), set up by the worker */
+    struct gr_store *store;      /* handler state is read from it */
+    int64_t started_mono;        /* when handle() began: Graph calls end within timeout_s */
+    struct gr_graph_response *answer; /* the last Graph answer, until the next or the end */
+    struct gr_state_write *writes;    /* this call's puts and deletes, one per key */
+    size_t nwrites;
+    char **reads;                /* values state_get handed out */
+    size_t nreads;
+    struct gr_state_lock *lock;  /* the key this call locked */
 };
+
+/* After delivered() (the call's puts are visible then): free what the
+ * services gave the call, and release its state lock. */
+void gr_msg_finish(struct gr_msg *m);
+
+/* The ABI 1.2 host functions (services.c), for the host table. */
+int gr_host_graph_available(const struct gr_handler *h);
+int gr_host_graph_request(struct gr_msg *m, const char *method, const char *target,
+                          const char *body, struct gr_graph_answer *answer);
+const char *gr_host_state_get(struct gr_msg *m, const char *key, size_t *len);
+int gr_host_state_put(struct gr_msg *m, const char *key, const void *value, size_t len);
+int gr_host_state_delete(struct gr_msg *m, const char *key);
+int gr_host_state_lock(struct gr_msg *m, const char *key, int wait);
 
 const struct gr_host *gr_plugin_host(void);
 

@@ -21,8 +21,9 @@
 #define GR_STR_(x) #x
 #define GR_STR(x) GR_STR_(x)
 
-/* Layout 3 added these: the control plane's records (sqlite_subs.c). */
-#define SUBSCRIPTION_TABLES                                                                   \
+/* Layout 3 added these: the control plane's records (sqlite_subs.c) and the
+ * handlers' durable state (sqlite_state.c). */
+#define LAYOUT3_TABLES                                                                   \
     "CREATE TABLE IF NOT EXISTS subscriptions("                                              \
     "  key TEXT PRIMARY KEY, id TEXT, tenant TEXT NOT NULL, resource TEXT NOT NULL,"          \
     "  change_type TEXT NOT NULL, rich INTEGER NOT NULL, cert_id TEXT, cert_thumbprint TEXT," \
@@ -32,7 +33,10 @@
     "  replaced_by TEXT);"                                                                   \
     "CREATE TABLE IF NOT EXISTS subscription_events(seq INTEGER PRIMARY KEY,"                \
     "  subscription_id TEXT NOT NULL, event TEXT NOT NULL, item_id INTEGER,"                 \
-    "  received_ms INTEGER NOT NULL);"
+    "  received_ms INTEGER NOT NULL);"                                                       \
+    "CREATE TABLE IF NOT EXISTS handler_state(handler TEXT NOT NULL, key TEXT NOT NULL,"     \
+    "  value BLOB NOT NULL, updated_ms INTEGER NOT NULL, PRIMARY KEY(handler, key))"         \
+    "  WITHOUT ROWID;"
 
 static const char schema[] =
     "CREATE TABLE IF NOT EXISTS batches(id INTEGER PRIMARY KEY, tokens TEXT NOT NULL,"
@@ -58,7 +62,7 @@ static const char schema[] =
     "CREATE INDEX IF NOT EXISTS units_due ON units(due_ms) WHERE state = 0;"
     "CREATE INDEX IF NOT EXISTS units_item ON units(item_id, state);"
     "CREATE INDEX IF NOT EXISTS units_order ON units(handler, item_id, id) WHERE state IN (0, 1);"
-    SUBSCRIPTION_TABLES
+    LAYOUT3_TABLES
     "PRAGMA user_version = " GR_STR(SCHEMA_VERSION) ";";
 
 const char sq_close_finished_items[] =
@@ -184,6 +188,11 @@ void sq_free_req(struct req *r)
     free(r->text);
     free(r->life_sub);
     free(r->life_event);
+    for (size_t i = 0; i < r->nstate; i++) {
+        free(r->state[i].key);
+        free(r->state[i].value);
+    }
+    free(r->state);
     free(r->handlers);
     gr_work_free(r->work); /* a completion's work, done with */
     free(r);
@@ -273,6 +282,19 @@ static void sq_delivered(struct gr_store *base, struct gr_work *w,
     r->result = o->result;
     r->text = o->error ? gr_xstrdup(o->error) : NULL;
     r->delay_ms = o->delay_ms;
+    if (o->result == GR_DELIVERED && o->nstate) {
+        r->state = gr_xcalloc(o->nstate, sizeof *r->state);
+        for (size_t i = 0; i < o->nstate; i++)
+            r->state[i] = (struct gr_state_write){
+                gr_xstrdup(o->state[i].key),
+                o->state[i].value ? gr_xmemdup(o->state[i].value, o->state[i].len) : NULL,
+                o->state[i].len};
+        r->nstate = o->nstate;
+        struct sqlite_store *s = (struct sqlite_store *)base;
+        pthread_mutex_lock(&s->lock); /* visible now, before the completion is written */
+        sq_state_queued(s, r, w->handler);
+        pthread_mutex_unlock(&s->lock);
+    }
     if (o->result == GR_DELIVERED && o->nevents) {
         r->events = gr_xcalloc(o->nevents, sizeof *r->events);
         for (size_t i = 0; i < o->nevents; i++)
@@ -366,6 +388,8 @@ static void sq_close(struct gr_store *base)
     if (s->writer_started)
         pthread_join(s->writer, NULL);
     gr_token_list_unref(s->batch_tokens);
+    sq_state_close(s);
+    pthread_mutex_destroy(&s->readers_lock);
     for (int i = 0; i < S_COUNT; i++)
         sqlite3_finalize(s->stmt[i]);
     sq_exec(s->db, "PRAGMA wal_checkpoint(TRUNCATE)");
@@ -396,6 +420,7 @@ static const struct gr_store_ops sqlite_ops = {
     .subs_put = sq_subs_put,
     .subs_delete = sq_subs_delete,
     .lease = sq_lease,
+    .state_get = sq_state_get,
 };
 
 /* Create missing parent directories and the file itself, private. */
@@ -569,7 +594,7 @@ struct gr_store *gr_store_sqlite_open(const struct gr_store_config *c,
          * control plane's tables. */
         static const char *const upgrade[] = {
             [1] = "BEGIN IMMEDIATE; DROP TABLE IF EXISTS dedupe; PRAGMA user_version = 2; COMMIT",
-            [2] = "BEGIN IMMEDIATE; " SUBSCRIPTION_TABLES " PRAGMA user_version = 3; COMMIT",
+            [2] = "BEGIN IMMEDIATE; " LAYOUT3_TABLES " PRAGMA user_version = 3; COMMIT",
         };
         int from = version;
         while (rc == SQLITE_OK && version >= 1 && version < SCHEMA_VERSION) {
@@ -624,6 +649,7 @@ struct gr_store *gr_store_sqlite_open(const struct gr_store_config *c,
         return NULL;
     }
     pthread_mutex_init(&s->lock, NULL);
+    pthread_mutex_init(&s->readers_lock, NULL);
     gr_cond_init_mono(&s->wake);
     gr_cond_init_mono(&s->answered);
     gr_cond_init_mono(&s->work);

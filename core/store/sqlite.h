@@ -101,6 +101,9 @@ struct req {
     struct gr_emitted_event *events; /* strings owned */
     size_t nevents;
     char *life_sub, *life_event; /* REQ_ROUTED: a managed subscription's lifecycle event */
+    struct gr_state_write *state; /* REQ_DELIVERED: the handler's state it changed (owned) */
+    size_t nstate;
+    uint64_t state_seq;           /* ... its overlay entries' number (sqlite_state.c) */
     /* REQ_CALL */
     int (*call)(struct sqlite_store *s, struct req *r, int64_t now, struct delta *d);
     void *arg;
@@ -145,6 +148,13 @@ struct sqlite_store {
     bool recount_needed;   /* the counters may be off: rebuild them from the tables */
     int64_t data_version;  /* changes when another connection (graphrouter dlq) writes */
     struct gr_dedupe dedupe;
+    /* handler state (sqlite_state.c): what completions queued but not yet
+     * committed wrote, under `lock`; read-only connections for state_get */
+    struct sq_overlay *overlay[64];
+    uint64_t state_seq;
+    pthread_mutex_t readers_lock;
+    sqlite3 *readers[8];
+    size_t nreaders;
 };
 
 #define S(st, i) ((st)->stmt[i])
@@ -190,6 +200,15 @@ int sq_subs_put(struct gr_store *base, const struct gr_sub_record *r, const int6
                 size_t nconsumed, const struct gr_store_item *resync);
 int sq_subs_delete(struct gr_store *base, const char *key);
 bool sq_lease(struct gr_store *base, int64_t ttl_ms);
+
+/* sqlite_state.c */
+void sq_state_queued(struct sqlite_store *s, struct req *r, const char *handler);  /* under lock */
+void sq_state_committed(struct sqlite_store *s, const struct req *r);
+int sq_state_write(struct sqlite_store *s, const char *handler, const struct gr_state_write *w,
+                   size_t n, int64_t now);
+int sq_state_get(struct gr_store *base, const char *handler, const char *key, char **value,
+                 size_t *len);
+void sq_state_close(struct sqlite_store *s);
 
 /* sqlite_maint.c: true if purging is behind (maintenance should come back soon) */
 bool sq_maintenance(struct sqlite_store *s);

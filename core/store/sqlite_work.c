@@ -473,6 +473,11 @@ int sq_do_delivered(struct sqlite_store *s, struct req *r, int64_t now, uint64_t
             return rc;
         *new_work = true;
     }
+    if (r->result == GR_DELIVERED) {
+        int rc = sq_state_write(s, w->handler, r->state, r->nstate, now);
+        if (rc)
+            return rc;
+    }
     sqlite3_stmt *st = S(s, S_UNIT_FINISH);
     sqlite3_bind_int64(st, 1, w->id);
     sqlite3_bind_int(st, 2, r->result == GR_DELIVERED ? UNIT_DONE : UNIT_DEAD);

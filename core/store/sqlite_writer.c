@@ -223,6 +223,9 @@ static void run_batch(struct sqlite_store *s, struct req *batch)
         gr_metrics_store_commit(gr_mono_ns() - t0, nreq);
         gr_metrics_duplicates(total.duplicates);
     }
+    for (struct req *r = batch; r && !rc; r = r->next)
+        if (r->kind == REQ_DELIVERED && !r->failed) /* its state is in the file now */
+            sq_state_committed(s, r);
     /* Completions must not be lost: those not kept are tried again. */
     struct req *retry_head = NULL, **retry_tail = &retry_head;
     for (struct req **p = &batch; *p;) {

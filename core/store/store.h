@@ -102,12 +102,25 @@ struct gr_emitted_event {
     size_t len;
 };
 
+/* One key of a handler's durable state, as a delivery that returned GR_OK
+ * left it (plugin.h: state_put, state_delete). */
+struct gr_state_write {
+    char *key;
+    char *value; /* NULL: deleted */
+    size_t len;
+};
+
 struct gr_delivery_outcome {
     enum { GR_DELIVERED, GR_DELIVERY_RETRY, GR_DELIVERY_DEAD } result;
     int64_t delay_ms;                     /* GR_DELIVERY_RETRY */
     const char *error;                    /* RETRY, DEAD: kept as last_error */
     const struct gr_emitted_event *events; /* GR_DELIVERED: stored with the completion */
     size_t nevents;
+    /* GR_DELIVERED: the handler's state it changed, written with the
+     * completion and visible to state_get from the moment delivered() is
+     * called (before the completion is committed) */
+    const struct gr_state_write *state;
+    size_t nstate;
 };
 
 /* ---- the control plane's records (graph/manager.c) ----------------------
@@ -204,6 +217,12 @@ struct gr_store_ops {
     int (*subs_put)(struct gr_store *s, const struct gr_sub_record *r, const int64_t *consumed,
                     size_t nconsumed, const struct gr_store_item *resync);
     int (*subs_delete)(struct gr_store *s, const char *key);
+    /* A handler's state: the value of `key` as the completions handed to
+     * delivered() so far left it, committed or not. 1 with *value (malloc'd,
+     * NUL-terminated after *len bytes), 0 if absent, -1 on a read error. Any
+     * thread; no request is queued. */
+    int (*state_get)(struct gr_store *s, const char *handler, const char *key, char **value,
+                     size_t *len);
     /* Whether this process may run the control plane now, for ttl_ms (a
      * store shared by several instances gives it to one of them). */
     bool (*lease)(struct gr_store *s, int64_t ttl_ms);
@@ -250,6 +269,11 @@ static inline int gr_store_subs_delete(struct gr_store *s, const char *key)
     return s->ops->subs_delete(s, key);
 }
 static inline bool gr_store_lease(struct gr_store *s, int64_t ttl_ms) { return s->ops->lease(s, ttl_ms); }
+static inline int gr_store_state_get(struct gr_store *s, const char *handler, const char *key,
+                                     char **value, size_t *len)
+{
+    return s->ops->state_get(s, handler, key, value, len);
+}
 void gr_sub_events_free(struct gr_sub_event *e, size_t n);
 
 void gr_store_stats_free(struct gr_store_stats *st);

@@ -222,14 +222,14 @@ static void deliver(struct worker *me, struct gr_work *w)
     struct gr_msg msg = {.kind = w->event ? GR_MSG_EVENT : GR_MSG_NOTIFICATION,
                          .json = w->event ? w->event : text,
                          .len = w->event ? w->event_len : len,
-                         .handler = h};
+                         .handler = h,
+                         .store = store};
     if (h->serial)
         pthread_mutex_lock(&h->serial_lock);
     gr_callwatch_begin(&me->call, h, "handle", w->id); /* once the call may run */
+    msg.started_mono = gr_mono_ms();
     int rc = h->lib->desc.handle(h->state, &msg);
     gr_callwatch_end(&me->call);
-    if (h->serial)
-        pthread_mutex_unlock(&h->serial_lock);
 
     struct gr_emitted_event *events = NULL;
     char *error = NULL;
@@ -241,7 +241,8 @@ static void deliver(struct worker *me, struct gr_work *w)
             events[i] = (struct gr_emitted_event){g->handlers[msg.emitted[i].target].name,
                                                   msg.emitted[i].json, msg.emitted[i].len};
         o = (struct gr_delivery_outcome){.result = GR_DELIVERED, .events = events,
-                                         .nevents = msg.nemitted};
+                                         .nevents = msg.nemitted, .state = msg.writes,
+                                         .nstate = msg.nwrites};
     } else if (rc == GR_RETRY && w->attempts < max) {
         atomic_fetch_add_explicit(&h->stats->retried, 1, memory_order_relaxed);
         o.result = GR_DELIVERY_RETRY;
@@ -267,7 +268,12 @@ static void deliver(struct worker *me, struct gr_work *w)
                 "%lld)",
                 h->name, (long long)w->id, delivery_kind(&msg), error, (long long)w->id);
     }
-    gr_store_delivered(store, w, &o); /* copies events and error */
+    gr_store_delivered(store, w, &o); /* copies events, error and state */
+    /* Only now are the call's state puts visible: its state lock, and the
+     * serial lock, are released after that, so the next call sees them. */
+    gr_msg_finish(&msg);
+    if (h->serial)
+        pthread_mutex_unlock(&h->serial_lock);
     for (size_t i = 0; i < msg.nemitted; i++)
         free(msg.emitted[i].json);
     free(msg.emitted);

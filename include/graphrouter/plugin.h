@@ -72,7 +72,7 @@ extern "C" {
 #endif
 
 #define GR_PLUGIN_ABI_MAJOR 1
-#define GR_PLUGIN_ABI_MINOR 1
+#define GR_PLUGIN_ABI_MINOR 2
 
 #if defined(__GNUC__) || defined(__clang__)
 #define GR_PLUGIN_EXPORT __attribute__((visibility("default")))
@@ -153,6 +153,24 @@ struct gr_plugin {
     void (*reopen)(void *state);
 };
 
+/* What a Graph request answered (host->graph_request, ABI 1.2). Strings are
+ * the router's, valid until the next graph_request on the same message or
+ * the end of the handle() call, whichever comes first. */
+struct gr_graph_answer {
+    int status;             /* the HTTP status; 0: no answer (see error) */
+    const char *json;       /* the answer's body (JSON text), or NULL */
+    size_t len;
+    int64_t retry_after_ms; /* 429, 503: how long Graph asked to wait (0: it did not say) */
+    const char *location;   /* the Location header (a 410 from a delta query), or NULL */
+    const char *error;      /* why it failed, for host->set_error; NULL on a 2xx */
+    int refused;            /* non-zero: not sent, and it never will be as asked (no "graph"
+                             * section, a tenant it does not name, a URL outside base_url) */
+};
+
+/* Limits of a handler's durable state (host->state_*, ABI 1.2). */
+#define GR_STATE_KEY_MAX 256          /* bytes of a key: 1 to this, no NUL */
+#define GR_STATE_VALUE_MAX (64 * 1024) /* bytes of a value: 0 to this */
+
 /*
  * Services the router offers. Every function is safe to call from any thread
  * the router calls the plugin on. Strings returned are borrowed: never free
@@ -232,6 +250,62 @@ struct gr_host {
      * next attempt (an HTTP Retry-After). The router waits the longer of this
      * and its own backoff, capped at one day. Only during handle(). */
     void (*retry_after)(struct gr_msg *msg, int64_t ms);
+
+    /* ---- since ABI 1.2 (check GR_HOST_HAS(host, state_lock)) -------------
+     * Microsoft Graph, with the router's app-only token: a plugin never sees
+     * a token or a secret. */
+
+    /* Non-zero if the configuration has a "graph" section, so that
+     * graph_request can work (callable from init). */
+    int (*graph_available)(const struct gr_handler *h);
+
+    /* One Graph call for the tenant of the message being handled (its
+     * "tenant_id"). `target` is a path under graph.base_url
+     * ("/users/u/messages/m?$select=subject"), or an absolute URL only when
+     * it starts with graph.base_url + "/" (an @odata.nextLink or
+     * @odata.deltaLink): any other URL is refused (status 0, an error, a log
+     * line, answer->refused). `body` is JSON text or NULL. Returns 0 when
+     * Graph answered (see answer->status), -1 when the call was not made or
+     * got no answer (answer->error says why; answer->refused when asking
+     * again cannot help). A 429 or 503 gives its Retry-After in
+     * answer->retry_after_ms: answer GR_RETRY with host->retry_after. When
+     * graphrouter holds the tenant back after an earlier Retry-After, the
+     * call is not made and the answer is a 429 with the time left. The call
+     * ends within the handler's "timeout_s" (and graph.timeout_s). Only
+     * during the handle() call that received `msg`; the answer's strings
+     * live until the next graph_request or the end of that call. */
+    int (*graph_request)(struct gr_msg *msg, const char *method, const char *target,
+                         const char *body, struct gr_graph_answer *answer);
+
+    /* Durable state: a map of keys to values per handler name, kept in the
+     * store across restarts and reloads. Only during handle().
+     *
+     * state_get returns the value (not NUL-terminated; *len its length) as
+     * this call sees it: its own puts and deletes first, then what earlier
+     * calls that returned GR_OK put, committed or not yet. NULL if absent.
+     * Valid until the handle() call returns.
+     *
+     * state_put and state_delete take effect only if this call returns
+     * GR_OK: they are written in the same transaction that finishes the
+     * delivery and stores what it emitted, and are visible to calls that
+     * start after it returned. A call that returns GR_RETRY or GR_FAIL, or
+     * that a crash interrupts, leaves the state as it found it. They return
+     * 0, or -1 when the key or value is out of bounds (GR_STATE_KEY_MAX,
+     * GR_STATE_VALUE_MAX). Values are bytes; the router copies them.
+     *
+     * Two calls that write one key at the same time: the one that finishes
+     * last wins. To read, change and write a key safely while the handler
+     * runs calls concurrently, take state_lock(msg, key, 1) first: calls
+     * that lock the same key of the same handler run one at a time, and
+     * each sees what the one before it put. The lock is held until this
+     * call's puts are visible. With wait 0, state_lock returns at once: 1
+     * if it took the lock, 0 if another call holds it. At most one key per
+     * call: locking another returns -1. (A handler with "concurrency": 1,
+     * or a plugin with GR_PLUGIN_SERIAL, runs one call at a time anyway.) */
+    const char *(*state_get)(struct gr_msg *msg, const char *key, size_t *len);
+    int (*state_put)(struct gr_msg *msg, const char *key, const void *value, size_t len);
+    int (*state_delete)(struct gr_msg *msg, const char *key);
+    int (*state_lock)(struct gr_msg *msg, const char *key, int wait);
 };
 
 /* True if the running router's host table has `field` (for plugins built

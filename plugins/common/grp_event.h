@@ -51,25 +51,56 @@ void grp_event_copy(json_t *event, const char *key, const json_t *from, ...);
  * Returns GR_OK, or GR_FAIL if the router refused it. */
 int grp_event_emit(struct gr_msg *msg, json_t *event);
 
+/* The notification's change_type ("created", ..., "resync"), or "". */
+const char *grp_note_change(const struct grp_note *note);
+/* An event for a resync notification: "<area>.resync" with the common
+ * fields and resync_reason. */
+json_t *grp_resync_event(const struct grp_note *note, const char *area);
+
+/* ---- Graph (ABI 1.2) -------------------------------------------------- */
+
+/* Whether the handler calls Graph: its config key `key` if set (true needs
+ * a "graph" section: 0 and an init error otherwise), else whether there is
+ * one. 1 or 0; -1 after host->init_error. From init(). */
+int grp_graph_mode(struct gr_handler *h, const char *key);
+
+/* What a Graph GET gave. */
+enum grp_got {
+    GRP_GOT,    /* 2xx, *out is its JSON object */
+    GRP_GONE,   /* 404: moved or deleted since the notification */
+    GRP_STATUS, /* 410: for the caller to look at (answer->status, ->location) */
+    GRP_RETRY,  /* 429, 503 (Retry-After passed on), other 5xx, no answer: try again */
+    GRP_FAIL,   /* 401, 403, another 4xx: a dead letter, the reason set */
+};
+int grp_graph_get(struct gr_msg *msg, const char *target, json_t **out,
+                  struct gr_graph_answer *answer);
+/* A path segment with everything but A-Z a-z 0-9 - . _ ~ percent-encoded
+ * (malloc'd). */
+char *grp_escape(const char *segment);
+/* "/" and the segments (a NULL-terminated list), each escaped, joined by
+ * "/": grp_path("users", id, "messages", NULL) (malloc'd). */
+char *grp_path(const char *segment, ...);
+/* {"type": "user"|"application"|"device", "id", "display_name"} of a Graph
+ * identitySet (from, lastModifiedBy), or null. */
+json_t *grp_identity(const json_t *set);
+
 /* init() of every event plugin: the state is the handler itself. */
 int grp_init(struct gr_handler *h, void **state);
 
-/* The descriptor and entry point of an event plugin whose only config key is
- * "emit_to"; `handle` receives the struct gr_handler * as its state. */
-#define GRP_EVENT_PLUGIN(NAME, DESCRIPTION, HANDLE)                                                \
-    static const struct gr_config_key grp_keys[] = {                                               \
-        {"emit_to", GR_CONFIG_HANDLER_LIST, 1, "the handlers that receive the events"},            \
-        {NULL, 0, 0, NULL}};                                                                       \
+/* The descriptor and entry point of an event plugin; KEYS its config keys,
+ * INIT its init, HANDLE its handle, FINI its fini (or NULL). */
+#define GRP_PLUGIN(NAME, DESCRIPTION, KEYS, INIT, HANDLE, FINI)                                   \
     static const struct gr_plugin grp_plugin = {                                                   \
         .abi_major = GR_PLUGIN_ABI_MAJOR,                                                          \
         .abi_minor = GR_PLUGIN_ABI_MINOR,                                                          \
         .size = sizeof(struct gr_plugin),                                                          \
         .name = NAME,                                                                              \
-        .version = "1.0",                                                                          \
+        .version = "1.1",                                                                          \
         .description = DESCRIPTION,                                                                \
-        .config_keys = grp_keys,                                                                   \
-        .init = grp_init,                                                                          \
+        .config_keys = KEYS,                                                                       \
+        .init = INIT,                                                                              \
         .handle = HANDLE,                                                                          \
+        .fini = FINI,                                                                              \
     };                                                                                             \
     GR_PLUGIN_EXPORT const struct gr_plugin *gr_plugin_entry(const struct gr_host *host)          \
     {                                                                                              \

@@ -1,9 +1,11 @@
-"""A fake Microsoft identity platform and Microsoft Graph subscriptions API, for the e2e tests.
+"""A fake Microsoft identity platform and Microsoft Graph (subscriptions, and the data behind
+notifications), for the e2e tests.
 
 graphrouter's control plane fetches app-only tokens from Entra ID and creates, lists, renews and
-deletes Graph subscriptions. Microsoft cannot be reached from the test machines, so FakeGraph
-plays both on 127.0.0.1 (standard library only, plus the `openssl` command for RSA), the way
-Graph documents them (../shared/graph-protocol.md sections 1, 3, 6 and 7):
+deletes Graph subscriptions; its bundled plugins GET the data behind a notification. Microsoft
+cannot be reached from the test machines, so FakeGraph plays them all on 127.0.0.1 (standard
+library only, plus the `openssl` command for RSA), the way Graph documents them
+(../shared/graph-protocol.md sections 1, 3, 6 and 7; Graph's API reference for the data):
 
 - the token endpoint `POST {login_url}/{tenant}/oauth2/v2.0/token`: client credentials with a
   client secret or an RS256 client assertion, really verified (x5t, signature against the
@@ -21,14 +23,48 @@ Graph documents them (../shared/graph-protocol.md sections 1, 3, 6 and 7):
 - faults on demand: 429 with Retry-After (`throttle`), any status (`fail`), failed handshakes
   (`fail_validation`), subscriptions that expire or are removed, foreign subscriptions;
 - Graph's deliveries to the router: change notifications (`notify`, `send`) and lifecycle
-  notifications (`lifecycle`).
+  notifications (`lifecycle`);
+- the data behind notifications, which the bundled plugins GET (all per tenant, the token's; each
+  answer after `set_latency()` seconds, so that tests can make calls overlap; `fail` and
+  `throttle` apply, after authentication, as everywhere under /v1.0):
+  - Outlook items `/users/{user}/{messages|events|contacts}/{id}` (also under mailFolders/{f},
+    calendar, calendars/{c}, contactFolders/{f}), seeded with `put_item`/`delete_item`: every
+    property, or with `$select` only those (names case-insensitive) plus id and @odata.etag, the
+    @odata.context naming them; 404 ErrorItemNotFound; 403 ErrorAccessDenied for a mailbox that
+    `forbid()` closed;
+  - Teams chatMessages `/chats/{chat}/messages/{id}` (also `/users/{u}/chats/...`),
+    `/teams/{team}/channels/{channel}/messages/{id}[/replies/{reply}]`, seeded with
+    `put_chat_message`/`put_channel_message`; 404 NotFound;
+  - presence `/communications/presences/{id}` and `/users/{id}/presence` (`set_presence`); 404 NotFound;
+  - delta on drives (`/drives/{id}/root/delta`, `/users/{owner}/drive/root/delta`) and SharePoint
+    lists (`/sites/{site}/lists/{list}/items/delta`), from a log of changes (`drive_put`,
+    `drive_delete`, `list_put`, `list_delete`), as OneDrive documents it: no token enumerates
+    the current items; `token=latest` gives only a deltaLink; a deltaLink's token gives what
+    changed since, each item once in its latest state, a deleted one as id, parentReference and
+    `"deleted": {"state": "deleted"}`; `token=` a time (ODB and SharePoint) gives what changed
+    since then; `delta(token='...')` is the same call; pages of `page_size` items ($top
+    overrides) linked by @odata.nextLink, the last with @odata.deltaLink for the moment the run
+    started, so changes made while a client pages are in its next run; parentReference.path is
+    left out (driveItems); `$select` applies; `expire_delta_tokens` turns every token issued so
+    far into 410 Gone resyncRequired, with or without a Location for a fresh enumeration.
+  Path segments are percent-decoded once (chat and channel ids carry ':' '@' '.'), `name('key')`
+  is read as name/key, segment names are case-insensitive; user keys, team, site and list ids
+  compare case-insensitively, other ids exactly; `/me/...` is refused (app-only tokens).
 
-Test relaxations (Graph does neither):
+Test relaxations (Graph does none of these):
 - notificationUrl and lifecycleNotificationUrl may be `http://` when the host is loopback
   (127.0.0.1, localhost, [::1]); other URLs must be https. Calls to https URLs do not check the
   router's certificate unless `client_ca` is given.
 - `grant_seconds`: when set to S, creates and PATCHes are granted min(asked, now + S), so a
   renewal falls due within seconds (Graph documents that it may grant less than asked).
+- Data endpoints: only what the seeding calls put is there, and nothing is checked against
+  Graph's schema: a $select name the item lacks is left out (Graph gives null, or 400 for a name
+  the type lacks), other query options ($expand, ...) are ignored; an unknown user is an unknown
+  item (Graph: ErrorInvalidUser), and a GUID and a UPN of one user are two mailboxes; a reply is
+  found without its parent; only GET. Delta returns exactly the items changed, never their
+  ancestors (Graph does unless deltaExcludeParent) nor the root; a folder's deletion is not
+  carried to its children; a page is a snapshot of the run's start, the same when asked again;
+  a token the fake never issued (or another drive's) gets 400 invalidRequest.
 
 Nothing is printed: every request is recorded (`requests`, `requests_matching`) with its answer
 and, for a refused token request, the reason (`note`).
@@ -139,6 +175,80 @@ def max_lifetime_minutes(resource, include_resource_data=False):
     return next((minutes for rx, minutes in _LIFETIMES if rx.match(r)), 4230)
 
 
+# -- the data behind notifications (what the plugins GET) ------------------------------------------
+OUTLOOK_KINDS = ("messages", "events", "contacts")
+RESYNC_MESSAGE = ("Resync required. Replace any local items with the server's version (including deletes) if "
+                  "you're sure that the service was up to date with your local changes when you last sync'd. "
+                  "Upload any local changes that the server doesn't know about.")
+_KEYED = re.compile(r"([^()']+)\('((?:[^']|'')*)'\)")                       # messages('AAMk...')
+_DELTA_FN = re.compile(r"(?i)delta\(token=(?:'((?:[^']|'')*)'|([^)']*))\)")  # delta(token='...')
+_DATA_ROUTES = [  # (segments after v1.0: a literal (lower case; matched case-insensitively, as Graph
+    #                 does), "*" an id passed on, "~" an id not checked, a tuple: literals passed on), handler
+    (("users", "*", OUTLOOK_KINDS, "*"), "_outlook"),
+    (("users", "*", "mailfolders", "~", ("messages",), "*"), "_outlook"),
+    (("users", "*", "calendar", ("events",), "*"), "_outlook"),
+    (("users", "*", "calendars", "~", ("events",), "*"), "_outlook"),
+    (("users", "*", "contactfolders", "~", ("contacts",), "*"), "_outlook"),
+    (("chats", "*", "messages", "*"), "_chat_message"),
+    (("users", "~", "chats", "*", "messages", "*"), "_chat_message"),
+    (("teams", "*", "channels", "*", "messages", "*"), "_channel_message"),
+    (("teams", "*", "channels", "*", "messages", "*", "replies", "*"), "_channel_message"),
+    (("communications", "presences", "*"), "_presence"),
+    (("users", "*", "presence"), "_user_presence"),
+    (("drives", "*", "root", "delta"), "_drive_delta"),
+    (("users", "*", "drive", "root", "delta"), "_owner_delta"),
+    (("sites", "*", "lists", "*", "items", "delta"), "_list_delta"),
+]
+
+
+def _segments(path):
+    """A request path as sent -> (its segments after /v1.0, each percent-decoded once, a key in
+    OData's spelling `name('key')` split off as a segment of its own; the token of a
+    `delta(token='...')` function call, or None)."""
+    out, token = [], None
+    for raw in path.strip("/").split("/")[1:]:
+        s = urllib.parse.unquote(raw)
+        fn, keyed = _DELTA_FN.fullmatch(s), _KEYED.fullmatch(s)
+        if fn:
+            out.append("delta")
+            token = fn[2] if fn[1] is None else fn[1].replace("''", "'")
+        elif keyed:
+            out += [keyed[1], keyed[2].replace("''", "'")]
+        else:
+            out.append(s)
+    return out, token
+
+
+def _data_route(path):
+    """(handler name, [arguments], delta token or None) for a path of the data endpoints, else None."""
+    segs, token = _segments(path)
+    if segs and segs[0].lower() == "me":
+        return "_me", [], None
+    for pattern, handler in _DATA_ROUTES:
+        if len(pattern) != len(segs):
+            continue
+        args = []
+        for p, s in zip(pattern, segs):
+            if p == "*":
+                args.append(s)
+            elif isinstance(p, tuple) and s.lower() in p:
+                args.append(s.lower())
+            elif p != "~" and (isinstance(p, tuple) or s.lower() != p):
+                break
+        else:
+            return handler, args, token
+    return None
+
+
+def _copy(obj):
+    """A deep copy of JSON data (and a check that it is JSON)."""
+    return json.loads(json.dumps(obj))
+
+
+def _quote(key):
+    return urllib.parse.quote(key, safe="")
+
+
 # -- helpers ---------------------------------------------------------------------------------------
 class Record(dict):
     """A dict whose keys also read as attributes: r.status is r["status"]."""
@@ -208,12 +318,14 @@ class _Server(http.server.ThreadingHTTPServer):
 
 # -- the fake --------------------------------------------------------------------------------------
 class FakeGraph:
-    """Entra ID's token endpoint and Graph's /v1.0/subscriptions on one local port.
+    """Entra ID's token endpoint, Graph's /v1.0/subscriptions and the data behind notifications on one
+    local port.
 
         fg = FakeGraph(); fg.add_tenant(TENANT, APP, secret="s"); ...; fg.close()
 
     Settable at any time: grant_seconds (None), min_grant_seconds (2700, Graph's 45-minute floor;
-    0 turns it off), page_size, token_lifetime_s, validation_timeout_s (10), notify_timeout_s (30).
+    0 turns it off), page_size (subscription lists and delta pages), token_lifetime_s,
+    validation_timeout_s (10), notify_timeout_s (30); and set_latency() for the data endpoints.
     """
 
     def __init__(self, tls=None, token_lifetime_s=3599, page_size=2, client_ca=None):
@@ -230,6 +342,10 @@ class FakeGraph:
         self._pages = {}      # $skiptoken -> (tenant, app, [ids still to list])
         self._faults, self._throttles, self._throttled = [], {}, {}
         self._validation_failures = 0
+        self._data = {}       # tenant -> the data behind notifications (_tenant_data)
+        self._delta_tokens = {}   # token -> {"tenant", "coll", "from", "start", "offset", "select", "top",
+        #                           "expired"}: the state of every nextLink and deltaLink issued
+        self._latency = 0.0
         self._requests, self._handshakes, self._deliveries = [], [], []
         self.errors = []      # tracebacks of connections that failed below HTTP (TLS, ...)
         self._client_ssl = (ssl.create_default_context(cafile=client_ca) if client_ca
@@ -345,6 +461,116 @@ class FakeGraph:
         """The subscription disappears, as when Graph removes it; nothing is sent."""
         with self._lock:
             self._removed[sub_id] = self._subs.pop(sub_id)
+
+    # -- the data behind notifications -----------------------------------------------------------
+    def set_latency(self, seconds):
+        """Every answer of the data endpoints (Outlook items, Teams messages, presence, delta; their
+        errors too) waits `seconds` before it is sent; 0 (the default) answers at once."""
+        with self._lock:
+            self._latency = float(seconds)
+
+    def put_item(self, tenant, kind, user, item_id, obj):
+        """Create or replace an Outlook item: kind "messages", "events" or "contacts" of mailbox
+        `user` (a GUID or a UPN, matched case-insensitively), `obj` its Graph properties. Its
+        @odata.etag is obj's own, else a new one at each put."""
+        if kind not in OUTLOOK_KINDS:
+            raise ValueError("kind must be one of %s" % ", ".join(OUTLOOK_KINDS))
+        obj = _copy(obj)
+        obj.pop("id", None)
+        etag = obj.pop("@odata.etag", None) or 'W/"CQAAABYAAAA%s"' % secrets.token_urlsafe(15)
+        with self._lock:
+            self._tenant_data(tenant)["items"][kind, user.lower(), item_id] = {"etag": etag, "props": obj}
+
+    def delete_item(self, tenant, kind, user, item_id):
+        """The Outlook item is gone (404 from now on); KeyError if there is none."""
+        with self._lock:
+            del self._tenant_data(tenant)["items"][kind, user.lower(), item_id]
+
+    def forbid(self, tenant, user, forbidden=True):
+        """Every Outlook item request on mailbox `user` gets 403 ErrorAccessDenied (forbidden=False:
+        not any more)."""
+        with self._lock:
+            denied = self._tenant_data(tenant)["forbidden"]
+            (denied.add if forbidden else denied.discard)(user.lower())
+
+    def put_chat_message(self, tenant, chat, msg_id, obj):
+        """Create or replace the chatMessage `msg_id` of chat `chat`; obj as Graph returns it (id and
+        chatId are filled in when absent)."""
+        obj = dict(_copy(obj), id=msg_id)
+        obj.setdefault("chatId", chat)
+        with self._lock:
+            self._tenant_data(tenant)["chats"][chat, msg_id] = obj
+
+    def put_channel_message(self, tenant, team, channel, msg_id, obj, reply_to=None):
+        """Create or replace the chatMessage `msg_id` of a channel, or with reply_to, the reply
+        `msg_id` to the channel's message `reply_to`. id, channelIdentity and replyToId are filled
+        in when absent. Team ids are matched case-insensitively (GUIDs), channel ids exactly."""
+        obj = dict(_copy(obj), id=msg_id)
+        obj.setdefault("channelIdentity", {"teamId": team, "channelId": channel})
+        if reply_to is not None:
+            obj.setdefault("replyToId", reply_to)
+        with self._lock:
+            self._tenant_data(tenant)["channels"][team.lower(), channel, reply_to, msg_id] = obj
+
+    def set_presence(self, tenant, user, availability, activity):
+        """The presence of `user` (its object id; matched case-insensitively)."""
+        with self._lock:
+            self._tenant_data(tenant)["presence"][user.lower()] = {
+                "id": user, "availability": availability, "activity": activity}
+
+    def add_drive(self, tenant, drive_id, owner_user=None):
+        """A drive (empty, or kept if it exists), also reachable as /users/{owner_user}/drive."""
+        with self._lock:
+            d = self._tenant_data(tenant)
+            d["drives"].setdefault(drive_id, {"kind": "drive", "id": drive_id, "log": [], "current": {}})
+            if owner_user is not None:
+                d["owners"][owner_user.lower()] = drive_id
+
+    def drive_put(self, tenant, drive_id, item):
+        """Create or replace a driveItem (a dict with at least id and name; parentReference.driveId
+        and lastModifiedDateTime (now) are filled in when absent); one change in the drive's log."""
+        if not isinstance(item, dict) or not all(isinstance(item.get(k), str) for k in ("id", "name")):
+            raise ValueError("a driveItem needs an id and a name")
+        item = _copy(item)
+        item["parentReference"] = dict(item.get("parentReference") or {})
+        item["parentReference"].setdefault("driveId", drive_id)
+        with self._lock:
+            self._change(self._tenant_data(tenant)["drives"][drive_id], item)
+
+    def drive_delete(self, tenant, drive_id, item_id):
+        """The driveItem is deleted: one change in the drive's log; KeyError if it does not exist."""
+        with self._lock:
+            self._change(self._tenant_data(tenant)["drives"][drive_id], item_id, deleted=True)
+
+    def expire_delta_tokens(self, tenant, drive_id, location=True):
+        """Every token issued so far for the drive (in deltaLinks and nextLinks) gets 410 Gone
+        resyncRequired from now on, with a Location header for a fresh enumeration if `location`."""
+        with self._lock:
+            self._expire(self._tenant_data(tenant)["drives"][drive_id], location)
+
+    def add_list(self, tenant, site, list_id):
+        """A SharePoint list (empty, or kept if it exists); site and list matched case-insensitively."""
+        with self._lock:
+            self._tenant_data(tenant)["lists"].setdefault((site.lower(), list_id.lower()), {
+                "kind": "list", "id": list_id, "log": [], "current": {}})
+
+    def list_put(self, tenant, site, list_id, item):
+        """Create or replace a listItem (a dict with at least id; lastModifiedDateTime (now) is
+        filled in when absent); one change in the list's log."""
+        if not isinstance(item, dict) or not isinstance(item.get("id"), str):
+            raise ValueError("a listItem needs an id")
+        with self._lock:
+            self._change(self._tenant_data(tenant)["lists"][site.lower(), list_id.lower()], _copy(item))
+
+    def list_delete(self, tenant, site, list_id, item_id):
+        """The listItem is deleted: one change in the list's log; KeyError if it does not exist."""
+        with self._lock:
+            self._change(self._tenant_data(tenant)["lists"][site.lower(), list_id.lower()], item_id, deleted=True)
+
+    def expire_list_delta_tokens(self, tenant, site, list_id, location=True):
+        """expire_delta_tokens() for a list."""
+        with self._lock:
+            self._expire(self._tenant_data(tenant)["lists"][site.lower(), list_id.lower()], location)
 
     # -- inspection ----------------------------------------------------------------------------
     @property
@@ -474,6 +700,55 @@ class FakeGraph:
         self._purge()
         return next((sid for sid, s in self._subs.items()
                      if s["tenant"] == tenant and key(s["json"]) == key(body)), None)
+
+    def _tenant_data(self, tenant):
+        return self._data.setdefault(tenant, {
+            "items": {},        # (kind, user lower-cased, id) -> {"etag", "props"}
+            "forbidden": set(),  # users lower-cased
+            "chats": {},        # (chat, id) -> chatMessage
+            "channels": {},     # (team lower-cased, channel, id replied to or None, id) -> chatMessage
+            "presence": {},     # user lower-cased -> presence
+            "drives": {},       # id -> {"kind": "drive", "id", "log": [version...], "current": {id: version}}
+            "owners": {},       # user lower-cased -> drive id
+            "lists": {}})       # (site, list), lower-cased -> collection of kind "list"
+
+    @staticmethod
+    def _change(coll, item, deleted=False):
+        """Append one change to a drive's or list's log: the item's new version (a dict), or the
+        deletion of the item of this id, which keeps only its id and parentReference."""
+        if deleted:
+            old = coll["current"].get(item)
+            if old is None or old["deleted"]:
+                raise KeyError(item)
+            version = {"id": item, "deleted": True,
+                       "item": {k: old["item"][k] for k in ("id", "parentReference") if k in old["item"]}}
+        else:
+            item.setdefault("lastModifiedDateTime",
+                            datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ"))
+            version = {"id": item["id"], "deleted": False, "item": item}
+        version["time"] = _now()
+        coll["log"].append(version)
+        coll["current"][version["id"]] = version
+
+    @staticmethod
+    def _changes(coll, since, start):
+        """The versions a delta run returns: of each item changed in log[since:start] its last one,
+        ordered by that change; since None: a full enumeration of log[:start], deleted items left out."""
+        latest = {}
+        for v in coll["log"][since or 0:start]:
+            latest.pop(v["id"], None)   # re-inserted: the dict stays in last-change order
+            latest[v["id"]] = v
+        return [v for v in latest.values() if since is not None or not v["deleted"]]
+
+    def _expire(self, coll, location):
+        for st in self._delta_tokens.values():
+            if st["coll"] is coll:
+                st["expired"] = {"location": bool(location)}
+
+    def _issue(self, tenant, coll, state):
+        token = secrets.token_urlsafe(24)
+        self._delta_tokens[token] = dict(state, tenant=tenant, coll=coll, expired=None)
+        return token
 
     # -- HTTP ----------------------------------------------------------------------------------
     def _serve(self, h):
@@ -670,6 +945,7 @@ class FakeGraph:
                403: ("Forbidden", "The number of subscriptions has exceeded the quota for this resource."),
                404: ("ResourceNotFound", "The object was not found."),
                409: ("ExtensionError", "Conflict."),
+               410: ("resyncRequired", RESYNC_MESSAGE),
                429: ("TooManyRequests", "Too many requests"),
                500: ("InternalServerError", "Internal server error."),
                502: ("BadGateway", "Bad gateway."),
@@ -686,6 +962,15 @@ class FakeGraph:
         return self._gerr(ctx, 400, code, message)
 
     def _graph(self, ctx, raw):
+        route = _data_route(ctx.rec.path)
+        answer = self._graph_answer(ctx, raw, route)
+        with self._lock:
+            latency = self._latency
+        if route and latency > 0:
+            time.sleep(latency)   # without the lock: concurrent calls overlap
+        return answer
+
+    def _graph_answer(self, ctx, raw, route):
         rec = ctx.rec
         m = re.fullmatch(r"(?i)bearer +(\S+)", rec.headers.get("authorization", "").strip())
         with self._lock:
@@ -721,6 +1006,8 @@ class FakeGraph:
             except ValueError:
                 return self._gerr(ctx, 400, "BadRequest", "Unable to read JSON request payload. Please ensure "
                                   "Content-Type header is set and payload is of valid JSON format.")
+        if route:
+            return self._data_answer(ctx, route)
         path = rec.path.rstrip("/")
         m = re.fullmatch(r"/v1\.0/subscriptions(?:/([^/]+)(/reauthorize)?)?", path)
         if not m:
@@ -919,6 +1206,156 @@ class FakeGraph:
                 j["encryptionCertificateId"] = body["encryptionCertificateId"]
             return 200, ctx.ids(), self._entity(sub), GRAPH_JSON
 
+    # -- Graph: the data behind notifications --------------------------------------------------
+    def _data_answer(self, ctx, route):
+        handler, args, token = route
+        if handler == "_me":
+            return self._bad(ctx, "/me request is only valid with delegated authentication flow.", "BadRequest")
+        if ctx.rec.method != "GET":
+            return self._gerr(ctx, 405, "BadRequest", "The HTTP method '%s' is not allowed." % ctx.rec.method,
+                              {"Allow": "GET"})
+        if handler.endswith("_delta"):
+            return getattr(self, handler)(ctx, token, *args)
+        return getattr(self, handler)(ctx, *args)
+
+    @staticmethod
+    def _select(select, props):
+        """$select (a comma list, names matched case-insensitively) applied to props -> (the selected
+        properties the item has, the names in its spelling), or (props, None) without $select."""
+        if not select or not select.strip():
+            return props, None
+        spelling, names = {k.lower(): k for k in props}, []
+        for name in filter(None, (n.strip() for n in select.split(","))):
+            name = spelling.get(name.lower(), name)
+            if name.lower() not in (n.lower() for n in names):
+                names.append(name)
+        return {n: props[n] for n in names if n in props}, names
+
+    @staticmethod
+    def _with(head, obj):
+        """head's members first, then obj's others."""
+        out = dict(head)
+        out.update((k, v) for k, v in obj.items() if k not in out)
+        return out
+
+    def _outlook(self, ctx, user, kind, item_id):
+        with self._lock:
+            d = self._tenant_data(ctx.tenant)
+            denied, item = user.lower() in d["forbidden"], d["items"].get((kind, user.lower(), item_id))
+        if denied:
+            return self._gerr(ctx, 403, "ErrorAccessDenied", "Access is denied. Check credentials and try again.")
+        if item is None:
+            return self._gerr(ctx, 404, "ErrorItemNotFound", "The specified object was not found in the store.")
+        props, names = self._select(ctx.rec.query.get("$select"), item["props"])
+        context = "%s/$metadata#users('%s')/%s%s/$entity" % (self.base_url, _quote(user), kind,
+                                                            "" if names is None else "(%s)" % ",".join(names))
+        return 200, ctx.ids(), self._with({"@odata.context": context, "@odata.etag": item["etag"], "id": item_id},
+                                          props), GRAPH_JSON
+
+    def _chat_message(self, ctx, chat, msg_id):
+        with self._lock:
+            msg = self._tenant_data(ctx.tenant)["chats"].get((chat, msg_id))
+        if msg is None:
+            return self._gerr(ctx, 404, "NotFound", "Resource not found.")
+        context = "%s/$metadata#chats('%s')/messages/$entity" % (self.base_url, _quote(chat))
+        return 200, ctx.ids(), self._with({"@odata.context": context}, msg), GRAPH_JSON
+
+    def _channel_message(self, ctx, team, channel, msg_id, reply_id=None):
+        parent, key = (None, msg_id) if reply_id is None else (msg_id, reply_id)
+        with self._lock:
+            msg = self._tenant_data(ctx.tenant)["channels"].get((team.lower(), channel, parent, key))
+        if msg is None:
+            return self._gerr(ctx, 404, "NotFound", "Resource not found.")
+        context = "%s/$metadata#teams('%s')/channels('%s')/messages%s/$entity" % (
+            self.base_url, _quote(team), _quote(channel),
+            "" if parent is None else "('%s')/replies" % _quote(parent))
+        return 200, ctx.ids(), self._with({"@odata.context": context}, msg), GRAPH_JSON
+
+    def _presence(self, ctx, user, context=None):
+        with self._lock:
+            p = self._tenant_data(ctx.tenant)["presence"].get(user.lower())
+        if p is None:
+            return self._gerr(ctx, 404, "NotFound", "The requested user '%s' was not found." % user)
+        context = context or self.base_url + "/$metadata#communications/presences/$entity"
+        return 200, ctx.ids(), dict({"@odata.context": context}, **p), GRAPH_JSON
+
+    def _user_presence(self, ctx, user):
+        context = "%s/$metadata#users('%s')/presence/$entity" % (self.base_url, _quote(user))
+        return self._presence(ctx, user, context)
+
+    def _drive_delta(self, ctx, token, drive_id):
+        with self._lock:
+            coll = self._tenant_data(ctx.tenant)["drives"].get(drive_id)
+        return self._delta(ctx, coll, token)
+
+    def _owner_delta(self, ctx, token, user):
+        with self._lock:
+            d = self._tenant_data(ctx.tenant)
+            coll = d["drives"].get(d["owners"].get(user.lower()))
+        return self._delta(ctx, coll, token)
+
+    def _list_delta(self, ctx, token, site, list_id):
+        with self._lock:
+            coll = self._tenant_data(ctx.tenant)["lists"].get((site.lower(), list_id.lower()))
+        return self._delta(ctx, coll, token)
+
+    def _delta(self, ctx, coll, fn_token):
+        """A page of a delta run. A token's state: the run's changes are log[from:start] (from None:
+        a full enumeration), this page starts at offset; a deltaLink's start is None: "when used"."""
+        if coll is None:
+            return self._gerr(ctx, 404, "itemNotFound", "The resource could not be found.")
+        q = ctx.rec.query
+        token = q.get("token") if fn_token is None else fn_token
+        segs = ctx.rec.path.rstrip("/").split("/")
+        link = self.url + "/".join(segs[:-1] + ["delta"])   # delta(token='...') -> delta
+        if q.get("$top") is not None and not re.fullmatch(r"[1-9][0-9]{0,8}", q["$top"]):
+            return self._bad(ctx, "Invalid value '%s' for the query option $top." % q["$top"], "invalidRequest")
+        context = "%s/$metadata#Collection(%s)" % (self.base_url,
+                                                   "driveItem" if coll["kind"] == "drive" else "listItem")
+        with self._lock:
+            now, asked = len(coll["log"]), {"select": q.get("$select"), "top": q.get("$top")}
+            if token is None:
+                run = dict(asked, **{"from": None, "start": now, "offset": 0})
+            elif token == "latest":
+                token = self._issue(ctx.tenant, coll, dict(asked, **{"from": now, "start": None, "offset": 0}))
+                return 200, ctx.ids(), {"@odata.context": context, "value": [],
+                                        "@odata.deltaLink": link + "?token=" + token}, GRAPH_JSON
+            elif _parse(token) is not None:   # a time (OneDrive for Business and SharePoint)
+                t = _parse(token)
+                since = next((i for i, v in enumerate(coll["log"]) if v["time"] > t), now)
+                run = dict(asked, **{"from": since, "start": now, "offset": 0})
+            else:
+                st = self._delta_tokens.get(token)
+                if st is None or st["tenant"] != ctx.tenant or st["coll"] is not coll:
+                    return self._bad(ctx, "Invalid token.", "invalidRequest")
+                if st["expired"]:
+                    return self._gerr(ctx, 410, "resyncRequired", RESYNC_MESSAGE,
+                                      {"Location": link} if st["expired"]["location"] else {})
+                run = {k: st[k] for k in ("from", "start", "offset", "select", "top")}
+                run["start"] = now if run["start"] is None else run["start"]
+                run.update((k, v) for k, v in asked.items() if v is not None)   # asked again: asked anew
+            n = max(1, int(run["top"] or self.page_size))
+            changes = self._changes(coll, run["from"], run["start"])
+            out = {"@odata.context": context, "value": [self._delta_item(coll, v, run["select"])
+                                                        for v in changes[run["offset"]:run["offset"] + n]]}
+            if len(changes) > run["offset"] + n:   # tokens stay valid: a page can be asked again
+                out["@odata.nextLink"] = link + "?token=" + self._issue(ctx.tenant, coll,
+                                                                        dict(run, offset=run["offset"] + n))
+            else:   # the next run starts where this one started: what changed meanwhile is in it
+                out["@odata.deltaLink"] = link + "?token=" + self._issue(
+                    ctx.tenant, coll, dict(run, **{"from": run["start"], "start": None, "offset": 0}))
+        return 200, ctx.ids(), out, GRAPH_JSON
+
+    def _delta_item(self, coll, version, select):
+        item = version["item"]
+        if version["deleted"]:
+            item = dict(item, deleted={"state": "deleted"})
+        if coll["kind"] == "drive" and "path" in item.get("parentReference", {}):   # delta gives no path
+            item = dict(item, parentReference={k: v for k, v in item["parentReference"].items() if k != "path"})
+        if select:
+            head = {"id": item["id"], "deleted": item["deleted"]} if version["deleted"] else {"id": item["id"]}
+            item = self._with(head, self._select(select, item)[0])
+        return item
 
 class _Ctx:
     """The request being answered, and the tenant and app of its token."""

@@ -101,5 +101,7 @@ class EventsTest(RouterTest):
         self.assertEqual((e["drive.list.deleted"]["site_id"], e["drive.list.deleted"]["list_id"]),
                          ("s2,a,b", "l2"))
         self.assertEqual(e["drive.driveItem.created"]["user_id"], "u4")
-        self.assertEqual(e["presence.updated"]["user_id"], "u3")
-        self.assertEqual(e["presence.updated"]["resource_type"], "presence")
+        # a basic presence notification without Graph to ask: its presence is unknown
+        p = e["presence.changed"]
+        self.assertEqual((p["user_id"], p["resource_type"]), ("u3", "presence"))
+        self.assertEqual((p["availability"], p["previous_availability"]), (None, None))

@@ -38,8 +38,8 @@ class ExampleConfigTest(RouterTest):
                                   "--app-id", APP, "--client-state", CLIENT_STATE, "--url", url),
                          "HTTP 202")
         events = {e["event"]: e for e in r.wait_jsonl(2, "var/events.jsonl")}
-        self.assertEqual(set(events), {"mail.message.created", "presence.updated"})
-        self.assertEqual(events["presence.updated"]["availability"], "Busy")
+        self.assertEqual(set(events), {"mail.message.created", "presence.changed"})
+        self.assertEqual(events["presence.changed"]["availability"], "Busy")
 
     def test_control_plane_example(self):
         # The example's //graph section and //declared_examples, enabled as the comments say,

@@ -240,8 +240,9 @@ class RichTest(RouterTest):
         self.assertEqual([m["display_name"] for m in chat["mentions"]], ["Adele Vance"])
         self.assertRegex(chat["created_at"], r"^\d{4}-\d\d-\d\dT")
         self.assertEqual(chat["message_type"], "message")
-        p = events["presence.updated"]
+        p = events["presence.changed"]
         self.assertEqual((p["availability"], p["activity"]), ("Busy", "InACall"))
+        self.assertEqual((p["previous_availability"], p["previous_activity"]), (None, None))
 
     def test_key_files_are_checked(self):
         k = self.keys()

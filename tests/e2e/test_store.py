@@ -558,11 +558,13 @@ class LayoutTest(RouterTest):
 
     def test_a_layout_2_store_is_converted(self):
         # Layout 3 added the control plane's tables (managed subscriptions
-        # and their lifecycle events); a layout 2 file keeps its work.
+        # and their lifecycle events) and the handlers' state; a layout 2
+        # file keeps its work.
         r = self.stopped_with_a_pending_delivery()
         db = sqlite3.connect(r.path("var/graphrouter.db"))
         db.execute("DROP TABLE subscriptions")
         db.execute("DROP TABLE subscription_events")
+        db.execute("DROP TABLE handler_state")
         db.execute("PRAGMA user_version = 2")
         db.commit()
         db.close()
@@ -570,7 +572,8 @@ class LayoutTest(RouterTest):
         self.assertIn("converted from layout 2 to layout 3", r.log())
         self.assertEqual(db_rows(r, "PRAGMA user_version"), [(3,)])
         self.assertEqual(db_rows(r, "SELECT count(*) FROM sqlite_schema WHERE name IN "
-                                    "('subscriptions', 'subscription_events')"), [(2,)])
+                                    "('subscriptions', 'subscription_events', 'handler_state')"),
+                         [(3,)])
         self.assertEqual(db_rows(r, "SELECT count(*) FROM units WHERE state = 0"), [(1,)])
         self.assertEqual(r.cli("subscriptions")[0], 0)
 
