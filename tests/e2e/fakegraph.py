@@ -408,14 +408,16 @@ class FakeGraph:
             for tok in self._tokens.values():
                 tok["revoked"] |= tok["tenant"] == tenant
 
-    def fail(self, method, path_regex, status, body=None, headers=None, times=1):
+    def fail(self, method, path_regex, status, body=None, headers=None, times=1, after=0):
         """The next `times` requests with this method (None: any) whose path (without query)
-        matches re.search(path_regex) get this answer, checked after authentication; the token
-        endpoint can be failed too. body: a dict (JSON), str or bytes; None gives an error body
-        of Graph's (or Entra's) shape with a code fitting the status."""
+        matches re.search(path_regex) get this answer, checked after authentication, once
+        `after` such requests have passed (e.g. the second page of a delta); the token endpoint
+        can be failed too. body: a dict (JSON), str or bytes; None gives an error body of
+        Graph's (or Entra's) shape with a code fitting the status."""
         with self._lock:
             self._faults.append({"method": method, "rx": re.compile(path_regex), "status": status,
-                                 "body": body, "headers": dict(headers or {}), "left": times})
+                                 "body": body, "headers": dict(headers or {}), "left": times,
+                                 "skip": after})
 
     def throttle(self, tenant, retry_after_s, times=1):
         """The next `times` Graph API requests of `tenant` get 429 TooManyRequests + Retry-After."""
@@ -810,6 +812,9 @@ class FakeGraph:
         with self._lock:
             for f in self._faults:
                 if f["method"] in (None, "*", method) and f["rx"].search(path):
+                    if f["skip"] > 0:
+                        f["skip"] -= 1
+                        continue
                     f["left"] -= 1
                     if f["left"] <= 0:
                         self._faults.remove(f)

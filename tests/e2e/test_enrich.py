@@ -1,0 +1,446 @@
+"""Plugins that call Graph and keep state (plugin ABI 1.2), through the real binary against the
+fake Graph: the mail, teams, presence and drive plugins fetching what basic notifications lack,
+their resync events, presence changes kept in state across a restart, drive deltas (pages, delta
+links, token=latest, initial: all, 410, one delta per drive at a time, a SIGKILL mid-delta),
+throttling, and the host services themselves through a probe plugin: puts discarded on
+GR_RETRY, the state lock, a URL on another host refused, calls kept within timeout_s."""
+
+import json
+import os
+import signal
+import threading
+import time
+
+from grtest import APP_ID, SECRET, TEST_PLUGINS, batch, simulate
+from graphtest import TENANT, GraphTest, declared
+
+PROBE = os.path.join(TEST_PLUGINS, "graph_probe.so")
+EVENTS = {"plugin": "file", "config": {"path": "events.jsonl"}}
+
+
+def note(resource, change="created", **kw):
+    it = {"subscriptionId": "sub-e2e", "clientState": SECRET, "changeType": change,
+          "resource": resource, "tenantId": TENANT,
+          "subscriptionExpirationDateTime": "2030-01-01T00:00:00Z"}
+    it.update(kw)
+    return it
+
+
+class EnrichTest(GraphTest):
+    def enrich_router(self, handlers, routes=None, **kw):
+        handlers = dict(handlers, events=EVENTS)
+        routes = routes or [{"name": "all", "to": [h for h in handlers if h != "events"]}]
+        return self.graph_router([], handlers=handlers, routes=routes, **kw)
+
+    def post(self, r, *items):
+        self.assertEqual(r.post(batch(*items))[0], 202)
+
+    def post_apart(self, r, items, gap=0.1):
+        """One POST per item, `gap` apart: each becomes a delivery of its own, so that two
+        workers run them at once (one POST's deliveries go to one worker, in a chain)."""
+        for it in items:
+            self.post(r, it)
+            time.sleep(gap)
+
+    def gets(self, regex):
+        return self.fake.requests_matching("GET", regex)
+
+
+class MailTest(EnrichTest):
+    def mail_router(self, **config):
+        return self.enrich_router({"mail": {"plugin": "mail", "config": dict(
+            {"emit_to": ["events"]}, **config), "retry": {"initial_backoff_ms": 100,
+                                                          "max_backoff_ms": 200}}})
+
+    def test_items_fetched_with_select(self):
+        self.fake.put_item(TENANT, "messages", "u1", "m1", {
+            "subject": "Budget", "from": {"emailAddress": {"address": "a@contoso.com"}},
+            "isRead": False, "bodyPreview": "not selected", "webLink": "https://outlook/x"})
+        self.fake.put_item(TENANT, "events", "u1", "e1", {"subject": "Standup",
+                                                         "start": {"dateTime": "2026-12-04T09:00"},
+                                                         "importance": "normal"})
+        self.fake.put_item(TENANT, "contacts", "u1", "c1", {"displayName": "Adele",
+                                                           "emailAddresses": [], "jobTitle": "x"})
+        r = self.mail_router(select={"event": "subject,start"})
+        self.post(r, note("Users/u1/Messages/m1"), note("users('u1')/events('e1')"),
+                  note("Users/u1/contacts/c1", change="updated"))
+        e = {l["event"]: l for l in r.wait_jsonl(3, "events.jsonl")}
+        m = e["mail.message.created"]
+        self.assertEqual((m["deleted"], m["message"]["subject"], m["message"]["isRead"]),
+                         (False, "Budget", False))
+        self.assertNotIn("bodyPreview", m["message"])
+        self.assertEqual(e["mail.event.created"]["calendar_event"]["subject"], "Standup")
+        self.assertNotIn("importance", e["mail.event.created"]["calendar_event"])
+        self.assertEqual(e["mail.contact.updated"]["contact"]["displayName"], "Adele")
+        selects = {q.path: q.query["$select"] for q in self.gets(r"^/v1\.0/users/")}
+        self.assertEqual(selects["/v1.0/users/u1/messages/m1"],
+                         "subject,from,toRecipients,receivedDateTime,isRead,hasAttachments,"
+                         "webLink")
+        self.assertEqual(selects["/v1.0/users/u1/events/e1"], "subject,start")
+        self.assertEqual(selects["/v1.0/users/u1/contacts/c1"], "displayName,emailAddresses")
+        self.assertEqual(r.metric("graphrouter_handler_graph_requests_total", handler="mail",
+                                  code="200"), 3)
+
+    def test_deleted_404_403_and_throttling(self):
+        self.fake.put_item(TENANT, "messages", "u2", "m2", {"subject": "later"})
+        self.fake.forbid(TENANT, "u3")
+        self.fake.fail("GET", r"/messages/m2$", 429, headers={"Retry-After": "2"})
+        r = self.mail_router()
+        self.post(r, note("Users/u1/Messages/gone", change="deleted"))
+        self.post(r, note("Users/u1/Messages/moved"))
+        deleted = r.wait_jsonl(2, "events.jsonl")
+        self.assertEqual(sorted((l["event"], l["deleted"], "message" in l) for l in deleted),
+                         [("mail.message.created", True, False),
+                          ("mail.message.deleted", True, False)])
+        self.assertEqual(len(self.gets(r"/messages/gone")), 0)  # a deletion is not fetched
+        self.post(r, note("Users/u3/Messages/m3"))
+        r.wait_for(lambda: r.metric("graphrouter_dead_letters", handler="mail") == 1)
+        status, out, _ = r.cli("dlq", "list")
+        self.assertIn("Graph: HTTP 403 ErrorAccessDenied: Access is denied", out)
+        self.post(r, note("Users/u2/Messages/m2"))
+        line = r.wait_jsonl(3, "events.jsonl")[2]
+        self.assertEqual(line["message"]["subject"], "later")
+        tries = self.gets(r"/messages/m2$")
+        self.assertEqual([q.status for q in tries], [429, 200])
+        self.assertGreaterEqual(tries[1].time - tries[0].time, 1.9)  # its Retry-After
+
+    def test_rich_uses_content_and_fetch_can_be_off(self):
+        r = self.mail_router(fetch=False)
+        self.post(r, note("Users/u1/Messages/m9"))
+        line = r.wait_jsonl(1, "events.jsonl")[0]
+        self.assertEqual((line["event"], line["deleted"], "message" in line),
+                         ("mail.message.created", False, False))
+        self.assertEqual(self.gets(r"^/v1\.0/users/"), [])
+
+
+class ResyncTest(EnrichTest):
+    def test_resync_events(self):
+        r = self.graph_router(
+            [declared("/users/u1/messages", ["created"]),
+             declared("/chats/c1/messages", ["created"])],
+            handlers={"mail": {"plugin": "mail", "config": {"emit_to": ["events"]}},
+                      "teams": {"plugin": "teams", "config": {"emit_to": ["events"]}},
+                      "events": EVENTS},
+            routes=[{"name": "mail", "match": {"resource_type": "message"}, "to": "mail"},
+                    {"name": "teams", "match": {"resource_type": "chatMessage"}, "to": "teams"}])
+        self.wait_creates(2)
+        for s in self.live():
+            self.assertEqual(self.fake.lifecycle(s["id"], "missed"), 202)
+        e = {l["event"]: l for l in r.wait_jsonl(2, "events.jsonl")}
+        self.assertEqual(set(e), {"mail.resync", "teams.resync"})
+        self.assertEqual((e["mail.resync"]["resource"], e["mail.resync"]["resync_reason"]),
+                         ("/users/u1/messages", "missed"))
+        self.assertEqual(e["teams.resync"]["resource"], "/chats/c1/messages")
+        self.assertEqual(self.gets(r"/messages"), [])  # nothing to fetch: re-read it yourself
+
+
+class TeamsTest(EnrichTest):
+    def test_messages_fetched(self):
+        chat = "19:8ea0e38b@unq.gbl.spaces"
+        channel = "19:4a95@thread.tacv2"
+        body = {"messageType": "message", "createdDateTime": "2026-12-03T10:00:00Z",
+                "lastModifiedDateTime": "2026-12-03T10:00:01Z",
+                "body": {"contentType": "html", "content": "<p>hello</p>"},
+                "from": {"user": {"id": "u7", "displayName": "Megan Bowen"}},
+                "mentions": [{"id": 0, "mentionText": "Adele",
+                              "mentioned": {"user": {"id": "u8", "displayName": "Adele Vance"}}}]}
+        self.fake.put_chat_message(TENANT, chat, "m1", body)
+        self.fake.put_channel_message(TENANT, "t1", channel, "m2", body)
+        self.fake.put_channel_message(TENANT, "t1", channel, "r3", dict(body, body={
+            "contentType": "text", "content": "a reply"}), reply_to="m2")
+        r = self.enrich_router({"teams": {"plugin": "teams", "config": {"emit_to": ["events"]}}})
+        self.post(r, note("chats('%s')/messages('m1')" % chat),
+                  note("teams('t1')/channels('%s')/messages('m2')" % channel),
+                  note("teams('t1')/channels('%s')/messages('m2')/replies('r3')" % channel),
+                  note("chats('%s')/messages('m4')" % chat))
+        lines = r.wait_jsonl(4, "events.jsonl")
+        by_id = {(l["message_id"], l["reply_id"]): l for l in lines}
+        m1 = by_id[("m1", None)]
+        self.assertEqual(m1["body"], {"content_type": "html", "content": "<p>hello</p>"})
+        self.assertEqual(m1["from"], {"type": "user", "id": "u7", "display_name": "Megan Bowen"})
+        self.assertEqual(m1["mentions"], [{"id": 0, "text": "Adele", "user_id": "u8",
+                                           "display_name": "Adele Vance"}])
+        self.assertEqual((m1["created_at"], m1["deleted"]), ("2026-12-03T10:00:00Z", False))
+        self.assertEqual(by_id[("m2", "r3")]["body"]["content"], "a reply")
+        self.assertEqual(by_id[("m2", None)]["message_type"], "message")
+        self.assertEqual(by_id[("m4", None)]["deleted"], True)  # 404: gone since
+        paths = sorted(q.path for q in self.gets(r"^/v1\.0/(chats|teams)/"))
+        self.assertIn("/v1.0/teams/t1/channels/19%3A4a95%40thread.tacv2/messages/m2/replies/r3",
+                      paths)
+
+
+class PresenceTest(EnrichTest):
+    def presence_router(self, **config):
+        return self.enrich_router({"presence": {"plugin": "presence", "config": dict(
+            {"emit_to": ["events"]}, **config)}})
+
+    def presence(self, user, **kw):
+        return note("communications/presences/%s" % user, change="updated", **kw)
+
+    def test_only_changes_and_state_across_a_restart(self):
+        self.fake.set_presence(TENANT, "u1", "Available", "Available")
+        r = self.presence_router()
+        self.post(r, self.presence("u1"))
+        first = r.wait_jsonl(1, "events.jsonl")[0]
+        self.assertEqual((first["event"], first["availability"], first["previous_availability"]),
+                         ("presence.changed", "Available", None))
+        self.post(r, self.presence("u1"))  # the same: no event
+        r.wait_idle()
+        self.fake.set_presence(TENANT, "u1", "Busy", "InACall")
+        self.post(r, self.presence("u1"))
+        second = r.wait_jsonl(2, "events.jsonl")[1]
+        self.assertEqual((second["availability"], second["activity"],
+                          second["previous_availability"], second["previous_activity"]),
+                         ("Busy", "InACall", "Available", "Available"))
+        r.wait_idle()
+        self.assertEqual(len(r.read_jsonl("events.jsonl")), 2)
+        self.assertEqual(r.stop(), 0)
+        r.start()  # the last presence is in the store
+        self.post(r, self.presence("u1"))
+        r.wait_idle()
+        self.fake.set_presence(TENANT, "u1", "Away", "Away")
+        self.post(r, self.presence("u1"))
+        third = r.wait_jsonl(3, "events.jsonl")[2]
+        self.assertEqual((third["availability"], third["previous_availability"]),
+                         ("Away", "Busy"))
+        self.assertEqual(len(self.gets(r"/communications/presences/u1$")), 5)
+
+    def test_rich_presence_is_not_fetched(self):
+        keys = self.keys()
+        r = self.enrich_router({"presence": {"plugin": "presence",
+                                             "config": {"emit_to": ["events"]}}},
+                               validation_tokens={"app_ids": [APP_ID], "jwks_file": keys.jwks},
+                               decryption_keys=[keys.decryption_key()])
+        self.assertEqual(simulate(*keys.notify_args("--type", "presence", "--tenant", TENANT,
+                                                    "--url", "http://127.0.0.1:%d/notifications"
+                                                    % r.port)), "HTTP 202")
+        line = r.wait_jsonl(1, "events.jsonl")[0]
+        self.assertEqual((line["event"], line["availability"], line["activity"]),
+                         ("presence.changed", "Busy", "InACall"))
+        self.assertEqual(self.gets(r"/communications/presences"), [])
+
+    def test_unknown_user_and_every_notification(self):
+        r = self.presence_router(only_changes=False)
+        for _ in range(2):
+            self.post(r, self.presence("u2"))
+        r.wait_for(lambda: r.metric("graphrouter_dead_letters", handler="presence") == 2)
+        status, out, _ = r.cli("dlq", "list")
+        self.assertIn("Graph has no presence for user u2 (HTTP 404)", out)
+        self.fake.set_presence(TENANT, "u2", "Busy", "InAMeeting")
+        for _ in range(2):
+            self.post(r, self.presence("u2"))
+        lines = r.wait_jsonl(2, "events.jsonl")
+        self.assertEqual([l["event"] for l in lines], ["presence.changed", "presence.unchanged"])
+
+    def test_one_user_one_at_a_time(self):
+        self.fake.set_presence(TENANT, "u3", "DoNotDisturb", "Presenting")
+        self.fake.set_latency(0.4)  # the calls are inside Graph at once
+        r = self.presence_router()
+        self.post_apart(r, [self.presence("u3") for _ in range(3)])
+        r.wait_idle()
+        lines = r.read_jsonl("events.jsonl")
+        self.assertEqual([(l["availability"], l["previous_availability"]) for l in lines],
+                         [("DoNotDisturb", None)])  # one first observation, not three
+
+
+class DriveTest(EnrichTest):
+    def drive_router(self, **config):
+        return self.enrich_router({"drive": {"plugin": "drive", "config": dict(
+            {"emit_to": ["events"]}, **config), "retry": {"initial_backoff_ms": 100,
+                                                          "max_backoff_ms": 300}}})
+
+    def item(self, i, **kw):
+        it = {"id": "i%d" % i, "name": "file%d.txt" % i, "size": 100 + i, "file": {},
+              "lastModifiedDateTime": "2026-12-03T10:00:0%dZ" % (i % 10),
+              "lastModifiedBy": {"user": {"id": "u1", "displayName": "Megan"}}}
+        it.update(kw)
+        return it
+
+    def drive_note(self, drive="d1"):
+        return note("drives/%s/root" % drive, change="updated")
+
+    def deltas(self, drive="d1"):
+        return self.gets(r"^/v1\.0/drives/%s/root/delta$" % drive)
+
+    def test_delta_from_now_pages_and_links(self):
+        self.fake.add_drive(TENANT, "d1")
+        self.fake.drive_put(TENANT, "d1", self.item(0))
+        r = self.drive_router()
+        self.post(r, self.drive_note())  # no link yet: from now, nothing to emit
+        self.wait_requests("GET", r"/drives/d1/root/delta$")
+        r.wait_idle()
+        self.assertEqual(r.read_jsonl("events.jsonl"), [])
+        self.assertEqual(self.deltas()[0].query.get("token"), "latest")
+        for i in range(1, 6):
+            self.fake.drive_put(TENANT, "d1", self.item(i, **({"folder": {"childCount": 2}}
+                                                              if i == 5 else {})))
+        self.fake.drive_delete(TENANT, "d1", "i0")
+        self.post(r, self.drive_note())
+        lines = r.wait_jsonl(6, "events.jsonl")
+        self.assertEqual(sorted(l["item_id"] for l in lines), ["i0", "i1", "i2", "i3", "i4", "i5"])
+        by_id = {l["item_id"]: l for l in lines}
+        i1 = by_id["i1"]
+        self.assertEqual((i1["event"], i1["drive_id"], i1["name"], i1["size"], i1["is_folder"],
+                          i1["deleted"], i1["last_modified"]),
+                         ("drive.item.changed", "d1", "file1.txt", 101, False, False,
+                          "2026-12-03T10:00:01Z"))
+        self.assertEqual(i1["last_modified_by"], {"type": "user", "id": "u1",
+                                                  "display_name": "Megan"})
+        self.assertTrue(by_id["i5"]["is_folder"])
+        self.assertTrue(by_id["i0"]["deleted"])
+        self.assertIn("path", i1)
+        runs = self.deltas()
+        self.assertGreaterEqual(len(runs), 4)  # 6 changes, 2 a page: 3 pages and the first run
+        # the saved link: the next run returns only what changed since
+        self.fake.drive_put(TENANT, "d1", self.item(7))
+        self.post(r, self.drive_note())
+        r.wait_jsonl(7, "events.jsonl")
+        r.wait_idle()
+        self.assertEqual([l["item_id"] for l in r.read_jsonl("events.jsonl")[6:]], ["i7"])
+
+    def test_initial_all_and_410(self):
+        self.fake.add_drive(TENANT, "d2", owner_user="u9")
+        for i in range(3):
+            self.fake.drive_put(TENANT, "d2", self.item(i))
+        r = self.drive_router(initial="all")
+        self.post(r, note("users/u9/drive/root", change="updated"))
+        self.assertEqual(len(r.wait_jsonl(3, "events.jsonl")), 3)
+        self.assertNotIn("token", self.gets(r"/users/u9/drive/root/delta$")[0].query)
+        r.wait_idle()
+        self.fake.expire_delta_tokens(TENANT, "d2", location=True)
+        self.post(r, note("users/u9/drive/root", change="updated"))
+        lines = r.wait_jsonl(7, "events.jsonl")[3:]
+        self.assertEqual(lines[0]["event"], "drive.resync")  # then the enumeration again
+        self.assertEqual(sorted(l["item_id"] for l in lines[1:]), ["i0", "i1", "i2"])
+        r.wait_idle()
+        self.fake.expire_delta_tokens(TENANT, "d2", location=False)
+        self.post(r, note("users/u9/drive/root", change="updated"))
+        r.wait_jsonl(8, "events.jsonl")
+        r.wait_idle()
+        self.assertEqual([l["event"] for l in r.read_jsonl("events.jsonl")[7:]], ["drive.resync"])
+        self.assertEqual(self.gets(r"/users/u9/drive/root/delta$")[-1].query.get("token"),
+                         "latest")
+
+    def test_one_delta_per_drive_at_a_time(self):
+        self.fake.add_drive(TENANT, "d3")
+        r = self.drive_router()
+        self.post(r, note("drives/d3/root", change="updated"))
+        r.wait_idle()
+        for i in range(4):
+            self.fake.drive_put(TENANT, "d3", self.item(i))
+        self.fake.set_latency(0.3)
+        before = len(self.deltas("d3"))
+        self.post_apart(r, [note("drives/d3/root", change="updated") for _ in range(6)])
+        r.wait_idle(timeout=30)
+        runs = self.deltas("d3")[before:]
+        for a, b in zip(runs, runs[1:]):  # never two of them in Graph at once
+            self.assertGreaterEqual(b.time - a.time, 0.29)
+        # notifications that came while the delta ran were covered by it, not run again:
+        # six runs alone would be 2 pages and 5 empty ones
+        self.assertLess(len(runs), 7)
+        lines = r.read_jsonl("events.jsonl")
+        self.assertEqual(sorted(l["item_id"] for l in lines), ["i0", "i1", "i2", "i3"])
+
+    def test_retry_discards_and_sigkill_replays(self):
+        self.fake.add_drive(TENANT, "d4")
+        r = self.drive_router()
+        self.post(r, note("drives/d4/root", change="updated"))
+        r.wait_idle()
+        for i in range(5):
+            self.fake.drive_put(TENANT, "d4", self.item(i))
+        # a 503 on the second page: the call retries, the first page's events and its link
+        # discarded
+        n = len(self.deltas("d4"))
+        self.fake.fail("GET", r"/drives/d4/root/delta$", 503, after=1)
+        self.post(r, note("drives/d4/root", change="updated"))
+        self.wait_requests("GET", r"/drives/d4/root/delta$", n=n + 3)
+        self.assertEqual([q.status for q in self.deltas("d4")[n:n + 3]], [200, 503, 200])
+        r.wait_jsonl(5, "events.jsonl")
+        r.wait_idle()
+        self.assertEqual(sorted(l["item_id"] for l in r.read_jsonl("events.jsonl")),
+                         ["i0", "i1", "i2", "i3", "i4"])  # once each
+        # SIGKILL while a delta is between pages: after the restart it runs again from the
+        # saved link, so no item is lost and the link saved never skips one
+        for i in range(5, 10):
+            self.fake.drive_put(TENANT, "d4", self.item(i))
+        self.fake.set_latency(1.0)
+        self.post(r, note("drives/d4/root", change="updated"))
+        n = len(self.deltas("d4"))
+        self.wait_requests("GET", r"/drives/d4/root/delta$", n=n + 1)
+        r.stop(signal.SIGKILL)
+        self.fake.set_latency(0)
+        r.start()
+        r.wait_for(lambda: len(r.read_jsonl("events.jsonl")) >= 10, timeout=30)
+        r.wait_idle(timeout=30)
+        got = [l["item_id"] for l in r.read_jsonl("events.jsonl")][5:]
+        self.assertEqual(sorted(set(got)), ["i%d" % i for i in range(5, 10)])
+        self.fake.drive_put(TENANT, "d4", self.item(10))
+        self.post(r, note("drives/d4/root", change="updated"))
+        r.wait_for(lambda: r.read_jsonl("events.jsonl")[-1]["item_id"] == "i10")
+        r.wait_idle()
+        self.assertEqual(r.read_jsonl("events.jsonl")[-1]["item_id"], "i10")
+
+
+class ServicesTest(EnrichTest):
+    def probe_router(self, **config):
+        return self.enrich_router({"probe": {"plugin": PROBE, "config": dict(
+            {"emit_to": ["events"]}, **config), "retry": {"initial_backoff_ms": 50,
+                                                          "max_backoff_ms": 100}}})
+
+    def test_puts_are_discarded_on_retry(self):
+        r = self.probe_router(state_key="n", retry_times=2)
+        self.post(r, note("Users/u1/Messages/m1"))
+        r.wait_idle()
+        calls = r.read_jsonl("events.jsonl")
+        # the retries' events are discarded too: only the call that returned GR_OK emitted,
+        # and it saw the state as the retried calls found it
+        self.assertEqual([(c["call"], c["seen"], c["counter"]) for c in calls], [(3, 0, 1)])
+        self.post(r, note("Users/u1/Messages/m2"))
+        r.wait_jsonl(2, "events.jsonl")
+        self.assertEqual(r.read_jsonl("events.jsonl")[1]["seen"], 1)
+        self.assertEqual(r.stop(), 0)
+        r.start()
+        self.post(r, note("Users/u1/Messages/m3"))
+        self.assertEqual(r.wait_jsonl(3, "events.jsonl")[2]["seen"], 2)  # durable
+
+    def test_state_lock_serialises_one_key(self):
+        for lock, want in ((1, [0, 1, 2, 3]), (0, None)):
+            r = self.probe_router(state_key="shared", lock=lock, sleep_ms=300)
+            self.post_apart(r, [note("Users/u1/Messages/m%d" % i) for i in range(4)])
+            r.wait_idle(timeout=30)
+            seen = sorted(c["seen"] for c in r.read_jsonl("events.jsonl"))
+            if want:
+                self.assertEqual(seen, want)  # each saw the one before it
+            else:
+                self.assertLess(len(set(seen)), 4)  # without it, two saw the same: last wins
+            self.assertEqual(r.stop(), 0)
+
+    def test_other_hosts_refused_and_timeouts_kept(self):
+        r = self.probe_router(target="https://evil.example/v1.0/users")
+        self.post(r, note("Users/u1/Messages/m1"))
+        call = r.wait_jsonl(1, "events.jsonl")[0]
+        self.assertEqual((call["rc"], call["status"], call["refused"]), (-1, 0, 1))
+        self.assertIn("outside graph.base_url", call["error"])
+        r.wait_log(r'handler "probe": a Graph request to a URL outside graph.base_url')
+        self.assertEqual(self.fake.requests_matching(path_regex="/users$"), [])
+        self.assertEqual(r.stop(), 0)
+        # a nextLink-style absolute URL under base_url is fine
+        self.fake.set_presence(TENANT, "u5", "Away", "Away")
+        r2 = self.probe_router(target=self.fake.base_url + "/communications/presences/u5")
+        self.post(r2, note("Users/u1/Messages/m1"))
+        call = r2.wait_jsonl(1, "events.jsonl")[0]
+        self.assertEqual((call["rc"], call["status"]), (0, 200))
+        self.assertEqual(r2.metric("graphrouter_handler_graph_requests_total", handler="probe",
+                                   code="200"), 1)
+        self.assertEqual(r2.stop(), 0)
+        # Graph slower than the handler's timeout_s: the call gives up in time
+        self.fake.set_latency(8)
+        r3 = self.enrich_router({"probe": {"plugin": PROBE, "timeout_s": 4, "config": {
+            "emit_to": ["events"], "target": "/communications/presences/u5"}}})
+        t0 = time.monotonic()
+        self.post(r3, note("Users/u1/Messages/m1"))
+        call = r3.wait_jsonl(1, "events.jsonl")[0]
+        self.assertLess(time.monotonic() - t0, 4.0)
+        self.assertEqual((call["rc"], call["status"]), (-1, 0))
+        self.assertEqual(r3.proc.poll(), None)  # not restarted for a stuck call
+        self.fake.set_latency(0)
