@@ -20,6 +20,14 @@
 
 #define GR_TIMEOUT_MARGIN_MS 2000 /* a Graph call ends this long before timeout_s */
 
+/* When a wait inside handle() must have ended, so that the call can return
+ * before its timeout_s restarts the router (gr_mono_ms; 0: no limit). */
+static int64_t call_deadline(const struct gr_msg *m)
+{
+    unsigned timeout_s = m->handler->conf->timeout_s;
+    return timeout_s ? m->started_mono + (int64_t)timeout_s * 1000 - GR_TIMEOUT_MARGIN_MS : 0;
+}
+
 /* ---- Graph --------------------------------------------------------------- */
 
 int gr_host_graph_available(const struct gr_handler *h)
@@ -71,12 +79,9 @@ int gr_host_graph_request(struct gr_msg *m, const char *method, const char *targ
         return refuse(m, a, "the URL is outside graph.base_url: only paths under it, and "
                             "links Graph gives that start with it, are requested");
     }
-    int64_t deadline = 0;
-    if (h->conf->timeout_s) { /* the call must leave handle() time to return */
-        deadline = m->started_mono + (int64_t)h->conf->timeout_s * 1000 - GR_TIMEOUT_MARGIN_MS;
-        if (deadline <= gr_mono_ms() + 100)
-            return refuse(m, a, "no time is left within the handler's timeout_s");
-    }
+    int64_t deadline = call_deadline(m);
+    if (deadline && deadline <= gr_mono_ms() + 100)
+        return refuse(m, a, "no time is left within the handler's timeout_s");
     struct gr_graph_response *r = m->answer = gr_xcalloc(1, sizeof *r);
     enum gr_graph_outcome o =
         gr_graph_call(h->gen->graph, tenant, method, target, body, false, NULL, deadline, r);
@@ -173,6 +178,24 @@ struct gr_state_lock {
 static pthread_mutex_t locks_lock = PTHREAD_MUTEX_INITIALIZER;
 static struct gr_state_lock *locks;
 
+static void unlock_state(struct gr_state_lock *l)
+{
+    pthread_mutex_lock(&locks_lock);
+    l->held = false;
+    if (--l->users == 0) { /* nobody waits: the entry goes */
+        struct gr_state_lock **p = &locks;
+        while (*p != l)
+            p = &(*p)->next;
+        *p = l->next;
+        pthread_cond_destroy(&l->free);
+        free(l->id);
+        free(l);
+    } else {
+        pthread_cond_signal(&l->free);
+    }
+    pthread_mutex_unlock(&locks_lock);
+}
+
 int gr_host_state_lock(struct gr_msg *m, const char *key, int wait)
 {
     if (!key_ok(key))
@@ -191,7 +214,7 @@ int gr_host_state_lock(struct gr_msg *m, const char *key, int wait)
         l = gr_xcalloc(1, sizeof *l);
         l->id = id;
         id = NULL;
-        pthread_cond_init(&l->free, NULL);
+        gr_cond_init_mono(&l->free);
         l->next = locks;
         locks = l;
     }
@@ -201,30 +224,27 @@ int gr_host_state_lock(struct gr_msg *m, const char *key, int wait)
         return 0;
     }
     l->users++;
-    while (l->held)
-        pthread_cond_wait(&l->free, &locks_lock);
+    int64_t deadline = call_deadline(m);
+    while (l->held && (!deadline || gr_mono_ms() < deadline)) {
+        if (!deadline) {
+            pthread_cond_wait(&l->free, &locks_lock);
+            continue;
+        }
+        struct timespec ts = {.tv_sec = deadline / 1000, .tv_nsec = (deadline % 1000) * 1000000};
+        pthread_cond_timedwait(&l->free, &locks_lock, &ts);
+    }
+    if (l->held) { /* the holders took this call's time: it answers GR_RETRY */
+        l->users--; /* the holder remains, and so does the entry */
+        pthread_mutex_unlock(&locks_lock);
+        gr_warn_limited("handler \"%s\": a state lock was not free within the handler's "
+                        "timeout_s",
+                        m->handler->name);
+        return 0;
+    }
     l->held = true;
     pthread_mutex_unlock(&locks_lock);
     m->lock = l;
     return 1;
-}
-
-static void unlock_state(struct gr_state_lock *l)
-{
-    pthread_mutex_lock(&locks_lock);
-    l->held = false;
-    if (--l->users == 0) { /* nobody waits: the entry goes */
-        struct gr_state_lock **p = &locks;
-        while (*p != l)
-            p = &(*p)->next;
-        *p = l->next;
-        pthread_cond_destroy(&l->free);
-        free(l->id);
-        free(l);
-    } else {
-        pthread_cond_signal(&l->free);
-    }
-    pthread_mutex_unlock(&locks_lock);
 }
 
 void gr_msg_finish(struct gr_msg *m)

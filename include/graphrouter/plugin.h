@@ -280,10 +280,11 @@ struct gr_host {
     /* Durable state: a map of keys to values per handler name, kept in the
      * store across restarts and reloads. Only during handle().
      *
-     * state_get returns the value (not NUL-terminated; *len its length) as
-     * this call sees it: its own puts and deletes first, then what earlier
-     * calls that returned GR_OK put, committed or not yet. NULL if absent.
-     * Valid until the handle() call returns.
+     * state_get returns the value as this call sees it: its own puts and
+     * deletes first, then what earlier calls that returned GR_OK put,
+     * committed or not yet. NULL if absent. *len is its length, and a NUL
+     * follows it, so a text value can be used as a string. Valid until the
+     * handle() call returns.
      *
      * state_put and state_delete take effect only if this call returns
      * GR_OK: they are written in the same transaction that finishes the
@@ -298,9 +299,11 @@ struct gr_host {
      * runs calls concurrently, take state_lock(msg, key, 1) first: calls
      * that lock the same key of the same handler run one at a time, and
      * each sees what the one before it put. The lock is held until this
-     * call's puts are visible. With wait 0, state_lock returns at once: 1
-     * if it took the lock, 0 if another call holds it. At most one key per
-     * call: locking another returns -1. (A handler with "concurrency": 1,
+     * call's puts are visible. state_lock returns 1 when this call holds
+     * the lock, 0 when another call holds it: with wait 0 at once, else
+     * once the wait would take the call within 2 s of the handler's
+     * "timeout_s" (answer GR_RETRY then). At most one key per call: locking
+     * another returns -1. (A handler with "concurrency": 1,
      * or a plugin with GR_PLUGIN_SERIAL, runs one call at a time anyway.) */
     const char *(*state_get)(struct gr_msg *msg, const char *key, size_t *len);
     int (*state_put)(struct gr_msg *msg, const char *key, const void *value, size_t len);

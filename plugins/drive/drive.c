@@ -240,8 +240,14 @@ static int catch_up(struct drive *d, struct gr_msg *msg, const struct grp_note *
     const struct gr_host *host = grp_host;
     /* The state lock makes this call see what the run before it saved, even
      * if that call has not been written yet. */
-    host->state_lock(msg, key, 1);
     int rc;
+    if (host->state_lock(msg, key, 1) == 0) {
+        host->set_error(msg, "%s: the previous delta's call held the state lock too long", path);
+        pthread_mutex_lock(&d->lock);
+        r->running = r->again = 0; /* this call's retry runs it */
+        pthread_mutex_unlock(&d->lock);
+        return GR_RETRY;
+    }
     for (;;) {
         size_t len;
         const char *saved = host->state_get(msg, key, &len);

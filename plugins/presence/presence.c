@@ -95,7 +95,12 @@ static int observe(struct presence *p, struct gr_msg *msg, const struct grp_note
     json_t *prev = NULL;
     bool changed = true;
     if (keyed && now) {
-        host->state_lock(msg, key, 1); /* one user's notifications, one at a time */
+        if (host->state_lock(msg, key, 1) == 0) { /* one user's notifications, one at a time */
+            host->set_error(msg, "user %s: other notifications held the state lock too long",
+                            user);
+            json_decref(e);
+            return GR_RETRY;
+        }
         size_t len;
         const char *v = host->state_get(msg, key, &len);
         prev = v ? json_loadb(v, len, 0, NULL) : NULL;

@@ -415,6 +415,21 @@ class ServicesTest(EnrichTest):
                 self.assertLess(len(set(seen)), 4)  # without it, two saw the same: last wins
             self.assertEqual(r.stop(), 0)
 
+    def test_state_lock_wait_ends_before_timeout_s(self):
+        # the holder keeps the lock 3 s, longer than a waiter may wait within timeout_s 4:
+        # the waiter answers GR_RETRY instead of running past its timeout and restarting
+        # the router, and its retry gets the lock
+        r = self.enrich_router({"probe": {"plugin": PROBE, "timeout_s": 4, "config": {
+            "emit_to": ["events"], "state_key": "k", "lock": 1, "sleep_ms": 3000},
+            "retry": {"initial_backoff_ms": 50, "max_backoff_ms": 100}}})
+        self.post_apart(r, [note("Users/u1/Messages/m%d" % i) for i in range(2)], gap=0.3)
+        r.wait_log(r'handler "probe": a state lock was not free within the handler\'s timeout_s')
+        r.wait_idle(timeout=30)
+        self.assertEqual(sorted(c["seen"] for c in r.read_jsonl("events.jsonl")), [0, 1])
+        self.assertEqual(r.proc.poll(), None)
+        self.assertGreaterEqual(r.metric("graphrouter_handler_retried_total", handler="probe"), 1)
+        self.assertEqual(r.stop(), 0)
+
     def test_other_hosts_refused_and_timeouts_kept(self):
         r = self.probe_router(target="https://evil.example/v1.0/users")
         self.post(r, note("Users/u1/Messages/m1"))

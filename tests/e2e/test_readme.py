@@ -1,14 +1,16 @@
 """The README's promises about plugins: its example plugin compiles out of
 graphrouter's tree with the command it shows, also through the installed
-pkg-config file, loads into the router and works; the quick start has
-exactly two commands."""
+pkg-config file, loads into the router and works; its second example, which
+calls Graph and keeps state, builds the same way and counts against the fake
+Graph across a restart; the quick start has exactly two commands."""
 
 import os
 import re
 import subprocess
 import tempfile
 
-from grtest import BINARY, BUILD, SOURCE, RouterTest, base_config, batch, item
+from grtest import BINARY, BUILD, SECRET, SOURCE, RouterTest, base_config, batch, item
+from graphtest import TENANT, GraphTest
 
 
 def readme():
@@ -16,11 +18,21 @@ def readme():
         return f.read()
 
 
-def example_source():
-    m = re.search(r"<!-- readme-example-plugin: begin -->\n```c\n(.*?)```\n"
-                  r"<!-- readme-example-plugin: end -->", readme(), re.S)
-    assert m, "the README's example plugin is missing"
+def example_source(marker="readme-example-plugin"):
+    m = re.search(r"<!-- %s: begin -->\n```c\n(.*?)```\n<!-- %s: end -->" % (marker, marker),
+                  readme(), re.S)
+    assert m, "the README's example plugin (%s) is missing" % marker
     return m.group(1)
+
+
+def build(directory, name, *libs):
+    """The README's build command, with the real include directory and -Werror."""
+    p = subprocess.run(["cc", "-std=c11", "-Wall", "-Wextra", "-Werror", "-O2", "-fPIC",
+                        "-fvisibility=hidden", "-I", os.path.join(SOURCE, "include"), "-shared",
+                        "-Wl,--no-undefined", "-o", name + ".so", name + ".c", *libs],
+                       cwd=directory, capture_output=True, text=True, timeout=120)
+    assert p.returncode == 0, p.stderr
+    return os.path.join(directory, name + ".so")
 
 
 class ReadmeTest(RouterTest):
@@ -46,10 +58,7 @@ class ReadmeTest(RouterTest):
         r.wait_jsonl(1)
 
     def test_builds_as_the_readme_shows_and_runs(self):
-        # the README's command, with the real include directory and -Werror
-        self.cc("-std=c11", "-Wall", "-Wextra", "-Werror", "-O2", "-fPIC", "-fvisibility=hidden",
-                "-I", os.path.join(SOURCE, "include"), "-shared", "-Wl,--no-undefined",
-                "-o", "hello.so", "hello.c")
+        build(self.tmp, "hello")
         exported = subprocess.run(["nm", "-D", "--defined-only", "hello.so"], cwd=self.tmp,
                                   capture_output=True, text=True).stdout
         self.assertEqual(re.findall(r" T (\w+)", exported), ["gr_plugin_entry"])
@@ -80,3 +89,41 @@ class ReadmeTest(RouterTest):
         self.assertEqual([c.split()[0] for c in commands], ["scripts/run.sh", "scripts/test.sh"])
         with open(os.path.join(SOURCE, ".ci", "run")) as f:
             self.assertIn("scripts/test.sh", f.read())
+
+
+class ReadmeGraphPluginTest(GraphTest):
+    """unread.c: a Graph request per new message, a counter per user in the handler's state."""
+
+    def test_counts_unread_messages_across_a_restart(self):
+        tmp = tempfile.mkdtemp(prefix="gr-readme-")
+        with open(os.path.join(tmp, "unread.c"), "w") as f:
+            f.write(example_source("readme-example-graph-plugin"))
+        so = build(tmp, "unread", "-ljansson")
+        for user, mid, read in (("u1", "m1", False), ("u1", "m2", True), ("u1", "m3", False),
+                                ("u2", "m4", False)):
+            self.fake.put_item(TENANT, "messages", user, mid, {"subject": mid, "isRead": read})
+        r = self.graph_router([], handlers={"unread": {"plugin": so}},
+                              routes=[{"name": "new mail", "match": {
+                                  "resource_type": "message", "change_type": "created"},
+                                  "to": ["unread"]}])
+
+        def new(user, mid):
+            return {"subscriptionId": "sub-readme", "clientState": SECRET,
+                    "changeType": "created", "resource": "Users/%s/Messages/%s" % (user, mid),
+                    "tenantId": TENANT, "subscriptionExpirationDateTime": "2030-01-01T00:00:00Z"}
+
+        self.assertEqual(r.post(batch(new("u1", "m1"), new("u1", "m2"), new("u2", "m4")))[0], 202)
+        r.wait_log(r"user u2: 1 unread messages so far")
+        r.wait_log(r"user u1: 1 unread messages so far")
+        r.wait_idle()
+        self.assertEqual(len(self.fake.requests_matching("GET", r"/messages/m2$")), 1)  # read
+        self.assertEqual(r.stop(), 0)
+        r.start()  # the counters are in the store
+        self.assertEqual(r.post(batch(new("u1", "m3"), new("u1", "gone")))[0], 202)
+        r.wait_log(r"user u1: 2 unread messages so far")
+        r.wait_idle()  # a message Graph no longer has (404) counts nothing, and fails nothing
+        self.assertEqual(r.metric("graphrouter_dead_letters", handler="unread"), 0)
+        self.assertEqual(r.metric("graphrouter_handler_graph_requests_total", handler="unread",
+                                  code="404"), 1)
+        self.assertEqual([q.query["$select"] for q in
+                          self.fake.requests_matching("GET", r"/messages/m3$")], ["isRead"])

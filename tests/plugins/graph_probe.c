@@ -3,7 +3,8 @@
  *
  *   target       GET this Graph target on each call (path or absolute URL)
  *   state_key    read this key as a counter, put it back plus one
- *   lock         take the state lock on state_key first (1), or not (0)
+ *   lock         take the state lock on state_key first (1; GR_RETRY if it
+ *                stays busy), or not (0)
  *   sleep_ms     sleep this long between the read and the put (a race window)
  *   retry_times  the first N calls answer GR_RETRY after their put
  *   emit_to      handlers that get {"status", "refused", "error", "len",
@@ -76,8 +77,10 @@ static int probe_handle(void *state, struct gr_msg *msg)
         rc = host->graph_request(msg, "GET", p->target, NULL, &a);
     long seen = -1, counter = -1;
     if (p->key) {
-        if (p->lock)
-            host->state_lock(msg, p->key, 1);
+        if (p->lock && host->state_lock(msg, p->key, 1) != 1) {
+            host->set_error(msg, "the state lock stayed busy");
+            return GR_RETRY;
+        }
         size_t len;
         const char *v = host->state_get(msg, p->key, &len);
         seen = v ? strtol(v, NULL, 10) : 0;
