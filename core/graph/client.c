@@ -555,7 +555,8 @@ static char *fetch_token(const struct gr_graph_client *c, struct tenant *t,
 }
 
 /* A token for `t`: the cached one, or one fetched now (one fetch at a time
- * per pace; nobody else waits for it). NULL with *error on failure. */
+ * per pace: the others wait for it, within their own `timeout_ms` if they
+ * have one). NULL with *error on failure. */
 static char *get_token(const struct gr_graph_client *c, struct tenant *t,
                        const atomic_bool *cancel, long timeout_ms, char **error)
 {
@@ -565,7 +566,19 @@ static char *get_token(const struct gr_graph_client *c, struct tenant *t,
     pthread_mutex_unlock(&p->lock);
     if (token)
         return token;
-    pthread_mutex_lock(&p->fetch);
+    int64_t until = gr_mono_ms() + timeout_ms;
+    struct timespec ts = {.tv_sec = until / 1000, .tv_nsec = (until % 1000) * 1000000};
+    if (timeout_ms <= 0)
+        pthread_mutex_lock(&p->fetch);
+    else if (pthread_mutex_clocklock(&p->fetch, CLOCK_MONOTONIC, &ts) != 0) {
+        *error = gr_xstrdup("the app's token was still being fetched when this call's time "
+                            "ran out");
+        return NULL;
+    }
+    if (timeout_ms > 0) { /* what is left, at least 1 ms: never "no limit" */
+        timeout_ms = (long)(until - gr_mono_ms());
+        timeout_ms = timeout_ms < 1 ? 1 : timeout_ms;
+    }
     pthread_mutex_lock(&p->lock);
     token = cached_token(t); /* another caller may have fetched it meanwhile */
     pthread_mutex_unlock(&p->lock);

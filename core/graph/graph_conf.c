@@ -254,7 +254,14 @@ int gr_declaration_parse(struct gr_check *c, const json_t *o, const struct gr_gr
         return gr_check_fail_value(c, g->node,
                                    "\"graph\" needs \"public_url\" (where Graph reaches this "
                                    "router) to create the declared subscriptions");
-    if (!*d->resource || strpbrk(d->resource, " \t\r\n") || strstr(d->resource, "://"))
+    /* Spaces only in the query: "/communications/presences?$filter=id in ('a','b')" */
+    const char *query = strchr(d->resource, '?');
+    size_t path_len = query ? (size_t)(query - d->resource) : strlen(d->resource);
+    bool controls = false;
+    for (const char *p = d->resource; *p; p++)
+        controls |= (unsigned char)*p < 0x20 || *p == 0x7f;
+    if (!path_len || controls || memchr(d->resource, ' ', path_len) ||
+        strstr(d->resource, "://"))
         return gr_check_fail_member(c, o, "resource",
                                     "\"resource\" is \"%s\": a Graph path such as "
                                     "/users/{id}/messages, relative to base_url",

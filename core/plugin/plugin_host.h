@@ -84,7 +84,8 @@ struct gr_msg {
     size_t nwrites;
     char **reads;                /* values state_get handed out */
     size_t nreads;
-    struct gr_state_lock *lock;  /* the key this call locked */
+    struct gr_state_lock **locks; /* the keys this call locked */
+    size_t nlocks;
 };
 
 /* After delivered() (the call's puts are visible then): free what the

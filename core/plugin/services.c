@@ -18,14 +18,16 @@
 #include "plugin/plugin_host.h"
 #include "util.h"
 
-#define GR_TIMEOUT_MARGIN_MS 2000 /* a Graph call ends this long before timeout_s */
+#define GR_TIMEOUT_MARGIN_MS 2000 /* waits end this long before timeout_s, at most */
 
 /* When a wait inside handle() must have ended, so that the call can return
  * before its timeout_s restarts the router (gr_mono_ms; 0: no limit). */
 static int64_t call_deadline(const struct gr_msg *m)
 {
-    unsigned timeout_s = m->handler->conf->timeout_s;
-    return timeout_s ? m->started_mono + (int64_t)timeout_s * 1000 - GR_TIMEOUT_MARGIN_MS : 0;
+    int64_t limit = (int64_t)m->handler->conf->timeout_s * 1000, margin = limit / 4;
+    if (margin > GR_TIMEOUT_MARGIN_MS)
+        margin = GR_TIMEOUT_MARGIN_MS;
+    return limit ? m->started_mono + limit - margin : 0;
 }
 
 /* ---- Graph --------------------------------------------------------------- */
@@ -45,13 +47,19 @@ static void forget_answer(struct gr_msg *m)
 }
 
 /* Refused before anything is sent: status 0 and why. */
-static int refuse(struct gr_msg *m, struct gr_graph_answer *a, const char *why)
+/* Not sent: for good (`refused`), or for this call only. */
+static int not_sent(struct gr_msg *m, struct gr_graph_answer *a, const char *why, bool refused)
 {
     m->answer = gr_xcalloc(1, sizeof *m->answer);
     m->answer->error = gr_xstrdup(why);
     a->error = m->answer->error;
-    a->refused = 1;
+    a->refused = refused;
     return -1;
+}
+
+static int refuse(struct gr_msg *m, struct gr_graph_answer *a, const char *why)
+{
+    return not_sent(m, a, why, true);
 }
 
 int gr_host_graph_request(struct gr_msg *m, const char *method, const char *target,
@@ -80,8 +88,8 @@ int gr_host_graph_request(struct gr_msg *m, const char *method, const char *targ
                             "links Graph gives that start with it, are requested");
     }
     int64_t deadline = call_deadline(m);
-    if (deadline && deadline <= gr_mono_ms() + 100)
-        return refuse(m, a, "no time is left within the handler's timeout_s");
+    if (deadline && deadline <= gr_mono_ms() + 100) /* a retry has the whole time again */
+        return not_sent(m, a, "no time is left within the handler's timeout_s", false);
     struct gr_graph_response *r = m->answer = gr_xcalloc(1, sizeof *r);
     enum gr_graph_outcome o =
         gr_graph_call(h->gen->graph, tenant, method, target, body, false, NULL, deadline, r);
@@ -149,9 +157,13 @@ static int write_key(struct gr_msg *m, const char *key, const void *value, size_
         w = &m->writes[m->nwrites++];
         *w = (struct gr_state_write){.key = gr_xstrdup(key)};
     }
-    free(w->value);
+    char *old = w->value; /* state_get may have handed it out: it lives until the end */
     w->value = value ? gr_xmemdup(value, len) : NULL; /* bytes: NULs included */
     w->len = value ? len : 0;
+    if (old) {
+        m->reads = gr_xrealloc(m->reads, (m->nreads + 1) * sizeof *m->reads);
+        m->reads[m->nreads++] = old;
+    }
     return 0;
 }
 
@@ -201,11 +213,14 @@ int gr_host_state_lock(struct gr_msg *m, const char *key, int wait)
     if (!key_ok(key))
         return -1;
     char *id = gr_xprintf("%s\n%s", m->handler->name, key);
-    if (m->lock) { /* one key per call: two could deadlock against another call */
-        int same = strcmp(m->lock->id, id) == 0;
-        free(id);
-        return same ? 1 : -1;
-    }
+    for (size_t i = 0; i < m->nlocks; i++)
+        if (strcmp(m->locks[i]->id, id) == 0) {
+            free(id);
+            return 1;
+        }
+    /* A call that holds a key never waits for another: two calls can then
+     * never wait for each other. */
+    wait = wait && m->nlocks == 0;
     pthread_mutex_lock(&locks_lock);
     struct gr_state_lock *l = locks;
     while (l && strcmp(l->id, id) != 0)
@@ -243,16 +258,18 @@ int gr_host_state_lock(struct gr_msg *m, const char *key, int wait)
     }
     l->held = true;
     pthread_mutex_unlock(&locks_lock);
-    m->lock = l;
+    m->locks = gr_xrealloc(m->locks, (m->nlocks + 1) * sizeof *m->locks);
+    m->locks[m->nlocks++] = l;
     return 1;
 }
 
 void gr_msg_finish(struct gr_msg *m)
 {
-    if (m->lock) {
-        unlock_state(m->lock);
-        m->lock = NULL;
-    }
+    for (size_t i = 0; i < m->nlocks; i++)
+        unlock_state(m->locks[i]);
+    free(m->locks);
+    m->locks = NULL;
+    m->nlocks = 0;
     forget_answer(m);
     for (size_t i = 0; i < m->nreads; i++)
         free(m->reads[i]);

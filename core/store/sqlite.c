@@ -290,10 +290,6 @@ static void sq_delivered(struct gr_store *base, struct gr_work *w,
                 o->state[i].value ? gr_xmemdup(o->state[i].value, o->state[i].len) : NULL,
                 o->state[i].len};
         r->nstate = o->nstate;
-        struct sqlite_store *s = (struct sqlite_store *)base;
-        pthread_mutex_lock(&s->lock); /* visible now, before the completion is written */
-        sq_state_queued(s, r, w->handler);
-        pthread_mutex_unlock(&s->lock);
     }
     if (o->result == GR_DELIVERED && o->nevents) {
         r->events = gr_xcalloc(o->nevents, sizeof *r->events);
@@ -303,7 +299,12 @@ static void sq_delivered(struct gr_store *base, struct gr_work *w,
                                                      o->events[i].len};
         r->nevents = o->nevents;
     }
-    sq_enqueue((struct sqlite_store *)base, r);
+    struct sqlite_store *s = (struct sqlite_store *)base;
+    pthread_mutex_lock(&s->lock);
+    if (r->nstate) /* visible now, before the completion is written */
+        sq_state_queued(s, r, w->handler);
+    sq_enqueue_locked(s, r); /* in the order of the overlay's numbers */
+    pthread_mutex_unlock(&s->lock);
 }
 
 

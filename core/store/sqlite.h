@@ -152,6 +152,7 @@ struct sqlite_store {
      * committed wrote, under `lock`; read-only connections for state_get */
     struct sq_overlay *overlay[64];
     uint64_t state_seq;
+    bool state_dropped; /* a state write was given up at the exit: none may follow (writer) */
     pthread_mutex_t readers_lock;
     sqlite3 *readers[8];
     size_t nreaders;
@@ -171,6 +172,7 @@ void sq_free_req(struct req *r);
 
 /* sqlite_writer.c */
 void sq_enqueue(struct sqlite_store *s, struct req *r);
+void sq_enqueue_locked(struct sqlite_store *s, struct req *r); /* under lock */
 void sq_count_queue(struct sqlite_store *s); /* under lock */
 /* Queue `r` as urgent and wait (up to 5 s) until the writer ran it, with
  * everything queued before it. False if it was not written. */

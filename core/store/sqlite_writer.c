@@ -42,8 +42,14 @@ static int64_t queue_due(const struct sqlite_store *s)
 
 void sq_enqueue(struct sqlite_store *s, struct req *r)
 {
-    r->queued_ms = gr_mono_ms();
     pthread_mutex_lock(&s->lock);
+    sq_enqueue_locked(s, r);
+    pthread_mutex_unlock(&s->lock);
+}
+
+void sq_enqueue_locked(struct sqlite_store *s, struct req *r)
+{
+    r->queued_ms = gr_mono_ms();
     bool was_empty = !s->head;
     if (s->tail)
         s->tail->next = r;
@@ -54,7 +60,6 @@ void sq_enqueue(struct sqlite_store *s, struct req *r)
     s->urgent += urgent(r);
     if (urgent(r) || was_empty || s->queued == COMPLETIONS_MAX)
         pthread_cond_signal(&s->wake);
-    pthread_mutex_unlock(&s->lock);
 }
 
 /* The queue's counts, after it was cut or added to (under lock). */
@@ -151,7 +156,11 @@ static int run_request(struct sqlite_store *s, struct req *r, int64_t now,
 /* Run a batch of requests in one transaction. Each write runs inside its own
  * savepoint: one that fails (the database is full, say) is undone alone;
  * its append is answered 503, its completion is tried again later, and the
- * rest of the batch commits. */
+ * rest of the batch commits. Completions that write handler state are the
+ * exception: after one failed, those that follow it are held back with it
+ * and tried again in their order, since a later one may have read what it
+ * wrote (a delta link must never be written over by an older one, nor be
+ * written without the events of the run before it). */
 static void run_batch(struct sqlite_store *s, struct req *batch)
 {
     int64_t t0 = gr_mono_ns(), now = gr_wall_ms();
@@ -164,7 +173,13 @@ static void run_batch(struct sqlite_store *s, struct req *batch)
     int rc = sq_step(S(s, S_BEGIN));
     struct delta total = {0};
     int request_error = 0; /* the first error of a request that was undone alone */
+    bool state_held = s->state_dropped; /* a state write failed: later ones wait for it */
     for (struct req *r = batch; r && !rc; r = r->next) {
+        bool writes_state = r->kind == REQ_DELIVERED && r->nstate;
+        if (writes_state && state_held) {
+            r->failed = true;
+            continue;
+        }
         if ((rc = sq_step(S(s, S_SAVEPOINT))) != SQLITE_OK)
             break;
         struct delta d = {0};
@@ -172,6 +187,7 @@ static void run_batch(struct sqlite_store *s, struct req *batch)
         if (rrc && !sqlite3_get_autocommit(s->db) &&
             sq_step(S(s, S_ROLLBACK_TO)) == SQLITE_OK && sq_step(S(s, S_RELEASE)) == SQLITE_OK) {
             r->failed = true;
+            state_held |= writes_state;
             request_error = request_error ? request_error : rrc;
             continue;
         }
@@ -248,6 +264,7 @@ static void run_batch(struct sqlite_store *s, struct req *batch)
         size_t n = 0;
         for (struct req *r = retry_head, *next; r; r = next, n++) {
             next = r->next;
+            s->state_dropped |= r->kind == REQ_DELIVERED && r->nstate;
             sq_free_req(r);
         }
         gr_warn("store: %zu completions could not be written before the exit; that work runs "

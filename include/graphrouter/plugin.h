@@ -271,7 +271,9 @@ struct gr_host {
      * answer->retry_after_ms: answer GR_RETRY with host->retry_after. When
      * graphrouter holds the tenant back after an earlier Retry-After, the
      * call is not made and the answer is a 429 with the time left. The call
-     * ends within the handler's "timeout_s" (and graph.timeout_s). Only
+     * ends 2 s before the handler's "timeout_s" (a quarter of it if that
+     * is shorter) and within graph.timeout_s; with no time left it is not
+     * made (-1, not refused: a retry has its whole time again). Only
      * during the handle() call that received `msg`; the answer's strings
      * live until the next graph_request or the end of that call. */
     int (*graph_request)(struct gr_msg *msg, const char *method, const char *target,
@@ -288,8 +290,9 @@ struct gr_host {
      *
      * state_put and state_delete take effect only if this call returns
      * GR_OK: they are written in the same transaction that finishes the
-     * delivery and stores what it emitted, and are visible to calls that
-     * start after it returned. A call that returns GR_RETRY or GR_FAIL, or
+     * delivery and stores what it emitted, and visible to other calls as
+     * soon as the router has recorded its outcome, right after it returned
+     * (before the write; under state_lock, always to the next holder). A call that returns GR_RETRY or GR_FAIL, or
      * that a crash interrupts, leaves the state as it found it. They return
      * 0, or -1 when the key or value is out of bounds (GR_STATE_KEY_MAX,
      * GR_STATE_VALUE_MAX). Values are bytes; the router copies them.
@@ -299,12 +302,15 @@ struct gr_host {
      * runs calls concurrently, take state_lock(msg, key, 1) first: calls
      * that lock the same key of the same handler run one at a time, and
      * each sees what the one before it put. The lock is held until this
-     * call's puts are visible. state_lock returns 1 when this call holds
-     * the lock, 0 when another call holds it: with wait 0 at once, else
-     * once the wait would take the call within 2 s of the handler's
-     * "timeout_s" (answer GR_RETRY then). At most one key per call: locking
-     * another returns -1. (A handler with "concurrency": 1,
-     * or a plugin with GR_PLUGIN_SERIAL, runs one call at a time anyway.) */
+     * call's puts are visible to the next. state_lock returns 1 when this
+     * call holds the lock, 0 when another call holds it: with wait 0 at
+     * once, else once the wait would take the call past the end of its time
+     * (2 s before the handler's "timeout_s", or a quarter of it if shorter):
+     * answer GR_RETRY then. A call may lock several keys, but waits only
+     * for its first: while it holds one, state_lock on another returns at
+     * once, so two calls never wait for each other. -1: the key is out of
+     * bounds. (A handler with "concurrency": 1, or a plugin with
+     * GR_PLUGIN_SERIAL, runs one call at a time anyway.) */
     const char *(*state_get)(struct gr_msg *msg, const char *key, size_t *len);
     int (*state_put)(struct gr_msg *msg, const char *key, const void *value, size_t len);
     int (*state_delete)(struct gr_msg *msg, const char *key);

@@ -28,6 +28,7 @@
  */
 #define _GNU_SOURCE
 #include <pthread.h>
+#include <stdbool.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -135,11 +136,15 @@ static struct run *run_of(struct drive *d, const char *key)
 
 /* ---- events ------------------------------------------------------------------ */
 
+/* Which drive: its id when known, and the owner the resource names it by
+ * (users/{id}/drive, groups/{id}/drive, sites/{id}/drive or a site's list). */
 static void ids(json_t *e, const struct grp_note *note, const char *drive_id)
 {
     json_object_set_new(e, "drive_id", drive_id ? json_string(drive_id) : json_null());
     grp_event_id(e, note, "site_id", "site");
     grp_event_id(e, note, "list_id", "list");
+    grp_event_id(e, note, "user_id", "user");
+    grp_event_id(e, note, "group_id", "group");
 }
 
 static int emit_item(struct gr_msg *msg, const struct grp_note *note, const json_t *item)
@@ -160,12 +165,12 @@ static int emit_item(struct gr_msg *msg, const struct grp_note *note, const json
     return grp_event_emit(msg, e);
 }
 
-static int emit_resync(struct gr_msg *msg, const struct grp_note *note)
+static int emit_resync(struct gr_msg *msg, const struct grp_note *note, const char *reason)
 {
     json_t *e = grp_event_new(note, "drive");
     json_object_set_new(e, "event", json_string("drive.resync"));
     ids(e, note, id_of(note, "drive"));
-    json_object_set_new(e, "reason", json_string("the delta link expired (HTTP 410): starting over"));
+    json_object_set_new(e, "reason", json_string(reason));
     return grp_event_emit(msg, e);
 }
 
@@ -187,6 +192,7 @@ static int run_delta(struct drive *d, struct gr_msg *msg, const struct grp_note 
 {
     char *url = link ? strdup(link) : d->initial_all ? strdup(path) : with_query(path, "token=latest");
     int restarts = 0;
+    bool from_graph = link != NULL; /* a link Graph gave, not a path of ours */
     *out = NULL;
     while (url) {
         json_t *page;
@@ -198,9 +204,23 @@ static int run_delta(struct drive *d, struct gr_msg *msg, const struct grp_note 
             grp_host->log(d->h, GR_LOG_WARN, "%s: the delta link expired (HTTP 410); starting "
                                              "over from %s",
                           path, a.location ? "the Location Graph gave" : "now");
-            if (emit_resync(msg, note) != GR_OK)
+            if (emit_resync(msg, note, "the delta link expired (HTTP 410): starting over") != GR_OK)
                 return GR_FAIL;
             url = a.location ? strdup(a.location) : with_query(path, "token=latest");
+            from_graph = a.location != NULL;
+            continue;
+        }
+        if (got == GRP_FAIL && a.refused && from_graph && restarts++ < DRIVE_RESTARTS_MAX) {
+            /* a link that is not under graph.base_url (now): kept from before a change of
+             * base_url, say. It is never followed; the delta starts again from now. */
+            grp_host->log(d->h, GR_LOG_WARN, "%s: a delta link Graph gave is not under "
+                                             "graph.base_url; starting over from now",
+                          path);
+            if (emit_resync(msg, note, "a delta link is not under graph.base_url: starting "
+                                       "over") != GR_OK)
+                return GR_FAIL;
+            url = with_query(path, "token=latest");
+            from_graph = false;
             continue;
         }
         if (got != GRP_GOT) {
@@ -218,8 +238,10 @@ static int run_delta(struct drive *d, struct gr_msg *msg, const struct grp_note 
         }
         const char *next = json_string_value(json_object_get(page, "@odata.nextLink"));
         const char *delta = json_string_value(json_object_get(page, "@odata.deltaLink"));
-        if (next)
+        if (next) {
             url = strdup(next);
+            from_graph = true;
+        }
         else if (delta)
             *out = strdup(delta);
         json_decref(page);

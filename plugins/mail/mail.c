@@ -33,7 +33,8 @@
 
 enum { MESSAGE, EVENT, CONTACT, KINDS };
 
-static const char *const kind_types[KINDS] = {"message", "event", "contact"};
+/* NULL-terminated too: grp_note_open takes it as the list of accepted types */
+static const char *const kind_types[KINDS + 1] = {"message", "event", "contact", NULL};
 static const char *const kind_paths[KINDS] = {"messages", "events", "contacts"};
 static const char *const kind_members[KINDS] = {"message", "calendar_event", "contact"};
 static const char *const default_select[KINDS] = {

@@ -95,8 +95,12 @@ static int observe(struct presence *p, struct gr_msg *msg, const struct grp_note
     json_t *prev = NULL;
     bool changed = true;
     if (keyed && now) {
-        if (host->state_lock(msg, key, 1) == 0) { /* one user's notifications, one at a time */
-            host->set_error(msg, "user %s: other notifications held the state lock too long",
+        /* One user's notifications one at a time. A resync locks each of its
+         * users; past the first, a lock another call holds is not waited for:
+         * the resync runs again. */
+        if (host->state_lock(msg, key, 1) != 1) {
+            host->set_error(msg, "user %s: another notification of this user is being handled "
+                                 "(its state lock)",
                             user);
             json_decref(e);
             return GR_RETRY;

@@ -113,6 +113,22 @@ class MailTest(EnrichTest):
         self.assertEqual(self.gets(r"^/v1\.0/users/"), [])
 
 
+    def test_rich_content_is_used_not_fetched(self):
+        keys = self.keys()
+        r = self.enrich_router({"mail": {"plugin": "mail", "config": {"emit_to": ["events"]}}},
+                               validation_tokens={"app_ids": [APP_ID], "jwks_file": keys.jwks},
+                               decryption_keys=[keys.decryption_key()])
+        self.assertEqual(simulate(*keys.notify_args("--type", "message", "--tenant", TENANT,
+                                                    "--url", "http://127.0.0.1:%d/notifications"
+                                                    % r.port)), "HTTP 202")
+        line = r.wait_jsonl(1, "events.jsonl")[0]
+        self.assertEqual((line["event"], line["deleted"], line["message"]["subject"],
+                          line["message"]["from"]["emailAddress"]["name"]),
+                         ("mail.message.created", False, "Quarterly report", "Megan Bowen"))
+        self.assertEqual(line["message_id"], line["message"]["id"])
+        self.assertEqual(self.gets(r"^/v1\.0/users/"), [])  # fetch is on, but not needed
+
+
 class ResyncTest(EnrichTest):
     def test_resync_events(self):
         r = self.graph_router(
@@ -132,6 +148,35 @@ class ResyncTest(EnrichTest):
                          ("/users/u1/messages", "missed"))
         self.assertEqual(e["teams.resync"]["resource"], "/chats/c1/messages")
         self.assertEqual(self.gets(r"/messages"), [])  # nothing to fetch: re-read it yourself
+
+    def test_presence_refetches_and_drive_runs_its_delta(self):
+        self.fake.set_presence(TENANT, "u1", "Available", "Available")
+        self.fake.set_presence(TENANT, "u2", "Away", "Away")
+        self.fake.add_drive(TENANT, "d5")
+        r = self.graph_router(
+            [declared("/communications/presences?$filter=id in ('u1','u2')", ["updated"]),
+             declared("/drives/d5/root", ["updated"])],
+            handlers={"presence": {"plugin": "presence", "config": {"emit_to": ["events"]}},
+                      "drive": {"plugin": "drive", "config": {"emit_to": ["events"]}},
+                      "events": EVENTS},
+            routes=[{"name": "p", "match": {"resource_type": "presence"}, "to": "presence"},
+                    {"name": "d", "match": {"resource_type": "driveItem"}, "to": "drive"}])
+        self.wait_creates(2)
+        self.post(r, note("drives/d5/root", change="updated"))  # the first run: a link
+        self.wait_requests("GET", r"/drives/d5/root/delta$")
+        r.wait_idle()
+        self.fake.drive_put(TENANT, "d5", {"id": "f1", "name": "missed.txt", "file": {}})
+        for s in self.live():
+            self.assertEqual(self.fake.lifecycle(s["id"], "missed"), 202)
+        lines = r.wait_jsonl(3, "events.jsonl")
+        r.wait_idle()
+        presence = sorted((l["user_id"], l["availability"]) for l in lines
+                          if l["event"] == "presence.changed")
+        self.assertEqual(presence, [("u1", "Available"), ("u2", "Away")])  # each user read
+        self.assertEqual([l["item_id"] for l in lines if l["event"] == "drive.item.changed"],
+                         ["f1"])  # what changed while no notification came
+        self.assertEqual(len(self.gets(r"/communications/presences/u[12]$")), 2)
+        self.assertEqual(len(r.read_jsonl("events.jsonl")), 3)
 
 
 class TeamsTest(EnrichTest):
@@ -167,6 +212,26 @@ class TeamsTest(EnrichTest):
         paths = sorted(q.path for q in self.gets(r"^/v1\.0/(chats|teams)/"))
         self.assertIn("/v1.0/teams/t1/channels/19%3A4a95%40thread.tacv2/messages/m2/replies/r3",
                       paths)
+
+
+    def test_forbidden_and_throttled(self):
+        chat = "19:aa@unq.gbl.spaces"
+        self.fake.put_chat_message(TENANT, chat, "m6", {"messageType": "message",
+                                                        "body": {"contentType": "text",
+                                                                 "content": "later"}})
+        self.fake.fail("GET", r"/messages/m5$", 403)
+        self.fake.fail("GET", r"/messages/m6$", 429, headers={"Retry-After": "1"})
+        r = self.enrich_router({"teams": {"plugin": "teams", "config": {"emit_to": ["events"]},
+                                          "retry": {"initial_backoff_ms": 50}}})
+        self.post(r, note("chats('%s')/messages('m5')" % chat))
+        r.wait_for(lambda: r.metric("graphrouter_dead_letters", handler="teams") == 1)
+        self.assertIn("HTTP 403", r.cli("dlq", "list")[1])
+        self.post(r, note("chats('%s')/messages('m6')" % chat))
+        line = r.wait_jsonl(1, "events.jsonl")[0]
+        self.assertEqual(line["body"]["content"], "later")
+        tries = self.gets(r"/messages/m6$")
+        self.assertEqual([q.status for q in tries], [429, 200])
+        self.assertGreaterEqual(tries[1].time - tries[0].time, 0.9)
 
 
 class PresenceTest(EnrichTest):
@@ -311,6 +376,7 @@ class DriveTest(EnrichTest):
         self.post(r, note("users/u9/drive/root", change="updated"))
         lines = r.wait_jsonl(7, "events.jsonl")[3:]
         self.assertEqual(lines[0]["event"], "drive.resync")  # then the enumeration again
+        self.assertEqual((lines[0]["user_id"], lines[0]["drive_id"]), ("u9", None))
         self.assertEqual(sorted(l["item_id"] for l in lines[1:]), ["i0", "i1", "i2"])
         r.wait_idle()
         self.fake.expire_delta_tokens(TENANT, "d2", location=False)
@@ -320,6 +386,20 @@ class DriveTest(EnrichTest):
         self.assertEqual([l["event"] for l in r.read_jsonl("events.jsonl")[7:]], ["drive.resync"])
         self.assertEqual(self.gets(r"/users/u9/drive/root/delta$")[-1].query.get("token"),
                          "latest")
+
+    def test_list_delta_carries_paths(self):
+        self.fake.add_list(TENANT, "s1", "l1")
+        r = self.drive_router(initial="all")
+        self.fake.list_put(TENANT, "s1", "l1", {
+            "id": "7", "lastModifiedDateTime": "2026-12-03T11:00:00Z",
+            "parentReference": {"id": "p1", "path": "/sites/s1/lists/l1"},
+            "lastModifiedBy": {"user": {"id": "u1", "displayName": "Megan"}}})
+        self.post(r, note("sites/s1/lists/l1", change="updated"))
+        line = r.wait_jsonl(1, "events.jsonl")[0]
+        self.assertEqual((line["event"], line["site_id"], line["list_id"], line["item_id"],
+                          line["path"], line["deleted"]),
+                         ("drive.item.changed", "s1", "l1", "7", "/sites/s1/lists/l1", False))
+        self.assertEqual(len(self.gets(r"^/v1\.0/sites/s1/lists/l1/items/delta$")), 1)
 
     def test_one_delta_per_drive_at_a_time(self):
         self.fake.add_drive(TENANT, "d3")
@@ -415,14 +495,32 @@ class ServicesTest(EnrichTest):
                 self.assertLess(len(set(seen)), 4)  # without it, two saw the same: last wins
             self.assertEqual(r.stop(), 0)
 
+    def test_a_tenant_held_back_answers_429_without_a_call(self):
+        self.fake.set_presence(TENANT, "u5", "Away", "Away")
+        self.fake.fail("GET", r"/presences/u5$", 429, headers={"Retry-After": "5"})
+        r = self.probe_router(target="/communications/presences/u5")
+        self.post(r, note("Users/u1/Messages/m1"))
+        r.wait_jsonl(1, "events.jsonl")
+        self.post(r, note("Users/u1/Messages/m2"))
+        first, second = r.wait_jsonl(2, "events.jsonl")
+        self.assertEqual((first["status"], first["retry_after_ms"]), (429, 5000))
+        self.assertEqual(second["status"], 429)  # graphrouter's own, Graph not asked again
+        self.assertTrue(0 < second["retry_after_ms"] <= 5000, second)
+        self.assertEqual(len(self.gets(r"/presences/u5$")), 1)
+        self.assertEqual(r.metric("graphrouter_handler_graph_requests_total", handler="probe",
+                                  code="429"), 1)
+        self.assertEqual(r.metric("graphrouter_handler_graph_requests_total", handler="probe",
+                                  code="none"), 1)
+
     def test_state_lock_wait_ends_before_timeout_s(self):
-        # the holder keeps the lock 3 s, longer than a waiter may wait within timeout_s 4:
+        # the holder keeps the lock 5.2 s, longer than a waiter may wait within timeout_s 6:
         # the waiter answers GR_RETRY instead of running past its timeout and restarting
         # the router, and its retry gets the lock
-        r = self.enrich_router({"probe": {"plugin": PROBE, "timeout_s": 4, "config": {
-            "emit_to": ["events"], "state_key": "k", "lock": 1, "sleep_ms": 3000},
+        r = self.enrich_router({"probe": {"plugin": PROBE, "timeout_s": 6, "config": {
+            "emit_to": ["events"], "state_key": "k", "lock": 1, "sleep_ms": 5200},
             "retry": {"initial_backoff_ms": 50, "max_backoff_ms": 100}}})
-        self.post_apart(r, [note("Users/u1/Messages/m%d" % i) for i in range(2)], gap=0.3)
+        # a waiter waits until 1.5 s before timeout_s: 4.5 s, less than the 5.2 s held
+        self.post_apart(r, [note("Users/u1/Messages/m%d" % i) for i in range(2)], gap=0.1)
         r.wait_log(r'handler "probe": a state lock was not free within the handler\'s timeout_s')
         r.wait_idle(timeout=30)
         self.assertEqual(sorted(c["seen"] for c in r.read_jsonl("events.jsonl")), [0, 1])
@@ -456,6 +554,6 @@ class ServicesTest(EnrichTest):
         self.post(r3, note("Users/u1/Messages/m1"))
         call = r3.wait_jsonl(1, "events.jsonl")[0]
         self.assertLess(time.monotonic() - t0, 4.0)
-        self.assertEqual((call["rc"], call["status"]), (-1, 0))
+        self.assertEqual((call["rc"], call["status"], call["refused"]), (-1, 0, 0))
         self.assertEqual(r3.proc.poll(), None)  # not restarted for a stuck call
         self.fake.set_latency(0)

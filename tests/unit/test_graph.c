@@ -129,6 +129,12 @@ static const struct error_case errors[] = {
     {"{" GRAPH1 "\"subscriptions\": [{\"resource\": \"https://graph.microsoft.com/v1.0/users\", "
      "\"change_type\": \"updated\"}], " TAIL "}",
      "t.json:1:", "a Graph path such as /users/{id}/messages"},
+    {"{" GRAPH1 "\"subscriptions\": [{\"resource\": \"/users/u /messages\", "
+     "\"change_type\": \"created\"}], " TAIL "}",
+     "t.json:1:", "a Graph path such as /users/{id}/messages"}, /* a space outside the query */
+    {"{" GRAPH1 "\"subscriptions\": [{\"resource\": \"/users/u/messages?$filter=a\\tb\", "
+     "\"change_type\": \"created\"}], " TAIL "}",
+     "t.json:1:", "a Graph path such as /users/{id}/messages"}, /* a control character */
     {"{" GRAPH1 "\"subscriptions\": [{\"resource\": \"/me/drive/root\", \"change_type\": "
      "\"created\"}], " TAIL "}",
      "t.json:1:", "Graph notifies driveItem subscriptions of \"updated\" only"},
@@ -166,6 +172,8 @@ static void test_declarations(void **state)
         "\"tenant\": \"t2\"},"
         "{\"resource\": \"/communications/presences/u\", \"change_type\": \"updated\", "
         "\"tenant\": \"T1\", \"expiration_minutes\": 30},"
+        "{\"resource\": \"/communications/presences?$filter=id in ('a','b')\", "
+        "\"change_type\": \"updated\", \"tenant\": \"T1\"},"
         "{\"resource\": \"/me/drive/root\", \"change_type\": \"updated\", \"tenant\": \"T1\"},"
         "{\"resource\": \"/teams/t/schedule/shifts\", \"change_type\": \"created\", "
         "\"tenant\": \"T1\"},"
@@ -183,7 +191,7 @@ static void test_declarations(void **state)
     assert_int_equal(cfg->graph.write_budget, 1000);
     assert_int_equal(cfg->graph.write_budget_window_s, 20);
     assert_int_equal(cfg->graph.reconcile_interval_s, 3600);
-    assert_int_equal(cfg->ndeclarations, 4);
+    assert_int_equal(cfg->ndeclarations, 5);
     assert_int_equal(cfg->nsubscriptions, 1);
     const struct gr_declaration *d = &cfg->declarations[0];
     assert_string_equal(d->tenant, "T2"); /* as written in graph.tenants */
@@ -193,8 +201,11 @@ static void test_declarations(void **state)
     assert_false(d->rich);
     assert_string_equal(d->key, "T2\nusers/u/messages\ncreated,deleted\nbasic");
     assert_int_equal(cfg->declarations[1].expiration_minutes, 30);
-    assert_int_equal(cfg->declarations[2].expiration_minutes, 42300);
-    assert_int_equal(cfg->declarations[3].expiration_minutes, 360);
+    assert_string_equal(cfg->declarations[2].resource,
+                        "/communications/presences?$filter=id in ('a','b')");
+    assert_int_equal(cfg->declarations[2].expiration_minutes, 60);
+    assert_int_equal(cfg->declarations[3].expiration_minutes, 42300);
+    assert_int_equal(cfg->declarations[4].expiration_minutes, 360);
     gr_config_free(cfg);
 }
 
