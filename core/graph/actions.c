@@ -395,8 +395,13 @@ static json_t *list_all(struct gr_mgr_ctx *ctx, const char *tenant, int64_t *wai
         const json_t *value = json_object_get(resp.body, "value");
         if (o != GR_GRAPH_ANSWERED || resp.status != 200 || !json_is_array(value)) {
             *wait_ms = o == GR_GRAPH_THROTTLED ? resp.retry_after_ms : 0;
-            gr_warn("subscriptions: listing tenant %s's failed: %s; trying again later", tenant,
-                    resp.error ? resp.error : "no \"value\" list in Graph's answer");
+            if (o == GR_GRAPH_THROTTLED)
+                gr_info("subscriptions: listing tenant %s's waits %lld ms (an earlier "
+                        "Retry-After, or failures)",
+                        tenant, (long long)resp.retry_after_ms);
+            else
+                gr_warn("subscriptions: listing tenant %s's failed: %s; trying again later",
+                        tenant, resp.error ? resp.error : "no \"value\" list in Graph's answer");
             gr_graph_response_free(&resp);
             json_decref(all);
             return NULL;

@@ -8,6 +8,7 @@ GR_RETRY, the state lock, a URL on another host refused, calls kept within timeo
 import json
 import os
 import signal
+import sqlite3
 import threading
 import time
 
@@ -400,6 +401,33 @@ class DriveTest(EnrichTest):
                           line["path"], line["deleted"]),
                          ("drive.item.changed", "s1", "l1", "7", "/sites/s1/lists/l1", False))
         self.assertEqual(len(self.gets(r"^/v1\.0/sites/s1/lists/l1/items/delta$")), 1)
+
+    def test_link_outside_base_url_starts_over(self):
+        self.fake.add_drive(TENANT, "d6")
+        r = self.drive_router()
+        self.post(r, note("drives/d6/root", change="updated"))  # a link under 127.0.0.1
+        self.wait_requests("GET", r"/drives/d6/root/delta$")
+        r.wait_idle()
+        self.assertEqual(r.stop(), 0)
+        # the link as a graphrouter with another graph.base_url saved it
+        db = sqlite3.connect(r.path("var/graphrouter.db"))
+        with db:
+            n = db.execute("UPDATE handler_state SET value = ? WHERE handler = 'drive' AND "
+                           "key = 'delta:/drives/d6/root/delta'",
+                           (b"https://graph.microsoft.com/v1.0/drives/d6/root/delta?token=x",)
+                           ).rowcount
+        db.close()
+        self.assertEqual(n, 1)
+        r.start()
+        self.fake.drive_put(TENANT, "d6", self.item(1))
+        self.post(r, note("drives/d6/root", change="updated"))
+        line = r.wait_jsonl(1, "events.jsonl")[0]
+        self.assertEqual((line["event"], line["drive_id"]), ("drive.resync", "d6"))
+        self.assertIn("not under graph.base_url", line["reason"])
+        r.wait_log(r"a delta link Graph gave is not under graph.base_url; starting over")
+        r.wait_idle()
+        self.assertEqual(self.deltas("d6")[-1].query.get("token"), "latest")
+        self.assertEqual(r.metric("graphrouter_dead_letters", handler="drive"), 0)
 
     def test_one_delta_per_drive_at_a_time(self):
         self.fake.add_drive(TENANT, "d3")
