@@ -299,12 +299,8 @@ static int drive_handle(void *state, struct gr_msg *msg)
         return GR_FAIL;
     if (!d->delta) { /* the notification as Graph sent it, with its ids */
         json_t *e = grp_event_new(&note, "drive");
-        grp_event_id(e, &note, "drive_id", "drive");
-        grp_event_id(e, &note, "site_id", "site");
-        grp_event_id(e, &note, "list_id", "list");
+        ids(e, &note, id_of(&note, "drive"));
         grp_event_id(e, &note, "item_id", "item");
-        grp_event_id(e, &note, "user_id", "user");
-        grp_event_id(e, &note, "group_id", "group");
         grp_note_close(&note);
         return grp_event_emit(msg, e);
     }
