@@ -54,6 +54,12 @@ class AbiTest(RouterTest):
                                  path.replace(".", r"\.") + " ")
                 self.assertIn(want, text)
 
+    def test_older_minor_runs(self):
+        r = self.router(base_config(handlers={"old": {"plugin": fixture_plugin("abi_old")}},
+                                    routes=[{"name": "all", "to": "old"}]))
+        self.assertEqual(r.post(batch(item()))[0], 202)
+        r.wait_for(lambda: r.metric("graphrouter_handler_handled_total", handler="old") == 1)
+
     def test_missing_entry_point_and_file(self):
         status, text = check(base_config(handlers={"x": {"plugin": fixture_plugin("no_entry")}},
                                          routes=[]))

@@ -1,5 +1,6 @@
 /* A plugin built for another ABI: BAD_MAJOR / BAD_MINOR are set by the build
- * (tests/CMakeLists.txt). The router must refuse it, naming both versions. */
+ * (tests/CMakeLists.txt). The router must refuse another major or a newer
+ * minor, naming both versions, and run an older minor (abi_old: 1.0). */
 #include <graphrouter/plugin.h>
 
 static int handle(void *state, struct gr_msg *msg)
