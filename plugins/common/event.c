@@ -10,12 +10,6 @@
 
 const struct gr_host *grp_host;
 
-int grp_init(struct gr_handler *h, void **state)
-{
-    *state = h;
-    return 0;
-}
-
 int grp_note_open(const struct gr_handler *h, struct gr_msg *msg, const char *const *types,
                   struct grp_note *note)
 {

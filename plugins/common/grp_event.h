@@ -84,8 +84,8 @@ char *grp_path(const char *segment, ...);
  * identitySet (from, lastModifiedBy), or null. */
 json_t *grp_identity(const json_t *set);
 
-/* init() of every event plugin: the state is the handler itself. */
-int grp_init(struct gr_handler *h, void **state);
+/* The config key every event plugin has: where its events go. */
+#define GRP_EMIT_TO_KEY {"emit_to", GR_CONFIG_HANDLER_LIST, 1, "the handlers that receive the events"}
 
 /* The descriptor and entry point of an event plugin; KEYS its config keys,
  * INIT its init, HANDLE its handle, FINI its fini (or NULL). */

@@ -337,7 +337,7 @@ static int drive_handle(void *state, struct gr_msg *msg)
 }
 
 static const struct gr_config_key drive_keys[] = {
-    {"emit_to", GR_CONFIG_HANDLER_LIST, 1, "the handlers that receive the events"},
+    GRP_EMIT_TO_KEY,
     {"delta", GR_CONFIG_BOOL, 0, "run Graph's delta query per notification (default: with a graph section)"},
     {"initial", GR_CONFIG_STRING, 0, "with no delta link yet: \"latest\" (from now) or \"all\""},
     {NULL, 0, 0, NULL},

@@ -180,7 +180,7 @@ static int mail_handle(void *state, struct gr_msg *msg)
 }
 
 static const struct gr_config_key mail_keys[] = {
-    {"emit_to", GR_CONFIG_HANDLER_LIST, 1, "the handlers that receive the events"},
+    GRP_EMIT_TO_KEY,
     {"fetch", GR_CONFIG_BOOL, 0, "read each item from Graph (default: with a graph section)"},
     {"select", GR_CONFIG_JSON, 0, "{\"message\": \"subject,from\", \"event\": ..., \"contact\": ...}"},
     {NULL, 0, 0, NULL},

@@ -203,7 +203,7 @@ static int presence_handle(void *state, struct gr_msg *msg)
 }
 
 static const struct gr_config_key presence_keys[] = {
-    {"emit_to", GR_CONFIG_HANDLER_LIST, 1, "the handlers that receive the events"},
+    GRP_EMIT_TO_KEY,
     {"fetch", GR_CONFIG_BOOL, 0, "read basic notifications' presence from Graph (default: with a graph section)"},
     {"only_changes", GR_CONFIG_BOOL, 0, "emit only when availability or activity changed (default true)"},
     {NULL, 0, 0, NULL},

@@ -183,7 +183,7 @@ static int teams_handle(void *state, struct gr_msg *msg)
 }
 
 static const struct gr_config_key teams_keys[] = {
-    {"emit_to", GR_CONFIG_HANDLER_LIST, 1, "the handlers that receive the events"},
+    GRP_EMIT_TO_KEY,
     {"fetch", GR_CONFIG_BOOL, 0, "read chat and channel messages from Graph (default: with a graph section)"},
     {NULL, 0, 0, NULL},
 };
