@@ -62,6 +62,13 @@ static int mail_init(struct gr_handler *h, void **state)
     const char *text = host->config_json(h, "select");
     if (text) {
         select = json_loads(text, 0, NULL);
+        if (!json_is_object(select)) {
+            host->init_error(h, "\"select\" must be an object: {\"message\": \"subject,from\", "
+                                "\"event\": ..., \"contact\": ...}");
+            json_decref(select);
+            free(m);
+            return -1;
+        }
         const char *k;
         json_t *v;
         json_object_foreach(select, k, v) {

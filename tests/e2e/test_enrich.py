@@ -12,7 +12,7 @@ import sqlite3
 import threading
 import time
 
-from grtest import APP_ID, SECRET, TEST_PLUGINS, batch, simulate
+from grtest import APP_ID, SECRET, TEST_PLUGINS, base_config, batch, simulate
 from graphtest import TENANT, GraphTest, declared
 
 PROBE = os.path.join(TEST_PLUGINS, "graph_probe.so")
@@ -105,6 +105,22 @@ class MailTest(EnrichTest):
         self.assertEqual([q.status for q in tries], [429, 200])
         self.assertGreaterEqual(tries[1].time - tries[0].time, 1.9)  # its Retry-After
 
+    def test_401_refetches_the_token_once(self):
+        self.fake.put_item(TENANT, "messages", "u1", "m1", {"subject": "after a new token"})
+        self.fake.put_item(TENANT, "messages", "u1", "m2", {"subject": "never read"})
+        r = self.mail_router()
+        self.fake.fail("GET", r"/messages/m1$", 401)  # a token Graph no longer takes
+        self.post(r, note("Users/u1/Messages/m1"))
+        self.assertEqual(r.wait_jsonl(1, "events.jsonl")[0]["message"]["subject"],
+                         "after a new token")
+        self.assertEqual([q.status for q in self.gets(r"/messages/m1$")], [401, 200])
+        self.fake.fail("GET", r"/messages/m2$", 401, times=2)  # a new token does not help
+        self.post(r, note("Users/u1/Messages/m2"))
+        r.wait_for(lambda: r.metric("graphrouter_dead_letters", handler="mail") == 1)
+        self.assertIn("HTTP 401", r.cli("dlq", "list")[1])
+        self.assertEqual(r.metric("graphrouter_handler_graph_requests_total", handler="mail",
+                                  code="401"), 1)
+
     def test_rich_uses_content_and_fetch_can_be_off(self):
         r = self.mail_router(fetch=False)
         self.post(r, note("Users/u1/Messages/m9"))
@@ -128,6 +144,34 @@ class MailTest(EnrichTest):
                          ("mail.message.created", False, "Quarterly report", "Megan Bowen"))
         self.assertEqual(line["message_id"], line["message"]["id"])
         self.assertEqual(self.gets(r"^/v1\.0/users/"), [])  # fetch is on, but not needed
+
+
+class SettingsTest(EnrichTest):
+    def refused(self, r, handler, message):
+        status, out, err = r.cli("--check")
+        self.assertEqual(status, 1, out + err)
+        self.assertRegex(out + err, r'graphrouter\.json:\d+:\d+: handler "%s"[ :]' % handler)
+        self.assertIn(message, out + err)
+
+    def test_bad_settings_are_refused_with_their_position(self):
+        # Graph calls asked for without a graph section
+        for plugin, key in (("mail", "fetch"), ("teams", "fetch"), ("presence", "fetch"),
+                            ("drive", "delta")):
+            r = self.router(base_config(handlers={
+                "h": {"plugin": plugin, "config": {"emit_to": ["events"], key: True}},
+                "events": EVENTS}, routes=[]), start=False)
+            self.refused(r, "h", '"%s": true needs the configuration\'s "graph" section' % key)
+        # values the plugins do not know
+        for plugin, config, message in (
+                ("drive", {"initial": "everything"}, '"initial" is "everything"'),
+                ("mail", {"select": "subject"}, '"select" must be an object'),
+                ("mail", {"select": {"mesage": "subject"}}, '"select": use {"message"'),
+                ("mail", {"select": {"message": "subject&$top=5"}}, "no '&', '?'"),
+                ("presence", {"only_changes": "no"}, '"only_changes" must be true or false')):
+            r = self.graph_router([], start=False, handlers={
+                "h": {"plugin": plugin, "config": dict({"emit_to": ["events"]}, **config)},
+                "events": EVENTS}, routes=[])
+            self.refused(r, "h", message)
 
 
 class ResyncTest(EnrichTest):
