@@ -123,21 +123,62 @@ static int parse_paths(struct gr_check *c, struct gr_config *cfg)
     return 0;
 }
 
+/* A CIDR list: a string or a list of strings; NULL when absent. */
+static int parse_cidrs(struct gr_check *c, const json_t *obj, const char *key,
+                       struct gr_cidr **out, size_t *n)
+{
+    const char **texts = NULL;
+    if (gr_check_string_list(c, obj, key, &texts, n) < 0)
+        return -1;
+    *out = *n ? gr_xcalloc(*n, sizeof **out) : NULL;
+    for (size_t i = 0; i < *n; i++)
+        if (!gr_cidr_parse(texts[i], &(*out)[i])) {
+            const json_t *v = json_object_get(obj, key);
+            int rc = json_is_array(v)
+                         ? gr_check_fail_element(c, v, i,
+                                                 "\"%s\" is not an address or CIDR range "
+                                                 "(e.g. \"192.0.2.0/24\", \"2001:db8::/32\")",
+                                                 texts[i])
+                         : gr_check_fail_member(c, obj, key,
+                                                "\"%s\" is not an address or CIDR range "
+                                                "(e.g. \"192.0.2.0/24\", \"2001:db8::/32\")",
+                                                texts[i]);
+            free(texts);
+            free(*out);
+            *out = NULL;
+            *n = 0;
+            return rc;
+        }
+    free(texts);
+    return 0;
+}
+
 static int parse_limits(struct gr_check *c, struct gr_config *cfg)
 {
-    uint64_t body = 4u << 20, conns = 1024, timeout = 30;
+    uint64_t body = 4u << 20, conns = 4096, per_ip = 128, head_s = 10, body_s = 30, timeout = 30;
     json_t *limits = NULL;
-    static const char *const limit_keys[] = {"max_body_bytes", "max_connections",
-                                             "connection_timeout_s", NULL};
+    static const char *const limit_keys[] = {
+        "max_body_bytes",  "max_connections", "max_connections_per_ip", "header_timeout_s",
+        "body_timeout_s",  "connection_timeout_s", "allow_from", "trusted_proxies", NULL};
     if (gr_check_object(c, cfg->root, "limits", false, &limits) < 0)
         return -1;
-    if (limits && (gr_check_keys(c, limits, "\"limits\"", limit_keys) < 0 ||
-                   gr_check_uint(c, limits, "max_body_bytes", 1024, 1u << 30, &body) < 0 ||
-                   gr_check_uint(c, limits, "max_connections", 1, 1000000, &conns) < 0 ||
-                   gr_check_uint(c, limits, "connection_timeout_s", 1, 3600, &timeout) < 0))
+    if (limits &&
+        (gr_check_keys(c, limits, "\"limits\"", limit_keys) < 0 ||
+         gr_check_uint(c, limits, "max_body_bytes", 1024, 1u << 30, &body) < 0 ||
+         gr_check_uint(c, limits, "max_connections", 1, 1000000, &conns) < 0 ||
+         gr_check_uint(c, limits, "max_connections_per_ip", 1, 1000000, &per_ip) < 0 ||
+         gr_check_uint(c, limits, "header_timeout_s", 1, 3600, &head_s) < 0 ||
+         gr_check_uint(c, limits, "body_timeout_s", 1, 3600, &body_s) < 0 ||
+         gr_check_uint(c, limits, "connection_timeout_s", 1, 3600, &timeout) < 0 ||
+         parse_cidrs(c, limits, "allow_from", &cfg->allow_from, &cfg->n_allow_from) < 0 ||
+         parse_cidrs(c, limits, "trusted_proxies", &cfg->trusted_proxies,
+                     &cfg->n_trusted_proxies) < 0))
         return -1;
     cfg->max_body_bytes = (size_t)body;
     cfg->max_connections = (unsigned)conns;
+    cfg->max_connections_per_ip = (unsigned)per_ip;
+    cfg->header_timeout_s = (unsigned)head_s;
+    cfg->body_timeout_s = (unsigned)body_s;
     cfg->connection_timeout_s = (unsigned)timeout;
     return 0;
 }
@@ -615,6 +656,8 @@ void gr_config_free(struct gr_config *cfg)
     free(cfg->decryption_keys);
     free(cfg->notification_paths);
     free(cfg->lifecycle_paths);
+    free(cfg->allow_from);
+    free(cfg->trusted_proxies);
     gr_jsonpos_free(cfg->pos);
     json_decref(cfg->root);
     free(cfg->file);

@@ -13,6 +13,8 @@
 #define GR_CONFIG_H
 
 #include <jansson.h>
+
+#include "http/addr.h"
 #include <stdbool.h>
 #include <stddef.h>
 #include <stdint.h>
@@ -82,9 +84,17 @@ struct gr_config {
     const char **lifecycle_paths;
     size_t n_lifecycle_paths;
 
+    /* "limits" (README: "Limits and hostile clients") */
     size_t max_body_bytes;
-    unsigned max_connections;
-    unsigned connection_timeout_s;
+    unsigned max_connections;        /* open connections in all */
+    unsigned max_connections_per_ip; /* per client address */
+    unsigned header_timeout_s;       /* a request head must be complete within this */
+    unsigned body_timeout_s;         /* a body must be complete within this of its head */
+    unsigned connection_timeout_s;   /* an idle kept-alive connection is closed after this */
+    struct gr_cidr *allow_from;      /* NULL: every address may connect */
+    size_t n_allow_from;
+    struct gr_cidr *trusted_proxies; /* X-Forwarded-For is read only from these */
+    size_t n_trusted_proxies;
 
     /* "store" */
     const char *store_path;

@@ -59,6 +59,13 @@ void gr_log_limited(struct gr_log_limit *l, int level, const char *fmt, ...)
         static struct gr_log_limit gr_log_limit_ = GR_LOG_LIMIT_INIT;                         \
         gr_log_limited(&gr_log_limit_, GR_LOG_LEVEL_WARN, __VA_ARGS__);                       \
     } while (0)
+/* gr_info, limited per call site (lines a client can cause at will, such as
+ * an answered validation handshake). */
+#define gr_info_limited(...)                                                                  \
+    do {                                                                                      \
+        static struct gr_log_limit gr_log_limit_ = GR_LOG_LIMIT_INIT;                         \
+        gr_log_limited(&gr_log_limit_, GR_LOG_LEVEL_INFO, __VA_ARGS__);                       \
+    } while (0)
 
 #define gr_error(...) gr_log(GR_LOG_LEVEL_ERROR, __VA_ARGS__)
 #define gr_warn(...) gr_log(GR_LOG_LEVEL_WARN, __VA_ARGS__)

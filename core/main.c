@@ -265,10 +265,9 @@ static char *start_only_change(const struct gr_config *a, const struct gr_config
                           "listener is never restarted, so restart graphrouter to apply it",
                           a->listen_address, a->listen_port, a->http_threads, b->listen_address,
                           b->listen_port, b->http_threads);
-    if (a->max_connections != b->max_connections ||
-        a->connection_timeout_s != b->connection_timeout_s)
-        return gr_xprintf("\"limits.max_connections\" or \"limits.connection_timeout_s\" changed; "
-                          "they apply to the listener, so restart graphrouter to apply them");
+    if (a->connection_timeout_s != b->connection_timeout_s)
+        return gr_xprintf("\"limits.connection_timeout_s\" changed; it applies to the "
+                          "listener, so restart graphrouter to apply it");
     if (a->workers != b->workers)
         return gr_xprintf("\"workers\" changed; restart graphrouter to apply it");
     if (strcmp(a->store_path, b->store_path) != 0 || a->max_pending != b->max_pending ||

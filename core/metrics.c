@@ -10,10 +10,12 @@
 #include <string.h>
 
 #include "crypto/jwt.h"
+#include "http/head.h"
 #include "store/store.h"
 
 
-static const unsigned tracked_status[] = {200, 202, 400, 404, 405, 413, 500, 503};
+static const unsigned tracked_status[] = {200, 202, 400, 403, 404, 405, 408,
+                                          411, 413, 429, 500, 501, 503};
 #define N_STATUS (GR_ARRAY_LEN(tracked_status) + 1) /* + "other" */
 
 /* Graph's answers counted by status; the rest are "other" (and "none": no answer). */
@@ -52,6 +54,9 @@ static struct {
     atomic_uint_fast64_t dropped[GR_DROP_COUNT];
     atomic_uint_fast64_t batch_buckets[8], batch_sum, store_failures, duplicates;
     atomic_uint_fast64_t rejected_full, rejected_error;
+    atomic_uint_fast64_t conn_refused[GR_REFUSED_COUNT];
+    atomic_uint_fast64_t head_refused[GR_HEAD_ERROR_COUNT];
+    atomic_uint_fast64_t timeouts[3];
     atomic_uint_fast64_t reload_ok, reload_failed;
     atomic_uint_fast64_t stuck_init, stuck_reopen, stuck_fini; /* plugin_job.c */
     atomic_uint_fast64_t tokens[GR_TOKEN_RESULT_COUNT];
@@ -133,6 +138,17 @@ void gr_metrics_store_commit(int64_t ns, size_t requests)
 }
 
 void gr_metrics_store_failure(void) { INC(m.store_failures); }
+void gr_metrics_conn_refused(enum gr_conn_refusal r) { INC(m.conn_refused[r]); }
+void gr_metrics_head_refused(int e)
+{
+    if (e > 0 && e < GR_HEAD_ERROR_COUNT)
+        INC(m.head_refused[e]);
+}
+void gr_metrics_http_timeout(int phase)
+{
+    if (phase >= 0 && phase < 3)
+        INC(m.timeouts[phase]);
+}
 void gr_metrics_duplicates(size_t n) { ADD(m.duplicates, n); }
 void gr_metrics_store_rejected(bool full) { full ? INC(m.rejected_full) : INC(m.rejected_error); }
 void gr_metrics_reload(bool ok) { ok ? INC(m.reload_ok) : INC(m.reload_failed); }
@@ -380,6 +396,28 @@ void gr_metrics_render(struct gr_buf *o, const struct gr_metrics_gauges *g)
                               endpoint_names[ep], v);
         }
     }
+
+    static const char *const refusal_names[GR_REFUSED_COUNT] = {
+        "allow_from", "max_connections", "max_connections_per_ip"};
+    help_line(o, "graphrouter_connections_refused_total", "counter",
+              "Connections refused at accept (closed, 503 or 429), or forwarded clients refused "
+              "per address, by limit.");
+    for (int r = 0; r < GR_REFUSED_COUNT; r++)
+        gr_buf_printf(o, "graphrouter_connections_refused_total{reason=\"%s\"} %llu\n",
+                      refusal_names[r], GET(m.conn_refused[r]));
+    help_line(o, "graphrouter_connections", "gauge",
+              "Open connections: held until their first request head, or being served.");
+    gr_buf_printf(o, "graphrouter_connections{state=\"head\"} %u\n", g->conns_held);
+    gr_buf_printf(o, "graphrouter_connections{state=\"served\"} %u\n", g->conns_server);
+    help_line(o, "graphrouter_http_refused_total", "counter",
+              "Requests refused for their head or message framing (strict HTTP/1.1), by reason.");
+    for (int e = 1; e < GR_HEAD_ERROR_COUNT; e++)
+        gr_buf_printf(o, "graphrouter_http_refused_total{reason=\"%s\"} %llu\n",
+                      gr_head_error_name((enum gr_head_error)e), GET(m.head_refused[e]));
+    help_line(o, "graphrouter_http_timeouts_total", "counter",
+              "Requests answered 408 and closed: head or body not complete in time.");
+    gr_buf_printf(o, "graphrouter_http_timeouts_total{phase=\"head\"} %llu\n", GET(m.timeouts[0]));
+    gr_buf_printf(o, "graphrouter_http_timeouts_total{phase=\"body\"} %llu\n", GET(m.timeouts[1]));
 
     render_seconds(o, "graphrouter_ack_latency_seconds",
                    "Time from a notification POST's headers to its 202 (the store commit included).",

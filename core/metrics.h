@@ -60,6 +60,19 @@ struct gr_route_stats {
 struct gr_metric; /* plugin series (include/graphrouter/plugin.h) */
 
 void gr_metrics_request(enum gr_endpoint ep, unsigned status);
+
+/* Connections the gate refused at accept (http/gate.h). */
+enum gr_conn_refusal {
+    GR_REFUSED_ALLOW_FROM,      /* not in limits.allow_from: closed */
+    GR_REFUSED_MAX_CONNECTIONS, /* 503 */
+    GR_REFUSED_PER_IP,          /* 429 (also a forwarded client over its cap) */
+    GR_REFUSED_COUNT
+};
+void gr_metrics_conn_refused(enum gr_conn_refusal r);
+/* A request refused for its head or framing (enum gr_head_error, http/head.h). */
+void gr_metrics_head_refused(int head_error);
+/* A request past a deadline (enum gr_gate_phase, http/gate.h). */
+void gr_metrics_http_timeout(int phase);
 void gr_metrics_ack_latency(int64_t ns);
 void gr_metrics_items_received(size_t n);
 void gr_metrics_items_accepted(size_t n);
@@ -110,6 +123,8 @@ struct gr_store_stats;
 struct gr_metrics_gauges {
     const struct gr_store_stats *store;
     uint64_t generation; /* id of the current configuration generation */
+    unsigned conns_held;   /* connections the gate holds until their first head */
+    unsigned conns_server; /* connections in libmicrohttpd */
 };
 void gr_metrics_render(struct gr_buf *out, const struct gr_metrics_gauges *g);
 

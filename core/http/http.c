@@ -13,10 +13,14 @@
 #include <stdatomic.h>
 #include <stdlib.h>
 #include <string.h>
+#include <strings.h>
 #include <sys/socket.h>
 #include <unistd.h>
 
 #include "generation.h"
+#include "http/addr.h"
+#include "http/gate.h"
+#include "http/head.h"
 #include "http/ingest.h"
 #include "log.h"
 #include "metrics.h"
@@ -27,8 +31,8 @@
 
 struct gr_http {
     struct MHD_Daemon *daemon;
+    struct gr_gate *gate; /* accepts, admits and times connections (gate.h) */
     struct gr_store *store;
-    unsigned port;
     atomic_int inflight;
     atomic_int suspended; /* requests suspended for their store commit, until answered */
     atomic_bool draining;
@@ -37,9 +41,11 @@ struct gr_http {
 struct request {
     enum gr_endpoint ep;
     int64_t start_ns;
+    struct gr_gate_conn *conn_limits; /* the gate's record of this connection; may be NULL */
+    struct gr_addr client;            /* socket peer, or the forwarded client (trusted proxy) */
+    bool forwarded_counted;           /* client holds one of its per-address slots */
+    struct gr_gate *gate;
     size_t max_body;
-    size_t received; /* body bytes so far */
-    bool too_large;
     struct gr_buf body;
     /* While the store commits the accepted items, the connection is
      * suspended; the store's writer resumes it with the outcome. */
@@ -48,6 +54,7 @@ struct request {
     struct gr_append *append;
     bool committed;
     enum gr_append_result result;
+    bool close; /* answer with Connection: close */
 };
 
 static void free_append(struct gr_append *a)
@@ -97,7 +104,7 @@ static enum MHD_Result respond(struct MHD_Connection *c, struct gr_http *h, stru
                                                                                  : "POST");
     if (status == 503)
         MHD_add_response_header(resp, MHD_HTTP_HEADER_RETRY_AFTER, GR_RETRY_AFTER_S);
-    if (atomic_load(&h->draining))
+    if (r->close || atomic_load(&h->draining))
         MHD_add_response_header(resp, MHD_HTTP_HEADER_CONNECTION, "close");
     enum MHD_Result rc = MHD_queue_response(c, status, resp);
     MHD_destroy_response(resp);
@@ -114,6 +121,15 @@ static enum MHD_Result text(struct MHD_Connection *c, struct gr_http *h, struct 
     enum MHD_Result rc = respond(c, h, r, status, body, "text/plain; charset=utf-8");
     free(body);
     return rc;
+}
+
+/* Answer and close the connection: the rest of what the client sent is not
+ * read as another request. */
+static enum MHD_Result close_with(struct MHD_Connection *c, struct gr_http *h, struct request *r,
+                                  unsigned status, const char *line)
+{
+    r->close = true;
+    return text(c, h, r, status, line);
 }
 
 /* The endpoint-validation handshake: echo the token, decoded exactly once
@@ -134,8 +150,8 @@ static enum MHD_Result handshake(struct MHD_Connection *c, struct gr_http *h, st
         gr_warn_limited("validation handshake refused: %s", why);
         return text(c, h, r, 400, why);
     }
-    gr_info("validation handshake answered on the %s endpoint",
-            r->ep == GR_EP_LIFECYCLE ? "lifecycle" : "notifications");
+    gr_info_limited("validation handshake answered on the %s endpoint",
+                    r->ep == GR_EP_LIFECYCLE ? "lifecycle" : "notifications");
     return respond(c, h, r, 200, token, "text/plain"); /* no NUL inside: checked above */
 }
 
@@ -156,7 +172,9 @@ static enum MHD_Result serve_metrics(struct MHD_Connection *c, struct gr_http *h
     struct gr_store_stats st;
     gr_store_stats(h->store, &st);
     struct gr_generation *g = gr_generation_pin();
-    struct gr_metrics_gauges gauges = {&st, g ? g->id : 0};
+    struct gr_gate_stats gs;
+    gr_gate_stats(h->gate, &gs);
+    struct gr_metrics_gauges gauges = {&st, g ? g->id : 0, gs.held, gs.in_server};
     gr_generation_unpin(g);
     struct gr_buf out = {0};
     gr_metrics_render(&out, &gauges);
@@ -166,10 +184,117 @@ static enum MHD_Result serve_metrics(struct MHD_Connection *c, struct gr_http *h
     return rc;
 }
 
+/* The fields of a head that decide its framing and its client. */
+struct head_fields {
+    size_t n_cl, n_te, n_host;
+    const char *cl, *te;
+    size_t cl_len, te_len;
+    struct gr_buf xff; /* every X-Forwarded-For, joined by commas */
+};
+
+static enum MHD_Result collect_field(void *cls, enum MHD_ValueKind kind, const char *key,
+                                     size_t key_len, const char *value, size_t value_len)
+{
+    (void)kind;
+    struct head_fields *f = cls;
+    if (!value)
+        value = "", value_len = 0;
+    if (key_len == 14 && strncasecmp(key, "content-length", 14) == 0) {
+        if (!f->n_cl++)
+            f->cl = value, f->cl_len = value_len;
+    } else if (key_len == 17 && strncasecmp(key, "transfer-encoding", 17) == 0) {
+        if (!f->n_te++)
+            f->te = value, f->te_len = value_len;
+    } else if (key_len == 4 && strncasecmp(key, "host", 4) == 0) {
+        f->n_host++;
+    } else if (key_len == 15 && strncasecmp(key, "x-forwarded-for", 15) == 0) {
+        if (f->xff.len)
+            gr_buf_append(&f->xff, ",", 1);
+        gr_buf_append(&f->xff, value, value_len);
+    }
+    return MHD_YES;
+}
+
+static void client_text(const struct request *r, char out[GR_ADDR_TEXT])
+{
+    gr_addr_format(&r->client, out);
+}
+
+/*
+ * Who the client is, and whether the head's framing is one graphrouter reads
+ * the same way as any proxy in front of it. The gate checked the first head
+ * of the connection byte by byte; libmicrohttpd parsed the later ones of a
+ * kept-alive connection, so their framing is checked again here. Returns 0,
+ * or the status of the refusal already queued.
+ */
+static int admit_request(struct MHD_Connection *c, struct gr_http *h, struct request *r,
+                         const char *version, enum MHD_Result *rc)
+{
+    struct head_fields f = {0};
+    MHD_get_connection_values_n(c, MHD_HEADER_KIND, collect_field, &f);
+    struct gr_head_verdict v;
+    bool http10 = strcmp(version, MHD_HTTP_VERSION_1_0) == 0;
+    bool ok = gr_framing_check(f.n_cl, f.cl, f.cl_len, f.n_te,
+                               f.n_te && gr_is_plain_chunked(f.te, f.te_len), &v);
+    if (ok && !http10 && f.n_host != 1)
+        ok = false, v = (struct gr_head_verdict){GR_HEAD_HOST, 400,
+                                                 "HTTP/1.1 request needs exactly one Host header"};
+    if (!ok) {
+        gr_buf_free(&f.xff);
+        gr_metrics_head_refused(v.error);
+        char who[GR_ADDR_TEXT];
+        client_text(r, who);
+        gr_warn_limited("request refused with %u: %s; client=%s", v.status, v.reason, who);
+        *rc = close_with(c, h, r, v.status, v.reason);
+        return (int)v.status;
+    }
+    bool proxy = false;
+    if (r->conn_limits)
+        gr_gate_peer(r->conn_limits, &proxy);
+    if (!proxy) {
+        gr_buf_free(&f.xff);
+        return 0;
+    }
+    /* Through a trusted proxy: the client is the forwarded address, and the
+     * limits that apply to a socket's address apply to it instead. */
+    struct gr_generation *g = gr_generation_pin();
+    const struct gr_config *cfg = g->cfg;
+    struct gr_addr fwd;
+    bool have = f.xff.len && gr_forwarded_client(f.xff.data, cfg->trusted_proxies,
+                                                 cfg->n_trusted_proxies, &fwd);
+    gr_buf_free(&f.xff);
+    unsigned status = 0;
+    const char *why = NULL;
+    if (have)
+        r->client = fwd; /* else the proxy's own address stands */
+    if (cfg->allow_from && !gr_cidr_list_match(cfg->allow_from, cfg->n_allow_from, &r->client)) {
+        status = 403, why = "this client address is not in limits.allow_from";
+        gr_metrics_conn_refused(GR_REFUSED_ALLOW_FROM);
+    } else if (!gr_gate_forwarded_acquire(h->gate, &r->client, cfg->max_connections_per_ip)) {
+        status = 429, why = "too many requests in progress from this address";
+        gr_metrics_conn_refused(GR_REFUSED_PER_IP);
+    } else {
+        r->forwarded_counted = true;
+        r->gate = h->gate;
+    }
+    gr_generation_unpin(g);
+    if (!status)
+        return 0;
+    char who[GR_ADDR_TEXT];
+    client_text(r, who);
+    gr_warn_limited("request refused with %u: %s; client=%s (forwarded)", status, why, who);
+    *rc = close_with(c, h, r, status, why);
+    return (int)status;
+}
+
 /* First call for a request: the headers are in, the body is not. */
 static enum MHD_Result begin(struct MHD_Connection *c, struct gr_http *h, struct request *r,
-                             const char *url, const char *method)
+                             const char *url, const char *method, const char *version)
 {
+    enum MHD_Result refused;
+    if (admit_request(c, h, r, version, &refused))
+        return refused;
+    gr_gate_phase(r->conn_limits, GR_PHASE_BODY);
     bool get = strcmp(method, MHD_HTTP_METHOD_GET) == 0 || strcmp(method, MHD_HTTP_METHOD_HEAD) == 0;
     if (strcmp(url, "/healthz") == 0 || strcmp(url, "/metrics") == 0) {
         r->ep = url[1] == 'h' ? GR_EP_HEALTHZ : GR_EP_METRICS;
@@ -202,10 +327,12 @@ static enum MHD_Result begin(struct MHD_Connection *c, struct gr_http *h, struct
         /* Only refuse here; the buffer grows with the bytes that really
          * arrive, so a client cannot reserve memory by announcing a length. */
         if (errno == 0 && *end == '\0' && n > r->max_body) {
+            char who[GR_ADDR_TEXT];
+            client_text(r, who);
             gr_warn_limited("notification POST refused: Content-Length %llu exceeds "
-                            "max_body_bytes %zu",
-                            n, r->max_body);
-            return text(c, h, r, 413, "request body is larger than limits.max_body_bytes");
+                            "max_body_bytes %zu; client=%s",
+                            n, r->max_body, who);
+            return close_with(c, h, r, 413, "request body is larger than limits.max_body_bytes");
         }
     }
     return MHD_YES;
@@ -237,10 +364,6 @@ static enum MHD_Result finish(struct MHD_Connection *c, struct gr_http *h, struc
 {
     if (r->committed)
         return answer_committed(c, h, r);
-    if (r->too_large) {
-        gr_warn_limited("notification POST refused: body exceeds max_body_bytes %zu", r->max_body);
-        return text(c, h, r, 413, "request body is larger than limits.max_body_bytes");
-    }
     int64_t received_ms = gr_wall_ms();
     struct gr_generation *g = gr_generation_pin();
     struct gr_managed *managed = gr_managed_pin();
@@ -285,6 +408,7 @@ static enum MHD_Result finish(struct MHD_Connection *c, struct gr_http *h, struc
     r->append = a;
     r->conn = c;
     r->http = h; /* counted in h->suspended until answered (unsuspend) */
+    gr_gate_phase(r->conn_limits, GR_PHASE_WAIT);
     MHD_suspend_connection(c); /* before the store can answer */
     gr_store_append(h->store, a);
     return MHD_YES;
@@ -294,36 +418,29 @@ static enum MHD_Result on_request(void *cls, struct MHD_Connection *c, const cha
                                   const char *method, const char *version,
                                   const char *upload_data, size_t *upload_size, void **req_cls)
 {
-    (void)version;
     struct gr_http *h = cls;
     struct request *r = *req_cls;
     if (!r) {
         r = gr_xcalloc(1, sizeof *r);
         r->start_ns = gr_mono_ns();
         r->ep = GR_EP_OTHER;
+        const union MHD_ConnectionInfo *ci =
+            MHD_get_connection_info(c, MHD_CONNECTION_INFO_SOCKET_CONTEXT);
+        r->conn_limits = ci ? ci->socket_context : NULL;
+        if (r->conn_limits) {
+            bool proxy;
+            r->client = *gr_gate_peer(r->conn_limits, &proxy);
+        }
         *req_cls = r;
         atomic_fetch_add(&h->inflight, 1);
-        return begin(c, h, r, url, method);
+        return begin(c, h, r, url, method, version);
     }
     if (*upload_size) {
-        /* libmicrohttpd 0.9.75 cannot answer before the body is read, so an
-         * oversized chunked body is read and discarded, then answered 413;
-         * past twice the limit the connection is closed instead. */
-        r->received += *upload_size;
-        if (!r->too_large && r->received > r->max_body) {
-            r->too_large = true;
-            gr_buf_free(&r->body);
-        }
-        if (!r->too_large)
-            gr_buf_append(&r->body, upload_data, *upload_size);
+        /* Bodies come by Content-Length only, checked against max_body_bytes
+         * before the first byte (begin), and libmicrohttpd reads no more
+         * than that length. */
+        gr_buf_append(&r->body, upload_data, *upload_size);
         *upload_size = 0;
-        if (r->received / 2 > r->max_body) {
-            gr_warn_limited("notification POST cut off: body passed twice max_body_bytes %zu; "
-                            "connection closed",
-                            r->max_body);
-            gr_metrics_request(r->ep, 413);
-            return MHD_NO;
-        }
         return MHD_YES;
     }
     return finish(c, h, r);
@@ -333,12 +450,16 @@ static void on_completed(void *cls, struct MHD_Connection *c, void **req_cls,
                          enum MHD_RequestTerminationCode toe)
 {
     (void)c;
-    (void)toe;
     struct gr_http *h = cls;
     struct request *r = *req_cls;
     if (!r)
         return;
     unsuspend(r);
+    if (r->forwarded_counted)
+        gr_gate_forwarded_release(r->gate, &r->client);
+    /* The connection waits for its next head (a no-op when it is closing). */
+    if (toe == MHD_REQUEST_TERMINATED_COMPLETED_OK)
+        gr_gate_phase(r->conn_limits, GR_PHASE_HEAD);
     gr_buf_free(&r->body);
     free_append(r->append);
     free(r);
@@ -358,6 +479,12 @@ __attribute__((format(printf, 2, 0))) static void on_mhd_log(void *cls, const ch
     free(msg);
 }
 
+static void on_connection(void *cls, struct MHD_Connection *c, void **socket_context,
+                          enum MHD_ConnectionNotificationCode toe)
+{
+    gr_gate_notify(cls, c, socket_context, (int)toe);
+}
+
 /* libmicrohttpd aborts on an internal inconsistency; say where first. */
 static void on_mhd_panic(void *cls, const char *file, unsigned int line, const char *reason)
 {
@@ -370,52 +497,49 @@ static void on_mhd_panic(void *cls, const char *file, unsigned int line, const c
 struct gr_http *gr_http_start(const struct gr_config *cfg, struct gr_store *store, char **err)
 {
     MHD_set_panic_func(on_mhd_panic, NULL);
-    struct sockaddr_storage ss = {0};
-    unsigned flags = MHD_USE_INTERNAL_POLLING_THREAD | MHD_USE_EPOLL | MHD_USE_ITC |
-                     MHD_ALLOW_SUSPEND_RESUME | MHD_USE_ERROR_LOG;
-    struct sockaddr_in *v4 = (struct sockaddr_in *)&ss;
-    struct sockaddr_in6 *v6 = (struct sockaddr_in6 *)&ss;
-    if (inet_pton(AF_INET, cfg->listen_address, &v4->sin_addr) == 1) {
-        v4->sin_family = AF_INET;
-        v4->sin_port = htons((uint16_t)cfg->listen_port);
-    } else {
-        inet_pton(AF_INET6, cfg->listen_address, &v6->sin6_addr);
-        v6->sin6_family = AF_INET6;
-        v6->sin6_port = htons((uint16_t)cfg->listen_port);
-        flags |= MHD_USE_IPv6;
-    }
     struct gr_http *h = gr_xcalloc(1, sizeof *h);
     h->store = store;
-    h->daemon = MHD_start_daemon(
-        flags, (uint16_t)cfg->listen_port, NULL, NULL, on_request, h,
-        MHD_OPTION_EXTERNAL_LOGGER, on_mhd_log, NULL, MHD_OPTION_SOCK_ADDR, &ss,
-        MHD_OPTION_THREAD_POOL_SIZE, (unsigned)cfg->http_threads, MHD_OPTION_CONNECTION_LIMIT,
-        (unsigned)cfg->max_connections, MHD_OPTION_CONNECTION_TIMEOUT,
-        (unsigned)cfg->connection_timeout_s, MHD_OPTION_NOTIFY_COMPLETED, on_completed, h,
-        MHD_OPTION_LISTENING_ADDRESS_REUSE, 1u,
-        MHD_OPTION_END);
-    if (!h->daemon) {
-        *err = gr_xprintf("cannot listen on %s:%u (is the address local and the port free?)",
-                          cfg->listen_address, cfg->listen_port);
+    h->gate = gr_gate_open(cfg, false, err);
+    if (!h->gate) {
         free(h);
         return NULL;
     }
-    const union MHD_DaemonInfo *info = MHD_get_daemon_info(h->daemon, MHD_DAEMON_INFO_BIND_PORT);
-    h->port = info ? info->port : cfg->listen_port;
+    /* The gate owns the listening socket and hands each admitted connection
+     * over with MHD_add_connection; it enforces the connection limits, so
+     * libmicrohttpd's own is only the open-file limit. */
+    unsigned flags = MHD_USE_INTERNAL_POLLING_THREAD | MHD_USE_EPOLL | MHD_USE_ITC |
+                     MHD_USE_NO_LISTEN_SOCKET | MHD_ALLOW_SUSPEND_RESUME | MHD_USE_ERROR_LOG;
+    h->daemon = MHD_start_daemon(
+        flags, 0, NULL, NULL, on_request, h, MHD_OPTION_EXTERNAL_LOGGER, on_mhd_log, NULL,
+        MHD_OPTION_THREAD_POOL_SIZE, (unsigned)cfg->http_threads, MHD_OPTION_CONNECTION_LIMIT,
+        gr_gate_fd_limit(h->gate), MHD_OPTION_CONNECTION_TIMEOUT,
+        (unsigned)cfg->connection_timeout_s, MHD_OPTION_NOTIFY_COMPLETED, on_completed, h,
+        MHD_OPTION_NOTIFY_CONNECTION, on_connection, h->gate, MHD_OPTION_END);
+    if (!h->daemon) {
+        *err = gr_xprintf("cannot start the HTTP server (libmicrohttpd)");
+        gr_gate_close(h->gate);
+        free(h);
+        return NULL;
+    }
+    if (!gr_gate_run(h->gate, h->daemon)) {
+        *err = gr_xprintf("cannot start the accept thread");
+        MHD_stop_daemon(h->daemon);
+        gr_gate_close(h->gate);
+        free(h);
+        return NULL;
+    }
     return h;
 }
 
 unsigned gr_http_port(const struct gr_http *h)
 {
-    return h->port;
+    return gr_gate_port(h->gate);
 }
 
 void gr_http_quiesce(struct gr_http *h)
 {
     atomic_store(&h->draining, true);
-    MHD_socket fd = MHD_quiesce_daemon(h->daemon);
-    if (fd != MHD_INVALID_SOCKET)
-        close(fd);
+    gr_gate_quiesce(h->gate);
 }
 
 bool gr_http_wait_idle(struct gr_http *h, int64_t deadline_ms)
@@ -441,5 +565,6 @@ void gr_http_stop(struct gr_http *h)
     while (atomic_load(&h->suspended) > 0)
         usleep(1000);
     MHD_stop_daemon(h->daemon);
+    gr_gate_close(h->gate);
     free(h);
 }

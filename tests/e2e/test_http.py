@@ -44,16 +44,12 @@ class HttpTest(RouterTest):
         status, body = r.raw(b"POST /notifications HTTP/1.1\r\nHost: x\r\nContent-Length: %d\r\n"
                              b"\r\n" % len(big), big.encode())
         self.assertEqual(status, 413)
-        # chunked: read and discarded, then 413
+        # a chunked body is never read: 411, whatever its size (test_hostile.py)
         status, _, body = r.post(big, chunked=True)
-        self.assertEqual(status, 413)
-        self.assertIn(b"max_body_bytes", body)
-        # far past the limit: the connection is closed
-        status, _ = r.raw(b"POST /notifications HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked"
-                          b"\r\n\r\n", (b"1000\r\n" + b"x" * 4096 + b"\r\n") * 64)
-        self.assertEqual(status, 0)
+        self.assertEqual(status, 411)
+        self.assertIn(b"Content-Length", body)
         self.assertEqual(r.metric("graphrouter_http_requests_total", endpoint="notifications",
-                                  code="413"), 3)
+                                  code="413"), 1)
         self.assertEqual([l["id"] for l in r.wait_jsonl(1)], ["fits"])
 
     def test_404_405(self):

@@ -157,7 +157,13 @@ static void test_defaults(void **state)
     assert_string_equal(cfg->notification_paths[0], "/notifications");
     assert_string_equal(cfg->lifecycle_paths[0], "/lifecycle");
     assert_int_equal(cfg->max_body_bytes, 4194304);
-    assert_int_equal(cfg->max_connections, 1024);
+    assert_int_equal(cfg->max_connections, 4096);
+    assert_int_equal(cfg->max_connections_per_ip, 128);
+    assert_int_equal(cfg->header_timeout_s, 10);
+    assert_int_equal(cfg->body_timeout_s, 30);
+    assert_int_equal(cfg->connection_timeout_s, 30);
+    assert_null(cfg->allow_from);
+    assert_null(cfg->trusted_proxies);
     assert_int_equal(cfg->max_pending, 100000);
     assert_int_equal(cfg->workers, 4);
     assert_false(cfg->has_fallback_secret);
