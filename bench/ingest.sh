@@ -414,7 +414,7 @@ EOF
   (cd "$tmp" && exec "${server_cpu[@]}" "$bin" -c "$cfg" 2>>"$tmp/graphrouter.log") &
   gr_pid=$!
   for ((i = 0; i < 100; i++)); do
-    gr_port=$(sed -n 's/.*listening on 127\.0\.0\.1:\([0-9]*\).*/\1/p' "$tmp/graphrouter.log" | head -1)
+    gr_port=$(sed -n 's/.*listening on http:\/\/127\.0\.0\.1:\([0-9]*\).*/\1/p' "$tmp/graphrouter.log" | head -1)
     [ -n "$gr_port" ] && return 0
     kill -0 "$gr_pid" 2>/dev/null || break
     sleep 0.1

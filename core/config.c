@@ -183,6 +183,22 @@ static int parse_limits(struct gr_check *c, struct gr_config *cfg)
     return 0;
 }
 
+static int parse_tls(struct gr_check *c, struct gr_config *cfg)
+{
+    static const char *const keys[] = {"cert_file", "key_file", NULL};
+    json_t *tls = NULL;
+    if (gr_check_object(c, cfg->root, "tls", false, &tls) < 0)
+        return -1;
+    if (!tls)
+        return 0;
+    cfg->tls_node = tls;
+    return gr_check_keys(c, tls, "\"tls\"", keys) < 0 ||
+                   gr_check_string(c, tls, "cert_file", true, &cfg->tls_cert_file) < 0 ||
+                   gr_check_string(c, tls, "key_file", true, &cfg->tls_key_file) < 0
+               ? -1
+               : 0;
+}
+
 static int parse_store(struct gr_check *c, struct gr_config *cfg)
 {
     json_t *store = NULL;
@@ -513,13 +529,14 @@ static int parse_handlers(struct gr_check *c, struct gr_config *cfg)
 static int parse_top(struct gr_check *c, struct gr_config *cfg)
 {
     static const char *const keys[] = {
-        "listen",  "paths",     "limits",   "store",           "client_state",
+        "listen",  "paths",     "limits",   "tls",      "store",           "client_state",
         "subscriptions", "plugin_dir", "workers", "log_level", "shutdown_timeout_s",
         "validation_tokens", "decryption_keys", "graph", "handlers", "routes", NULL};
     if (!json_is_object(cfg->root))
         return gr_check_fail_value(c, cfg->root, "the configuration must be a JSON object");
     if (gr_check_keys(c, cfg->root, "the configuration", keys) < 0 || parse_listen(c, cfg) < 0 ||
-        parse_paths(c, cfg) < 0 || parse_limits(c, cfg) < 0 || parse_store(c, cfg) < 0 ||
+        parse_paths(c, cfg) < 0 || parse_limits(c, cfg) < 0 || parse_tls(c, cfg) < 0 ||
+        parse_store(c, cfg) < 0 ||
         gr_graph_conf_parse(c, cfg->root, &cfg->graph) < 0 || parse_secrets(c, cfg) < 0 ||
         parse_tokens(c, cfg) < 0 || parse_decryption_keys(c, cfg) < 0 || check_rich_declarations(c, cfg) < 0)
         return -1;

@@ -96,6 +96,10 @@ struct gr_config {
     struct gr_cidr *trusted_proxies; /* X-Forwarded-For is read only from these */
     size_t n_trusted_proxies;
 
+    /* "tls": native HTTPS (http/tls.h); NULL: plain HTTP */
+    const char *tls_cert_file, *tls_key_file;
+    const json_t *tls_node; /* for error positions */
+
     /* "store" */
     const char *store_path;
     uint64_t max_pending, max_pending_bytes, max_db_bytes;

@@ -181,6 +181,22 @@ static int build_rich(struct gr_check *c, struct gr_generation *g, struct gr_gen
     return 0;
 }
 
+/* The listener's certificate and key, read now: a reload that cannot read
+ * them fails and the running generation keeps serving its own. */
+static int build_tls(struct gr_check *c, struct gr_generation *g)
+{
+    const struct gr_config *cfg = g->cfg;
+    if (!cfg->tls_cert_file)
+        return 0;
+    char *why = NULL;
+    if (!(g->tls = gr_tls_cred_load(cfg->tls_cert_file, cfg->tls_key_file, &why))) {
+        gr_check_fail_member(c, cfg->tls_node, "cert_file", "tls: %s", why);
+        free(why);
+        return -1;
+    }
+    return 0;
+}
+
 /* The Graph client (its credentials read now), and the certificates the
  * declared subscriptions with resource data name. */
 static int build_graph(struct gr_check *c, struct gr_generation *g)
@@ -216,7 +232,9 @@ int gr_generation_build(const char *file, uint64_t id, struct gr_generation *pre
     g->handlers = gr_xcalloc(cfg->nhandlers, sizeof *g->handlers);
     struct gr_check c = {.file = cfg->file, .pos = cfg->pos};
     const json_t *handlers_obj = json_object_get(cfg->root, "handlers");
-    int rich = build_rich(&c, g, prev);
+    int rich = build_tls(&c, g);
+    if (rich == 0)
+        rich = build_rich(&c, g, prev);
     if (rich == 0)
         rich = build_graph(&c, g);
     if (prev) /* released before any plugin code runs, which might never return */
@@ -304,6 +322,7 @@ void gr_generation_destroy(struct gr_generation *g)
         gr_plugin_lib_unload(&g->libs[i]);
     gr_jwks_unref(g->jwks);
     gr_keyring_free(g->keyring);
+    gr_tls_cred_unref(g->tls);
     gr_graph_client_free(g->graph);
     free(g->libs);
     free(g->handlers);

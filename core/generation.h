@@ -24,6 +24,7 @@
 #include "crypto/jwks.h"
 #include "crypto/jwt.h"
 #include "graph/client.h"
+#include "http/tls.h"
 #include "metrics.h"
 #include "plugin/plugin_host.h"
 #include "store/store.h"
@@ -41,6 +42,7 @@ struct gr_generation {
     struct gr_token_policy token_policy;
     struct gr_keyring *keyring;          /* NULL without "decryption_keys" */
     struct gr_graph_client *graph;       /* NULL without "graph" */
+    struct gr_tls_cred *tls;             /* NULL without "tls" */
     struct gr_store_handler *store_handlers; /* what workers may take, per handler */
     struct gr_generation *next_retired;  /* control thread's list */
 };

@@ -19,6 +19,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/resource.h>
+#include <time.h>
 #include <unistd.h>
 
 #include "generation.h"
@@ -268,6 +269,11 @@ static char *start_only_change(const struct gr_config *a, const struct gr_config
     if (a->connection_timeout_s != b->connection_timeout_s)
         return gr_xprintf("\"limits.connection_timeout_s\" changed; it applies to the "
                           "listener, so restart graphrouter to apply it");
+    if ((a->tls_cert_file != NULL) != (b->tls_cert_file != NULL))
+        return gr_xprintf("\"tls\" was %s; the listener speaks HTTPS or HTTP from its start, "
+                          "so restart graphrouter to apply it (a new certificate and key need "
+                          "no restart)",
+                          b->tls_cert_file ? "added" : "removed");
     if (a->workers != b->workers)
         return gr_xprintf("\"workers\" changed; restart graphrouter to apply it");
     if (strcmp(a->store_path, b->store_path) != 0 || a->max_pending != b->max_pending ||
@@ -277,6 +283,20 @@ static char *start_only_change(const struct gr_config *a, const struct gr_config
         return gr_xprintf("\"store\" changed; the store is opened once, so restart graphrouter "
                           "to apply it");
     return NULL;
+}
+
+/* The certificate a generation serves, at start and after each reload. */
+static void log_tls(const struct gr_generation *g)
+{
+    if (!g->tls)
+        return;
+    char when[32];
+    time_t t = (time_t)gr_tls_cred_not_after(g->tls);
+    struct tm tm;
+    strftime(when, sizeof when, "%Y-%m-%dT%H:%M:%SZ", gmtime_r(&t, &tm));
+    gr_info("tls: serving the certificate %s from %s, valid until %s", gr_tls_cred_subject(g->tls),
+            g->cfg->tls_cert_file, when);
+    gr_metrics_tls_expiry(gr_tls_cred_not_after(g->tls));
 }
 
 static void reload(struct control *ctl)
@@ -324,6 +344,7 @@ static void reload(struct control *ctl)
     gr_generation_unpin(old); /* its reference for being current */
     gr_generation_unpin(cur);
     gr_metrics_reload(true);
+    log_tls(g);
     gr_info("reloaded: generation %llu serves now (%zu handlers, %zu routes)",
             (unsigned long long)g->id, g->nhandlers, g->cfg->routes.n);
     gr_manager_reconcile(ctl->manager); /* what the new configuration declares, at once */
@@ -447,6 +468,7 @@ static int run(const char *file)
     if (g->jwks)
         gr_jwks_start(g->jwks);
     gr_generation_swap(g);
+    log_tls(g);
     gr_generation_set_idle_hook(on_generation_idle);
 
     const struct gr_config *cfg = g->cfg;
@@ -483,8 +505,9 @@ static int run(const char *file)
         gr_plugin_host_cleanup();
         return 1;
     }
-    gr_info("graphrouter %s listening on %s:%u (%zu handlers, %zu routes, %u workers, store %s)",
-            GR_VERSION, g->cfg->listen_address, gr_http_port(http), g->nhandlers,
+    gr_info("graphrouter %s listening on %s://%s:%u (%zu handlers, %zu routes, %u workers, store %s)",
+            GR_VERSION, g->tls ? "https" : "http", g->cfg->listen_address, gr_http_port(http),
+            g->nhandlers,
             g->cfg->routes.n, g->cfg->workers, g->cfg->store_path);
     /* Graph validates the notification URL while it creates a subscription:
      * the listener serves before the manager's first create. */

@@ -62,6 +62,7 @@ static struct {
     atomic_uint_fast64_t tokens[GR_TOKEN_RESULT_COUNT];
     atomic_uint_fast64_t jwks_ok, jwks_failed, jwks_keys;
     atomic_int_fast64_t jwks_loaded_ms;
+    atomic_int_fast64_t tls_not_after_s;
     atomic_uint_fast64_t graph_requests[GR_GRAPH_STATUS_SLOTS];
     atomic_uint_fast64_t graph_tokens_ok, graph_tokens_failed;
     atomic_uint_fast64_t sub_ops[GR_SUB_OP_COUNT][2]; /* [op][ok] */
@@ -161,6 +162,11 @@ void gr_metrics_plugin_call_stuck(const char *what)
     }
 }
 void gr_metrics_jwks_refresh(bool ok) { ok ? INC(m.jwks_ok) : INC(m.jwks_failed); }
+
+void gr_metrics_tls_expiry(int64_t not_after_s)
+{
+    atomic_store_explicit(&m.tls_not_after_s, not_after_s, memory_order_relaxed);
+}
 
 void gr_metrics_token(int result)
 {
@@ -494,6 +500,11 @@ void gr_metrics_render(struct gr_buf *o, const struct gr_metrics_gauges *g)
               "When the signing keys in force were loaded (0: never).");
     gr_buf_printf(o, "graphrouter_jwks_loaded_timestamp_seconds %.3f\n",
                   (double)atomic_load_explicit(&m.jwks_loaded_ms, memory_order_relaxed) / 1000);
+
+    help_line(o, "graphrouter_tls_certificate_expiry_timestamp_seconds", "gauge",
+              "When the listener's TLS certificate in force expires (0: plain HTTP).");
+    gr_buf_printf(o, "graphrouter_tls_certificate_expiry_timestamp_seconds %lld\n",
+                  (long long)atomic_load_explicit(&m.tls_not_after_s, memory_order_relaxed));
 
     render_graph(o);
 

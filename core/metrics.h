@@ -86,6 +86,8 @@ void gr_metrics_token(int result);
 /* The key set in force: how many keys, and when it was last loaded. */
 void gr_metrics_jwks(size_t keys, int64_t loaded_wall_ms);
 void gr_metrics_jwks_refresh(bool ok);
+/* The listener's TLS certificate in force: its notAfter (0: plain HTTP). */
+void gr_metrics_tls_expiry(int64_t not_after_s);
 /* The store: a committed transaction (its time and how many requests it
  * carried), a transaction that failed, duplicates skipped, POSTs refused. */
 void gr_metrics_store_commit(int64_t ns, size_t requests);

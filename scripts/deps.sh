@@ -8,6 +8,8 @@ packages=(
   clang                              # the second compiler the tests build with
   libclang-rt-dev                    # clang's libFuzzer and sanitizer runtimes (fuzz tests)
   libmicrohttpd-dev                  # HTTP listener
+  libgnutls28-dev                    # the listener's TLS certificate and key (GnuTLS, under libmicrohttpd)
+  curl                               # tests: HTTPS requests with --cacert
   libjansson-dev                     # JSON
   libssl-dev                         # OpenSSL 3: tokens, decryption, digests
   libcurl4-openssl-dev               # fetching validation-token signing keys (JWKS)

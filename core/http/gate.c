@@ -54,6 +54,8 @@ struct gr_gate_conn {
     atomic_int_fast64_t deadline_ms; /* monotonic; 0: none */
     atomic_int phase;                /* enum gr_gate_phase, for the timeout's label */
     struct gr_gate *gate;
+    void *kept; /* gr_gate_conn_keep: released when the record is */
+    void (*release)(void *);
 };
 
 struct ipcount {
@@ -165,6 +167,8 @@ static void uncount(struct gr_gate *g, struct gr_gate_conn *c)
 /* Under lock: forget a record (its socket is closed by the caller or MHD). */
 static void forget(struct gr_gate *g, struct gr_gate_conn *c)
 {
+    if (c->release)
+        c->release(c->kept);
     uncount(g, c);
     if ((unsigned)c->fd < g->nfd && g->by_fd[c->fd] == c)
         g->by_fd[c->fd] = NULL;
@@ -693,6 +697,19 @@ void gr_gate_notify(void *cls, struct MHD_Connection *mc, void **socket_context,
     forget(g, c);
     pthread_mutex_unlock(&g->lock);
     *socket_context = NULL;
+}
+
+void gr_gate_conn_keep(struct gr_gate_conn *c, void *ref, void (*release)(void *))
+{
+    struct gr_gate *g = c->gate;
+    pthread_mutex_lock(&g->lock);
+    void *old = c->kept;
+    void (*old_release)(void *) = c->release;
+    c->kept = ref;
+    c->release = release;
+    pthread_mutex_unlock(&g->lock);
+    if (old_release)
+        old_release(old);
 }
 
 void gr_gate_phase(struct gr_gate_conn *c, enum gr_gate_phase phase)

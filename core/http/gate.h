@@ -62,6 +62,11 @@ void gr_gate_close(struct gr_gate *g);
 /* libmicrohttpd's MHD_OPTION_NOTIFY_CONNECTION callback; cls is the gate. */
 void gr_gate_notify(void *cls, struct MHD_Connection *c, void **socket_context, int toe);
 
+/* Keep `ref` for as long as the connection is open: release(ref) is called
+ * when it closes, or when another ref replaces it. From a libmicrohttpd
+ * callback on that connection (the TLS certificate callback). */
+void gr_gate_conn_keep(struct gr_gate_conn *conn, void *ref, void (*release)(void *));
+
 /* What a request is doing on its connection; each sets its deadline. */
 enum gr_gate_phase {
     GR_PHASE_HEAD, /* waiting for a request head */

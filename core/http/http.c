@@ -22,6 +22,7 @@
 #include "http/gate.h"
 #include "http/head.h"
 #include "http/ingest.h"
+#include "http/tls.h"
 #include "log.h"
 #include "metrics.h"
 #include "util.h"
@@ -494,12 +495,48 @@ static void on_mhd_panic(void *cls, const char *file, unsigned int line, const c
     abort();
 }
 
+static void release_cred(void *cred)
+{
+    gr_tls_cred_unref(cred);
+}
+
+/* libmicrohttpd asks for the certificate on every TLS handshake (GnuTLS's
+ * retrieve function): the current generation's, which the connection keeps
+ * a reference to until it closes, so a reload in the middle of a handshake
+ * frees nothing it uses. MHD makes the session's pointer its connection. */
+static int tls_certificate(gnutls_session_t session, const gnutls_datum_t *req_ca_dn, int nreqs,
+                           const gnutls_pk_algorithm_t *pk_algos, int pk_algos_length,
+                           gnutls_pcert_st **chain, unsigned int *n, gnutls_privkey_t *key)
+{
+    (void)req_ca_dn, (void)nreqs, (void)pk_algos, (void)pk_algos_length;
+    struct MHD_Connection *mc = gnutls_session_get_ptr(session);
+    const union MHD_ConnectionInfo *info =
+        mc ? MHD_get_connection_info(mc, MHD_CONNECTION_INFO_SOCKET_CONTEXT) : NULL;
+    struct gr_gate_conn *conn = info ? info->socket_context : NULL;
+    if (!conn)
+        return -1;
+    struct gr_generation *g = gr_generation_pin();
+    struct gr_tls_cred *cred = g->tls ? gr_tls_cred_ref(g->tls) : NULL;
+    gr_generation_unpin(g);
+    if (!cred)
+        return -1;
+    gr_gate_conn_keep(conn, cred, release_cred);
+    gr_tls_cred_get(cred, chain, n, key);
+    return 0;
+}
+
 struct gr_http *gr_http_start(const struct gr_config *cfg, struct gr_store *store, char **err)
 {
     MHD_set_panic_func(on_mhd_panic, NULL);
+    bool tls = cfg->tls_cert_file != NULL;
+    if (tls && MHD_is_feature_supported(MHD_FEATURE_HTTPS_CERT_CALLBACK) != MHD_YES) {
+        *err = gr_xprintf("\"tls\" needs libmicrohttpd built with GnuTLS 3 (its certificate "
+                          "callback); this one is not");
+        return NULL;
+    }
     struct gr_http *h = gr_xcalloc(1, sizeof *h);
     h->store = store;
-    h->gate = gr_gate_open(cfg, false, err);
+    h->gate = gr_gate_open(cfg, tls, err);
     if (!h->gate) {
         free(h);
         return NULL;
@@ -509,12 +546,21 @@ struct gr_http *gr_http_start(const struct gr_config *cfg, struct gr_store *stor
      * libmicrohttpd's own is only the open-file limit. */
     unsigned flags = MHD_USE_INTERNAL_POLLING_THREAD | MHD_USE_EPOLL | MHD_USE_ITC |
                      MHD_USE_NO_LISTEN_SOCKET | MHD_ALLOW_SUSPEND_RESUME | MHD_USE_ERROR_LOG;
+    /* Plain HTTP passes no TLS options (MHD_OPTION_END ends the list there). */
+    struct MHD_OptionItem tls_options[] = {
+        {MHD_OPTION_HTTPS_CERT_CALLBACK, 0, (void *)tls_certificate},
+        {MHD_OPTION_HTTPS_PRIORITIES, 0, (void *)GR_TLS_PRIORITIES},
+        {MHD_OPTION_END, 0, NULL},
+    };
+    if (tls)
+        flags |= MHD_USE_TLS;
     h->daemon = MHD_start_daemon(
         flags, 0, NULL, NULL, on_request, h, MHD_OPTION_EXTERNAL_LOGGER, on_mhd_log, NULL,
         MHD_OPTION_THREAD_POOL_SIZE, (unsigned)cfg->http_threads, MHD_OPTION_CONNECTION_LIMIT,
         gr_gate_fd_limit(h->gate), MHD_OPTION_CONNECTION_TIMEOUT,
         (unsigned)cfg->connection_timeout_s, MHD_OPTION_NOTIFY_COMPLETED, on_completed, h,
-        MHD_OPTION_NOTIFY_CONNECTION, on_connection, h->gate, MHD_OPTION_END);
+        MHD_OPTION_NOTIFY_CONNECTION, on_connection, h->gate, MHD_OPTION_ARRAY,
+        tls ? tls_options : tls_options + 2, MHD_OPTION_END);
     if (!h->daemon) {
         *err = gr_xprintf("cannot start the HTTP server (libmicrohttpd)");
         gr_gate_close(h->gate);
