@@ -23,14 +23,14 @@ def make_ca(d, name):
     return key, cert
 
 
-def make_server_cert(d, ca, cn, key_type="rsa:2048"):
+def make_server_cert(d, ca, cn, key_type=("rsa:2048",)):
     """A certificate for 127.0.0.1 signed by `ca`; returns (cert, key) paths."""
     ca_key, ca_cert = ca
     key, csr, cert = (os.path.join(d, cn + ext) for ext in (".key", ".csr", ".pem"))
     ext = os.path.join(d, cn + ".ext")
     with open(ext, "w") as f:
         f.write("subjectAltName=IP:127.0.0.1,DNS:localhost\n")
-    subprocess.run([OPENSSL, "req", "-newkey", key_type, "-nodes", "-keyout", key, "-out", csr,
+    subprocess.run([OPENSSL, "req", "-newkey", *key_type, "-nodes", "-keyout", key, "-out", csr,
                     "-subj", "/CN=" + cn], check=True, capture_output=True)
     subprocess.run([OPENSSL, "x509", "-req", "-in", csr, "-CA", ca_cert, "-CAkey", ca_key,
                     "-CAcreateserial", "-out", cert, "-days", "1", "-extfile", ext],
@@ -156,8 +156,12 @@ class TlsTest(RouterTest):
                                  "https://127.0.0.1:%d/metrics" % r.port],
                                 stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
 
-        # a certificate from another CA takes effect on SIGHUP, no restart
-        cert2, key2 = make_server_cert(self.d, self.ca2, "after")
+        # a certificate from another CA, with an EC key (SEC1 PEM), takes effect on
+        # SIGHUP, no restart
+        cert2, key2 = make_server_cert(self.d, self.ca2, "after",
+                                       ("ec", "-pkeyopt", "ec_paramgen_curve:P-256"))
+        subprocess.run([OPENSSL, "ec", "-in", key2, "-out", key2], check=True,
+                       capture_output=True)  # "EC PRIVATE KEY" rather than PKCS#8
         self.install(cert2, key2)
         pid = r.proc.pid
         r.send_signal(signal.SIGHUP)
