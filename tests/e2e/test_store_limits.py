@@ -11,6 +11,7 @@ is not allowed either, they check the same accounting on the ordinary disk."""
 import json
 import os
 import shutil
+import signal
 import sqlite3
 import stat
 import subprocess
@@ -234,6 +235,127 @@ class StoreLimitsTest(RouterTest):
         r.wait_for(lambda: r.post(batch(item(id="after")))[0] == 202, 30, "appends to resume")
         r.wait_log(r"store: writing .*graphrouter\.db works again")
         self.drain(r, flood.acked + ["first", "after"])
+
+
+def snapshot(files):
+    """{path: bytes} of the files that exist."""
+    out = {}
+    for f in files:
+        if os.path.exists(f):
+            with open(f, "rb") as fh:
+                out[f] = fh.read()
+    return out
+
+
+class CheckTest(RouterTest):
+    """--check opens the store read-only and runs quick_check on it."""
+
+    def stored(self, n=30):
+        """A router that stored n items (delivered), then stopped."""
+        r = self.router(base_config())
+        for i in range(n):
+            self.assertEqual(r.post(batch(item(id="c%d" % i, pad="q" * 3000)))[0], 202)
+        r.wait_jsonl(n)
+        return r
+
+    def check(self, r):
+        status, out, err = r.cli("--check")
+        return status, out, err.replace('\\"', '"')
+
+    def test_a_healthy_store_with_a_live_wal_is_ok_and_unchanged(self):
+        r = self.stored()
+        db = r.path("var/graphrouter.db")
+        status, out, err = self.check(r)  # beside the running daemon
+        self.assertEqual(status, 0, err)
+        self.assertRegex(out, r"(?m)^store var/graphrouter\.db: ok \(\d+ pages")
+        self.assertTrue(out.strip().endswith("ok (1 handlers, 1 routes)"), out)
+        r.stop(signal.SIGKILL)  # leaves the -wal (and -shm) as a crash would
+        self.assertGreater(os.path.getsize(db + "-wal"), 0)
+        for drop_shm in (False, True):
+            if drop_shm:  # a -wal without its index
+                os.unlink(db + "-shm")
+            before = snapshot(store_files(db))
+            status, out, err = self.check(r)
+            self.assertEqual(status, 0, err)
+            self.assertIn("store var/graphrouter.db: ok (", out)
+            self.assertIn("with its write-ahead log", out)
+            # the -shm is SQLite's index of the -wal, rebuilt by any reader
+            self.assertEqual(set(snapshot(store_files(db))), set(before) | {db + "-shm"})
+            for f in (db, db + "-wal"):
+                self.assertEqual(snapshot([f]), {f: before[f]}, f)
+        r.start()  # and the daemon takes it as it was
+        self.assertEqual(r.post(batch(item(id="after")))[0], 202)
+        r.wait_jsonl(31)
+
+    def corrupted(self, damage):
+        r = self.stored()
+        self.assertEqual(r.stop(), 0)
+        db = r.path("var/graphrouter.db")
+        self.assertFalse(os.path.exists(db + "-wal"))
+        with open(db, "r+b") as f:
+            damage(f)
+        before = snapshot(store_files(db))
+        status, out, err = self.check(r)
+        self.assertEqual(snapshot(store_files(db)), before, "--check changed the store")
+        self.assertEqual(status, 1, out + err)
+        self.assertNotIn(": ok (", out)
+        self.assertIn("%s: store var/graphrouter.db: " % r.config_path, err)
+        return err
+
+    def test_garbage_over_pages_is_reported_as_corrupt(self):
+        def damage(f):
+            pages = os.fstat(f.fileno()).st_size // 4096
+            self.assertGreater(pages, 8)
+            for p in range(2, pages, 3):  # b-tree pages of every table and index
+                f.seek(p * 4096 + 8)
+                f.write(os.urandom(600))
+        err = self.corrupted(damage)
+        self.assertRegex(err, r"store var/graphrouter\.db: corrupt")
+
+    def test_a_truncated_file_is_reported(self):
+        def damage(f):
+            f.truncate(os.fstat(f.fileno()).st_size // 2 + 100)
+        err = self.corrupted(damage)
+        self.assertRegex(err, r"store var/graphrouter\.db: corrupt")
+
+    def test_a_file_that_is_not_a_database_is_reported(self):
+        def damage(f):
+            f.write(b"this is not SQLite" * 10)
+        err = self.corrupted(damage)
+        self.assertRegex(err, r"corrupt or unreadable: file is not a database")
+
+    def test_a_layout_the_daemon_refuses_is_reported(self):
+        r = self.stored(1)
+        self.assertEqual(r.stop(), 0)
+        db = sqlite3.connect(r.path("var/graphrouter.db"))
+        db.execute("PRAGMA user_version = 99")
+        db.commit()
+        db.close()
+        status, out, err = self.check(r)
+        self.assertEqual(status, 1)
+        self.assertIn("store var/graphrouter.db: holds store layout 99; this graphrouter reads "
+                      "layout 3, and would refuse to start on it", err)
+
+    def test_a_store_that_does_not_exist_yet_is_fine_and_not_created(self):
+        r = self.router(base_config(store={"path": "var/new/graphrouter.db"}), start=False)
+        status, out, err = self.check(r)
+        self.assertEqual(status, 0, err)
+        self.assertIn("store var/new/graphrouter.db: does not exist yet; graphrouter creates it "
+                      "at start", out)
+        self.assertFalse(os.path.exists(r.path("var")))
+
+
+class ModeTest(RouterTest):
+    def test_the_store_and_its_directories_are_private_whatever_the_umask(self):
+        r = self.router(base_config(store={"path": "var/state/graphrouter.db"}), start=False)
+        r.start(preexec=lambda: os.umask(0))
+        self.assertEqual(r.post(batch(item(id="m")))[0], 202)
+        r.wait_jsonl(1)
+        db = r.path("var/state/graphrouter.db")
+        modes = {p: stat.S_IMODE(os.stat(p).st_mode)
+                 for p in (r.path("var"), r.path("var/state"), *store_files(db))}
+        self.assertEqual(modes, {r.path("var"): 0o700, r.path("var/state"): 0o700,
+                                 db: 0o600, db + "-wal": 0o600, db + "-shm": 0o600})
 
 
 if __name__ == "__main__":

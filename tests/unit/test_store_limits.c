@@ -4,14 +4,22 @@
  * room to copy the WAL into the database, and the append and commit rules
  * refuse or defer exactly at their thresholds.
  */
+#define _GNU_SOURCE
 #include <setjmp.h>
 #include <stdarg.h>
 #include <stddef.h>
 #include <stdint.h>
 
 #include <cmocka.h>
+#include <sqlite3.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
 
 #include "store/limits.h"
+#include "store/sqlite.h"
+#include "store/store_admin.h"
 
 #define MiB (UINT64_C(1) << 20)
 
@@ -94,6 +102,41 @@ static void thresholds(void **state)
     assert_false(gr_store_limits_commit_fits(&l, 0, UINT64_MAX / 2, UINT64_MAX / 2));
 }
 
+/* --check's store part: a deadline that has passed gives up and says so,
+ * never "ok"; with time, the same file is ok; a missing one is fine. */
+static void check_gives_up_and_says_so(void **state)
+{
+    (void)state;
+    char dir[] = "/tmp/gr-unit-check-XXXXXX";
+    assert_non_null(mkdtemp(dir));
+    char path[128];
+    snprintf(path, sizeof path, "%s/store.db", dir);
+    sqlite3 *db;
+    assert_int_equal(sqlite3_open(path, &db), SQLITE_OK);
+    char *sql = sqlite3_mprintf("PRAGMA user_version = %d; CREATE TABLE t(x);"
+                                "WITH RECURSIVE n(i) AS (SELECT 1 UNION ALL SELECT i + 1 FROM n "
+                                "WHERE i < 2000) INSERT INTO t SELECT randomblob(300) FROM n;",
+                                SCHEMA_VERSION);
+    assert_int_equal(sqlite3_exec(db, sql, NULL, NULL, NULL), SQLITE_OK);
+    sqlite3_free(sql);
+    sqlite3_close(db);
+    char *report = NULL;
+    assert_int_equal(gr_store_check(path, 0, &report), 1);
+    assert_non_null(strstr(report, "quick_check gave up"));
+    assert_non_null(strstr(report, "NOT checked"));
+    assert_null(strstr(report, "ok"));
+    free(report);
+    assert_int_equal(gr_store_check(path, 10000, &report), 0);
+    assert_non_null(strstr(report, ": ok ("));
+    free(report);
+    unlink(path);
+    assert_int_equal(gr_store_check(path, 10000, &report), 0);
+    assert_non_null(strstr(report, "does not exist yet"));
+    assert_int_equal(access(path, F_OK), -1); /* and is not created */
+    free(report);
+    rmdir(dir);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -101,6 +144,7 @@ int main(void)
         cmocka_unit_test(shares_fit_the_cap),
         cmocka_unit_test(no_cap_fits_everything),
         cmocka_unit_test(thresholds),
+        cmocka_unit_test(check_gives_up_and_says_so),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
