@@ -15,12 +15,13 @@
  * Each commit is kept within the WAL's share: it may rewrite item bodies
  * (appending one, or changing an item's state, which rewrites its record)
  * of T bytes in all while
- *   WAL file + 2 T             <= 3/4 of the WAL share;
+ *   WAL + 2 T                  <= 3/4 of the WAL share (WAL: the frames it holds
+ *                                since it last restarted);
  * the requests past that wait for the next commit (the first always runs).
  * An append of B bytes is refused as full (503, reason "full") when
  *   used database pages + 2 B  > 90% of the database share (the rest is kept
  *                                for routing and completing what is stored), or
- *   WAL file + 2 B             > 3/4 of the WAL share (it could not be written
+ *   WAL + 2 B                  > 3/4 of the WAL share (it could not be written
  *                                even alone).
  * Pure arithmetic, so that it can be tested alone.
  */
@@ -60,13 +61,13 @@ enum gr_store_fit {
 };
 
 /* Whether a commit that already rewrote `commit` bytes of item bodies may
- * take `more`: the WAL being `wal` bytes, twice the bodies' bytes must stay
+ * take `more`: the WAL holding `wal` bytes, twice the bodies' bytes must stay
  * within 3/4 of its share. Always true without a cap. */
 bool gr_store_limits_commit_fits(const struct gr_store_limits *l, uint64_t wal, uint64_t commit,
                                  uint64_t more);
 
 /* Whether an append of `append` bytes fits, the database using `used` bytes
- * of live pages (free pages are reused), the -wal file being `wal` bytes and
+ * of live pages (free pages are reused), the WAL holding `wal` bytes and
  * the same commit having rewritten `commit` bytes before it. GR_FIT_WAL_FULL
  * with `commit` > 0: it may fit in the next commit. */
 enum gr_store_fit gr_store_limits_fit(const struct gr_store_limits *l, uint64_t used,

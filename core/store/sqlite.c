@@ -577,6 +577,24 @@ static int dedupe_load(struct sqlite_store *s)
     return SQLITE_OK;
 }
 
+/* After each commit on the writer's connection: SQLite's automatic
+ * checkpoint (which this hook replaces), keeping count of the WAL frames
+ * the next transaction appends after. A checkpoint that copied every frame
+ * lets the next transaction restart the WAL from its start. */
+static int wal_hook(void *arg, sqlite3 *db, const char *name, int frames)
+{
+    struct sqlite_store *s = arg;
+    s->wal_frames = frames > 0 ? (uint64_t)frames : 0;
+    if (s->wal_frames >= s->limits.autocheckpoint) {
+        int log = 0, done = 0;
+        if (sqlite3_wal_checkpoint_v2(db, name, SQLITE_CHECKPOINT_PASSIVE, &log, &done) ==
+                SQLITE_OK &&
+            done == log)
+            s->wal_frames = 0;
+    }
+    return SQLITE_OK;
+}
+
 struct gr_store *gr_store_sqlite_open(const struct gr_store_config *c,
                                       const struct gr_store_handler *h, size_t nh, char **err)
 {
@@ -677,8 +695,11 @@ struct gr_store *gr_store_sqlite_open(const struct gr_store_config *c,
         rc = sq_exec(s->db, sql);
         free(sql);
     }
-    if (rc == SQLITE_OK)
-        rc = sqlite3_wal_autocheckpoint(s->db, (int)s->limits.autocheckpoint);
+    if (rc == SQLITE_OK) {
+        uint64_t wal = sq_wal_bytes(s), frame = s->page_size + GR_WAL_FRAME_HEADER;
+        s->wal_frames = wal > GR_WAL_HEADER ? (wal - GR_WAL_HEADER) / frame : 0;
+        sqlite3_wal_hook(s->db, wal_hook, s);
+    }
     if (rc == SQLITE_OK && s->limits.cap) {
         /* a file already larger than the database's share (a lower cap than
          * before) is not cut; appends wait until retention brings it under */

@@ -147,7 +147,8 @@ struct sqlite_store {
     uint64_t page_size;
     struct gr_store_limits limits; /* max_db_bytes, shared out (limits.h) */
     char *wal_path;                /* the -wal file, whose size counts */
-    uint64_t wal_now;              /* its size when the writer's transaction began */
+    uint64_t wal_frames;           /* frames in the WAL after the last commit (0: restarts) */
+    uint64_t wal_now;              /* bytes the WAL holds when the writer's transaction began */
     uint64_t commit_rewritten;     /* body bytes the transaction has written so far */
     sqlite3_int64 batch_id;             /* the writer's last token batch ... */
     struct gr_token_list *batch_tokens; /* ... parsed (see take_route) */

@@ -186,6 +186,8 @@ static void shrink_wal(struct sqlite_store *s)
     int log = 0, done = 0;
     int rc = sqlite3_wal_checkpoint_v2(s->db, NULL, SQLITE_CHECKPOINT_TRUNCATE, &log, &done);
     sqlite3_busy_timeout(s->db, 5000);
+    if (rc == SQLITE_OK)
+        s->wal_frames = 0;
     gr_debug("store: WAL of %s past half its share; checkpoint: %s (%d of %d frames)", s->path,
              sqlite3_errstr(rc), done, log);
 }

@@ -176,7 +176,9 @@ static void run_batch(struct sqlite_store *s, struct req *batch)
     }
     sq_step(S(s, nappend && s->cfg.synchronous_full ? S_SYNC_FULL : S_SYNC_NORMAL));
     int rc = sq_step(S(s, S_BEGIN));
-    s->wal_now = s->limits.cap ? sq_wal_bytes(s) : 0;
+    /* what the WAL holds, not its file: frames past a restart overwrite it */
+    s->wal_now = s->wal_frames ? GR_WAL_HEADER + s->wal_frames * (s->page_size + GR_WAL_FRAME_HEADER)
+                               : 0;
     s->commit_rewritten = 0;
     struct delta total = {0};
     int request_error = 0; /* the first error of a request that was undone alone */
