@@ -197,7 +197,8 @@ static void usage(FILE *out)
             "\n"
             "  -c, --config FILE  the configuration file (JSON; see README)\n"
             "  -t, --check        load and check the configuration, every plugin and every\n"
-            "                     handler's config, then exit: 0 if all is well, 1 otherwise\n"
+            "                     handler's config, and the store (read-only, quick_check),\n"
+            "                     then exit: 0 if all is well, 1 otherwise\n"
             "  -V, --version      print the version and plugin ABI, then exit\n"
             "  -h, --help         this text\n"
             "\n"
@@ -242,11 +243,21 @@ static int run_check(const char *file)
         free(err);
     } else {
         warn_about(g->cfg);
-        if (g->cfg->ndeclarations)
-            printf("%s: ok (%zu handlers, %zu routes, %zu declared subscriptions)\n", file,
-                   g->nhandlers, g->cfg->routes.n, g->cfg->ndeclarations);
-        else
-            printf("%s: ok (%zu handlers, %zu routes)\n", file, g->nhandlers, g->cfg->routes.n);
+        /* the store, read-only: corrupt, of a layout refused, or unchecked is a failure */
+        char *store = NULL;
+        if (gr_store_check(g->cfg->store_path, GR_STORE_CHECK_TIMEOUT_MS, &store) != 0) {
+            fprintf(stderr, "%s: %s\n", file, store);
+            rc = -1;
+        } else {
+            printf("%s\n", store);
+            if (g->cfg->ndeclarations)
+                printf("%s: ok (%zu handlers, %zu routes, %zu declared subscriptions)\n", file,
+                       g->nhandlers, g->cfg->routes.n, g->cfg->ndeclarations);
+            else
+                printf("%s: ok (%zu handlers, %zu routes)\n", file, g->nhandlers,
+                       g->cfg->routes.n);
+        }
+        free(store);
         fflush(stdout);
         if (!destroy(&ctl, g, "checking the configuration")) {
             gr_plugin_host_cleanup();

@@ -158,6 +158,17 @@ int sq_exec(sqlite3 *db, const char *sql)
     return rc;
 }
 
+uint64_t sq_wal_bytes(const struct sqlite_store *s)
+{
+    struct stat st;
+    return stat(s->wal_path, &st) == 0 && st.st_size > 0 ? (uint64_t)st.st_size : 0;
+}
+
+bool sq_is_full(int rc)
+{
+    return rc > 0 && (rc & 0xff) == SQLITE_FULL;
+}
+
 void gr_work_free(struct gr_work *w)
 {
     if (!w)
@@ -403,6 +414,7 @@ static void sq_close(struct gr_store *base)
     pthread_cond_destroy(&s->work);
     pthread_mutex_destroy(&s->lock);
     free(s->path);
+    free(s->wal_path);
     free(s);
 }
 
@@ -424,7 +436,9 @@ static const struct gr_store_ops sqlite_ops = {
     .state_get = sq_state_get,
 };
 
-/* Create missing parent directories and the file itself, private. */
+/* Create missing parent directories (0700) and the file itself (0600),
+ * private whatever the umask: SQLite gives its -wal and -shm files the
+ * database file's mode. What exists already is left as it is. */
 static int prepare_path(const char *path, char **err)
 {
     char *dir = gr_xstrdup(path);
@@ -432,7 +446,13 @@ static int prepare_path(const char *path, char **err)
         if (*p != '/')
             continue;
         *p = '\0';
-        if (mkdir(dir, 0750) != 0 && errno != EEXIST) {
+        if (mkdir(dir, 0700) == 0) {
+            if (chmod(dir, 0700) != 0) { /* a umask of 0277 would leave it unwritable */
+                *err = gr_xprintf("store: cannot set the mode of %s: %s", dir, strerror(errno));
+                free(dir);
+                return -1;
+            }
+        } else if (errno != EEXIST) {
             *err = gr_xprintf("store: cannot create %s: %s", dir, strerror(errno));
             free(dir);
             return -1;
@@ -440,9 +460,19 @@ static int prepare_path(const char *path, char **err)
         *p = '/';
     }
     free(dir);
-    int fd = open(path, O_RDWR | O_CREAT | O_CLOEXEC, 0600);
+    bool created = true;
+    int fd = open(path, O_RDWR | O_CREAT | O_EXCL | O_CLOEXEC | O_NOFOLLOW, 0600);
+    if (fd < 0 && errno == EEXIST) {
+        created = false;
+        fd = open(path, O_RDWR | O_CLOEXEC);
+    }
     if (fd < 0) {
         *err = gr_xprintf("store: cannot open %s: %s", path, strerror(errno));
+        return -1;
+    }
+    if (created && fchmod(fd, 0600) != 0) {
+        *err = gr_xprintf("store: cannot set the mode of %s: %s", path, strerror(errno));
+        close(fd);
         return -1;
     }
     close(fd);
@@ -547,6 +577,24 @@ static int dedupe_load(struct sqlite_store *s)
     return SQLITE_OK;
 }
 
+/* After each commit on the writer's connection: SQLite's automatic
+ * checkpoint (which this hook replaces), keeping count of the WAL frames
+ * the next transaction appends after. A checkpoint that copied every frame
+ * lets the next transaction restart the WAL from its start. */
+static int wal_hook(void *arg, sqlite3 *db, const char *name, int frames)
+{
+    struct sqlite_store *s = arg;
+    s->wal_frames = frames > 0 ? (uint64_t)frames : 0;
+    if (s->wal_frames >= s->limits.autocheckpoint) {
+        int log = 0, done = 0;
+        if (sqlite3_wal_checkpoint_v2(db, name, SQLITE_CHECKPOINT_PASSIVE, &log, &done) ==
+                SQLITE_OK &&
+            done == log)
+            s->wal_frames = 0;
+    }
+    return SQLITE_OK;
+}
+
 struct gr_store *gr_store_sqlite_open(const struct gr_store_config *c,
                                       const struct gr_store_handler *h, size_t nh, char **err)
 {
@@ -556,6 +604,7 @@ struct gr_store *gr_store_sqlite_open(const struct gr_store_config *c,
     s->base.ops = &sqlite_ops;
     s->cfg = *c;
     s->path = gr_xstrdup(c->path);
+    s->wal_path = gr_xprintf("%s-wal", c->path);
     int rc = sqlite3_open_v2(c->path, &s->db, SQLITE_OPEN_READWRITE | SQLITE_OPEN_NOMUTEX, NULL);
     if (rc == SQLITE_OK) {
         sqlite3_busy_timeout(s->db, 5000);
@@ -631,11 +680,39 @@ struct gr_store *gr_store_sqlite_open(const struct gr_store_config *c,
             s->page_size = (uint64_t)sqlite3_column_int64(ps, 0);
         sqlite3_finalize(ps);
     }
-    if (rc == SQLITE_OK && c->max_db_bytes) { /* the file's own page size */
-        char *cap = gr_xprintf("PRAGMA max_page_count = %llu",
-                               (unsigned long long)(c->max_db_bytes / s->page_size));
-        rc = sq_exec(s->db, cap);
-        free(cap);
+    /* max_db_bytes, shared out between the database, its WAL and the -shm
+     * file (limits.h), by the file's own page size. The WAL is checkpointed
+     * within its share and cut back when it restarts: without a cap, after a
+     * commit that made it larger than SQLite's 1,000-page checkpoint size. */
+    gr_store_limits_compute(c->max_db_bytes, s->page_size, &s->limits);
+    if (rc == SQLITE_OK) {
+        char *sql = s->limits.cap ? gr_xprintf("PRAGMA max_page_count = %llu; "
+                                               "PRAGMA journal_size_limit = %lld",
+                                               (unsigned long long)s->limits.max_page_count,
+                                               (long long)s->limits.journal_size_limit)
+                                  : gr_xprintf("PRAGMA journal_size_limit = %lld",
+                                               (long long)s->limits.journal_size_limit);
+        rc = sq_exec(s->db, sql);
+        free(sql);
+    }
+    if (rc == SQLITE_OK) {
+        uint64_t wal = sq_wal_bytes(s), frame = s->page_size + GR_WAL_FRAME_HEADER;
+        s->wal_frames = wal > GR_WAL_HEADER ? (wal - GR_WAL_HEADER) / frame : 0;
+        sqlite3_wal_hook(s->db, wal_hook, s);
+    }
+    if (rc == SQLITE_OK && s->limits.cap) {
+        /* a file already larger than the database's share (a lower cap than
+         * before) is not cut; appends wait until retention brings it under */
+        sqlite3_stmt *pc;
+        if (sqlite3_prepare_v2(s->db, "PRAGMA page_count", -1, &pc, NULL) == SQLITE_OK) {
+            if (sqlite3_step(pc) == SQLITE_ROW &&
+                (uint64_t)sqlite3_column_int64(pc, 0) > s->limits.max_page_count)
+                gr_warn("store: %s has %lld pages, more than the %llu that store.max_db_bytes "
+                        "leaves the database; POSTs get 503 until retention makes room",
+                        c->path, (long long)sqlite3_column_int64(pc, 0),
+                        (unsigned long long)s->limits.max_page_count);
+            sqlite3_finalize(pc);
+        }
     }
     if (rc != SQLITE_OK) {
         *err = why ? why
@@ -646,6 +723,7 @@ struct gr_store *gr_store_sqlite_open(const struct gr_store_config *c,
         sqlite3_close(s->db);
         gr_dedupe_free(&s->dedupe);
         free(s->path);
+        free(s->wal_path);
         free(s);
         return NULL;
     }

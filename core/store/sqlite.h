@@ -46,6 +46,7 @@
 #include <stdint.h>
 
 #include "store/dedupe.h"
+#include "store/limits.h"
 #include "store/store.h"
 
 enum { ITEM_TO_ROUTE = 0, ITEM_ROUTED = 1, ITEM_DONE = 2, ITEM_ROUTING = 3 };
@@ -81,6 +82,7 @@ struct req {
     int64_t queued_ms;        /* monotonic: when it was queued */
     struct gr_append *append; /* REQ_APPEND */
     bool failed;              /* undone alone (its savepoint rolled back) */
+    bool later;               /* left for the next commit (the WAL's share, limits.h) */
     bool duplicate;           /* REQ_ROUTED: the item was a duplicate, not delivered */
     /* REQ_TAKE */
     struct gr_store_handler *handlers;
@@ -143,6 +145,11 @@ struct sqlite_store {
     int64_t next_maintenance_ms;
     bool failing; /* the last transaction failed: log once */
     uint64_t page_size;
+    struct gr_store_limits limits; /* max_db_bytes, shared out (limits.h) */
+    char *wal_path;                /* the -wal file, whose size counts */
+    uint64_t wal_frames;           /* frames in the WAL after the last commit (0: restarts) */
+    uint64_t wal_now;              /* bytes the WAL holds when the writer's transaction began */
+    uint64_t commit_rewritten;     /* body bytes the transaction has written so far */
     sqlite3_int64 batch_id;             /* the writer's last token batch ... */
     struct gr_token_list *batch_tokens; /* ... parsed (see take_route) */
     bool recount_needed;   /* the counters may be off: rebuild them from the tables */
@@ -168,6 +175,8 @@ extern const char sq_close_finished_items[];
 int sq_step(sqlite3_stmt *st); /* step and reset: 0, or an SQLite error */
 char *sq_column_text(sqlite3_stmt *st, int col, size_t *len); /* a malloc'd copy, or NULL */
 int sq_exec(sqlite3 *db, const char *sql); /* logs a failure */
+uint64_t sq_wal_bytes(const struct sqlite_store *s); /* the -wal file's size now */
+bool sq_is_full(int rc); /* SQLITE_FULL: max_page_count reached, or the disk is full */
 void sq_free_req(struct req *r);
 
 /* sqlite_writer.c */
@@ -182,9 +191,10 @@ bool sq_run_call(struct sqlite_store *s, struct req *r);
 void *sq_writer_main(void *arg);
 
 /* sqlite_work.c: run by the writer inside its transaction */
-#define APPEND_FULL (-1)
+#define APPEND_FULL (-1)  /* over a limit: nothing written, answered 503 "full" */
+#define APPEND_LATER (-2) /* does not fit this commit's WAL share: run in the next commit */
 int sq_do_append(struct sqlite_store *s, struct gr_append *a, uint64_t batch_items,
-                 uint64_t batch_bytes, uint64_t *bytes);
+                 uint64_t batch_bytes, uint64_t rewritten, uint64_t *bytes);
 int sq_do_take(struct sqlite_store *s, struct req *r, int64_t now);
 int sq_do_routed(struct sqlite_store *s, struct req *r, int64_t now, uint64_t *done_items,
                  uint64_t *done_bytes, uint64_t *routed, bool *new_work);

@@ -174,12 +174,31 @@ static void refresh_oldest(struct sqlite_store *s)
     free(names);
 }
 
+/* The WAL past half its share of max_db_bytes: the checkpoints in the
+ * commits could not restart it (a reader held an old snapshot). Copy it
+ * back and cut it to nothing now if no reader is in the way, without
+ * waiting for one (the writer waits for nobody). */
+static void shrink_wal(struct sqlite_store *s)
+{
+    if (!s->limits.cap || sq_wal_bytes(s) <= s->limits.wal_share / 2)
+        return;
+    sqlite3_busy_timeout(s->db, 0);
+    int log = 0, done = 0;
+    int rc = sqlite3_wal_checkpoint_v2(s->db, NULL, SQLITE_CHECKPOINT_TRUNCATE, &log, &done);
+    sqlite3_busy_timeout(s->db, 5000);
+    if (rc == SQLITE_OK)
+        s->wal_frames = 0;
+    gr_debug("store: WAL of %s past half its share; checkpoint: %s (%d of %d frames)", s->path,
+             sqlite3_errstr(rc), done, log);
+}
+
 /* Returns true if purging is behind (maintenance should come back soon). */
 bool sq_maintenance(struct sqlite_store *s)
 {
     int64_t now = gr_wall_ms();
     sweep_removed_handlers(s, now);
     bool behind = purge(s, now);
+    shrink_wal(s);
     sqlite3_stmt *st = S(s, S_DATA_VERSION);
     int64_t version = sqlite3_step(st) == SQLITE_ROW ? sqlite3_column_int64(st, 0) : 0;
     sqlite3_reset(st);

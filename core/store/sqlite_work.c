@@ -50,9 +50,10 @@ static void bump(struct sqlite_store *s, const char *handler, int pending, int r
 /* ---- requests, run by the writer inside a transaction ------------------ */
 
 /* Returns 0, APPEND_FULL (over the limits, counting what this transaction
- * already added: nothing written), or an SQLite error. */
+ * already added: nothing written), APPEND_LATER (nothing written: the next
+ * transaction runs it), or an SQLite error. */
 int sq_do_append(struct sqlite_store *s, struct gr_append *a, uint64_t batch_items,
-                     uint64_t batch_bytes, uint64_t *bytes)
+                 uint64_t batch_bytes, uint64_t rewritten, uint64_t *bytes)
 {
     *bytes = 0;
     for (size_t i = 0; i < a->n; i++)
@@ -61,13 +62,19 @@ int sq_do_append(struct sqlite_store *s, struct gr_append *a, uint64_t batch_ite
     bool full = s->items_pending + batch_items + a->n > s->cfg.max_pending ||
                 s->bytes_pending + batch_bytes + *bytes > s->cfg.max_pending_bytes;
     pthread_mutex_unlock(&s->lock);
-    if (!full && s->cfg.max_db_bytes) {
-        /* Appends stop at 90% of max_db_bytes: the rest is kept for routing
-         * and completing what is already stored, so a full store drains. */
+    if (!full && s->limits.cap) {
+        /* max_db_bytes counts the database, its WAL and the -shm file
+         * (limits.h): appends stop at 90% of the database's share, the rest
+         * being kept for routing and completing what is already stored (so
+         * a full store drains), and when the WAL could not take them. */
         sqlite3_stmt *st = S(s, S_USED_PAGES);
         uint64_t used = sqlite3_step(st) == SQLITE_ROW ? (uint64_t)sqlite3_column_int64(st, 0) : 0;
         sqlite3_reset(st);
-        full = used * s->page_size + 2 * *bytes > s->cfg.max_db_bytes / 10 * 9;
+        enum gr_store_fit fit = gr_store_limits_fit(&s->limits, used * s->page_size, s->wal_now,
+                                                    rewritten, *bytes);
+        if (fit == GR_FIT_WAL_FULL && rewritten)
+            return APPEND_LATER; /* alone in the next commit it may fit */
+        full = fit != GR_FIT_OK;
     }
     if (full)
         return APPEND_FULL;
@@ -122,7 +129,15 @@ static struct gr_work *take_route(struct sqlite_store *s, int64_t now, int *rc)
      * rich items spans many chains). */
     struct gr_token_list *tokens = s->batch_tokens;
     sqlite3_int64 batch = s->batch_id;
+    uint64_t chain_bytes = 0;
     while (sqlite3_step(st) == SQLITE_ROW) {
+        /* marking an item as being routed rewrites its record: the chain
+         * stays within the commit's WAL share (limits.h), one item at least */
+        uint64_t len = (uint64_t)sqlite3_column_bytes(st, 1);
+        if (head && !gr_store_limits_commit_fits(&s->limits, s->wal_now,
+                                                 s->commit_rewritten + chain_bytes, len))
+            break;
+        chain_bytes += len;
         struct gr_work *w = gr_xcalloc(1, sizeof *w);
         w->kind = GR_WORK_ROUTE;
         w->id = w->item_id = sqlite3_column_int64(st, 0);
@@ -149,6 +164,7 @@ static struct gr_work *take_route(struct sqlite_store *s, int64_t now, int *rc)
         tail = &w->next;
     }
     sqlite3_reset(st);
+    s->commit_rewritten += chain_bytes;
     s->batch_tokens = tokens;
     s->batch_id = batch;
     for (struct gr_work *w = head; w; w = w->next) {

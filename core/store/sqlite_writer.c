@@ -82,9 +82,11 @@ static void finish_requests(struct sqlite_store *s, struct req *batch, int rc)
         next = r->next;
         if (r->kind == REQ_APPEND) {
             struct gr_append *a = r->append;
-            enum gr_append_result res = rc || r->failed ? GR_APPEND_ERROR
-                                        : r->result     ? GR_APPEND_FULL
-                                                        : GR_APPEND_OK;
+            /* no room (a limit, or SQLITE_FULL: max_page_count or a full
+             * disk) is "full"; any other failure is "error" */
+            enum gr_append_result res = r->result || (rc && sq_is_full(rc)) ? GR_APPEND_FULL
+                                        : rc || r->failed                  ? GR_APPEND_ERROR
+                                                                           : GR_APPEND_OK;
             a->done(a->ctx, res);
             sq_free_req(r);
         } else if (r->kind == REQ_SYNC || r->kind == REQ_CALL) {
@@ -119,11 +121,14 @@ static int run_request(struct sqlite_store *s, struct req *r, int64_t now,
     case REQ_APPEND: {
         uint64_t bytes;
         int rc = sq_do_append(s, r->append, so_far->added_items, so_far->added_bytes,
-                           &bytes);
-        r->result = rc == APPEND_FULL; /* this request only: the others go on */
-        if (rc == APPEND_FULL)
+                              s->commit_rewritten, &bytes);
+        /* this request only: the others go on */
+        r->result = rc == APPEND_FULL || sq_is_full(rc);
+        r->later = rc == APPEND_LATER;
+        if (rc == APPEND_FULL || rc == APPEND_LATER)
             return 0;
         if (!rc) {
+            s->commit_rewritten += bytes;
             d->added_items = r->append->n;
             d->added_bytes = bytes;
             d->new_work = r->append->n > 0;
@@ -171,15 +176,37 @@ static void run_batch(struct sqlite_store *s, struct req *batch)
     }
     sq_step(S(s, nappend && s->cfg.synchronous_full ? S_SYNC_FULL : S_SYNC_NORMAL));
     int rc = sq_step(S(s, S_BEGIN));
+    /* what the WAL holds, not its file: frames past a restart overwrite it */
+    s->wal_now = s->wal_frames ? GR_WAL_HEADER + s->wal_frames * (s->page_size + GR_WAL_FRAME_HEADER)
+                               : 0;
+    s->commit_rewritten = 0;
     struct delta total = {0};
     int request_error = 0; /* the first error of a request that was undone alone */
     bool state_held = s->state_dropped; /* a state write failed: later ones wait for it */
+    bool state_later = false;           /* one was left for the next commit: the same */
     for (struct req *r = batch; r && !rc; r = r->next) {
         bool writes_state = r->kind == REQ_DELIVERED && r->nstate;
         if (writes_state && state_held) {
             r->failed = true;
             continue;
         }
+        if (writes_state && state_later) {
+            r->later = true;
+            continue;
+        }
+        /* Routing an item or closing it rewrites its record: past the
+         * commit's WAL share (limits.h) that waits for the next commit,
+         * which the first request of a commit always fits. */
+        uint64_t rewrites = r->kind == REQ_ROUTED || r->kind == REQ_DELIVERED ? r->work->len : 0;
+        for (size_t i = 0; i < r->nevents; i++)
+            rewrites += r->events[i].len;
+        if (rewrites && s->commit_rewritten &&
+            !gr_store_limits_commit_fits(&s->limits, s->wal_now, s->commit_rewritten, rewrites)) {
+            r->later = true;
+            state_later |= writes_state; /* those after it keep their order */
+            continue;
+        }
+        s->commit_rewritten += rewrites;
         if ((rc = sq_step(S(s, S_SAVEPOINT))) != SQLITE_OK)
             break;
         struct delta d = {0};
@@ -213,7 +240,11 @@ static void run_batch(struct sqlite_store *s, struct req *batch)
     if (error)
         s->recount_needed = true; /* counters moved for what was undone */
     if (error) {
-        if (!s->failing)
+        if (!s->failing && sq_is_full(error))
+            gr_warn("store: %s has no room (%s); POSTs get 503 (store full) until there is "
+                    "room again",
+                    s->path, sqlite3_errstr(error));
+        else if (!s->failing)
             gr_error("store: writing %s failed (%s); POSTs get 503 until it works again",
                      s->path, sqlite3_errstr(error));
         s->failing = true;
@@ -240,7 +271,7 @@ static void run_batch(struct sqlite_store *s, struct req *batch)
         gr_metrics_duplicates(total.duplicates);
     }
     for (struct req *r = batch; r && !rc; r = r->next)
-        if (r->kind == REQ_DELIVERED && !r->failed) /* its state is in the file now */
+        if (r->kind == REQ_DELIVERED && !r->failed && !r->later) /* its state is in the file now */
             sq_state_committed(s, r);
     /* Completions must not be lost: those not kept are tried again. */
     struct req *retry_head = NULL, **retry_tail = &retry_head;
@@ -249,15 +280,35 @@ static void run_batch(struct sqlite_store *s, struct req *batch)
         if ((r->kind == REQ_ROUTED || r->kind == REQ_DELIVERED) && (rc || r->failed)) {
             *p = r->next;
             r->next = NULL;
-            r->failed = false;
+            r->failed = r->later = false;
             *retry_tail = r;
             retry_tail = &r->next;
         } else {
             p = &r->next;
         }
     }
+    /* What the WAL's share left out of this commit runs first in the next. */
+    struct req *later_head = NULL, **later_tail = &later_head;
+    for (struct req **p = &batch; *p && !rc;) {
+        struct req *r = *p;
+        if (r->later) {
+            *p = r->next;
+            r->next = NULL;
+            r->later = false;
+            r->result = 0;
+            *later_tail = r;
+            later_tail = &r->next;
+        } else {
+            p = &r->next;
+        }
+    }
     finish_requests(s, batch, rc);
     pthread_mutex_lock(&s->lock);
+    if (later_head) {
+        *later_tail = s->head;
+        s->head = later_head;
+        sq_count_queue(s);
+    }
     bool stopping = s->stopping;
     pthread_mutex_unlock(&s->lock);
     if (retry_head && stopping) {
