@@ -37,6 +37,13 @@ TIMEOUT = 20.0
 SECRET = "e2e-fallback-secret"
 
 
+def let_signals_kill():
+    """Environment for a router whose plugin crashes on purpose: the sanitizer
+    runtimes (AddressSanitizer, ThreadSanitizer) must let SIGSEGV kill it."""
+    return {name: os.environ.get(name, "") + ":handle_segv=0"
+            for name in ("ASAN_OPTIONS", "TSAN_OPTIONS")}
+
+
 def base_config(**overrides):
     """A small valid configuration: every item goes to handler "out" (file out.jsonl)."""
     cfg = {
