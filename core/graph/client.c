@@ -5,8 +5,9 @@
  * Retry-After, its recent writes, failures to reach it) lives in a `pace`
  * shared by every generation's client for the same Graph, app and tenant,
  * so a reload forgets none of it. A pace's `lock` guards its fields and is
- * never held during I/O; `fetch` serialises token requests (only callers
- * that need a token wait on it).
+ * never held during I/O; `fetching` (under `lock`) makes token requests one
+ * at a time: callers that need a token while one is being fetched wait on
+ * `fetched` for it.
  */
 #define _GNU_SOURCE
 #include "graph/client.h"
@@ -41,7 +42,9 @@ struct pace {
     struct pace *next; /* the registry's list */
     int refs;          /* under registry_lock */
     char *key;         /* base_url, login_url, app id, tenant (lower case) */
-    pthread_mutex_t lock, fetch;
+    pthread_mutex_t lock;
+    pthread_cond_t fetched;      /* signalled when `fetching` ends */
+    bool fetching;               /* a token request is in progress */
     char *token;                 /* cached access token ... */
     char *token_fingerprint;     /* ... for this credential */
     int64_t token_refresh_mono;  /* fetch a new one from then on */
@@ -183,7 +186,7 @@ static struct pace *pace_get(const char *key, unsigned budget)
         p = gr_xcalloc(1, sizeof *p);
         p->key = gr_xstrdup(key);
         pthread_mutex_init(&p->lock, NULL);
-        pthread_mutex_init(&p->fetch, NULL);
+        gr_cond_init_mono(&p->fetched);
         p->next = registry;
         registry = p;
     }
@@ -223,7 +226,7 @@ static void pace_put(struct pace *p)
     free(p->writes);
     free(p->key);
     pthread_mutex_destroy(&p->lock);
-    pthread_mutex_destroy(&p->fetch);
+    pthread_cond_destroy(&p->fetched);
     free(p);
 }
 
@@ -561,30 +564,36 @@ static char *get_token(const struct gr_graph_client *c, struct tenant *t,
                        const atomic_bool *cancel, long timeout_ms, char **error)
 {
     struct pace *p = t->pace;
-    pthread_mutex_lock(&p->lock);
-    char *token = cached_token(t);
-    pthread_mutex_unlock(&p->lock);
-    if (token)
-        return token;
     int64_t until = gr_mono_ms() + timeout_ms;
     struct timespec ts = {.tv_sec = until / 1000, .tv_nsec = (until % 1000) * 1000000};
-    if (timeout_ms <= 0)
-        pthread_mutex_lock(&p->fetch);
-    else if (pthread_mutex_clocklock(&p->fetch, CLOCK_MONOTONIC, &ts) != 0) {
-        *error = gr_xstrdup("the app's token was still being fetched when this call's time "
-                            "ran out");
-        return NULL;
+    pthread_mutex_lock(&p->lock);
+    char *token = cached_token(t);
+    while (!token && p->fetching) { /* another caller may fetch it meanwhile */
+        if (timeout_ms <= 0)
+            pthread_cond_wait(&p->fetched, &p->lock);
+        else if (pthread_cond_timedwait(&p->fetched, &p->lock, &ts) != 0 && p->fetching) {
+            pthread_mutex_unlock(&p->lock);
+            *error = gr_xstrdup("the app's token was still being fetched when this call's "
+                                "time ran out");
+            return NULL;
+        }
+        token = cached_token(t);
     }
+    if (token) {
+        pthread_mutex_unlock(&p->lock);
+        return token;
+    }
+    p->fetching = true;
+    pthread_mutex_unlock(&p->lock);
     if (timeout_ms > 0) { /* what is left, at least 1 ms: never "no limit" */
         timeout_ms = (long)(until - gr_mono_ms());
         timeout_ms = timeout_ms < 1 ? 1 : timeout_ms;
     }
+    token = fetch_token(c, t, cancel, timeout_ms, error);
     pthread_mutex_lock(&p->lock);
-    token = cached_token(t); /* another caller may have fetched it meanwhile */
+    p->fetching = false;
+    pthread_cond_broadcast(&p->fetched);
     pthread_mutex_unlock(&p->lock);
-    if (!token)
-        token = fetch_token(c, t, cancel, timeout_ms, error);
-    pthread_mutex_unlock(&p->fetch);
     return token;
 }
 

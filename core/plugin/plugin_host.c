@@ -338,29 +338,35 @@ static void *open_fresh(const char *real, char **why)
     return dl;
 }
 
-int gr_plugin_lib_load(const char *path, struct gr_plugin_lib *lib, char **err)
-{
-    *lib = (struct gr_plugin_lib){0};
-    *err = NULL;
-    char *real = realpath(path, NULL);
-    struct stat st;
-    if (!real || stat(real, &st) != 0 || !S_ISREG(st.st_mode)) {
-        *err = gr_xprintf("plugin %s: cannot open: %s", path,
-                          real ? "not a regular file" : strerror(errno));
-        free(real);
-        return -1;
-    }
-    char *why = NULL;
-    pthread_mutex_lock(&load_lock);
-    void *dl = open_fresh(real, &why);
-    pthread_mutex_unlock(&load_lock);
-    free(real);
-    if (!dl) {
-        *err = gr_xprintf("plugin %s: cannot load: %s", path, why);
-        free(why);
-        return -1;
-    }
+/* The shared objects loaded, each with the descriptor its entry point
+ * returned and the number of gr_plugin_libs holding it. For an unchanged file
+ * dlopen hands back the object already loaded; its entry point ran when the
+ * object was loaded and is not called again ("once per load", plugin.h). The
+ * serving generation's workers and jobs run that object's code meanwhile, so a
+ * second call, which stores `host` in the plugin's static again, would be a
+ * data race with every one of them. Guarded by load_lock, which is held from
+ * dlopen to registration and around dlclose, so the list matches what the
+ * dynamic loader holds. */
+struct loaded_object {
+    struct loaded_object *next;
+    void *dl;
+    const struct gr_plugin *desc;
+    unsigned holders;
+};
+static struct loaded_object *loaded_objects;
 
+static struct loaded_object *loaded_find(void *dl)
+{
+    for (struct loaded_object *o = loaded_objects; o; o = o->next)
+        if (o->dl == dl)
+            return o;
+    return NULL;
+}
+
+/* The descriptor of a freshly loaded object, from its entry point and checked;
+ * NULL with *err set. Called with load_lock. */
+static const struct gr_plugin *first_entry(void *dl, const char *path, char **err)
+{
     void *sym = dlsym(dl, GR_PLUGIN_ENTRY_SYMBOL);
     gr_plugin_entry_fn entry;
     memcpy(&entry, &sym, sizeof entry);
@@ -380,17 +386,50 @@ int gr_plugin_lib_load(const char *path, struct gr_plugin_lib *lib, char **err)
                           GR_PLUGIN_ABI_MINOR);
     else if (desc->size < offsetof(struct gr_plugin, handle) + sizeof desc->handle)
         *err = gr_xprintf("plugin %s: descriptor size %u is too small", path, desc->size);
-    if (*err) {
-        dlclose(dl);
+    else if (!desc->handle)
+        *err = gr_xprintf("plugin %s: its descriptor has no handle() function", path);
+    return *err ? NULL : desc;
+}
+
+int gr_plugin_lib_load(const char *path, struct gr_plugin_lib *lib, char **err)
+{
+    *lib = (struct gr_plugin_lib){0};
+    *err = NULL;
+    char *real = realpath(path, NULL);
+    struct stat st;
+    if (!real || stat(real, &st) != 0 || !S_ISREG(st.st_mode)) {
+        *err = gr_xprintf("plugin %s: cannot open: %s", path,
+                          real ? "not a regular file" : strerror(errno));
+        free(real);
         return -1;
     }
+    char *why = NULL;
+    pthread_mutex_lock(&load_lock);
+    void *dl = open_fresh(real, &why);
+    free(real);
+    if (!dl) {
+        pthread_mutex_unlock(&load_lock);
+        *err = gr_xprintf("plugin %s: cannot load: %s", path, why);
+        free(why);
+        return -1;
+    }
+    const struct gr_plugin *desc;
+    struct loaded_object *o = loaded_find(dl);
+    if (o) {
+        o->holders++;
+        desc = o->desc;
+    } else if ((desc = first_entry(dl, path, err))) {
+        o = gr_xcalloc(1, sizeof *o);
+        *o = (struct loaded_object){.next = loaded_objects, .dl = dl, .desc = desc, .holders = 1};
+        loaded_objects = o;
+    } else {
+        dlclose(dl);
+    }
+    pthread_mutex_unlock(&load_lock);
+    if (!desc)
+        return -1;
     size_t n = desc->size < sizeof lib->desc ? desc->size : sizeof lib->desc;
     memcpy(&lib->desc, desc, n);
-    if (!lib->desc.handle) {
-        *err = gr_xprintf("plugin %s: its descriptor has no handle() function", path);
-        dlclose(dl);
-        return -1;
-    }
     if (!lib->desc.name)
         lib->desc.name = "unnamed";
     lib->dl = dl;
@@ -400,8 +439,21 @@ int gr_plugin_lib_load(const char *path, struct gr_plugin_lib *lib, char **err)
 
 void gr_plugin_lib_unload(struct gr_plugin_lib *lib)
 {
-    if (lib->dl)
+    if (lib->dl) {
+        pthread_mutex_lock(&load_lock);
+        for (struct loaded_object **p = &loaded_objects; *p; p = &(*p)->next) {
+            if ((*p)->dl == lib->dl) {
+                struct loaded_object *o = *p;
+                if (--o->holders == 0) {
+                    *p = o->next;
+                    free(o);
+                }
+                break;
+            }
+        }
         dlclose(lib->dl);
+        pthread_mutex_unlock(&load_lock);
+    }
     free(lib->path);
     *lib = (struct gr_plugin_lib){0};
 }

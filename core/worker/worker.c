@@ -357,13 +357,22 @@ bool gr_workers_join(struct gr_workers *w, int64_t deadline_wall_ms)
         deadline_wall_ms = soonest;
     struct timespec until = {.tv_sec = deadline_wall_ms / 1000,
                              .tv_nsec = (deadline_wall_ms % 1000) * 1000000};
+    /* Every worker is joined, each by the same deadline: one stuck in a
+     * handler must not leave those that finished unjoined. A stuck one is
+     * detached, left to run until the process exits; what it uses (its
+     * struct worker, the cache) is then never freed. */
+    bool all = true;
     for (unsigned i = 0; i < w->n; i++) {
         if (pthread_timedjoin_np(w->workers[i].thread, NULL, &until) != 0) {
             gr_error("worker %u did not finish by the shutdown deadline: a handler is stuck", i);
-            return false;
+            pthread_detach(w->workers[i].thread);
+            all = false;
+            continue;
         }
         gr_callwatch_destroy(&w->workers[i].call);
     }
+    if (!all)
+        return false;
     gr_msgcache_destroy(&w->cache);
     free(w->workers);
     free(w);

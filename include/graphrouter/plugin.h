@@ -27,7 +27,9 @@
  * two handlers using the "file" plugin get two init() calls and two states.
  *
  *   gr_plugin_entry(host)  once per load; keep `host` in a static, it stays
- *                          valid until the shared object is unloaded.
+ *                          valid until the shared object is unloaded. A
+ *                          reload that finds the file unchanged keeps the
+ *                          loaded object and does not call it again.
  *   init(h, &state)        once per handler per configuration generation, on
  *                          a thread the router's control thread supervises
  *                          (as are reopen and fini): one still running past

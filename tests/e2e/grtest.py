@@ -31,10 +31,18 @@ PLUGINS = os.path.join(BUILD, "plugins")
 TEST_PLUGINS = os.path.join(BUILD, "test-plugins")
 VECTORS = os.path.join(SOURCE, "tests", "vectors")
 
-# Generous, because the suite also runs under AddressSanitizer on 2 cores.
+# Generous, because the suite also runs under AddressSanitizer and
+# ThreadSanitizer on 2 cores.
 TIMEOUT = 20.0
 
 SECRET = "e2e-fallback-secret"
+
+
+def let_signals_kill():
+    """Environment for a router whose plugin crashes on purpose: the sanitizer
+    runtimes (AddressSanitizer, ThreadSanitizer) must let SIGSEGV kill it."""
+    return {name: os.environ.get(name, "") + ":handle_segv=0"
+            for name in ("ASAN_OPTIONS", "TSAN_OPTIONS")}
 
 
 def base_config(**overrides):
@@ -348,7 +356,10 @@ class Router:
 class RouterTest(unittest.TestCase):
     """Starts routers through self.router() and checks, at the end of each
     test, that every one of them exits 0 on SIGTERM (which also makes every
-    test a leak and sanitizer check under the ASan build)."""
+    test a leak and sanitizer check under the ASan build) and that none wrote
+    a sanitizer report ("WARNING: ThreadSanitizer: ..." under the TSan build,
+    "ERROR: AddressSanitizer: ...", a UBSan "runtime error") in any of its
+    runs, even one killed or crashed on purpose."""
 
     def setUp(self):
         self._routers = []

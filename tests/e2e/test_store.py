@@ -13,7 +13,7 @@ import threading
 import time
 
 from grtest import (TENANT_A, TIMEOUT, RouterTest, base_config, batch, fixture_plugin, item,
-                    rich_config, simulate)
+                    let_signals_kill, rich_config, simulate)
 
 FLAKY = fixture_plugin("flaky")
 
@@ -110,8 +110,7 @@ class CrashTest(RouterTest):
                       retry={"max_attempts": 2}),
             "out": out()}, routes=[{"name": "r", "to": "f"}])
         r = self.router(cfg, start=False)
-        # the crash is the test: AddressSanitizer must let SIGSEGV kill the process
-        env = {"ASAN_OPTIONS": os.environ.get("ASAN_OPTIONS", "") + ":handle_segv=0"}
+        env = let_signals_kill()  # the crash is the test
         r.start(env=env)
         r.post(batch(item(id="before")))
         r.wait_jsonl(1)
@@ -192,7 +191,7 @@ class CrashTest(RouterTest):
             "f": dict(flaky(hang_on="m-1", emit_to="out"), timeout_s=1, retry={"max_attempts": 2}),
             "out": out()}, routes=[{"name": "r", "to": "f"}])
         r = self.router(cfg, start=False)
-        env = {"ASAN_OPTIONS": os.environ.get("ASAN_OPTIONS", "") + ":handle_segv=0"}
+        env = let_signals_kill()
         r.start(env=env)
         self.assertEqual(r.post(batch(item(id="m-1")))[0], 202)
         self.assertEqual(r.stop(sig=0, timeout=TIMEOUT), 1)  # attempt 1 hangs
