@@ -34,12 +34,15 @@ void gr_head_fields_free(struct gr_head_fields *f)
 
 bool gr_head_fields_check(const struct gr_head_fields *f, bool http10, struct gr_head_verdict *v)
 {
-    bool ok = gr_framing_check(f->n_cl, f->cl, f->cl_len, f->n_te,
-                               f->n_te && gr_is_plain_chunked(f->te, f->te_len), v);
-    if (ok && !http10 && f->n_host != 1)
-        ok = false, *v = (struct gr_head_verdict){GR_HEAD_HOST, 400,
-                                                  "HTTP/1.1 request needs exactly one Host header"};
-    return ok;
+    /* In gr_head_check's order (Host, then framing), so that a head gets the
+     * same answer whether it opens its connection or follows on it. */
+    if (!http10 && f->n_host != 1) {
+        *v = (struct gr_head_verdict){GR_HEAD_HOST, 400,
+                                      "HTTP/1.1 request needs exactly one Host header"};
+        return false;
+    }
+    return gr_framing_check(f->n_cl, f->cl, f->cl_len, f->n_te,
+                            f->n_te && gr_is_plain_chunked(f->te, f->te_len), v);
 }
 
 enum gr_endpoint gr_endpoint_of(const struct gr_config *cfg, const char *url)

@@ -30,7 +30,8 @@ struct gr_head_fields {
 void gr_head_fields_add(struct gr_head_fields *f, const char *key, size_t key_len,
                         const char *value, size_t value_len);
 void gr_head_fields_free(struct gr_head_fields *f);
-/* The gate's framing and Host rules (head.h) over these fields; false with
+/* The gate's Host and framing rules (head.h) over these fields, checked in
+ * the gate's order so a refusal is the one gr_head_check gives; false with
  * *v set when the request must be refused. */
 bool gr_head_fields_check(const struct gr_head_fields *f, bool http10, struct gr_head_verdict *v);
 
