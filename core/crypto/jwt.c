@@ -420,7 +420,12 @@ enum gr_token_result gr_token_cache_verify(struct gr_token_cache *cache, const c
         gr_token_claims_free(&e->claims);
     }
     e->result = rc;
-    e->until = rc == GR_TOKEN_VALID ? fresh.exp + GR_TOKEN_SKEW_S : now + GR_TOKEN_NEGATIVE_TTL_S;
+    /* A valid token stays until it expires; one that has already expired
+     * (a replay of an old token) as long as a failure, or every repeat of it
+     * would be verified and counted again. */
+    e->until = now + GR_TOKEN_NEGATIVE_TTL_S;
+    if (rc == GR_TOKEN_VALID && fresh.exp + GR_TOKEN_SKEW_S > e->until)
+        e->until = fresh.exp + GR_TOKEN_SKEW_S;
     if (rc == GR_TOKEN_VALID)
         gr_token_claims_copy(&e->claims, &fresh);
     pthread_mutex_unlock(&cache->lock);

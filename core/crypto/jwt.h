@@ -103,8 +103,9 @@ void gr_token_list_unref(struct gr_token_list *l);
 
 /*
  * A cache of gr_token_verify results keyed by the SHA-256 of the token:
- * a token that verified stays cached until its exp, one that failed for ten
- * minutes (an unknown kid is never cached: a refresh may publish it).
+ * a token that verified stays cached until its exp (at least ten minutes,
+ * so an expired token replayed is verified once too), one that failed for
+ * ten minutes (an unknown kid is never cached: a refresh may publish it).
  * Bounded; when full, expired entries go first, then everything. Internally
  * locked; any thread.
  */

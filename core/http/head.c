@@ -152,7 +152,10 @@ int gr_head_check(const char *buf, size_t len, size_t *head_len, struct gr_head_
         size_t e = pos;
         while (e < len && buf[e] != '\r' && buf[e] != '\n')
             e++;
-        if (e > GR_HEAD_MAX_BYTES || (line1 && e - pos > GR_HEAD_MAX_TARGET))
+        /* The line and its CRLF must fit, so a head is at most
+         * GR_HEAD_MAX_BYTES, the empty line included, and so many bytes
+         * always decide: the gate reads no more before it answers. */
+        if (e + 2 > GR_HEAD_MAX_BYTES || (line1 && e - pos > GR_HEAD_MAX_TARGET))
             return line1 ? refuse(v, GR_HEAD_URI_TOO_LONG, 414, "request line is too long")
                          : refuse(v, GR_HEAD_TOO_LARGE, 431, "request head is too large");
         if (e >= len)

@@ -8,7 +8,9 @@
  *     spaces, CRLF line ends only (a bare LF or CR is refused);
  *   - header lines: a token, ':' with no space before it, a value without
  *     control characters; obsolete line folding is refused; at most
- *     GR_HEAD_MAX_FIELDS lines and GR_HEAD_MAX_BYTES bytes in all;
+ *     GR_HEAD_MAX_FIELDS lines and GR_HEAD_MAX_BYTES bytes in all, the
+ *     empty line included (so the first GR_HEAD_MAX_BYTES bytes always
+ *     decide: never "incomplete" after so many);
  *   - HTTP/1.1 needs exactly one Host;
  *   - message framing (gr_framing_check): one Content-Length of digits only,
  *     never together with Transfer-Encoding; a chunked body is refused with

@@ -22,12 +22,12 @@
 #include "http/gate.h"
 #include "http/head.h"
 #include "http/ingest.h"
+#include "http/request.h"
 #include "http/tls.h"
 #include "log.h"
 #include "metrics.h"
 #include "util.h"
 
-#define GR_MAX_VALIDATION_TOKEN 1024
 #define GR_RETRY_AFTER_S "5"
 
 struct gr_http {
@@ -138,15 +138,7 @@ static enum MHD_Result close_with(struct MHD_Connection *c, struct gr_http *h, s
 static enum MHD_Result handshake(struct MHD_Connection *c, struct gr_http *h, struct request *r,
                                  const char *token, size_t len)
 {
-    const char *why = NULL;
-    if (len == 0)
-        why = "validationToken is empty";
-    else if (len > GR_MAX_VALIDATION_TOKEN)
-        why = "validationToken is longer than 1024 bytes";
-    else if (memchr(token, '<', len) || memchr(token, '>', len))
-        why = "validationToken contains '<' or '>'";
-    else if (memchr(token, '\0', len))
-        why = "validationToken contains a NUL byte";
+    const char *why = gr_handshake_refusal(token, len);
     if (why) {
         gr_warn_limited("validation handshake refused: %s", why);
         return text(c, h, r, 400, why);
@@ -154,17 +146,6 @@ static enum MHD_Result handshake(struct MHD_Connection *c, struct gr_http *h, st
     gr_info_limited("validation handshake answered on the %s endpoint",
                     r->ep == GR_EP_LIFECYCLE ? "lifecycle" : "notifications");
     return respond(c, h, r, 200, token, "text/plain"); /* no NUL inside: checked above */
-}
-
-static enum gr_endpoint endpoint_of(const struct gr_config *cfg, const char *url)
-{
-    for (size_t i = 0; i < cfg->n_notification_paths; i++)
-        if (strcmp(url, cfg->notification_paths[i]) == 0)
-            return GR_EP_NOTIFICATIONS;
-    for (size_t i = 0; i < cfg->n_lifecycle_paths; i++)
-        if (strcmp(url, cfg->lifecycle_paths[i]) == 0)
-            return GR_EP_LIFECYCLE;
-    return GR_EP_OTHER;
 }
 
 static enum MHD_Result serve_metrics(struct MHD_Connection *c, struct gr_http *h,
@@ -185,34 +166,11 @@ static enum MHD_Result serve_metrics(struct MHD_Connection *c, struct gr_http *h
     return rc;
 }
 
-/* The fields of a head that decide its framing and its client. */
-struct head_fields {
-    size_t n_cl, n_te, n_host;
-    const char *cl, *te;
-    size_t cl_len, te_len;
-    struct gr_buf xff; /* every X-Forwarded-For, joined by commas */
-};
-
 static enum MHD_Result collect_field(void *cls, enum MHD_ValueKind kind, const char *key,
                                      size_t key_len, const char *value, size_t value_len)
 {
     (void)kind;
-    struct head_fields *f = cls;
-    if (!value)
-        value = "", value_len = 0;
-    if (key_len == 14 && strncasecmp(key, "content-length", 14) == 0) {
-        if (!f->n_cl++)
-            f->cl = value, f->cl_len = value_len;
-    } else if (key_len == 17 && strncasecmp(key, "transfer-encoding", 17) == 0) {
-        if (!f->n_te++)
-            f->te = value, f->te_len = value_len;
-    } else if (key_len == 4 && strncasecmp(key, "host", 4) == 0) {
-        f->n_host++;
-    } else if (key_len == 15 && strncasecmp(key, "x-forwarded-for", 15) == 0) {
-        if (f->xff.len)
-            gr_buf_append(&f->xff, ",", 1);
-        gr_buf_append(&f->xff, value, value_len);
-    }
+    gr_head_fields_add(cls, key, key_len, value, value_len);
     return MHD_YES;
 }
 
@@ -231,17 +189,11 @@ static void client_text(const struct request *r, char out[GR_ADDR_TEXT])
 static int admit_request(struct MHD_Connection *c, struct gr_http *h, struct request *r,
                          const char *version, enum MHD_Result *rc)
 {
-    struct head_fields f = {0};
+    struct gr_head_fields f = {0};
     MHD_get_connection_values_n(c, MHD_HEADER_KIND, collect_field, &f);
     struct gr_head_verdict v;
-    bool http10 = strcmp(version, MHD_HTTP_VERSION_1_0) == 0;
-    bool ok = gr_framing_check(f.n_cl, f.cl, f.cl_len, f.n_te,
-                               f.n_te && gr_is_plain_chunked(f.te, f.te_len), &v);
-    if (ok && !http10 && f.n_host != 1)
-        ok = false, v = (struct gr_head_verdict){GR_HEAD_HOST, 400,
-                                                 "HTTP/1.1 request needs exactly one Host header"};
-    if (!ok) {
-        gr_buf_free(&f.xff);
+    if (!gr_head_fields_check(&f, strcmp(version, MHD_HTTP_VERSION_1_0) == 0, &v)) {
+        gr_head_fields_free(&f);
         gr_metrics_head_refused(v.error);
         char who[GR_ADDR_TEXT];
         client_text(r, who);
@@ -253,7 +205,7 @@ static int admit_request(struct MHD_Connection *c, struct gr_http *h, struct req
     if (r->conn_limits)
         gr_gate_peer(r->conn_limits, &proxy);
     if (!proxy) {
-        gr_buf_free(&f.xff);
+        gr_head_fields_free(&f);
         return 0;
     }
     /* Through a trusted proxy: the client is the forwarded address, and the
@@ -263,7 +215,7 @@ static int admit_request(struct MHD_Connection *c, struct gr_http *h, struct req
     struct gr_addr fwd;
     bool have = f.xff.len && gr_forwarded_client(f.xff.data, cfg->trusted_proxies,
                                                  cfg->n_trusted_proxies, &fwd);
-    gr_buf_free(&f.xff);
+    gr_head_fields_free(&f);
     unsigned status = 0;
     const char *why = NULL;
     if (have)
@@ -304,7 +256,7 @@ static enum MHD_Result begin(struct MHD_Connection *c, struct gr_http *h, struct
         return r->ep == GR_EP_HEALTHZ ? text(c, h, r, 200, "ok") : serve_metrics(c, h, r);
     }
     struct gr_generation *g = gr_generation_pin();
-    r->ep = endpoint_of(g->cfg, url);
+    r->ep = gr_endpoint_of(g->cfg, url);
     r->max_body = g->cfg->max_body_bytes;
     gr_generation_unpin(g);
     if (r->ep == GR_EP_OTHER)
@@ -321,20 +273,16 @@ static enum MHD_Result begin(struct MHD_Connection *c, struct gr_http *h, struct
         return handshake(c, h, r, token ? token : "", token ? token_len : 0);
 
     const char *cl = MHD_lookup_connection_value(c, MHD_HEADER_KIND, MHD_HTTP_HEADER_CONTENT_LENGTH);
-    if (cl) {
-        char *end;
-        errno = 0;
-        unsigned long long n = strtoull(cl, &end, 10);
-        /* Only refuse here; the buffer grows with the bytes that really
-         * arrive, so a client cannot reserve memory by announcing a length. */
-        if (errno == 0 && *end == '\0' && n > r->max_body) {
-            char who[GR_ADDR_TEXT];
-            client_text(r, who);
-            gr_warn_limited("notification POST refused: Content-Length %llu exceeds "
-                            "max_body_bytes %zu; client=%s",
-                            n, r->max_body, who);
-            return close_with(c, h, r, 413, "request body is larger than limits.max_body_bytes");
-        }
+    unsigned long long n;
+    /* Only refuse here; the buffer grows with the bytes that really arrive,
+     * so a client cannot reserve memory by announcing a length. */
+    if (cl && gr_content_length_exceeds(cl, r->max_body, &n)) {
+        char who[GR_ADDR_TEXT];
+        client_text(r, who);
+        gr_warn_limited("notification POST refused: Content-Length %llu exceeds "
+                        "max_body_bytes %zu; client=%s",
+                        n, r->max_body, who);
+        return close_with(c, h, r, 413, "request body is larger than limits.max_body_bytes");
     }
     return MHD_YES;
 }

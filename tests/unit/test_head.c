@@ -112,6 +112,22 @@ static void test_size_limits(void **state)
     assert_int_equal(v.status, 431);
     /* just under the limit: still waiting */
     assert_int_equal(gr_head_check(buf, GR_HEAD_MAX_BYTES - 8, &len, &v), 0);
+    /* exactly GR_HEAD_MAX_BYTES, the empty line included: accepted; one
+     * byte more: refused, and decided by the first GR_HEAD_MAX_BYTES + 1
+     * bytes, all the gate reads (not "incomplete" with a CR last) */
+    for (size_t total = GR_HEAD_MAX_BYTES; total <= GR_HEAD_MAX_BYTES + 2; total++) {
+        strcpy(buf, "GET / HTTP/1.1\r\nHost: a\r\nX: ");
+        used = strlen(buf);
+        memset(buf + used, 'b', total - 4 - used);
+        memcpy(buf + total - 4, "\r\n\r\n", 5);
+        int want = total == GR_HEAD_MAX_BYTES ? 1 : -1;
+        assert_int_equal(gr_head_check(buf, total, &len, &v), want);
+        if (want == 1)
+            assert_int_equal(len, GR_HEAD_MAX_BYTES);
+        else
+            assert_int_equal(v.status, 431);
+        assert_int_equal(gr_head_check(buf, GR_HEAD_MAX_BYTES + 1, &len, &v), want);
+    }
     /* too many fields */
     strcpy(buf, "GET / HTTP/1.1\r\nHost: a\r\n");
     for (int i = 0; i < GR_HEAD_MAX_FIELDS; i++)

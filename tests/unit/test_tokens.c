@@ -239,6 +239,16 @@ static void test_cache(void **state)
                          GR_TOKEN_BAD_SIGNATURE);
         assert_int_equal(first, i == 0);
     }
+    /* a valid but expired token is cached like a failure: a replay of it is
+     * verified and counted once, and the policy check still refuses it */
+    const char *expired = token_of(f, "expired");
+    for (int i = 0; i < 2; i++) {
+        assert_int_equal(gr_jwks_verify(f->jwks, expired, strlen(expired), f->now, &c, &first),
+                         GR_TOKEN_VALID);
+        assert_int_equal(first, i == 0);
+        assert_true(c.exp + GR_TOKEN_SKEW_S <= f->now);
+        gr_token_claims_free(&c);
+    }
     /* an unknown kid is never cached: the next refresh may publish it */
     for (int i = 0; i < 2; i++) {
         assert_int_equal(gr_jwks_verify(f->jwks, unknown, strlen(unknown), f->now, &c, &first),
