@@ -15,9 +15,11 @@
 #include <stdlib.h>
 #include <string.h>
 #include <strings.h>
+#include <sys/stat.h>
 #include <unistd.h>
 
 #include "log.h"
+#include "secret.h"
 #include "util.h"
 
 #ifndef GR_DEFAULT_PLUGIN_DIR
@@ -232,16 +234,14 @@ static int cmp_subscription(const void *a, const void *b)
 
 static int parse_secrets(struct gr_check *c, struct gr_config *cfg)
 {
-    const char *fallback = NULL;
-    if (gr_check_string(c, cfg->root, "client_state", false, &fallback) < 0)
+    char *fallback = NULL;
+    size_t len = 0;
+    if (gr_secret_resolve(c, cfg->root, "client_state", false, NULL, &fallback, &len) < 0)
         return -1;
     if (fallback) {
-        if (!*fallback)
-            return gr_check_fail_member(c, cfg->root, "client_state",
-                                        "\"client_state\" is empty; remove it to accept only the "
-                                        "subscriptions listed in \"subscriptions\"");
-        gr_secret_digest(fallback, strlen(fallback), &cfg->fallback_secret);
+        gr_secret_digest(fallback, len, &cfg->fallback_secret);
         cfg->has_fallback_secret = true;
+        gr_secret_wipe(fallback, len);
     }
 
     const json_t *subs = json_object_get(cfg->root, "subscriptions");
@@ -257,8 +257,8 @@ static int parse_secrets(struct gr_check *c, struct gr_config *cfg)
     cfg->declarations = gr_xcalloc(n ? n : 1, sizeof *cfg->declarations);
     static const char *const keys[] = {"id", "client_state", NULL};
     for (size_t i = 0; i < n; i++) {
-        const json_t *s = json_array_get(subs, i);
-        const char *id = NULL, *secret = NULL;
+        json_t *s = json_array_get(subs, i);
+        const char *id = NULL;
         if (!json_is_object(s))
             return gr_check_fail_element(c, subs, i,
                                          "each subscription must be an object with \"id\" and "
@@ -284,20 +284,23 @@ static int parse_secrets(struct gr_check *c, struct gr_config *cfg)
             continue;
         }
         if (gr_check_keys(c, s, "a subscription", keys) < 0 ||
-            gr_check_string(c, s, "id", true, &id) < 0 ||
-            gr_check_string(c, s, "client_state", true, &secret) < 0)
+            gr_check_string(c, s, "id", true, &id) < 0)
             return -1;
-        if (!*id || !*secret)
-            return gr_check_fail_element(c, subs, i,
-                                         "a subscription's \"id\" and \"client_state\" must not "
-                                         "be empty");
+        if (!*id)
+            return gr_check_fail_element(c, subs, i, "a subscription's \"id\" must not be empty");
         for (size_t j = 0; j < cfg->nsubscriptions; j++)
             if (strcasecmp(cfg->subscriptions[j].id, id) == 0)
                 return gr_check_fail_element(c, subs, i, "subscription \"%s\" is listed twice",
                                              id);
+        char *what = gr_xprintf("subscription \"%s\"", id), *secret = NULL;
+        int rc = gr_secret_resolve(c, s, "client_state", true, what, &secret, &len);
+        free(what);
+        if (rc < 0)
+            return -1;
         struct gr_subscription *listed = &cfg->subscriptions[cfg->nsubscriptions++];
         listed->id = id;
-        gr_secret_digest(secret, strlen(secret), &listed->secret);
+        gr_secret_digest(secret, len, &listed->secret);
+        gr_secret_wipe(secret, len);
     }
     qsort(cfg->subscriptions, cfg->nsubscriptions, sizeof *cfg->subscriptions, cmp_subscription);
     return 0;
@@ -605,6 +608,16 @@ int gr_config_parse(const char *file, const char *text, size_t len, struct gr_co
     return 0;
 }
 
+/* The file's text holds every secret written inline: it is read without
+ * stdio's buffer and into one allocation sized by the file (no copies left
+ * behind by growing it), and wiped before it is freed. */
+static void wipe_text(struct gr_buf *text)
+{
+    if (text->data)
+        OPENSSL_cleanse(text->data, text->len);
+    gr_buf_free(text);
+}
+
 int gr_config_load(const char *file, struct gr_config **out, char **err)
 {
     *out = NULL;
@@ -613,35 +626,52 @@ int gr_config_load(const char *file, struct gr_config **out, char **err)
         *err = gr_xprintf("%s: cannot open: %s", file, strerror(errno));
         return -1;
     }
+    setvbuf(f, NULL, _IONBF, 0);
     struct gr_buf text = {0};
+    struct stat st;
+    if (fstat(fileno(f), &st) == 0 && st.st_size > 0 && st.st_size <= GR_MAX_CONFIG_BYTES)
+        gr_buf_reserve(&text, (size_t)st.st_size + 1);
     char chunk[16384];
     size_t n;
+    int rc = -1;
     while ((n = fread(chunk, 1, sizeof chunk, f)) > 0) {
         gr_buf_append(&text, chunk, n);
         if (text.len > GR_MAX_CONFIG_BYTES) {
-            fclose(f);
-            gr_buf_free(&text);
             *err = gr_xprintf("%s: larger than %u bytes; is this the right file?", file,
                               GR_MAX_CONFIG_BYTES);
-            return -1;
+            goto out;
         }
     }
-    int rerr = ferror(f);
-    fclose(f);
-    if (rerr) {
-        gr_buf_free(&text);
+    if (ferror(f)) {
         *err = gr_xprintf("%s: read error", file);
-        return -1;
+        goto out;
     }
-    int rc = gr_config_parse(file, text.data ? text.data : "", text.len, out, err);
-    gr_buf_free(&text);
+    rc = gr_config_parse(file, text.data ? text.data : "", text.len, out, err);
+out:
+    fclose(f);
+    OPENSSL_cleanse(chunk, sizeof chunk);
+    wipe_text(&text);
     return rc;
+}
+
+/* The secrets the core reads that may be written inline, wherever the
+ * parse stopped: noted here, so that they are wiped with the JSON. */
+static void note_inline_secrets(struct gr_config *cfg)
+{
+    gr_secret_nodes_add(&cfg->secrets, cfg->root, "client_state");
+    const json_t *subs = json_object_get(cfg->root, "subscriptions");
+    for (size_t i = 0; i < json_array_size(subs); i++)
+        gr_secret_nodes_add(&cfg->secrets, json_array_get(subs, i), "client_state");
+    const json_t *tenants = json_object_get(json_object_get(cfg->root, "graph"), "tenants");
+    for (size_t i = 0; i < json_array_size(tenants); i++)
+        gr_secret_nodes_add(&cfg->secrets, json_array_get(tenants, i), "client_secret");
 }
 
 void gr_config_free(struct gr_config *cfg)
 {
     if (!cfg)
         return;
+    note_inline_secrets(cfg);
     for (size_t i = 0; i < cfg->nhandlers; i++)
         free(cfg->handlers[i].plugin_path);
     free(cfg->handlers);
@@ -659,6 +689,7 @@ void gr_config_free(struct gr_config *cfg)
     free(cfg->allow_from);
     free(cfg->trusted_proxies);
     gr_jsonpos_free(cfg->pos);
+    gr_secret_nodes_wipe(&cfg->secrets);
     json_decref(cfg->root);
     free(cfg->file);
     free(cfg);
