@@ -19,6 +19,7 @@
 #include <unistd.h>
 
 #include "log.h"
+#include "privs.h"
 #include "secret.h"
 #include "util.h"
 
@@ -513,12 +514,33 @@ static int parse_handlers(struct gr_check *c, struct gr_config *cfg)
     return 0;
 }
 
+/* "user": looked up now, so that --check and a reload report a user that
+ * does not exist; graphrouter becomes it at start (main.c, privs.c). */
+static int parse_user(struct gr_check *c, struct gr_config *cfg)
+{
+    if (gr_check_string(c, cfg->root, "user", false, &cfg->user) < 0)
+        return -1;
+    if (!cfg->user)
+        return 0;
+    if (!*cfg->user)
+        return gr_check_fail_member(c, cfg->root, "user",
+                                    "\"user\" is empty; remove it to stay the user graphrouter "
+                                    "is started as");
+    char *why = NULL;
+    if (gr_privs_lookup(cfg->user, &cfg->uid, &cfg->gid, &why) < 0) {
+        gr_check_fail_member(c, cfg->root, "user", "\"user\": %s", why);
+        free(why);
+        return -1;
+    }
+    return 0;
+}
+
 static int parse_top(struct gr_check *c, struct gr_config *cfg)
 {
     static const char *const keys[] = {
         "listen",  "paths",     "limits",   "store",           "client_state",
         "subscriptions", "plugin_dir", "workers", "log_level", "shutdown_timeout_s",
-        "validation_tokens", "decryption_keys", "graph", "handlers", "routes", NULL};
+        "validation_tokens", "decryption_keys", "graph", "handlers", "routes", "user", NULL};
     if (!json_is_object(cfg->root))
         return gr_check_fail_value(c, cfg->root, "the configuration must be a JSON object");
     if (gr_check_keys(c, cfg->root, "the configuration", keys) < 0 || parse_listen(c, cfg) < 0 ||
@@ -542,7 +564,7 @@ static int parse_top(struct gr_check *c, struct gr_config *cfg)
         return gr_check_fail_member(c, cfg->root, "log_level",
                                     "\"log_level\" is \"%s\"; use error, warn, info or debug",
                                     level);
-    if (parse_handlers(c, cfg) < 0)
+    if (parse_user(c, cfg) < 0 || parse_handlers(c, cfg) < 0)
         return -1;
 
     const json_t *routes = json_object_get(cfg->root, "routes");

@@ -20,6 +20,7 @@
 #include <stdbool.h>
 #include <stddef.h>
 #include <stdint.h>
+#include <sys/types.h>
 
 #include "check.h"
 #include "crypto/decrypt.h"
@@ -112,6 +113,12 @@ struct gr_config {
     struct gr_declaration *declarations;   /* declared: graphrouter creates and keeps them */
     size_t ndeclarations;
     struct gr_graph_conf graph;
+
+    /* "user": who graphrouter becomes once its port, store and files are
+     * open (privs.h); NULL: it stays who started it */
+    const char *user;
+    uid_t uid;
+    gid_t gid;
 
     const char *plugin_dir;
     unsigned workers;

@@ -304,6 +304,19 @@ void gr_plugin_host_cleanup(void)
     pthread_mutex_unlock(&load_lock);
 }
 
+int gr_plugin_host_set_owner(uid_t uid, gid_t gid, char **why)
+{
+    int rc = 0;
+    pthread_mutex_lock(&load_lock);
+    if (link_dir && chown(link_dir, uid, gid) != 0) {
+        *why = gr_xprintf("cannot give %s to uid %u: %s", link_dir, (unsigned)uid,
+                          strerror(errno));
+        rc = -1;
+    }
+    pthread_mutex_unlock(&load_lock);
+    return rc;
+}
+
 /* dlopen through a fresh symlink (see plugin_host.h). Called with load_lock. */
 static void *open_fresh(const char *real, char **why)
 {

@@ -18,6 +18,7 @@
 #include <jansson.h>
 #include <pthread.h>
 #include <stdbool.h>
+#include <sys/types.h>
 
 #include "config.h"
 #include "graph/client.h"
@@ -121,5 +122,8 @@ void gr_handler_release(struct gr_handler *h);
 
 /* Remove the private symlink directory (at exit). */
 void gr_plugin_host_cleanup(void);
+/* Give the private symlink directory to the user graphrouter is about to
+ * become, so that reloads can still load plugins through it. -1 with *why. */
+int gr_plugin_host_set_owner(uid_t uid, gid_t gid, char **why);
 
 #endif
