@@ -15,9 +15,12 @@
 #include <stdlib.h>
 #include <string.h>
 #include <strings.h>
+#include <sys/stat.h>
 #include <unistd.h>
 
 #include "log.h"
+#include "privs.h"
+#include "secret.h"
 #include "util.h"
 
 #ifndef GR_DEFAULT_PLUGIN_DIR
@@ -248,16 +251,14 @@ static int cmp_subscription(const void *a, const void *b)
 
 static int parse_secrets(struct gr_check *c, struct gr_config *cfg)
 {
-    const char *fallback = NULL;
-    if (gr_check_string(c, cfg->root, "client_state", false, &fallback) < 0)
+    char *fallback = NULL;
+    size_t len = 0;
+    if (gr_secret_resolve(c, cfg->root, "client_state", false, NULL, &fallback, &len) < 0)
         return -1;
     if (fallback) {
-        if (!*fallback)
-            return gr_check_fail_member(c, cfg->root, "client_state",
-                                        "\"client_state\" is empty; remove it to accept only the "
-                                        "subscriptions listed in \"subscriptions\"");
-        gr_secret_digest(fallback, strlen(fallback), &cfg->fallback_secret);
+        gr_secret_digest(fallback, len, &cfg->fallback_secret);
         cfg->has_fallback_secret = true;
+        gr_secret_wipe(fallback, len);
     }
 
     const json_t *subs = json_object_get(cfg->root, "subscriptions");
@@ -273,8 +274,8 @@ static int parse_secrets(struct gr_check *c, struct gr_config *cfg)
     cfg->declarations = gr_xcalloc(n ? n : 1, sizeof *cfg->declarations);
     static const char *const keys[] = {"id", "client_state", NULL};
     for (size_t i = 0; i < n; i++) {
-        const json_t *s = json_array_get(subs, i);
-        const char *id = NULL, *secret = NULL;
+        json_t *s = json_array_get(subs, i);
+        const char *id = NULL;
         if (!json_is_object(s))
             return gr_check_fail_element(c, subs, i,
                                          "each subscription must be an object with \"id\" and "
@@ -300,20 +301,23 @@ static int parse_secrets(struct gr_check *c, struct gr_config *cfg)
             continue;
         }
         if (gr_check_keys(c, s, "a subscription", keys) < 0 ||
-            gr_check_string(c, s, "id", true, &id) < 0 ||
-            gr_check_string(c, s, "client_state", true, &secret) < 0)
+            gr_check_string(c, s, "id", true, &id) < 0)
             return -1;
-        if (!*id || !*secret)
-            return gr_check_fail_element(c, subs, i,
-                                         "a subscription's \"id\" and \"client_state\" must not "
-                                         "be empty");
+        if (!*id)
+            return gr_check_fail_element(c, subs, i, "a subscription's \"id\" must not be empty");
         for (size_t j = 0; j < cfg->nsubscriptions; j++)
             if (strcasecmp(cfg->subscriptions[j].id, id) == 0)
                 return gr_check_fail_element(c, subs, i, "subscription \"%s\" is listed twice",
                                              id);
+        char *what = gr_xprintf("subscription \"%s\"", id), *secret = NULL;
+        int rc = gr_secret_resolve(c, s, "client_state", true, what, &secret, &len);
+        free(what);
+        if (rc < 0)
+            return -1;
         struct gr_subscription *listed = &cfg->subscriptions[cfg->nsubscriptions++];
         listed->id = id;
-        gr_secret_digest(secret, strlen(secret), &listed->secret);
+        gr_secret_digest(secret, len, &listed->secret);
+        gr_secret_wipe(secret, len);
     }
     qsort(cfg->subscriptions, cfg->nsubscriptions, sizeof *cfg->subscriptions, cmp_subscription);
     return 0;
@@ -526,12 +530,33 @@ static int parse_handlers(struct gr_check *c, struct gr_config *cfg)
     return 0;
 }
 
+/* "user": looked up now, so that --check and a reload report a user that
+ * does not exist; graphrouter becomes it at start (main.c, privs.c). */
+static int parse_user(struct gr_check *c, struct gr_config *cfg)
+{
+    if (gr_check_string(c, cfg->root, "user", false, &cfg->user) < 0)
+        return -1;
+    if (!cfg->user)
+        return 0;
+    if (!*cfg->user)
+        return gr_check_fail_member(c, cfg->root, "user",
+                                    "\"user\" is empty; remove it to stay the user graphrouter "
+                                    "is started as");
+    char *why = NULL;
+    if (gr_privs_lookup(cfg->user, &cfg->uid, &cfg->gid, &why) < 0) {
+        gr_check_fail_member(c, cfg->root, "user", "\"user\": %s", why);
+        free(why);
+        return -1;
+    }
+    return 0;
+}
+
 static int parse_top(struct gr_check *c, struct gr_config *cfg)
 {
     static const char *const keys[] = {
         "listen",  "paths",     "limits",   "tls",      "store",           "client_state",
         "subscriptions", "plugin_dir", "workers", "log_level", "shutdown_timeout_s",
-        "validation_tokens", "decryption_keys", "graph", "handlers", "routes", NULL};
+        "validation_tokens", "decryption_keys", "graph", "handlers", "routes", "user", NULL};
     if (!json_is_object(cfg->root))
         return gr_check_fail_value(c, cfg->root, "the configuration must be a JSON object");
     if (gr_check_keys(c, cfg->root, "the configuration", keys) < 0 || parse_listen(c, cfg) < 0 ||
@@ -556,7 +581,7 @@ static int parse_top(struct gr_check *c, struct gr_config *cfg)
         return gr_check_fail_member(c, cfg->root, "log_level",
                                     "\"log_level\" is \"%s\"; use error, warn, info or debug",
                                     level);
-    if (parse_handlers(c, cfg) < 0)
+    if (parse_user(c, cfg) < 0 || parse_handlers(c, cfg) < 0)
         return -1;
 
     const json_t *routes = json_object_get(cfg->root, "routes");
@@ -622,6 +647,16 @@ int gr_config_parse(const char *file, const char *text, size_t len, struct gr_co
     return 0;
 }
 
+/* The file's text holds every secret written inline: it is read without
+ * stdio's buffer and into one allocation sized by the file (no copies left
+ * behind by growing it), and wiped before it is freed. */
+static void wipe_text(struct gr_buf *text)
+{
+    if (text->data)
+        OPENSSL_cleanse(text->data, text->len);
+    gr_buf_free(text);
+}
+
 int gr_config_load(const char *file, struct gr_config **out, char **err)
 {
     *out = NULL;
@@ -630,35 +665,52 @@ int gr_config_load(const char *file, struct gr_config **out, char **err)
         *err = gr_xprintf("%s: cannot open: %s", file, strerror(errno));
         return -1;
     }
+    setvbuf(f, NULL, _IONBF, 0);
     struct gr_buf text = {0};
+    struct stat st;
+    if (fstat(fileno(f), &st) == 0 && st.st_size > 0 && st.st_size <= GR_MAX_CONFIG_BYTES)
+        gr_buf_reserve(&text, (size_t)st.st_size + 1);
     char chunk[16384];
     size_t n;
+    int rc = -1;
     while ((n = fread(chunk, 1, sizeof chunk, f)) > 0) {
         gr_buf_append(&text, chunk, n);
         if (text.len > GR_MAX_CONFIG_BYTES) {
-            fclose(f);
-            gr_buf_free(&text);
             *err = gr_xprintf("%s: larger than %u bytes; is this the right file?", file,
                               GR_MAX_CONFIG_BYTES);
-            return -1;
+            goto out;
         }
     }
-    int rerr = ferror(f);
-    fclose(f);
-    if (rerr) {
-        gr_buf_free(&text);
+    if (ferror(f)) {
         *err = gr_xprintf("%s: read error", file);
-        return -1;
+        goto out;
     }
-    int rc = gr_config_parse(file, text.data ? text.data : "", text.len, out, err);
-    gr_buf_free(&text);
+    rc = gr_config_parse(file, text.data ? text.data : "", text.len, out, err);
+out:
+    fclose(f);
+    OPENSSL_cleanse(chunk, sizeof chunk);
+    wipe_text(&text);
     return rc;
+}
+
+/* The secrets the core reads that may be written inline, wherever the
+ * parse stopped: noted here, so that they are wiped with the JSON. */
+static void note_inline_secrets(struct gr_config *cfg)
+{
+    gr_secret_nodes_add(&cfg->secrets, cfg->root, "client_state");
+    const json_t *subs = json_object_get(cfg->root, "subscriptions");
+    for (size_t i = 0; i < json_array_size(subs); i++)
+        gr_secret_nodes_add(&cfg->secrets, json_array_get(subs, i), "client_state");
+    const json_t *tenants = json_object_get(json_object_get(cfg->root, "graph"), "tenants");
+    for (size_t i = 0; i < json_array_size(tenants); i++)
+        gr_secret_nodes_add(&cfg->secrets, json_array_get(tenants, i), "client_secret");
 }
 
 void gr_config_free(struct gr_config *cfg)
 {
     if (!cfg)
         return;
+    note_inline_secrets(cfg);
     for (size_t i = 0; i < cfg->nhandlers; i++)
         free(cfg->handlers[i].plugin_path);
     free(cfg->handlers);
@@ -676,6 +728,7 @@ void gr_config_free(struct gr_config *cfg)
     free(cfg->allow_from);
     free(cfg->trusted_proxies);
     gr_jsonpos_free(cfg->pos);
+    gr_secret_nodes_wipe(&cfg->secrets);
     json_decref(cfg->root);
     free(cfg->file);
     free(cfg);

@@ -7,7 +7,9 @@
  * "Configuration reference" documents every key; keep the two in step.
  *
  * A struct gr_config is immutable once parsed and belongs to one generation;
- * strings in it point into `root` and live as long as the config.
+ * strings in it point into `root` and live as long as the config. Secrets
+ * (secret.h) are resolved while it is parsed; those left in `root` are
+ * wiped when it is freed.
  */
 #ifndef GR_CONFIG_H
 #define GR_CONFIG_H
@@ -18,11 +20,13 @@
 #include <stdbool.h>
 #include <stddef.h>
 #include <stdint.h>
+#include <sys/types.h>
 
 #include "check.h"
 #include "crypto/decrypt.h"
 #include "graph/graph_conf.h"
 #include "route/router.h"
+#include "secret.h"
 
 #define GR_SECRET_DIGEST_LEN 32 /* SHA-256 */
 
@@ -114,6 +118,12 @@ struct gr_config {
     size_t ndeclarations;
     struct gr_graph_conf graph;
 
+    /* "user": who graphrouter becomes once its port, store and files are
+     * open (privs.h); NULL: it stays who started it */
+    const char *user;
+    uid_t uid;
+    gid_t gid;
+
     const char *plugin_dir;
     unsigned workers;
     int log_level;
@@ -127,6 +137,7 @@ struct gr_config {
     struct gr_handler_conf *handlers;
     size_t nhandlers;
     struct gr_routes routes;
+    struct gr_secret_nodes secrets; /* JSON strings holding secrets, wiped at free */
 };
 
 /* Read and check a config file. On error returns -1 and sets *err to a

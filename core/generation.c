@@ -259,7 +259,7 @@ int gr_generation_build(const char *file, uint64_t id, struct gr_generation *pre
             goto fail;
         }
         h->serial = h->lib->desc.flags & GR_PLUGIN_SERIAL;
-        if (gr_plugin_check_config(&c, hc, &h->lib->desc) < 0)
+        if (gr_plugin_check_config(&c, hc, &h->lib->desc, &cfg->secrets) < 0)
             goto fail;
     }
     for (size_t i = 0; i < g->nhandlers; i++)

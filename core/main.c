@@ -18,7 +18,9 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <libgen.h>
 #include <sys/resource.h>
+#include <sys/stat.h>
 #include <time.h>
 #include <unistd.h>
 
@@ -28,6 +30,7 @@
 #include "log.h"
 #include "plugin/plugin_host.h"
 #include "plugin/plugin_job.h"
+#include "privs.h"
 #include "store/store.h"
 #include "store/store_admin.h"
 #include "util.h"
@@ -287,6 +290,9 @@ static char *start_only_change(const struct gr_config *a, const struct gr_config
                           b->tls_cert_file ? "added" : "removed");
     if (a->workers != b->workers)
         return gr_xprintf("\"workers\" changed; restart graphrouter to apply it");
+    if (!a->user != !b->user || (a->user && strcmp(a->user, b->user) != 0))
+        return gr_xprintf("\"user\" changed; graphrouter becomes that user once, at start, so "
+                          "restart graphrouter to apply it");
     if (strcmp(a->store_path, b->store_path) != 0 || a->max_pending != b->max_pending ||
         a->max_pending_bytes != b->max_pending_bytes || a->max_db_bytes != b->max_db_bytes ||
         a->synchronous_full != b->synchronous_full || a->dedupe_window_s != b->dedupe_window_s ||
@@ -451,6 +457,83 @@ static int setup_signals(sigset_t *handled)
     return 0;
 }
 
+/* ---- the "user" key (privs.h) ---------------------------------------------
+ * graphrouter starts as root, binds its port, opens the store and runs the
+ * handlers' init (which open their files), then becomes the user before
+ * any delivery starts. What it opens after that (the configuration, plugins,
+ * key and secret files at a reload; the store's extra connections) is
+ * opened as the user. */
+
+/* The store's files are graphrouter's own: the user gets them. */
+static int give_store(const struct gr_config *cfg, char **err)
+{
+    static const char *const suffixes[] = {"", "-wal", "-shm"};
+    for (size_t i = 0; i < GR_ARRAY_LEN(suffixes); i++) {
+        char *path = gr_xprintf("%s%s", cfg->store_path, suffixes[i]);
+        bool failed = chown(path, cfg->uid, cfg->gid) != 0 && errno != ENOENT;
+        if (failed)
+            *err = gr_xprintf("cannot give the store file %s to user \"%s\": %s", path,
+                              cfg->user, strerror(errno));
+        free(path);
+        if (failed)
+            return -1;
+    }
+    return 0;
+}
+
+/* After the drop: what graphrouter still needs, checked as the user. */
+static int check_as_user(const struct gr_generation *g, char **err)
+{
+    const struct gr_config *cfg = g->cfg;
+    char *copy = gr_xstrdup(cfg->store_path);
+    const char *dir = dirname(copy);
+    bool failed = access(dir, W_OK | X_OK) != 0 || access(cfg->store_path, R_OK | W_OK) != 0;
+    if (failed)
+        *err = gr_xprintf("user \"%s\" cannot use the store %s (its directory %s must be the "
+                          "user's, e.g. chown %s %s): %s",
+                          cfg->user, cfg->store_path, dir, cfg->user, dir, strerror(errno));
+    free(copy);
+    if (failed)
+        return -1;
+    /* A reload reads these again: say now, not at the first SIGHUP. */
+    if (access(cfg->file, R_OK) != 0)
+        gr_warn("user \"%s\" cannot read the configuration %s (%s): a reload (SIGHUP) will "
+                "fail",
+                cfg->user, cfg->file, strerror(errno));
+    for (size_t i = 0; i < g->nhandlers; i++)
+        if (access(g->handlers[i].conf->plugin_path, R_OK) != 0)
+            gr_warn("user \"%s\" cannot read the plugin %s (%s): a reload (SIGHUP) will fail",
+                    cfg->user, g->handlers[i].conf->plugin_path, strerror(errno));
+    return 0;
+}
+
+static int become_user(const struct gr_generation *g, char **err)
+{
+    const struct gr_config *cfg = g->cfg;
+    if (!cfg->user) {
+        if (geteuid() == 0)
+            gr_warn("running as root: set \"user\" in %s (e.g. \"graphrouter\") to drop root "
+                    "once the port and the store are open",
+                    cfg->file);
+        return 0;
+    }
+    char *why = NULL;
+    if (geteuid() == 0 && (give_store(cfg, err) < 0 || gr_plugin_host_set_owner(cfg->uid,
+                                                                                 cfg->gid, &why) < 0))
+        goto fail;
+    if (gr_privs_drop(cfg->user, cfg->uid, cfg->gid, &why) < 0)
+        goto fail;
+    if (check_as_user(g, err) < 0)
+        return -1;
+    gr_info("running as user %s (uid %u, gid %u)", cfg->user, (unsigned)cfg->uid,
+            (unsigned)cfg->gid);
+    return 0;
+fail:
+    if (why)
+        *err = why;
+    return -1;
+}
+
 static int run(const char *file)
 {
     raise_fd_limit();
@@ -502,14 +585,18 @@ static int run(const char *file)
     ctl.store = store;
     /* The managed subscriptions' secrets are known before the first POST. */
     struct gr_manager *manager = gr_manager_new(store, &err);
-    struct gr_workers *workers = gr_workers_start(store, g->cfg->workers);
     struct gr_http *http = manager ? gr_http_start(g->cfg, store, &err) : NULL;
+    /* Dropped before the first delivery: no handler runs as root. */
+    if (http && become_user(g, &err) < 0) {
+        gr_http_stop(http);
+        http = NULL;
+    }
+    struct gr_workers *workers = http ? gr_workers_start(store, g->cfg->workers) : NULL;
     if (!http) {
         gr_error("cannot start: %s", err);
         free(err);
         gr_manager_stop(manager);
         gr_store_stop_taking(store);
-        gr_workers_join(workers, gr_wall_ms() + 5000);
         gr_store_close(store);
         if (!destroy(&ctl, gr_generation_swap(NULL), "cannot start"))
             exit_leaving_plugins(1);

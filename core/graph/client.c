@@ -29,6 +29,7 @@
 #include "crypto/keyfile.h"
 #include "log.h"
 #include "metrics.h"
+#include "secret.h"
 #include "util.h"
 
 #define GR_GRAPH_MAX_BODY (16u << 20)    /* a page of a list is far smaller */
@@ -93,48 +94,29 @@ static char *dup_or_null(const char *s)
     return s ? gr_xstrdup(s) : NULL;
 }
 
-/* A secret file's content is the secret, one trailing newline stripped. */
+/* The client secret, through the configuration's one secret resolver
+ * (secret.h): "client_secret" in any of its forms, or the older
+ * "client_secret_file" and "client_secret_env", which mean {"file"} and
+ * {"env"}. */
 static int load_secret(struct gr_check *c, const struct gr_graph_tenant_conf *tc,
                        struct tenant *t)
 {
-    if (tc->client_secret_env) {
-        const char *v = getenv(tc->client_secret_env);
-        if (!v || !*v)
-            return gr_check_fail_member(c, tc->node, "client_secret_env",
-                                        "graph tenant \"%s\": the environment variable %s is "
-                                        "not set (or empty)",
-                                        tc->id, tc->client_secret_env);
-        t->secret = gr_xstrdup(v);
-        t->secret_len = strlen(v);
-        t->fingerprint = gr_xprintf("env:%s", tc->client_secret_env);
-        return 0;
-    }
-    size_t len;
-    char *why = NULL;
-    unsigned char *buf = gr_keyfile_read(tc->client_secret_file, true, &len, &why);
-    if (!buf) {
-        gr_check_fail_member(c, tc->node, "client_secret_file", "graph tenant \"%s\": %s",
-                             tc->id, why);
-        free(why);
+    char *what = gr_xprintf("graph tenant \"%s\"", tc->id);
+    int rc = tc->client_secret
+                 ? gr_secret_resolve(c, tc->node, "client_secret", true, what, &t->secret,
+                                     &t->secret_len)
+             : tc->client_secret_env
+                 ? gr_secret_from_env(c, tc->node, "client_secret_env", what,
+                                      tc->client_secret_env, &t->secret, &t->secret_len)
+                 : gr_secret_from_file(c, tc->node, "client_secret_file", what,
+                                       tc->client_secret_file, &t->secret, &t->secret_len);
+    free(what);
+    if (rc < 0)
         return -1;
-    }
-    size_t n = len;
-    if (n && buf[n - 1] == '\n')
-        n -= n >= 2 && buf[n - 2] == '\r' ? 2 : 1;
-    if (n == 0 || memchr(buf, '\0', n) || memchr(buf, '\n', n)) {
-        gr_keyfile_free(buf, len);
-        return gr_check_fail_member(c, tc->node, "client_secret_file",
-                                    "graph tenant \"%s\": %s must hold the client secret on "
-                                    "one line",
-                                    tc->id, tc->client_secret_file);
-    }
-    t->secret = gr_xstrndup((const char *)buf, n);
-    t->secret_len = n;
-    gr_keyfile_free(buf, len);
-    /* A digest of the secret tells a changed file apart without keeping it twice. */
+    /* A digest of the secret tells a changed one apart without keeping it twice. */
     unsigned char md[32];
     unsigned int mdlen = 0;
-    EVP_Digest(t->secret, n, md, &mdlen, gr_sha256(), NULL);
+    EVP_Digest(t->secret, t->secret_len, md, &mdlen, gr_sha256(), NULL);
     char *hex = gr_base64url_encode(md, sizeof md);
     t->fingerprint = gr_xprintf("secret:%s", hex);
     free(hex);
@@ -233,10 +215,7 @@ static void pace_put(struct pace *p)
 static void tenant_free(struct tenant *t)
 {
     free(t->id);
-    if (t->secret) {
-        OPENSSL_cleanse(t->secret, t->secret_len);
-        free(t->secret);
-    }
+    gr_secret_wipe(t->secret, t->secret_len);
     EVP_PKEY_free(t->key);
     free(t->x5t);
     free(t->fingerprint);

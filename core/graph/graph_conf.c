@@ -71,9 +71,9 @@ static int url_member(struct gr_check *c, const json_t *obj, const char *key, co
 static int parse_tenant(struct gr_check *c, const json_t *list, size_t i,
                         struct gr_graph_tenant_conf *t)
 {
-    static const char *const keys[] = {"id", "client_secret_file", "client_secret_env",
-                                       "client_certificate_file", "private_key_file",
-                                       "password_file", NULL};
+    static const char *const keys[] = {"id", "client_secret", "client_secret_file",
+                                       "client_secret_env", "client_certificate_file",
+                                       "private_key_file", "password_file", NULL};
     const json_t *o = json_array_get(list, i);
     if (!json_is_object(o))
         return gr_check_fail_element(c, list, i,
@@ -90,13 +90,18 @@ static int parse_tenant(struct gr_check *c, const json_t *list, size_t i,
         return -1;
     if (!*t->id)
         return gr_check_fail_member(c, o, "id", "a graph tenant's \"id\" is empty");
-    int kinds = (t->client_secret_file != NULL) + (t->client_secret_env != NULL) +
-                (t->client_certificate_file || t->private_key_file);
+    /* read, and its shape checked, with the other credentials (graph/client.c) */
+    const json_t *secret = json_object_get(o, "client_secret");
+    t->client_secret = secret && !json_is_null(secret);
+    int kinds = t->client_secret + (t->client_secret_file != NULL) +
+                (t->client_secret_env != NULL) + (t->client_certificate_file || t->private_key_file);
     if (kinds != 1)
         return gr_check_fail_element(c, list, i,
                                      "graph tenant \"%s\" needs exactly one credential: "
-                                     "\"client_secret_file\", \"client_secret_env\", or "
-                                     "\"client_certificate_file\" with \"private_key_file\"",
+                                     "\"client_secret\" (a string, {\"file\": ...} or "
+                                     "{\"env\": ...}), \"client_secret_file\", "
+                                     "\"client_secret_env\", or \"client_certificate_file\" "
+                                     "with \"private_key_file\"",
                                      t->id);
     if (!t->client_certificate_file != !t->private_key_file)
         return gr_check_fail_element(c, list, i,

@@ -21,7 +21,8 @@
 
 struct gr_graph_tenant_conf {
     const char *id;
-    const char *client_secret_file;      /* one of: a secret in a file, */
+    bool client_secret;                  /* one of: "client_secret" (secret.h), */
+    const char *client_secret_file;      /* a secret in a file, */
     const char *client_secret_env;       /* a secret in the environment, */
     const char *client_certificate_file; /* or a certificate and its key */
     const char *private_key_file;

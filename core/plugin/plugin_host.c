@@ -10,6 +10,7 @@
 #include <dlfcn.h>
 #include <errno.h>
 #include <libgen.h>
+#include <openssl/crypto.h>
 #include <stdarg.h>
 #include <stdlib.h>
 #include <string.h>
@@ -17,6 +18,7 @@
 #include <unistd.h>
 
 #include "log.h"
+#include "secret.h"
 #include "util.h"
 
 struct gr_json_cache {
@@ -271,6 +273,7 @@ void gr_handler_release(struct gr_handler *h)
     for (struct gr_json_cache *e = h->json_cache, *next; e; e = next) {
         next = e->next;
         free(e->key);
+        OPENSSL_cleanse(e->text, strlen(e->text)); /* a GR_CONFIG_SECRET may be in it */
         free(e->text);
         free(e);
     }
@@ -299,6 +302,19 @@ void gr_plugin_host_cleanup(void)
         link_dir = NULL;
     }
     pthread_mutex_unlock(&load_lock);
+}
+
+int gr_plugin_host_set_owner(uid_t uid, gid_t gid, char **why)
+{
+    int rc = 0;
+    pthread_mutex_lock(&load_lock);
+    if (link_dir && chown(link_dir, uid, gid) != 0) {
+        *why = gr_xprintf("cannot give %s to uid %u: %s", link_dir, (unsigned)uid,
+                          strerror(errno));
+        rc = -1;
+    }
+    pthread_mutex_unlock(&load_lock);
+    return rc;
 }
 
 /* dlopen through a fresh symlink (see plugin_host.h). Called with load_lock. */
@@ -469,6 +485,7 @@ static const char *type_text(int type)
     case GR_CONFIG_BOOL: return "true or false";
     case GR_CONFIG_STRING_LIST: return "a string or a list of strings";
     case GR_CONFIG_HANDLER_LIST: return "a handler name or a list of handler names";
+    case GR_CONFIG_SECRET: return "a string, {\"file\": \"/path\"} or {\"env\": \"NAME\"}";
     default: return "any JSON value";
     }
 }
@@ -491,12 +508,31 @@ static bool type_ok(int type, const json_t *v)
                 return false;
         return true;
     case GR_CONFIG_JSON: return true;
+    case GR_CONFIG_SECRET: return json_is_string(v) || json_is_object(v); /* resolved after */
     default: return false;
     }
 }
 
+/* A GR_CONFIG_SECRET key: the secret, as a string, replaces a {"file"} or
+ * {"env"}; either way the string is noted for the wipe. */
+static int resolve_secret(struct gr_check *c, const struct gr_handler_conf *hc, const char *key,
+                          struct gr_secret_nodes *secrets)
+{
+    char *what = gr_xprintf("handler \"%s\"", hc->name), *secret = NULL;
+    size_t len = 0;
+    int rc = gr_secret_resolve(c, hc->config, key, false, what, &secret, &len);
+    free(what);
+    if (rc < 0 || !secret)
+        return rc;
+    if (!json_is_string(json_object_get(hc->config, key))) /* {"file"} or {"env"} */
+        json_object_set_new(hc->config, key, json_stringn_nocheck(secret, len));
+    gr_secret_wipe(secret, len);
+    gr_secret_nodes_add(secrets, hc->config, key);
+    return 0;
+}
+
 int gr_plugin_check_config(struct gr_check *c, const struct gr_handler_conf *hc,
-                           const struct gr_plugin *desc)
+                           const struct gr_plugin *desc, struct gr_secret_nodes *secrets)
 {
     const struct gr_config_key *keys = desc->config_keys;
     size_t n = 0;
@@ -528,6 +564,9 @@ int gr_plugin_check_config(struct gr_check *c, const struct gr_handler_conf *hc,
                                         keys[i].name, type_text(keys[i].type),
                                         keys[i].help ? " (" : "", keys[i].help ? keys[i].help : "",
                                         keys[i].help ? ")" : "");
+        if (keys[i].type == GR_CONFIG_SECRET &&
+            resolve_secret(c, hc, keys[i].name, secrets) < 0)
+            return -1;
     }
     return 0;
 }

@@ -18,6 +18,7 @@
 #include <jansson.h>
 #include <pthread.h>
 #include <stdbool.h>
+#include <sys/types.h>
 
 #include "config.h"
 #include "graph/client.h"
@@ -110,14 +111,19 @@ json_t *gr_msg_root(struct gr_msg *m);
 int gr_plugin_lib_load(const char *path, struct gr_plugin_lib *lib, char **err);
 void gr_plugin_lib_unload(struct gr_plugin_lib *lib);
 
-/* Check a handler's "config" against its plugin's schema (with positions). */
+/* Check a handler's "config" against its plugin's schema (with positions).
+ * A GR_CONFIG_SECRET key is resolved (secret.h) and its value replaced by
+ * the secret as a string, noted in `secrets` to be wiped with the config. */
 int gr_plugin_check_config(struct gr_check *c, const struct gr_handler_conf *hc,
-                           const struct gr_plugin *desc);
+                           const struct gr_plugin *desc, struct gr_secret_nodes *secrets);
 
 /* Release a handler's caches (after fini). */
 void gr_handler_release(struct gr_handler *h);
 
 /* Remove the private symlink directory (at exit). */
 void gr_plugin_host_cleanup(void);
+/* Give the private symlink directory to the user graphrouter is about to
+ * become, so that reloads can still load plugins through it. -1 with *why. */
+int gr_plugin_host_set_owner(uid_t uid, gid_t gid, char **why);
 
 #endif

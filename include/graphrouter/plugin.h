@@ -74,7 +74,7 @@ extern "C" {
 #endif
 
 #define GR_PLUGIN_ABI_MAJOR 1
-#define GR_PLUGIN_ABI_MINOR 2
+#define GR_PLUGIN_ABI_MINOR 3
 
 #if defined(__GNUC__) || defined(__clang__)
 #define GR_PLUGIN_EXPORT __attribute__((visibility("default")))
@@ -119,7 +119,15 @@ enum gr_config_type {
     GR_CONFIG_STRING_LIST = 5,  /* array of strings */
     GR_CONFIG_HANDLER_LIST = 6, /* array of handler names; each must exist, and
                                    the router refuses cycles. Targets of emit(). */
-    GR_CONFIG_JSON = 7          /* any JSON value; read it with config_json() */
+    GR_CONFIG_JSON = 7,         /* any JSON value; read it with config_json() */
+    GR_CONFIG_SECRET = 8        /* since ABI 1.3: a secret, written as a string,
+                                   {"file": "/path"} or {"env": "NAME"}. The router
+                                   reads the file or the variable when it loads the
+                                   configuration (start, SIGHUP, --check) and the
+                                   plugin gets the secret as a string: config_string()
+                                   (and config_json()) return it. The router wipes it
+                                   from memory after fini; a plugin that copies it
+                                   wipes its copy. Never log it. */
 };
 
 struct gr_config_key {

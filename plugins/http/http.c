@@ -9,6 +9,9 @@
  * The body is the message's JSON text, byte for byte. Every request carries
  * Content-Type: application/json and User-Agent: graphrouter/<version>; with
  * "secret", also X-Graphrouter-Signature: sha256=<hex HMAC-SHA256 of the body>.
+ * "secret" is a GR_CONFIG_SECRET: it may also be {"file": ...} or {"env": ...},
+ * which the router reads; the plugin borrows the secret until fini and the
+ * router wipes it after.
  * TLS peer and host verification are always on ("ca_file" adds a private CA);
  * redirects are never followed.
  *
@@ -488,7 +491,7 @@ static int http_handle(void *state, struct gr_msg *msg)
 static const struct gr_config_key http_keys[] = {
     {"url", GR_CONFIG_STRING, 1, "the http:// or https:// URL to POST each message to"},
     {"headers", GR_CONFIG_JSON, 0, "an object of extra header names to string values"},
-    {"secret", GR_CONFIG_STRING, 0, "HMAC-SHA256 key: signs each body in X-Graphrouter-Signature"},
+    {"secret", GR_CONFIG_SECRET, 0, "HMAC-SHA256 key: signs each body in X-Graphrouter-Signature"},
     {"timeout_ms", GR_CONFIG_INT, 0, "the whole request's time limit, default 10000"},
     {"connect_timeout_ms", GR_CONFIG_INT, 0, "the connection's time limit, default 5000"},
     {"ca_file", GR_CONFIG_STRING, 0, "a PEM bundle of CAs to trust for https (a private PKI)"},

@@ -42,10 +42,10 @@ def flaky_to_out(flaky_config, retry=None):
 
 class AbiTest(RouterTest):
     def test_wrong_abi_is_refused(self):
-        for name, want in (("abi_major", "built for plugin ABI 2.2, but this graphrouter "
-                                         "provides ABI 1.2"),
-                           ("abi_minor", "built for plugin ABI 1.3, but this graphrouter "
-                                         "provides ABI 1.2")):
+        for name, want in (("abi_major", "built for plugin ABI 2.3, but this graphrouter "
+                                         "provides ABI 1.3"),
+                           ("abi_minor", "built for plugin ABI 1.4, but this graphrouter "
+                                         "provides ABI 1.3")):
             path = fixture_plugin(name)
             cfg = base_config(handlers={"bad": {"plugin": path}}, routes=[])
             for status, text in (check(cfg), start_fails(cfg)):

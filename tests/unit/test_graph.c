@@ -406,8 +406,8 @@ static void test_secret_files(void **state)
         {"s3cret\n", 0600, NULL},
         {"s3cret", 0600, NULL},
         {"s3cret\n", 0640, "is readable or writable by group or others (mode 0640)"},
-        {"\n", 0600, "must hold the client secret on one line"},
-        {"two\nlines\n", 0600, "must hold the client secret on one line"},
+        {"\n", 0600, "secret.txt is empty"},
+        {"two\nlines\n", 0600, "must hold the secret on one line"},
     };
     for (size_t i = 0; i < sizeof cases / sizeof *cases; i++) {
         FILE *f = fopen(path, "w");
