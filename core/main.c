@@ -504,6 +504,11 @@ static int check_as_user(const struct gr_generation *g, char **err)
         if (access(g->handlers[i].conf->plugin_path, R_OK) != 0)
             gr_warn("user \"%s\" cannot read the plugin %s (%s): a reload (SIGHUP) will fail",
                     cfg->user, g->handlers[i].conf->plugin_path, strerror(errno));
+    const char *tls_files[] = {cfg->tls_cert_file, cfg->tls_key_file};
+    for (size_t i = 0; i < 2; i++)
+        if (tls_files[i] && access(tls_files[i], R_OK) != 0)
+            gr_warn("user \"%s\" cannot read the TLS file %s (%s): a reload (SIGHUP) will fail",
+                    cfg->user, tls_files[i], strerror(errno));
     return 0;
 }
 
