@@ -308,29 +308,38 @@ static void address_mode(const char *text, size_t len)
         trusted[n++] = c;
     }
 
-    /* The walk from the right, entry by entry. */
+    /* The model: split the list left to right into its entries (trimmed of
+     * spaces and tabs), then take the last entry that is not a trusted
+     * proxy, stopping at the first (from the right) that is not an address. */
+    size_t nentries = 1;
+    for (const char *p = xff; *p; p++)
+        nentries += *p == ',';
+    struct gr_addr *entries = calloc(nentries, sizeof *entries);
+    bool *parsed = calloc(nentries, sizeof *parsed);
+    if (!entries || !parsed)
+        abort();
+    const char *p = xff;
+    for (size_t i = 0; i < nentries; i++) {
+        const char *comma = strchr(p, ',');
+        size_t elen = comma ? (size_t)(comma - p) : strlen(p);
+        size_t skip = strspn(p, " \t");
+        if (skip > elen)
+            skip = elen;
+        size_t keep = elen - skip;
+        while (keep && (p[skip + keep - 1] == ' ' || p[skip + keep - 1] == '\t'))
+            keep--;
+        parsed[i] = gr_addr_parse(p + skip, keep, &entries[i]);
+        p += elen + (comma != NULL);
+    }
     bool want = false;
     struct gr_addr want_addr = {{0}};
-    for (size_t end = strlen(xff);;) {
-        size_t start = end;
-        while (start > 0 && xff[start - 1] != ',')
-            start--;
-        size_t a = start, b = end;
-        while (a < b && (xff[a] == ' ' || xff[a] == '\t'))
-            a++;
-        while (b > a && (xff[b - 1] == ' ' || xff[b - 1] == '\t'))
-            b--;
-        struct gr_addr e;
-        if (!gr_addr_parse(xff + a, b - a, &e))
-            break;
-        if (!gr_cidr_list_match(trusted, n, &e)) {
-            want = true, want_addr = e;
+    for (size_t i = nentries; i-- > 0 && parsed[i];)
+        if (!gr_cidr_list_match(trusted, n, &entries[i])) {
+            want = true, want_addr = entries[i];
             break;
         }
-        if (start == 0)
-            break;
-        end = start - 1;
-    }
+    free(entries);
+    free(parsed);
     struct gr_addr got;
     bool have = gr_forwarded_client(xff, trusted, n, &got);
     if (have != want || (have && (memcmp(&got, &want_addr, sizeof got) != 0 ||

@@ -222,15 +222,12 @@ static void token_mode(const uint8_t *data, size_t size)
 
 static bool model_number(const json_t *claims, const char *name)
 {
+    /* RFC 7519 NumericDate: any JSON number, here within [0, 2^40]. */
     const json_t *v = json_object_get(claims, name);
-    double d;
-    if (json_is_integer(v))
-        d = (double)json_integer_value(v);
-    else if (json_is_real(v) && isfinite(json_real_value(v)))
-        d = json_real_value(v);
-    else
+    if (!json_is_number(v))
         return false;
-    return d >= 0 && d <= (double)(INT64_C(1) << 40);
+    double d = json_number_value(v);
+    return isfinite(d) && !(d < 0) && !(d > 1099511627776.0);
 }
 
 static enum gr_token_result model_claims(const json_t *claims)
