@@ -17,7 +17,7 @@ class CliTest(RouterTest):
     def test_version_help_usage(self):
         status, out, _ = run("--version")
         self.assertEqual(status, 0)
-        self.assertRegex(out, r"^graphrouter \d+\.\d+\.\d+ \(plugin ABI 1\.2\)\n$")
+        self.assertRegex(out, r"^graphrouter \d+\.\d+\.\d+ \(plugin ABI 1\.3\)\n$")
         status, out, _ = run("-h")
         self.assertEqual(status, 0)
         self.assertIn("usage: graphrouter -c FILE [--check]", out)

@@ -61,7 +61,7 @@ class ReloadTest(RouterTest):
             (dict(good, routs=[]), r'graphrouter\.json:\d+:\d+: unknown key "routs"'),
             (dict(good, routes=[{"name": "r", "to": ["missing"]}]),
              r'handler "missing", which is not defined'),
-            (abi, r"abi_major\.so was built for plugin ABI 2\.2, but this graphrouter provides ABI 1\.2"),
+            (abi, r"abi_major\.so was built for plugin ABI 2\.3, but this graphrouter provides ABI 1\.3"),
             (bad_init, r'handler "b" \(plugin [^)]*file\.so\): init failed: cannot open '
                        r'/proc/graphrouter/cannot\.jsonl'),
             (moved, r'"listen" changed'),
