@@ -31,6 +31,8 @@ void gr_store_limits_compute(uint64_t cap, uint64_t page_size, struct gr_store_l
 bool gr_store_limits_commit_fits(const struct gr_store_limits *l, uint64_t wal, uint64_t commit,
                                  uint64_t more)
 {
+    if (l->full_budget && commit && commit + more > l->full_budget)
+        return false;
     if (!l->cap)
         return true;
     uint64_t batch = commit + more;

@@ -49,6 +49,12 @@ struct gr_store_limits {
     uint64_t append_wal;     /* ... or once the WAL + 2 (T + B) would pass this */
     unsigned autocheckpoint; /* pages (PRAGMA wal_autocheckpoint) */
     int64_t journal_size_limit; /* bytes (PRAGMA journal_size_limit) */
+    /* Set by the writer after a commit failed for want of room (a full disk,
+     * with or without a cap): a transaction then rewrites at most this many
+     * body bytes beyond its first request, halved on each further failure,
+     * so that the retried completions, which must not be dropped, fit again
+     * in smaller transactions. 0 once a commit succeeds. */
+    uint64_t full_budget;
 };
 
 /* The shares of a cap (0: none) for a database of this page size. */

@@ -239,6 +239,14 @@ static void run_batch(struct sqlite_store *s, struct req *batch)
     int error = rc ? rc : request_error;
     if (error)
         s->recount_needed = true; /* counters moved for what was undone */
+    if (error && sq_is_full(error)) { /* try again in smaller transactions (limits.h) */
+        uint64_t tried = s->limits.full_budget && s->limits.full_budget < s->commit_rewritten
+                             ? s->limits.full_budget
+                             : s->commit_rewritten;
+        s->limits.full_budget = tried > 1 ? tried / 2 : 1;
+    } else if (!error) {
+        s->limits.full_budget = 0;
+    }
     if (error) {
         if (!s->failing && sq_is_full(error))
             gr_warn("store: %s has no room (%s); POSTs get 503 (store full) until there is "
