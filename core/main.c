@@ -21,7 +21,6 @@
 #include <libgen.h>
 #include <sys/resource.h>
 #include <sys/stat.h>
-#include <time.h>
 #include <unistd.h>
 
 #include "generation.h"
@@ -307,10 +306,8 @@ static void log_tls(const struct gr_generation *g)
 {
     if (!g->tls)
         return;
-    char when[32];
-    time_t t = (time_t)gr_tls_cred_not_after(g->tls);
-    struct tm tm;
-    strftime(when, sizeof when, "%Y-%m-%dT%H:%M:%SZ", gmtime_r(&t, &tm));
+    char when[GR_RFC3339_LEN];
+    gr_rfc3339(gr_tls_cred_not_after(g->tls) * 1000, when);
     gr_info("tls: serving the certificate %s from %s, valid until %s", gr_tls_cred_subject(g->tls),
             g->cfg->tls_cert_file, when);
     gr_metrics_tls_expiry(gr_tls_cred_not_after(g->tls));

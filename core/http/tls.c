@@ -1,5 +1,4 @@
 /* The listener's TLS certificate and key (see tls.h). */
-#define _POSIX_C_SOURCE 200809L
 #include "http/tls.h"
 
 #include <gnutls/x509.h>
@@ -80,10 +79,8 @@ static char *describe(struct gr_tls_cred *c, const char *cert_file)
     }
     gnutls_x509_crt_deinit(crt);
     if (c->not_after <= (int64_t)time(NULL)) {
-        char when[32];
-        time_t t = (time_t)c->not_after;
-        struct tm tm;
-        strftime(when, sizeof when, "%Y-%m-%dT%H:%M:%SZ", gmtime_r(&t, &tm));
+        char when[GR_RFC3339_LEN];
+        gr_rfc3339(c->not_after * 1000, when);
         return gr_xprintf("%s: the certificate (%s) expired on %s", cert_file, c->subject, when);
     }
     return NULL;
