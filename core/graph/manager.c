@@ -365,6 +365,8 @@ struct gr_manager *gr_manager_new(struct gr_store *store, char **err)
 void gr_manager_start(struct gr_manager *m)
 {
     m->started = pthread_create(&m->thread, NULL, manager_main, m) == 0;
+    if (m->started)
+        pthread_setname_np(m->thread, "gr-manager");
     if (!m->started)
         gr_error("subscriptions: cannot start the manager's thread");
 }

@@ -628,6 +628,8 @@ bool gr_gate_run(struct gr_gate *g, struct MHD_Daemon *d)
 {
     g->daemon = d;
     g->started = pthread_create(&g->thread, NULL, gate_main, g) == 0;
+    if (g->started)
+        pthread_setname_np(g->thread, "gr-gate");
     return g->started;
 }
 

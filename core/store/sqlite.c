@@ -743,6 +743,8 @@ struct gr_store *gr_store_sqlite_open(const struct gr_store_config *c,
     sq_maintenance(s);
     s->next_maintenance_ms = gr_mono_ms() + MAINTENANCE_MS;
     s->writer_started = pthread_create(&s->writer, NULL, sq_writer_main, s) == 0;
+    if (s->writer_started) /* its name, for top -H and bench/ingest.sh */
+        pthread_setname_np(s->writer, "gr-store");
     if (!s->writer_started) {
         *err = gr_xstrdup("store: cannot start its writer thread");
         sq_close(&s->base);

@@ -335,6 +335,7 @@ struct gr_workers *gr_workers_start(struct gr_store *store, unsigned n)
             gr_callwatch_destroy(&me->call);
             break;
         }
+        pthread_setname_np(me->thread, "gr-worker");
         w->n++;
     }
     return w;
