@@ -80,15 +80,24 @@ struct control {
  * the store), so one that hangs every time ends as a dead letter. */
 static void restart_for(struct gr_store *store, const struct gr_late_call *o)
 {
-    gr_error("handler \"%s\": handle() has run for %lld s on delivery %lld, past its timeout_s "
-             "(%u s); restarting graphrouter (exit status 1): the delivery counts a failed "
-             "attempt and runs again after the restart",
-             o->handler, (long long)(o->running_ms / 1000), (long long)o->id, o->timeout_s);
     char *note = gr_xprintf("handle() did not return within the handler's timeout_s (%u s); "
                             "graphrouter restarted",
                             o->timeout_s);
-    gr_store_note_running(store, o->id, note);
+    /* a direct delivery (o->id 0) gets its unit now, and so an id */
+    int64_t id = gr_store_note_running(store, o->id, o->item, o->handler, note);
     free(note);
+    if (!id)
+        id = o->id;
+    if (id)
+        gr_error("handler \"%s\": handle() has run for %lld s on delivery %lld, past its "
+                 "timeout_s (%u s); restarting graphrouter (exit status 1): the delivery counts "
+                 "a failed attempt and runs again after the restart",
+                 o->handler, (long long)(o->running_ms / 1000), (long long)id, o->timeout_s);
+    else
+        gr_error("handler \"%s\": handle() has run for %lld s on item %lld, past its "
+                 "timeout_s (%u s); restarting graphrouter (exit status 1): the delivery counts "
+                 "a failed attempt and runs again after the restart",
+                 o->handler, (long long)(o->running_ms / 1000), (long long)o->item, o->timeout_s);
 }
 
 /* Take in signals and check the workers' calls. True when the control

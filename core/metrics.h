@@ -51,6 +51,9 @@ struct gr_handler_stats {
     /* deliveries found taken but not finished at this start: graphrouter
      * stopped (a crash, a kill, a call past timeout_s) while a worker held them */
     atomic_uint_fast64_t interrupted;
+    /* deliveries running now that workers make as they route (worker.c):
+     * the store counts the others */
+    atomic_uint_fast64_t direct_running;
 };
 
 struct gr_route_stats {

@@ -18,23 +18,26 @@ void gr_callwatch_destroy(struct gr_callwatch *w)
 }
 
 void gr_callwatch_begin(struct gr_callwatch *w, const struct gr_handler *h, const char *what,
-                        int64_t id)
+                        int64_t id, int64_t item)
 {
     pthread_mutex_lock(&w->lock);
     snprintf(w->call.handler, sizeof w->call.handler, "%s", h->name);
     w->call.what = what;
     w->call.id = id;
+    w->call.item = item;
     w->call.timeout_s = h->conf->timeout_s;
     w->reported = false;
     w->since_ms = gr_mono_ms();
     pthread_mutex_unlock(&w->lock);
 }
 
-void gr_callwatch_end(struct gr_callwatch *w)
+bool gr_callwatch_end(struct gr_callwatch *w)
 {
     pthread_mutex_lock(&w->lock);
     w->since_ms = 0;
+    bool reported = w->reported;
     pthread_mutex_unlock(&w->lock);
+    return reported;
 }
 
 bool gr_callwatch_late(struct gr_callwatch *w, struct gr_late_call *out)

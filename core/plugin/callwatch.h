@@ -18,7 +18,8 @@
 struct gr_late_call {
     char handler[65];
     const char *what;   /* "handle", "init", "reopen", "fini" */
-    int64_t id;         /* handle(): the delivery; else 0 */
+    int64_t id;         /* handle(): the delivery; 0: none (yet), see item */
+    int64_t item;       /* handle() of an item delivered as it was routed: the item */
     int64_t running_ms; /* how long it had run */
     unsigned timeout_s;
 };
@@ -34,8 +35,9 @@ void gr_callwatch_init(struct gr_callwatch *w);
 void gr_callwatch_destroy(struct gr_callwatch *w);
 /* Around each call; the clock starts at begin. `what` is a string literal. */
 void gr_callwatch_begin(struct gr_callwatch *w, const struct gr_handler *h, const char *what,
-                        int64_t id);
-void gr_callwatch_end(struct gr_callwatch *w);
+                        int64_t id, int64_t item);
+/* True if the call was reported late (gr_callwatch_late) while it ran. */
+bool gr_callwatch_end(struct gr_callwatch *w);
 /* True, once per call, when the call in progress has run past its handler's
  * timeout_s (0: never); *out then describes it. */
 bool gr_callwatch_late(struct gr_callwatch *w, struct gr_late_call *out);

@@ -30,7 +30,7 @@ static atomic_int abandoned_running;
 void gr_job_call_begin(const struct gr_handler *h, const char *what)
 {
     if (current_job)
-        gr_callwatch_begin(&current_job->call, h, what, 0);
+        gr_callwatch_begin(&current_job->call, h, what, 0, 0);
 }
 
 void gr_job_call_end(void)

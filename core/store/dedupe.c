@@ -83,6 +83,18 @@ void gr_dedupe_set(struct gr_dedupe *d, const unsigned char key[32], int64_t ite
     sl->item = item;
 }
 
+void gr_dedupe_forget(struct gr_dedupe *d, const unsigned char key[32], int64_t item)
+{
+    if (!d->cap)
+        return;
+    uint64_t a, b;
+    memcpy(&a, key, sizeof a);
+    memcpy(&b, key + sizeof a, sizeof b);
+    struct gr_dedupe_slot *sl = probe(d, a, b, INT64_MIN);
+    if (sl->seen_ms && sl->a == a && sl->b == b && sl->item == item)
+        sl->seen_ms = 1; /* out of every window: reused, never matched */
+}
+
 void gr_dedupe_free(struct gr_dedupe *d)
 {
     free(d->slot);

@@ -44,6 +44,10 @@ bool gr_dedupe_check(struct gr_dedupe *d, const unsigned char key[32], int64_t i
 void gr_dedupe_set(struct gr_dedupe *d, const unsigned char key[32], int64_t item,
                    int64_t received_ms, int64_t cutoff_ms);
 
+/* Forget key's sighting by item, if it is the one recorded (the item was
+ * not delivered after all: dropped, unrouted, or waiting for keys). */
+void gr_dedupe_forget(struct gr_dedupe *d, const unsigned char key[32], int64_t item);
+
 void gr_dedupe_free(struct gr_dedupe *d);
 
 #endif

@@ -38,21 +38,32 @@
     "  value BLOB NOT NULL, updated_ms INTEGER NOT NULL, PRIMARY KEY(handler, key))"         \
     "  WITHOUT ROWID;"
 
+/* Layout 4's items: the columns a state change writes first, each keeping
+ * its width (sqlite.h), the body last, so reading the others never reads
+ * its overflow pages. */
+#define LAYOUT4_ITEMS(name)                                                                \
+    "CREATE TABLE IF NOT EXISTS " name "("                                                 \
+    "  id INTEGER PRIMARY KEY, state INTEGER NOT NULL, due_ms INTEGER NOT NULL,"           \
+    "  done_ms INTEGER NOT NULL, tries INTEGER NOT NULL DEFAULT 0,"                        \
+    "  waits INTEGER NOT NULL DEFAULT 0, received_ms INTEGER NOT NULL, len INTEGER NOT NULL," \
+    "  batch_id INTEGER, dedupe BLOB, note TEXT, body TEXT NOT NULL);"
+
 static const char schema[] =
     "CREATE TABLE IF NOT EXISTS batches(id INTEGER PRIMARY KEY, tokens TEXT NOT NULL,"
     "  received_ms INTEGER NOT NULL);"
     "CREATE INDEX IF NOT EXISTS batches_age ON batches(received_ms);"
-    /* the body last: reading the other columns never reads its overflow pages */
-    "CREATE TABLE IF NOT EXISTS items("
-    "  id INTEGER PRIMARY KEY, received_ms INTEGER NOT NULL, len INTEGER NOT NULL,"
-    "  batch_id INTEGER, state INTEGER NOT NULL, due_ms INTEGER NOT NULL,"
-    "  attempts INTEGER NOT NULL DEFAULT 0, note TEXT, done_ms INTEGER, dedupe BLOB,"
-    "  body TEXT NOT NULL);"
+    LAYOUT4_ITEMS("items")
     /* Partial indexes, each holding only the rows its queries look for, so
      * that every query the writer runs is a lookup, never a scan of the
-     * backlog or of the retained history (see the INDEXED BY clauses). */
-    "CREATE INDEX IF NOT EXISTS items_open ON items(id) WHERE state IN (0, 3);"
-    "CREATE INDEX IF NOT EXISTS items_done ON items(done_ms) WHERE state = 2;"
+     * backlog or of the retained history (see the INDEXED BY clauses, and
+     * test_store_plans). items_due holds only the items whose routing was
+     * put off (waiting for keys, or taken before a restart): an item is due
+     * at once when it is stored, so the insert adds nothing to it. */
+    "CREATE INDEX IF NOT EXISTS items_open ON items(id) WHERE state IN (2, 3);"
+    "CREATE INDEX IF NOT EXISTS items_due ON items(due_ms) WHERE state = 2 AND "
+    "  due_ms <> received_ms;"
+    "CREATE INDEX IF NOT EXISTS items_routed ON items(id) WHERE state = 4;"
+    "CREATE INDEX IF NOT EXISTS items_done ON items(done_ms) WHERE state = 5;"
     "CREATE INDEX IF NOT EXISTS items_batch ON items(batch_id) WHERE batch_id IS NOT NULL;"
     "CREATE TABLE IF NOT EXISTS units("
     "  id INTEGER PRIMARY KEY, item_id INTEGER NOT NULL, handler TEXT NOT NULL, event TEXT,"
@@ -65,37 +76,52 @@ static const char schema[] =
     LAYOUT3_TABLES
     "PRAGMA user_version = " GR_STR(SCHEMA_VERSION) ";";
 
+/* Layout 3 to 4, in one transaction: items get layout 4's columns and
+ * states (3's were 0 to route, 3 routing, 1 routed, 2 done with done_ms
+ * NULL while it had dead letters); a waiting item's waits were its attempts.
+ * Units keep their layout. */
+static const char upgrade_3_to_4[] =
+    "BEGIN IMMEDIATE; " LAYOUT4_ITEMS("items_4")
+    "INSERT INTO items_4(id, state, due_ms, done_ms, tries, waits, received_ms, len, batch_id,"
+    "  dedupe, note, body) "
+    "SELECT id, CASE WHEN state IN (0, 3) THEN 2 WHEN state = 1 THEN 4 "
+    "  WHEN done_ms IS NULL THEN 6 ELSE 5 END, due_ms, coalesce(done_ms, received_ms), 0,"
+    "  attempts, received_ms, len, batch_id, dedupe, note, body FROM items ORDER BY id;"
+    "DROP TABLE items; ALTER TABLE items_4 RENAME TO items; PRAGMA user_version = 4; COMMIT";
+
 const char sq_close_finished_items[] =
-    "UPDATE items SET state = 2, done_ms = CASE WHEN EXISTS (SELECT 1 FROM units WHERE "
-    "item_id = items.id AND state = 3) THEN NULL ELSE strftime('%s') * 1000 END "
-    "WHERE state = 1 AND NOT EXISTS (SELECT 1 FROM units WHERE item_id = items.id AND "
+    "UPDATE items INDEXED BY items_routed SET state = CASE WHEN EXISTS (SELECT 1 FROM units WHERE item_id = items.id "
+    "AND state = 3) THEN 6 ELSE 5 END, done_ms = strftime('%s') * 1000 "
+    "WHERE state = 4 AND NOT EXISTS (SELECT 1 FROM units WHERE item_id = items.id AND "
     "state IN (0, 1))";
 
 static const char *const stmt_sql[S_COUNT] = {
     [S_INS_BATCH] = "INSERT INTO batches(tokens, received_ms) VALUES(?1, ?2)",
-    [S_INS_ITEM] = "INSERT INTO items(received_ms, body, len, batch_id, state, due_ms, dedupe) "
-                   "VALUES(?1, ?2, ?4, ?3, 0, ?1, ?5)",
-    [S_ROUTE_NEXT] = "SELECT i.id, i.body, i.received_ms, i.attempts, b.tokens, i.batch_id, "
-                     "i.dedupe "
-                     "FROM items i "
+    [S_INS_ITEM] = "INSERT INTO items(state, due_ms, done_ms, received_ms, body, len, batch_id, "
+                   "dedupe) VALUES(2, ?1, ?1, ?1, ?2, ?4, ?3, ?5)",
+    [S_ROUTE_NEXT] = "SELECT i.id, i.body, i.received_ms, i.waits, b.tokens, i.batch_id, "
+                     "i.dedupe, i.tries FROM items i "
                      "INDEXED BY items_open LEFT JOIN batches b ON b.id = i.batch_id "
-                     "WHERE i.state IN (0, 3) AND i.state = 0 AND "
+                     "WHERE i.state IN (2, 3) AND i.state = 2 AND "
                      "i.due_ms <= ?1 ORDER BY i.id LIMIT ?2",
     [S_ITEM_STATE] = "UPDATE items SET state = ?2 WHERE id = ?1",
-    [S_ITEM_WAIT] = "UPDATE items SET state = 0, due_ms = ?2, attempts = attempts + 1 "
-                    "WHERE id = ?1",
-    /* done_ms stays NULL while the item has dead letters: retention skips
-     * it without looking (graphrouter dlq purge sets it) */
-    [S_ITEM_DONE] = "UPDATE items SET state = 2, note = coalesce(?3, note), done_ms = CASE WHEN "
-                    "EXISTS (SELECT 1 FROM units WHERE item_id = ?1 AND state = 3) THEN NULL "
-                    "ELSE ?2 END WHERE id = ?1",
-    [S_INS_UNIT] = "INSERT INTO units(item_id, handler, event, state, due_ms, created_ms, "
-                   "finished_ms, last_error) VALUES(?1, ?2, ?3, ?5, ?4, ?4, ?6, ?7)",
+    /* taken: the attempt counts from now (tries 0 to 1: the same width) */
+    [S_ITEM_TAKE] = "UPDATE items SET state = 3, tries = 1 WHERE id = ?1",
+    [S_ITEM_WAIT] = "UPDATE items SET state = 2, due_ms = ?2, waits = waits + 1 WHERE id = ?1",
+    /* finished without a delivery (dropped, unrouted, a duplicate) */
+    [S_ITEM_DONE] = "UPDATE items SET state = CASE WHEN EXISTS (SELECT 1 FROM units WHERE "
+                    "item_id = ?1 AND state = 3) THEN 6 ELSE 5 END, note = coalesce(?3, note), "
+                    "done_ms = ?2 WHERE id = ?1",
+    /* a direct completion: done, held (dead letters) or routed (units open) */
+    [S_ITEM_COMPLETE] = "UPDATE items SET state = ?2, done_ms = ?3 WHERE id = ?1",
+    [S_INS_UNIT] = "INSERT INTO units(item_id, handler, event, state, attempts, due_ms, "
+                   "created_ms, finished_ms, last_error) VALUES(?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, "
+                   "?9)",
     [S_UNIT_NEXT] = "SELECT id, attempts FROM units INDEXED BY units_ready WHERE handler = ?1 "
                     "AND state = 0 AND due_ms <= ?2 ORDER BY due_ms, id LIMIT ?3",
     [S_UNIT_HEAD] = "SELECT id, state, due_ms, item_id FROM units INDEXED BY units_order WHERE "
                     "handler = ?1 AND state IN (0, 1) ORDER BY item_id, id LIMIT 1",
-    [S_FIRST_UNROUTED] = "SELECT 1 FROM items INDEXED BY items_open WHERE state IN (0, 3) AND "
+    [S_FIRST_UNROUTED] = "SELECT 1 FROM items INDEXED BY items_open WHERE state IN (2, 3) AND "
                          "id < ?2 AND (state = 3 OR due_ms <= ?1) LIMIT 1",
     [S_UNIT_GET] = "SELECT u.item_id, u.event, u.attempts, i.body, i.received_ms FROM units u "
                    "JOIN items i ON i.id = u.item_id WHERE u.id = ?1",
@@ -103,16 +129,26 @@ static const char *const stmt_sql[S_COUNT] = {
     [S_UNIT_RUN] = "UPDATE units SET state = 1, attempts = attempts + 1, last_error = NULL "
                    "WHERE id = ?1",
     [S_UNIT_NOTE] = "UPDATE units SET last_error = ?2 WHERE id = ?1 AND state = 1",
+    /* a stuck direct delivery's unit, while its item is taken (not once its
+     * completion is written) */
+    [S_UNIT_NOTE_DIRECT] = "INSERT INTO units(item_id, handler, state, attempts, due_ms, "
+                           "created_ms, last_error) SELECT ?1, ?2, 1, 1, ?3, ?3, ?4 WHERE "
+                           "EXISTS (SELECT 1 FROM items WHERE id = ?1 AND state = 3)",
+    /* the outcome of a direct delivery that has a unit (S_UNIT_NOTE_DIRECT) */
+    [S_UNIT_NOTED] = "UPDATE units SET state = ?3, due_ms = ?4, finished_ms = ?5, last_error = ?6 "
+                     "WHERE item_id = ?1 AND handler = ?2 AND state = 1 AND event IS NULL",
+    [S_UNIT_EXISTS] = "SELECT 1 FROM units WHERE item_id = ?1 AND handler = ?2 AND event IS NULL",
     [S_UNIT_FINISH] = "UPDATE units SET state = ?2, finished_ms = ?3, last_error = ?4 "
                       "WHERE id = ?1",
     [S_UNIT_RETRY] = "UPDATE units SET state = 0, due_ms = ?2, last_error = ?3 WHERE id = ?1",
     /* S_ITEM_DONE, only once none of the item's deliveries is pending or running */
-    [S_ITEM_CLOSE] = "UPDATE items SET state = 2, done_ms = CASE WHEN EXISTS (SELECT 1 FROM "
-                     "units WHERE item_id = ?1 AND state = 3) THEN NULL ELSE ?2 END WHERE id = ?1 "
-                     "AND NOT EXISTS (SELECT 1 FROM units WHERE item_id = ?1 AND state IN (0, 1))",
+    [S_ITEM_CLOSE] = "UPDATE items SET state = CASE WHEN EXISTS (SELECT 1 FROM units WHERE "
+                     "item_id = ?1 AND state = 3) THEN 6 ELSE 5 END, done_ms = ?2 WHERE id = ?1 "
+                     "AND state = 4 AND NOT EXISTS (SELECT 1 FROM units WHERE item_id = ?1 AND "
+                     "state IN (0, 1))",
     [S_NEXT_DUE_UNIT] = "SELECT min(due_ms) FROM units INDEXED BY units_due WHERE state = 0",
-    [S_NEXT_DUE_ITEM] = "SELECT min(due_ms) FROM items INDEXED BY items_open WHERE state IN (0, 3) "
-                        "AND state = 0",
+    [S_NEXT_DUE_ITEM] = "SELECT min(due_ms) FROM items INDEXED BY items_due WHERE state = 2 AND "
+                        "due_ms <> received_ms",
     [S_OLDEST] = "SELECT created_ms FROM units INDEXED BY units_order WHERE handler = ?1 AND "
                  "state IN (0, 1) ORDER BY item_id, id LIMIT 1",
     [S_DATA_VERSION] = "PRAGMA data_version",
@@ -127,6 +163,11 @@ static const char *const stmt_sql[S_COUNT] = {
     [S_USED_PAGES] = "SELECT p.page_count - f.freelist_count FROM pragma_page_count AS p, "
                      "pragma_freelist_count AS f",
 };
+
+const char *sq_statement(int i)
+{
+    return i >= 0 && i < S_COUNT ? stmt_sql[i] : NULL;
+}
 
 /* ---- small helpers ----------------------------------------------------- */
 
@@ -204,6 +245,24 @@ void sq_free_req(struct req *r)
         free(r->state[i].value);
     }
     free(r->state);
+    for (size_t i = 0; i < r->nparts; i++) {
+        struct sq_part *pt = &r->parts[i];
+        free(pt->handler);
+        free(pt->text);
+        free(pt->kind);
+        for (size_t j = 0; j < pt->nevents; j++) {
+            free((char *)pt->events[j].handler);
+            free((char *)pt->events[j].json);
+        }
+        free(pt->events);
+        for (size_t j = 0; j < pt->nstate; j++) {
+            free(pt->state[j].key);
+            free(pt->state[j].value);
+        }
+        free(pt->state);
+    }
+    free(r->parts);
+    free(r->handler);
     free(r->handlers);
     gr_work_free(r->work); /* a completion's work, done with */
     free(r);
@@ -284,6 +343,29 @@ static void sq_routed(struct gr_store *base, struct gr_work *w, const struct gr_
     sq_enqueue((struct sqlite_store *)base, r);
 }
 
+/* Copies of a delivery outcome's state writes and events (GR_DELIVERED only). */
+static void copy_outcome(const struct gr_delivery_outcome *o, struct gr_state_write **state,
+                         size_t *nstate, struct gr_emitted_event **events, size_t *nevents)
+{
+    if (o->result == GR_DELIVERED && o->nstate) {
+        *state = gr_xcalloc(o->nstate, sizeof **state);
+        for (size_t i = 0; i < o->nstate; i++)
+            (*state)[i] = (struct gr_state_write){
+                gr_xstrdup(o->state[i].key),
+                o->state[i].value ? gr_xmemdup(o->state[i].value, o->state[i].len) : NULL,
+                o->state[i].len};
+        *nstate = o->nstate;
+    }
+    if (o->result == GR_DELIVERED && o->nevents) {
+        *events = gr_xcalloc(o->nevents, sizeof **events);
+        for (size_t i = 0; i < o->nevents; i++)
+            (*events)[i] = (struct gr_emitted_event){
+                gr_xstrdup(o->events[i].handler), gr_xstrndup(o->events[i].json, o->events[i].len),
+                o->events[i].len};
+        *nevents = o->nevents;
+    }
+}
+
 static void sq_delivered(struct gr_store *base, struct gr_work *w,
                          const struct gr_delivery_outcome *o)
 {
@@ -293,49 +375,88 @@ static void sq_delivered(struct gr_store *base, struct gr_work *w,
     r->result = o->result;
     r->text = o->error ? gr_xstrdup(o->error) : NULL;
     r->delay_ms = o->delay_ms;
-    if (o->result == GR_DELIVERED && o->nstate) {
-        r->state = gr_xcalloc(o->nstate, sizeof *r->state);
-        for (size_t i = 0; i < o->nstate; i++)
-            r->state[i] = (struct gr_state_write){
-                gr_xstrdup(o->state[i].key),
-                o->state[i].value ? gr_xmemdup(o->state[i].value, o->state[i].len) : NULL,
-                o->state[i].len};
-        r->nstate = o->nstate;
-    }
-    if (o->result == GR_DELIVERED && o->nevents) {
-        r->events = gr_xcalloc(o->nevents, sizeof *r->events);
-        for (size_t i = 0; i < o->nevents; i++)
-            r->events[i] = (struct gr_emitted_event){gr_xstrdup(o->events[i].handler),
-                                                     gr_xstrndup(o->events[i].json, o->events[i].len),
-                                                     o->events[i].len};
-        r->nevents = o->nevents;
-    }
+    copy_outcome(o, &r->state, &r->nstate, &r->events, &r->nevents);
     struct sqlite_store *s = (struct sqlite_store *)base;
     pthread_mutex_lock(&s->lock);
     if (r->nstate) /* visible now, before the completion is written */
-        sq_state_queued(s, r, w->handler);
+        sq_state_queued(s, w->handler, r->state, r->nstate, &r->state_seq);
     sq_enqueue_locked(s, r); /* in the order of the overlay's numbers */
     pthread_mutex_unlock(&s->lock);
 }
 
+static void sq_completed(struct gr_store *base, struct gr_work *w, const struct gr_route_outcome *o,
+                         const struct gr_direct_delivery *d)
+{
+    struct req *r = gr_xcalloc(1, sizeof *r);
+    r->kind = REQ_COMPLETED;
+    r->work = w;
+    r->nparts = o->nhandlers;
+    r->parts = gr_xcalloc(o->nhandlers ? o->nhandlers : 1, sizeof *r->parts);
+    for (size_t i = 0; i < o->nhandlers; i++) {
+        struct sq_part *pt = &r->parts[i];
+        const struct gr_delivery_outcome *out = &d[i].outcome;
+        pt->handler = gr_xstrdup(d[i].handler);
+        pt->result = out->result;
+        pt->text = out->error ? gr_xstrdup(out->error) : NULL;
+        pt->delay_ms = out->delay_ms;
+        pt->noted = d[i].noted;
+        pt->kind = gr_xstrdup(d[i].kind ? d[i].kind : "notification");
+        pt->max_attempts = d[i].max_attempts;
+        pt->state_seq = d[i].state_seq;
+        copy_outcome(out, &pt->state, &pt->nstate, &pt->events, &pt->nevents);
+    }
+    if (o->lifecycle_subscription && o->lifecycle_event) {
+        r->life_sub = gr_xstrdup(o->lifecycle_subscription);
+        r->life_event = gr_xstrdup(o->lifecycle_event);
+    }
+    struct sqlite_store *s = (struct sqlite_store *)base;
+    pthread_mutex_lock(&s->lock);
+    for (size_t i = 0; i < r->nparts; i++)
+        if (r->parts[i].nstate && !r->parts[i].state_seq)
+            sq_state_queued(s, r->parts[i].handler, r->parts[i].state, r->parts[i].nstate,
+                            &r->parts[i].state_seq);
+    sq_enqueue_locked(s, r);
+    pthread_mutex_unlock(&s->lock);
+}
 
-static void sq_note_running(struct gr_store *base, int64_t unit, const char *note)
+static uint64_t sq_stage_state(struct gr_store *base, const char *handler,
+                               const struct gr_state_write *w, size_t n)
+{
+    struct sqlite_store *s = (struct sqlite_store *)base;
+    uint64_t seq;
+    pthread_mutex_lock(&s->lock);
+    sq_state_queued(s, handler, w, n, &seq);
+    pthread_mutex_unlock(&s->lock);
+    return seq;
+}
+
+
+static int64_t sq_note_running(struct gr_store *base, int64_t unit, int64_t item,
+                               const char *handler, const char *note)
 {
     struct req *r = gr_xcalloc(1, sizeof *r);
     r->kind = REQ_SYNC;
     r->unit = unit;
+    r->item = item;
+    r->handler = handler ? gr_xstrdup(handler) : NULL;
     r->text = gr_xstrdup(note);
-    if (!sq_run_now((struct sqlite_store *)base, r))
+    int64_t id = 0;
+    if (!sq_run_now((struct sqlite_store *)base, r, &id) && unit)
         gr_warn("store: why delivery %lld is stuck could not be written; after the restart it "
                 "reads as a crash",
                 (long long)unit);
+    else if (!id)
+        gr_warn("store: why the delivery of item %lld to handler \"%s\" is stuck could not be "
+                "written; after the restart it reads as a crash",
+                (long long)item, handler ? handler : "?");
+    return id;
 }
 
 static void sq_flush(struct gr_store *base)
 {
     struct req *r = gr_xcalloc(1, sizeof *r);
     r->kind = REQ_SYNC; /* with no note */
-    if (!sq_run_now((struct sqlite_store *)base, r))
+    if (!sq_run_now((struct sqlite_store *)base, r, NULL))
         gr_warn("store: the last completions could not be written; that work runs again at the "
                 "next start");
 }
@@ -367,11 +488,23 @@ static void sq_stats(struct gr_store *base, struct gr_store_stats *out)
     out->items_pending = s->items_pending;
     out->bytes_pending = s->bytes_pending;
     out->items_to_route = s->items_to_route;
+    for (size_t i = 0; i < s->nhandlers; i++) /* every handler configured, units or not */
+        sq_hstat(s, s->handlers[i].name);
     out->nhandlers = s->nstats;
     out->handlers = gr_xcalloc(s->nstats ? s->nstats : 1, sizeof *out->handlers);
     if (s->nstats)
         memcpy(out->handlers, s->stats, s->nstats * sizeof *s->stats);
+    bool *configured = gr_xcalloc(s->nstats ? s->nstats : 1, sizeof *configured);
+    for (size_t i = 0; i < s->nstats; i++)
+        for (size_t k = 0; k < s->nhandlers && !configured[i]; k++)
+            configured[i] = strcmp(s->stats[i].name, s->handlers[k].name) == 0;
     pthread_mutex_unlock(&s->lock);
+    /* and the deliveries workers make as they route (no unit of their own) */
+    for (size_t i = 0; i < out->nhandlers; i++)
+        if (configured[i])
+            out->handlers[i].running += atomic_load_explicit(
+                &gr_metrics_handler(out->handlers[i].name)->direct_running, memory_order_relaxed);
+    free(configured);
 }
 
 static void sq_stop_taking(struct gr_store *base)
@@ -423,6 +556,8 @@ static const struct gr_store_ops sqlite_ops = {
     .take = sq_take,
     .routed = sq_routed,
     .delivered = sq_delivered,
+    .completed = sq_completed,
+    .stage_state = sq_stage_state,
     .set_handlers = sq_set_handlers,
     .note_running = sq_note_running,
     .flush = sq_flush,
@@ -494,10 +629,18 @@ static int64_t recovery_wait_ms(unsigned attempts)
 
 static int recover(struct sqlite_store *s, const struct gr_store_handler *h, size_t nh)
 {
-    int rc = sq_exec(s->db, "UPDATE items SET state = 0 WHERE state = 3");
+    /* Items taken (tries 1): their deliveries may have run, and are charged
+     * an attempt each when the item is routed again, into units (routed()). */
+    int rc = sq_exec(s->db, "UPDATE items INDEXED BY items_open SET state = 2, due_ms = "
+                            "max(strftime('%s') * 1000, received_ms + 1) WHERE state IN (2, 3) "
+                            "AND state = 3");
     sqlite3_stmt *st, *up;
     if (rc)
         return rc;
+    if (sqlite3_changes(s->db) > 0)
+        gr_warn("store: %d items were taken for delivery when graphrouter stopped; each is "
+                "routed again, and each of its deliveries counts that attempt",
+                sqlite3_changes(s->db));
     if (sqlite3_prepare_v2(s->db, "SELECT id, handler, attempts FROM units WHERE state = 1", -1,
                            &st, NULL) != SQLITE_OK)
         return sqlite3_errcode(s->db);
@@ -552,7 +695,7 @@ static int recover(struct sqlite_store *s, const struct gr_store_handler *h, siz
 static int dedupe_load(struct sqlite_store *s)
 {
     sqlite3_stmt *st;
-    int rc = sqlite3_prepare_v2(s->db, "SELECT id, received_ms, dedupe, state IN (1, 2) AND "
+    int rc = sqlite3_prepare_v2(s->db, "SELECT id, received_ms, dedupe, state IN (4, 5, 6) AND "
                                        "(note IS NULL OR note = '" NOTE_DUPLICATE "') "
                                        "FROM items ORDER BY id DESC",
                                 -1, &st, NULL);
@@ -641,10 +784,11 @@ struct gr_store *gr_store_sqlite_open(const struct gr_store_config *c,
         sqlite3_finalize(uv);
         /* Older layouts are converted in place, in one transaction each:
          * 1 -> 2 moved duplicate keys to memory (dedupe.h), 2 -> 3 added the
-         * control plane's tables. */
+         * control plane's tables, 3 -> 4 the lean items (sqlite.h). */
         static const char *const upgrade[] = {
             [1] = "BEGIN IMMEDIATE; DROP TABLE IF EXISTS dedupe; PRAGMA user_version = 2; COMMIT",
             [2] = "BEGIN IMMEDIATE; " LAYOUT3_TABLES " PRAGMA user_version = 3; COMMIT",
+            [3] = upgrade_3_to_4,
         };
         int from = version;
         while (rc == SQLITE_OK && version >= 1 && version < SCHEMA_VERSION) {

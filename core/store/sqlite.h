@@ -22,16 +22,30 @@
  * checkpointer thread on a second connection was measured: slower, with
  * 100 ms ack stalls, on 2 cores).
  *
- * Tables:
+ * Tables (layout 4):
  *   batches(id, tokens, received_ms)      a POST's validationTokens, once
- *   items(id, received_ms, len, batch_id, state, due_ms, attempts, note, done_ms, body)
- *       state 0 to route, 3 routing, 1 routed (units open), 2 done (done_ms
- *       NULL while it has dead letters)
+ *   items(id, state, due_ms, done_ms, tries, waits, received_ms, len, batch_id,
+ *         dedupe, note, body)
+ *       state (ITEM_*): to route, taken, routed (units open), done, held
+ *       (done, with dead letters: retention leaves it)
  *   units(id, item_id, handler, event, state, attempts, due_ms, created_ms,
  *         finished_ms, last_error)
  *       state 0 pending, 1 running, 2 done, 3 dead
  *   Duplicate keys are kept in memory (dedupe.h), rebuilt from
  *   items.dedupe at start.
+ *
+ * The happy path writes an item three times: its insert (the commit the
+ * POST waits for), its take (state and tries), and its completion (state and
+ * done_ms), and no unit at all: the worker that routes an item delivers it
+ * to its targets at once (store.h: completed()). Units exist only where a
+ * delivery carries information of its own: a retry, a dead letter, an
+ * emitted event, a handler with a concurrency limit, an item taken before a
+ * restart. Every value a state change writes has the width of the value it
+ * replaces (states are one-byte integers, done_ms starts as received_ms,
+ * tries goes from 0 to 1, which SQLite both stores in no bytes), so the
+ * record keeps its size and SQLite overwrites it in place, writing only the
+ * page that holds the bytes that changed: the body's pages are written
+ * once, by the insert.
  *
  * Locking: `lock` guards the request queue, the counters and the cached
  * statistics; the main connection is used by the writer thread only.
@@ -49,7 +63,8 @@
 #include "store/limits.h"
 #include "store/store.h"
 
-enum { ITEM_TO_ROUTE = 0, ITEM_ROUTED = 1, ITEM_DONE = 2, ITEM_ROUTING = 3 };
+/* One-byte integers, all of them (see above). */
+enum { ITEM_TO_ROUTE = 2, ITEM_TAKEN = 3, ITEM_ROUTED = 4, ITEM_DONE = 5, ITEM_HELD = 6 };
 enum { UNIT_PENDING = 0, UNIT_RUNNING = 1, UNIT_DONE = 2, UNIT_DEAD = 3 };
 
 #define MAINTENANCE_MS 1000 /* purge, recount, statistics, sweep */
@@ -61,13 +76,29 @@ enum { UNIT_PENDING = 0, UNIT_RUNNING = 1, UNIT_DONE = 2, UNIT_DEAD = 3 };
 
 /* The layout below; kept in PRAGMA user_version. A file of another version
  * is refused, never reinterpreted. */
-#define SCHEMA_VERSION 3
+#define SCHEMA_VERSION 4
 
 /* REQ_SYNC: written at once, after what was queued before it, and waited
  * for (sq_run_now): a stuck delivery's note, or nothing (a flush).
  * REQ_CALL: the same for the control plane's records (sqlite_subs.c): `call`
  * runs inside the transaction, and the caller waits for it however long. */
-enum req_kind { REQ_APPEND, REQ_TAKE, REQ_ROUTED, REQ_DELIVERED, REQ_SYNC, REQ_CALL };
+enum req_kind { REQ_APPEND, REQ_TAKE, REQ_ROUTED, REQ_DELIVERED, REQ_COMPLETED, REQ_SYNC, REQ_CALL };
+
+/* REQ_COMPLETED: one target's outcome (strings owned). */
+struct sq_part {
+    char *handler;
+    int result;
+    char *text; /* error */
+    int64_t delay_ms;
+    struct gr_emitted_event *events;
+    size_t nevents;
+    struct gr_state_write *state;
+    size_t nstate;
+    uint64_t state_seq;
+    bool noted;
+    char *kind;            /* what was delivered, for the log lines ("message") */
+    unsigned max_attempts; /* the handler's */
+};
 
 /* What one request changed, applied to the counters once it is kept. */
 struct delta {
@@ -92,7 +123,11 @@ struct req {
     int64_t next_due_ms;
     bool done;
     bool abandoned; /* REQ_SYNC: its caller stopped waiting; the writer frees it */
-    int64_t unit;   /* REQ_SYNC */
+    int64_t unit;   /* REQ_SYNC: the unit noted (0: the direct delivery of item to handler) */
+    int64_t item;
+    char *handler;
+    struct sq_part *parts; /* REQ_COMPLETED: one per target */
+    size_t nparts;
     /* REQ_ROUTED, REQ_DELIVERED: the work and a copy of its outcome */
     struct gr_work *work;
     int result;
@@ -113,8 +148,10 @@ struct req {
 
 enum stmt_id {
     S_INS_BATCH, S_INS_ITEM, S_ROUTE_NEXT, S_ITEM_STATE,
-    S_ITEM_WAIT, S_ITEM_DONE, S_INS_UNIT, S_UNIT_NEXT, S_UNIT_HEAD, S_FIRST_UNROUTED, S_UNIT_GET, S_UNIT_RUN,
-    S_UNIT_NOTE, S_UNIT_FINISH, S_UNIT_RETRY, S_ITEM_CLOSE, S_NEXT_DUE_UNIT, S_NEXT_DUE_ITEM, S_USED_PAGES, S_OLDEST, S_DATA_VERSION,
+    S_ITEM_WAIT, S_ITEM_DONE, S_ITEM_TAKE, S_ITEM_COMPLETE, S_INS_UNIT, S_UNIT_NEXT, S_UNIT_HEAD,
+    S_FIRST_UNROUTED, S_UNIT_GET, S_UNIT_RUN, S_UNIT_NOTE, S_UNIT_NOTE_DIRECT, S_UNIT_NOTED, S_UNIT_EXISTS,
+    S_UNIT_FINISH, S_UNIT_RETRY, S_ITEM_CLOSE, S_NEXT_DUE_UNIT, S_NEXT_DUE_ITEM, S_USED_PAGES,
+    S_OLDEST, S_DATA_VERSION,
     S_BEGIN, S_COMMIT, S_SAVEPOINT, S_RELEASE, S_ROLLBACK_TO, S_SYNC_FULL, S_SYNC_NORMAL, S_COUNT
 };
 
@@ -171,6 +208,13 @@ struct sqlite_store {
  * after work was swept or recovered (sqlite.c). */
 extern const char sq_close_finished_items[];
 
+/* sqlite.c: the SQL of the writer's prepared statements (test_store_plans) */
+const char *sq_statement(int i);
+
+/* sqlite_maint.c: the purge's statements (?1 the cutoff, ?3 the batch) */
+extern const char *const sq_purge_sql[];
+extern const size_t sq_npurge;
+
 /* sqlite.c: helpers */
 int sq_step(sqlite3_stmt *st); /* step and reset: 0, or an SQLite error */
 char *sq_column_text(sqlite3_stmt *st, int col, size_t *len); /* a malloc'd copy, or NULL */
@@ -185,7 +229,7 @@ void sq_enqueue_locked(struct sqlite_store *s, struct req *r); /* under lock */
 void sq_count_queue(struct sqlite_store *s); /* under lock */
 /* Queue `r` as urgent and wait (up to 5 s) until the writer ran it, with
  * everything queued before it. False if it was not written. */
-bool sq_run_now(struct sqlite_store *s, struct req *r);
+bool sq_run_now(struct sqlite_store *s, struct req *r, int64_t *unit /* REQ_SYNC's, or NULL */);
 /* The same without a time limit, for a REQ_CALL; the caller frees `r`. */
 bool sq_run_call(struct sqlite_store *s, struct req *r);
 void *sq_writer_main(void *arg);
@@ -200,6 +244,11 @@ int sq_do_routed(struct sqlite_store *s, struct req *r, int64_t now, uint64_t *d
                  uint64_t *done_bytes, uint64_t *routed, bool *new_work);
 int sq_do_delivered(struct sqlite_store *s, struct req *r, int64_t now, uint64_t *done_items,
                     uint64_t *done_bytes, bool *new_work);
+int sq_do_completed(struct sqlite_store *s, struct req *r, int64_t now, uint64_t *done_items,
+                    uint64_t *done_bytes, uint64_t *routed, bool *new_work);
+/* REQ_SYNC with a note: the stuck delivery's unit keeps it (a direct
+ * delivery gets its unit now); r->unit is set to the unit's id */
+int sq_do_note(struct sqlite_store *s, struct req *r, int64_t now);
 void sq_free_chain(struct gr_work *w);
 struct gr_store_stats_handler *sq_hstat(struct sqlite_store *s, const char *name); /* under lock */
 
@@ -213,9 +262,12 @@ int sq_subs_put(struct gr_store *base, const struct gr_sub_record *r, const int6
 int sq_subs_delete(struct gr_store *base, const char *key);
 bool sq_lease(struct gr_store *base, int64_t ttl_ms);
 
-/* sqlite_state.c */
-void sq_state_queued(struct sqlite_store *s, struct req *r, const char *handler);  /* under lock */
-void sq_state_committed(struct sqlite_store *s, const struct req *r);
+/* sqlite_state.c: a completion's state writes enter the overlay (under
+ * lock; *seq numbers them) and leave it once committed */
+void sq_state_queued(struct sqlite_store *s, const char *handler, const struct gr_state_write *w,
+                     size_t n, uint64_t *seq);
+void sq_state_committed(struct sqlite_store *s, const char *handler,
+                        const struct gr_state_write *w, size_t n, uint64_t seq);
 int sq_state_write(struct sqlite_store *s, const char *handler, const struct gr_state_write *w,
                    size_t n, int64_t now);
 int sq_state_get(struct gr_store *base, const char *handler, const char *key, char **value,

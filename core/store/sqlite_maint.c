@@ -54,22 +54,25 @@ static void sweep_removed_handlers(struct sqlite_store *s, int64_t now)
 
 /* Delete what retention no longer keeps, PURGE_BATCH rows per statement,
  * for at most PURGE_BUDGET_MS (the writer commits nothing meanwhile).
- * Returns true if more is due. Items with dead letters have no done_ms and
- * are not looked at. */
-static bool purge(struct sqlite_store *s, int64_t now)
-{
-    static const char *const sql[] = {
+ * Returns true if more is due. Items with dead letters are held (not done)
+ * and are not looked at. */
+const char *const sq_purge_sql[] = {
         /* finished items past retention: their deliveries, then themselves */
         "DELETE FROM units WHERE item_id IN (SELECT id FROM items INDEXED BY items_done WHERE "
-        "state = 2 AND done_ms < ?1 ORDER BY done_ms LIMIT ?3)",
+        "state = 5 AND done_ms < ?1 ORDER BY done_ms LIMIT ?3)",
         "DELETE FROM items WHERE id IN (SELECT id FROM items INDEXED BY items_done WHERE "
-        "state = 2 AND done_ms < ?1 ORDER BY done_ms LIMIT ?3)",
+        "state = 5 AND done_ms < ?1 ORDER BY done_ms LIMIT ?3)",
         "DELETE FROM batches WHERE id IN (SELECT id FROM batches b WHERE received_ms < ?1 AND "
         "NOT EXISTS (SELECT 1 FROM items WHERE batch_id = b.id) ORDER BY received_ms LIMIT ?3)",
         /* lifecycle events no manager took (the graph section was removed since) */
         "DELETE FROM subscription_events WHERE seq IN (SELECT seq FROM subscription_events "
         "WHERE received_ms < ?1 ORDER BY seq LIMIT ?3)",
-    };
+};
+const size_t sq_npurge = GR_ARRAY_LEN(sq_purge_sql);
+
+static bool purge(struct sqlite_store *s, int64_t now)
+{
+    const char *const *sql = sq_purge_sql;
     /* Items are kept for the duplicate window at least: their keys are how a
      * restart remembers what was seen (dedupe_load). */
     int64_t keep_ms = s->cfg.retention_ms > s->cfg.dedupe_window_ms ? s->cfg.retention_ms
@@ -79,7 +82,7 @@ static bool purge(struct sqlite_store *s, int64_t now)
     while (more && gr_mono_ms() - t0 < PURGE_BUDGET_MS) {
         more = false;
         sq_exec(s->db, "BEGIN IMMEDIATE");
-        for (size_t i = 0; i < GR_ARRAY_LEN(sql); i++) {
+        for (size_t i = 0; i < sq_npurge; i++) {
             sqlite3_stmt *st;
             if (sqlite3_prepare_v2(s->db, sql[i], -1, &st, NULL) != SQLITE_OK) {
                 gr_error("store: purging finished work: %s", sqlite3_errmsg(s->db));
@@ -104,8 +107,8 @@ static void recount(struct sqlite_store *s)
     uint64_t items = 0, bytes = 0, to_route = 0;
     s->recount_needed = false;
     if (sqlite3_prepare_v2(s->db, "SELECT count(*), coalesce(sum(len), 0), "
-                                  "coalesce(sum(state IN (0, 3)), 0) FROM items "
-                                  "WHERE state IN (0, 1, 3)",
+                                  "coalesce(sum(state IN (2, 3)), 0) FROM items "
+                                  "WHERE state IN (2, 3, 4)",
                            -1, &st, NULL) == SQLITE_OK) {
         if (sqlite3_step(st) == SQLITE_ROW) {
             items = (uint64_t)sqlite3_column_int64(st, 0);

@@ -53,11 +53,12 @@ static struct sq_overlay **find(struct sqlite_store *s, const char *handler, con
     return p;
 }
 
-void sq_state_queued(struct sqlite_store *s, struct req *r, const char *handler)
+void sq_state_queued(struct sqlite_store *s, const char *handler, const struct gr_state_write *ws,
+                     size_t n, uint64_t *seq)
 {
-    r->state_seq = ++s->state_seq;
-    for (size_t i = 0; i < r->nstate; i++) {
-        const struct gr_state_write *w = &r->state[i];
+    *seq = ++s->state_seq;
+    for (size_t i = 0; i < n; i++) {
+        const struct gr_state_write *w = &ws[i];
         struct sq_overlay **p = find(s, handler, w->key), *e = *p;
         if (!e) {
             e = *p = gr_xcalloc(1, sizeof *e);
@@ -67,18 +68,19 @@ void sq_state_queued(struct sqlite_store *s, struct req *r, const char *handler)
         free(e->value);
         e->value = w->value ? gr_xmemdup(w->value, w->len) : NULL;
         e->len = w->len;
-        e->seq = r->state_seq;
+        e->seq = *seq;
     }
 }
 
-void sq_state_committed(struct sqlite_store *s, const struct req *r)
+void sq_state_committed(struct sqlite_store *s, const char *handler,
+                        const struct gr_state_write *w, size_t n, uint64_t seq)
 {
-    if (!r->nstate)
+    if (!n)
         return;
     pthread_mutex_lock(&s->lock);
-    for (size_t i = 0; i < r->nstate; i++) {
-        struct sq_overlay **p = find(s, r->work->handler, r->state[i].key), *e = *p;
-        if (e && e->seq == r->state_seq) { /* no later put of the key is waiting */
+    for (size_t i = 0; i < n; i++) {
+        struct sq_overlay **p = find(s, handler, w[i].key), *e = *p;
+        if (e && e->seq == seq) { /* no later put of the key is waiting */
             *p = e->next;
             free(e->handler);
             free(e->key);

@@ -117,7 +117,13 @@ int sq_do_append(struct sqlite_store *s, struct gr_append *a, uint64_t batch_ite
     return 0;
 }
 
-/* Up to ROUTE_CHAIN items due for routing, marked as being routed. */
+/* Up to ROUTE_CHAIN items due for routing, marked as taken: the attempt of
+ * their deliveries counts from now (store.h: completed()). An item taken
+ * before (tried) comes alone, as a unit tried before does (units_for): a
+ * crash charges every item a worker holds. Duplicate keys are checked (and
+ * recorded) here, in the order of the items, so that a worker never
+ * delivers the same change twice within the window; an item that is not
+ * delivered after all forgets its key (forget_key). */
 static struct gr_work *take_route(struct sqlite_store *s, int64_t now, int *rc)
 {
     sqlite3_stmt *st = S(s, S_ROUTE_NEXT);
@@ -134,8 +140,9 @@ static struct gr_work *take_route(struct sqlite_store *s, int64_t now, int *rc)
         /* marking an item as being routed rewrites its record: the chain
          * stays within the commit's WAL share (limits.h), one item at least */
         uint64_t len = (uint64_t)sqlite3_column_bytes(st, 1);
-        if (head && !gr_store_limits_commit_fits(&s->limits, s->wal_now,
-                                                 s->commit_rewritten + chain_bytes, len))
+        bool tried = sqlite3_column_int(st, 7) > 0;
+        if (head && (tried || !gr_store_limits_commit_fits(&s->limits, s->wal_now,
+                                                           s->commit_rewritten + chain_bytes, len)))
             break;
         chain_bytes += len;
         struct gr_work *w = gr_xcalloc(1, sizeof *w);
@@ -159,18 +166,22 @@ static struct gr_work *take_route(struct sqlite_store *s, int64_t now, int *rc)
         if (sqlite3_column_bytes(st, 6) == (int)sizeof w->dedupe) {
             memcpy(w->dedupe, sqlite3_column_blob(st, 6), sizeof w->dedupe);
             w->has_dedupe = true;
+            w->duplicate = gr_dedupe_check(&s->dedupe, w->dedupe, w->id, w->received_ms,
+                                           gr_wall_ms(), s->cfg.dedupe_window_ms);
         }
+        w->tried = tried;
         *tail = w;
         tail = &w->next;
+        if (tried)
+            break;
     }
     sqlite3_reset(st);
     s->commit_rewritten += chain_bytes;
     s->batch_tokens = tokens;
     s->batch_id = batch;
     for (struct gr_work *w = head; w; w = w->next) {
-        sqlite3_stmt *up = S(s, S_ITEM_STATE);
+        sqlite3_stmt *up = S(s, S_ITEM_TAKE);
         sqlite3_bind_int64(up, 1, w->id);
-        sqlite3_bind_int(up, 2, ITEM_ROUTING);
         if ((*rc = sq_step(up)) != 0)
             break; /* the take is undone (see run_batch); the chain freed */
     }
@@ -366,11 +377,12 @@ static bool handler_configured(struct sqlite_store *s, const char *name)
 /* A new delivery, pending; or a dead letter at once when its handler is no
  * longer configured (a worker on an older generation routed or emitted to
  * it after a reload removed it): nothing waits for a handler that never comes. */
-static int insert_unit(struct sqlite_store *s, int64_t item, const char *handler,
-                       const char *event, size_t len, int64_t now, bool *any_dead)
+/* A unit as it is written: pending (due at due_ms) or dead (finished now),
+ * with the attempts it used so far. */
+static int write_unit(struct sqlite_store *s, int64_t item, const char *handler,
+                      const char *event, size_t len, int state, unsigned attempts,
+                      int64_t due_ms, int64_t now, const char *error)
 {
-    bool dead = !handler_configured(s, handler);
-    *any_dead |= dead;
     sqlite3_stmt *st = S(s, S_INS_UNIT);
     sqlite3_bind_int64(st, 1, item);
     sqlite3_bind_text(st, 2, handler, -1, SQLITE_STATIC);
@@ -378,22 +390,87 @@ static int insert_unit(struct sqlite_store *s, int64_t item, const char *handler
         sqlite3_bind_text(st, 3, event, (int)len, SQLITE_STATIC);
     else
         sqlite3_bind_null(st, 3);
-    sqlite3_bind_int64(st, 4, now);
-    sqlite3_bind_int(st, 5, dead ? UNIT_DEAD : UNIT_PENDING);
-    if (dead) {
-        sqlite3_bind_int64(st, 6, now);
-        sqlite3_bind_text(st, 7, "the handler is no longer configured", -1, SQLITE_STATIC);
-    }
+    sqlite3_bind_int(st, 4, state);
+    sqlite3_bind_int(st, 5, (int)attempts);
+    sqlite3_bind_int64(st, 6, due_ms);
+    sqlite3_bind_int64(st, 7, now);
+    if (state == UNIT_DEAD)
+        sqlite3_bind_int64(st, 8, now);
+    if (error)
+        sqlite3_bind_text(st, 9, error, -1, SQLITE_STATIC);
     int rc = sq_step(st);
     sqlite3_clear_bindings(st);
-    if (rc)
-        return rc;
-    if (dead)
+    if (!rc)
+        bump(s, handler, state == UNIT_PENDING, 0, state == UNIT_DEAD);
+    return rc;
+}
+
+static int insert_unit(struct sqlite_store *s, int64_t item, const char *handler,
+                       const char *event, size_t len, int64_t now, bool *any_dead)
+{
+    bool dead = !handler_configured(s, handler);
+    *any_dead |= dead;
+    int rc = write_unit(s, item, handler, event, len, dead ? UNIT_DEAD : UNIT_PENDING, 0, now,
+                        now, dead ? "the handler is no longer configured" : NULL);
+    if (!rc && dead)
         gr_warn("store: delivery %lld to handler \"%s\" is a dead letter: the handler is no "
                 "longer configured (graphrouter dlq replay brings it back)",
                 (long long)sqlite3_last_insert_rowid(s->db), handler);
-    bump(s, handler, dead ? 0 : 1, 0, dead ? 1 : 0);
+    return rc;
+}
+
+static unsigned max_attempts_of(struct sqlite_store *s, const char *name)
+{
+    unsigned max = 0;
+    pthread_mutex_lock(&s->lock);
+    for (size_t i = 0; i < s->nhandlers; i++)
+        if (strcmp(s->handlers[i].name, name) == 0)
+            max = s->handlers[i].max_attempts;
+    pthread_mutex_unlock(&s->lock);
+    return max;
+}
+
+/* A delivery of an item taken before graphrouter stopped (its attempt
+ * charged, as recover() charges a running unit's): a unit that runs again
+ * after the same wait, or a dead letter once the attempts are used up. The
+ * target that already has a unit (its call was stuck: note_running) keeps it. */
+static int insert_tried_unit(struct sqlite_store *s, int64_t item, const char *handler,
+                             int64_t now, bool *any_dead)
+{
+    sqlite3_stmt *ex = S(s, S_UNIT_EXISTS);
+    sqlite3_bind_int64(ex, 1, item);
+    sqlite3_bind_text(ex, 2, handler, -1, SQLITE_STATIC);
+    bool exists = sqlite3_step(ex) == SQLITE_ROW;
+    sqlite3_reset(ex);
+    if (exists)
+        return 0;
+    if (!handler_configured(s, handler))
+        return insert_unit(s, item, handler, NULL, 0, now, any_dead);
+    unsigned max = max_attempts_of(s, handler);
+    atomic_fetch_add_explicit(&gr_metrics_handler(handler)->interrupted, 1, memory_order_relaxed);
+    bool dead = max && max <= 1;
+    *any_dead |= dead;
+    int rc = write_unit(s, item, handler, NULL, 0, dead ? UNIT_DEAD : UNIT_PENDING, 1,
+                        now + 1000, now, "graphrouter stopped while the handler ran (a crash?)");
+    if (rc)
+        return rc;
+    long long id = (long long)sqlite3_last_insert_rowid(s->db);
+    if (dead)
+        gr_warn("store: delivery %lld to handler \"%s\" was running when graphrouter stopped "
+                "and has used its %u attempts: a dead letter (graphrouter dlq show %lld)",
+                id, handler, max, id);
+    else
+        gr_warn("store: delivery %lld to handler \"%s\" was running when graphrouter stopped "
+                "(attempt 1); it runs again in 1 s",
+                id, handler);
     return 0;
+}
+
+/* An item not delivered after all leaves no duplicate key behind. */
+static void forget_key(struct sqlite_store *s, const struct gr_work *w)
+{
+    if (w->has_dedupe)
+        gr_dedupe_forget(&s->dedupe, w->dedupe, w->id);
 }
 
 /* Returns 0, or an SQLite error; *finished_bytes counts items now done. */
@@ -425,6 +502,7 @@ int sq_do_routed(struct sqlite_store *s, struct req *r, int64_t now, uint64_t *d
 {
     struct gr_work *w = r->work;
     if (r->result == GR_ROUTE_WAIT) {
+        forget_key(s, w);
         sqlite3_stmt *st = S(s, S_ITEM_WAIT);
         sqlite3_bind_int64(st, 1, w->id);
         sqlite3_bind_int64(st, 2, now + r->delay_ms);
@@ -436,17 +514,18 @@ int sq_do_routed(struct sqlite_store *s, struct req *r, int64_t now, uint64_t *d
         if (rc)
             return rc;
     }
-    if (r->result != GR_ROUTED || !r->ntargets) /* dropped, or nothing routes it */
+    if (r->result != GR_ROUTED || !r->ntargets) { /* dropped, or nothing routes it */
+        forget_key(s, w);
         return finish_item(s, w, now, r->text ? r->text : "unrouted", done_items, done_bytes);
-    if (w->has_dedupe) {
-        if (is_duplicate(s, w)) {
-            r->duplicate = true;
-            return finish_item(s, w, now, NOTE_DUPLICATE, done_items, done_bytes);
-        }
     }
-    bool any_dead = false;
+    if (w->has_dedupe && (w->duplicate || is_duplicate(s, w))) {
+        r->duplicate = true;
+        return finish_item(s, w, now, NOTE_DUPLICATE, done_items, done_bytes);
+    }
+    bool any_dead = w->tried; /* a tried target may have a finished unit already */
     for (size_t i = 0; i < r->ntargets; i++) {
-        int rc = insert_unit(s, w->id, r->targets[i], NULL, 0, now, &any_dead);
+        int rc = w->tried ? insert_tried_unit(s, w->id, r->targets[i], now, &any_dead)
+                          : insert_unit(s, w->id, r->targets[i], NULL, 0, now, &any_dead);
         if (rc)
             return rc;
     }
@@ -517,3 +596,119 @@ int sq_do_delivered(struct sqlite_store *s, struct req *r, int64_t now, uint64_t
     return 0;
 }
 
+
+/* One target's direct delivery, as the completion records it: nothing when
+ * it was delivered (its emitted events become units), a pending unit when
+ * it is to be retried, a dead letter when given up. A delivery whose call
+ * was stuck has a running unit already (sq_do_note), which takes the
+ * outcome. Sets *open if the item has a unit to wait for, *dead if it has a
+ * dead letter. */
+static int complete_part(struct sqlite_store *s, const struct gr_work *w, struct sq_part *p,
+                         int64_t now, bool *open, bool *dead, bool *new_work)
+{
+    int state = p->result == GR_DELIVERED ? UNIT_DONE
+                : p->result == GR_DELIVERY_RETRY ? UNIT_PENDING
+                                                 : UNIT_DEAD;
+    int64_t due = p->result == GR_DELIVERY_RETRY ? now + p->delay_ms : now;
+    bool written = false;
+    if (p->noted) {
+        sqlite3_stmt *st = S(s, S_UNIT_NOTED);
+        sqlite3_bind_int64(st, 1, w->id);
+        sqlite3_bind_text(st, 2, p->handler, -1, SQLITE_STATIC);
+        sqlite3_bind_int(st, 3, state);
+        sqlite3_bind_int64(st, 4, due);
+        if (state == UNIT_PENDING)
+            sqlite3_bind_null(st, 5);
+        else
+            sqlite3_bind_int64(st, 5, now);
+        if (p->text)
+            sqlite3_bind_text(st, 6, p->text, -1, SQLITE_STATIC);
+        else
+            sqlite3_bind_null(st, 6);
+        int rc = sq_step(st);
+        sqlite3_clear_bindings(st);
+        if (rc)
+            return rc;
+        written = sqlite3_changes(s->db) > 0;
+        if (written) /* the counters never counted that unit as running */
+            bump(s, p->handler, state == UNIT_PENDING, 0, state == UNIT_DEAD);
+    }
+    if (!written && state != UNIT_DONE) {
+        int rc = write_unit(s, w->id, p->handler, NULL, 0, state, 1, due, now, p->text);
+        if (rc)
+            return rc;
+    }
+    long long id = (long long)sqlite3_last_insert_rowid(s->db);
+    if (state == UNIT_PENDING && !written) {
+        gr_info("handler \"%s\" asked to retry delivery %lld (%s, attempt 1 of %u: %s); next "
+                "try in %lld ms",
+                p->handler, id, p->kind, p->max_attempts, p->text ? p->text : "GR_RETRY",
+                (long long)p->delay_ms);
+    } else if (state == UNIT_DEAD && !written) {
+        gr_warn("handler \"%s\": delivery %lld (%s) is a dead letter: %s (graphrouter dlq show "
+                "%lld)",
+                p->handler, id, p->kind, p->text ? p->text : "failed", id);
+    }
+    *open |= state == UNIT_PENDING;
+    *dead |= state == UNIT_DEAD;
+    for (size_t i = 0; i < p->nevents; i++) {
+        bool dead_event = false;
+        int rc = insert_unit(s, w->id, p->events[i].handler, p->events[i].json, p->events[i].len,
+                             now, &dead_event);
+        if (rc)
+            return rc;
+        *open |= !dead_event;
+        *dead |= dead_event;
+        *new_work = true;
+    }
+    if (state == UNIT_DONE)
+        return sq_state_write(s, p->handler, p->state, p->nstate, now);
+    return 0;
+}
+
+int sq_do_completed(struct sqlite_store *s, struct req *r, int64_t now, uint64_t *done_items,
+                    uint64_t *done_bytes, uint64_t *routed, bool *new_work)
+{
+    struct gr_work *w = r->work;
+    (*routed)++;
+    if (r->life_sub) {
+        int rc = sq_add_sub_event(s, r->life_sub, r->life_event, w->id, now);
+        if (rc)
+            return rc;
+    }
+    bool open = false, dead = false;
+    for (size_t i = 0; i < r->nparts; i++) {
+        int rc = complete_part(s, w, &r->parts[i], now, &open, &dead, new_work);
+        if (rc)
+            return rc;
+    }
+    sqlite3_stmt *st = S(s, S_ITEM_COMPLETE);
+    sqlite3_bind_int64(st, 1, w->id);
+    sqlite3_bind_int(st, 2, open ? ITEM_ROUTED : dead ? ITEM_HELD : ITEM_DONE);
+    sqlite3_bind_int64(st, 3, open ? w->received_ms : now);
+    int rc = sq_step(st);
+    if (!rc && !open) {
+        (*done_items)++;
+        *done_bytes += w->len;
+    }
+    return rc;
+}
+
+int sq_do_note(struct sqlite_store *s, struct req *r, int64_t now)
+{
+    sqlite3_stmt *st = S(s, r->unit ? S_UNIT_NOTE : S_UNIT_NOTE_DIRECT);
+    if (r->unit) {
+        sqlite3_bind_int64(st, 1, r->unit);
+        sqlite3_bind_text(st, 2, r->text, -1, SQLITE_STATIC);
+    } else {
+        sqlite3_bind_int64(st, 1, r->item);
+        sqlite3_bind_text(st, 2, r->handler, -1, SQLITE_STATIC);
+        sqlite3_bind_int64(st, 3, now);
+        sqlite3_bind_text(st, 4, r->text, -1, SQLITE_STATIC);
+    }
+    int rc = sq_step(st);
+    sqlite3_clear_bindings(st);
+    if (!rc && !r->unit && sqlite3_changes(s->db) > 0)
+        r->unit = sqlite3_last_insert_rowid(s->db);
+    return rc;
+}

@@ -24,6 +24,14 @@
 #define COMPLETION_DELAY_MS 10
 #define COMPLETIONS_MAX 256
 
+static bool parts_write_state(const struct req *r)
+{
+    for (size_t i = 0; i < r->nparts; i++)
+        if (r->parts[i].nstate)
+            return true;
+    return false;
+}
+
 static bool urgent(const struct req *r)
 {
     return r->kind == REQ_APPEND || r->kind == REQ_TAKE || r->kind == REQ_SYNC ||
@@ -143,16 +151,14 @@ static int run_request(struct sqlite_store *s, struct req *r, int64_t now,
     }
     case REQ_DELIVERED:
         return sq_do_delivered(s, r, now, &d->done_items, &d->done_bytes, &d->new_work);
-    case REQ_SYNC: {
-        if (!r->text) /* a flush: only what was queued before it */
-            return 0;
-        sqlite3_stmt *st = S(s, S_UNIT_NOTE);
-        sqlite3_bind_int64(st, 1, r->unit);
-        sqlite3_bind_text(st, 2, r->text, -1, SQLITE_STATIC);
-        int rc = sq_step(st);
-        sqlite3_clear_bindings(st);
+    case REQ_COMPLETED: {
+        int rc = sq_do_completed(s, r, now, &d->done_items, &d->done_bytes, &d->routed,
+                                 &d->new_work);
+        d->duplicates = r->duplicate;
         return rc;
     }
+    case REQ_SYNC:
+        return r->text ? sq_do_note(s, r, now) : 0; /* no note: a flush */
     case REQ_CALL: return r->call(s, r, now, d);
     }
     return 0;
@@ -185,7 +191,8 @@ static void run_batch(struct sqlite_store *s, struct req *batch)
     bool state_held = s->state_dropped; /* a state write failed: later ones wait for it */
     bool state_later = false;           /* one was left for the next commit: the same */
     for (struct req *r = batch; r && !rc; r = r->next) {
-        bool writes_state = r->kind == REQ_DELIVERED && r->nstate;
+        bool writes_state = (r->kind == REQ_DELIVERED && r->nstate) ||
+                            (r->kind == REQ_COMPLETED && parts_write_state(r));
         if (writes_state && state_held) {
             r->failed = true;
             continue;
@@ -197,9 +204,15 @@ static void run_batch(struct sqlite_store *s, struct req *batch)
         /* Routing an item or closing it rewrites its record: past the
          * commit's WAL share (limits.h) that waits for the next commit,
          * which the first request of a commit always fits. */
-        uint64_t rewrites = r->kind == REQ_ROUTED || r->kind == REQ_DELIVERED ? r->work->len : 0;
+        uint64_t rewrites = r->kind == REQ_ROUTED || r->kind == REQ_DELIVERED ||
+                                    r->kind == REQ_COMPLETED
+                                ? r->work->len
+                                : 0;
         for (size_t i = 0; i < r->nevents; i++)
             rewrites += r->events[i].len;
+        for (size_t i = 0; i < r->nparts; i++)
+            for (size_t j = 0; j < r->parts[i].nevents; j++)
+                rewrites += r->parts[i].events[j].len;
         if (rewrites && s->commit_rewritten &&
             !gr_store_limits_commit_fits(&s->limits, s->wal_now, s->commit_rewritten, rewrites)) {
             r->later = true;
@@ -278,14 +291,21 @@ static void run_batch(struct sqlite_store *s, struct req *batch)
         gr_metrics_store_commit(gr_mono_ns() - t0, nreq);
         gr_metrics_duplicates(total.duplicates);
     }
-    for (struct req *r = batch; r && !rc; r = r->next)
-        if (r->kind == REQ_DELIVERED && !r->failed && !r->later) /* its state is in the file now */
-            sq_state_committed(s, r);
+    for (struct req *r = batch; r && !rc; r = r->next) {
+        if (r->failed || r->later)
+            continue;
+        if (r->kind == REQ_DELIVERED) /* its state is in the file now */
+            sq_state_committed(s, r->work->handler, r->state, r->nstate, r->state_seq);
+        for (size_t i = 0; r->kind == REQ_COMPLETED && i < r->nparts; i++)
+            sq_state_committed(s, r->parts[i].handler, r->parts[i].state, r->parts[i].nstate,
+                               r->parts[i].state_seq);
+    }
     /* Completions must not be lost: those not kept are tried again. */
     struct req *retry_head = NULL, **retry_tail = &retry_head;
     for (struct req **p = &batch; *p;) {
         struct req *r = *p;
-        if ((r->kind == REQ_ROUTED || r->kind == REQ_DELIVERED) && (rc || r->failed)) {
+        if ((r->kind == REQ_ROUTED || r->kind == REQ_DELIVERED || r->kind == REQ_COMPLETED) &&
+            (rc || r->failed)) {
             *p = r->next;
             r->next = NULL;
             r->failed = r->later = false;
@@ -323,7 +343,8 @@ static void run_batch(struct sqlite_store *s, struct req *batch)
         size_t n = 0;
         for (struct req *r = retry_head, *next; r; r = next, n++) {
             next = r->next;
-            s->state_dropped |= r->kind == REQ_DELIVERED && r->nstate;
+            s->state_dropped |= (r->kind == REQ_DELIVERED && r->nstate) ||
+                                (r->kind == REQ_COMPLETED && parts_write_state(r));
             sq_free_req(r);
         }
         gr_warn("store: %zu completions could not be written before the exit; that work runs "
@@ -404,7 +425,7 @@ void *sq_writer_main(void *arg)
     return NULL;
 }
 
-bool sq_run_now(struct sqlite_store *s, struct req *r)
+bool sq_run_now(struct sqlite_store *s, struct req *r, int64_t *unit)
 {
     sq_enqueue(s, r);
     int64_t until = gr_mono_ms() + 5000;
@@ -414,6 +435,8 @@ bool sq_run_now(struct sqlite_store *s, struct req *r)
     }
     bool done = r->done, written = done && !r->failed;
     r->abandoned = !done; /* then the writer frees it */
+    if (unit)
+        *unit = written ? r->unit : 0;
     pthread_mutex_unlock(&s->lock);
     if (done)
         sq_free_req(r);

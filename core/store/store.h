@@ -3,16 +3,22 @@
  *
  * An item is a change notification exactly as Graph sent it (rich content
  * still encrypted), stored before the POST is answered 202. A worker routes
- * it against the configuration current at that moment; routing turns it into
- * one delivery unit per target handler. A unit runs the handler; what the
- * handler emits becomes new units in the same step that completes its parent.
- * Units end done, or dead (a dead letter: kept with its handler, attempts and
- * last error until replayed or purged).
+ * it against the configuration current at that moment, and most often
+ * delivers it to its target handlers at once, itself, and hands the store
+ * one completion for the lot (completed()): taking the item recorded the
+ * attempt. Where a delivery needs a record of its own (the item was taken
+ * before and graphrouter stopped meanwhile, a target runs one at a time or
+ * a bounded number at once, a delivery is retried, given up, or emitted
+ * events), it is a delivery unit: routing turns the item into one unit per
+ * target (routed()), a unit runs the handler (delivered()), and what the
+ * handler emits becomes new units in the same step that completes its
+ * parent. Units end done, or dead (a dead letter: kept with its handler,
+ * attempts and last error until replayed or purged).
  *
  * Promises, whatever the backend:
  *   - an append is all-or-nothing and durable when its callback reports OK;
- *   - taking a unit records the attempt before the handler runs, so a handler
- *     that kills the process still uses up attempts;
+ *   - taking an item or a unit records the attempt before the handler runs,
+ *     so a handler that kills the process still uses up attempts;
  *   - completing a unit and storing the units it emitted is one step;
  *   - work that was running when the process died is taken again.
  *
@@ -74,6 +80,13 @@ struct gr_work {
     struct gr_work *next; /* take() hands out work in chains */
     bool has_dedupe;      /* ROUTE: the item's duplicate key (see gr_store_item) */
     unsigned char dedupe[32];
+    /* ROUTE: taken for delivery before, and graphrouter stopped meanwhile:
+     * to be routed into units (routed()), which carry that attempt, and
+     * never delivered at once */
+    bool tried;
+    /* ROUTE: the same change was accepted within the window by another item
+     * (store.dedupe_window_s): routed, it is not delivered again */
+    bool duplicate;
 };
 void gr_work_free(struct gr_work *w); /* this one, not its chain */
 
@@ -121,6 +134,18 @@ struct gr_delivery_outcome {
      * called (before the completion is committed) */
     const struct gr_state_write *state;
     size_t nstate;
+};
+
+/* An item delivered to one target as it was routed (completed()). */
+struct gr_direct_delivery {
+    const char *handler;
+    struct gr_delivery_outcome outcome;
+    /* the call ran past its timeout_s and note_running() was given it: the
+     * store may hold a running unit for it, which this outcome finishes */
+    bool noted;
+    const char *kind;      /* what it delivered, for log lines: "message", "event" ... */
+    unsigned max_attempts; /* the handler's retry.max_attempts */
+    uint64_t state_seq;    /* its state writes were staged (stage_state): that number */
 };
 
 /* ---- the control plane's records (graph/manager.c) ----------------------
@@ -192,14 +217,29 @@ struct gr_store_ops {
                 bool prefer_delivery, int64_t wait_ms, struct gr_work **out);
     void (*routed)(struct gr_store *s, struct gr_work *w, const struct gr_route_outcome *o);
     void (*delivered)(struct gr_store *s, struct gr_work *w, const struct gr_delivery_outcome *o);
+    /* A ROUTE work (not tried, not a duplicate) routed (o->result GR_ROUTED,
+     * o->nhandlers targets, each running any number of deliveries at once)
+     * and delivered to each target by the worker: d[i] is target i's
+     * outcome. One step: the item is done, or what needs a record (a retry,
+     * a dead letter, emitted events) becomes units in it. */
+    void (*completed)(struct gr_store *s, struct gr_work *w, const struct gr_route_outcome *o,
+                      const struct gr_direct_delivery *d);
+    /* Make a direct delivery's state writes visible to state_get now, ahead
+     * of its completed() (which writes them): returns their number for
+     * gr_direct_delivery.state_seq. */
+    uint64_t (*stage_state)(struct gr_store *s, const char *handler,
+                            const struct gr_state_write *w, size_t n);
     /* The handlers the configuration has now (after a reload): pending units
      * of any other become dead letters. */
     void (*set_handlers)(struct gr_store *s, const struct gr_store_handler *h, size_t nh);
     /* Keep `note` as the last error of a delivery that is running now (its
      * handler is stuck): what the delivery shows once graphrouter restarted
-     * and charged that attempt. Returns once it is written, or after a few
+     * and charged that attempt. unit 0: the delivery of `item` to `handler`
+     * as it was routed, which gets a unit of its own now (running, one
+     * attempt). Returns the unit's id once it is written, or 0 after a few
      * seconds if the store cannot write it. */
-    void (*note_running)(struct gr_store *s, int64_t unit, const char *note);
+    int64_t (*note_running)(struct gr_store *s, int64_t unit, int64_t item, const char *handler,
+                            const char *note);
     /* Returns once what was handed to the store before is written (or after
      * a few seconds): before an exit that cannot close it (a handler stuck). */
     void (*flush)(struct gr_store *s);
@@ -245,9 +285,21 @@ static inline void gr_store_delivered(struct gr_store *s, struct gr_work *w,
                                       const struct gr_delivery_outcome *o) { s->ops->delivered(s, w, o); }
 static inline void gr_store_set_handlers(struct gr_store *s, const struct gr_store_handler *h,
                                          size_t nh) { s->ops->set_handlers(s, h, nh); }
-static inline void gr_store_note_running(struct gr_store *s, int64_t unit, const char *note)
+static inline void gr_store_completed(struct gr_store *s, struct gr_work *w,
+                                      const struct gr_route_outcome *o,
+                                      const struct gr_direct_delivery *d)
 {
-    s->ops->note_running(s, unit, note);
+    s->ops->completed(s, w, o, d);
+}
+static inline uint64_t gr_store_stage_state(struct gr_store *s, const char *handler,
+                                            const struct gr_state_write *w, size_t n)
+{
+    return s->ops->stage_state(s, handler, w, n);
+}
+static inline int64_t gr_store_note_running(struct gr_store *s, int64_t unit, int64_t item,
+                                            const char *handler, const char *note)
+{
+    return s->ops->note_running(s, unit, item, handler, note);
 }
 static inline void gr_store_flush(struct gr_store *s) { s->ops->flush(s); }
 static inline void gr_store_stats(struct gr_store *s, struct gr_store_stats *out) { s->ops->stats(s, out); }

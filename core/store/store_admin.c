@@ -38,7 +38,7 @@ static int status(sqlite3 *db, const struct gr_config *cfg)
 {
     sqlite3_stmt *st;
     if (sqlite3_prepare_v2(db, "SELECT count(*), coalesce(sum(len), 0), "
-                               "coalesce(sum(state IN (0, 3)), 0) FROM items WHERE state IN (0, 1, 3)",
+                               "coalesce(sum(state IN (2, 3)), 0) FROM items WHERE state IN (2, 3, 4)",
                            -1, &st, NULL) != SQLITE_OK)
         return fail(db, "reading the store");
     if (sqlite3_step(st) == SQLITE_ROW)
@@ -204,9 +204,10 @@ static int dlq_replay(sqlite3 *db, const struct gr_config *cfg, const char *id)
         free(names);
         return fail(db, "locking the store");
     }
-    int n = replay_step(db, all ? "UPDATE items SET state = 1, done_ms = NULL WHERE id IN "
+    /* (items' states: store/sqlite.h) */
+    int n = replay_step(db, all ? "UPDATE items SET state = 4, done_ms = received_ms WHERE id IN "
                                   "(SELECT item_id FROM units WHERE " REPLAYABLE ")"
-                                : "UPDATE items SET state = 1, done_ms = NULL WHERE id = "
+                                : "UPDATE items SET state = 4, done_ms = received_ms WHERE id = "
                                   "(SELECT item_id FROM units WHERE id = ?1 AND " REPLAYABLE ")",
                         all, id, names);
     if (n >= 0)
@@ -268,8 +269,8 @@ static int dlq_purge(sqlite3 *db)
     }
     int n = sqlite3_changes(db);
     /* their items are finished now: retention counts from here */
-    if (sqlite3_exec(db, "UPDATE items SET done_ms = strftime('%s') * 1000 WHERE state = 2 AND "
-                         "done_ms IS NULL", NULL, NULL, NULL) != SQLITE_OK ||
+    if (sqlite3_exec(db, "UPDATE items SET state = 5, done_ms = strftime('%s') * 1000 WHERE "
+                         "state = 6", NULL, NULL, NULL) != SQLITE_OK ||
         sqlite3_exec(db, "COMMIT", NULL, NULL, NULL) != SQLITE_OK) {
         sqlite3_exec(db, "ROLLBACK", NULL, NULL, NULL);
         return fail(db, "purging");

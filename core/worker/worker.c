@@ -5,6 +5,7 @@
 
 #include <errno.h>
 #include <graphrouter/plugin.h>
+#include <openssl/crypto.h>
 #include <pthread.h>
 #include <stdlib.h>
 #include <string.h>
@@ -83,8 +84,12 @@ static bool lifecycle_action(const json_t *n, struct gr_route_outcome *o)
     return false;
 }
 
-static void route(struct gr_workers *ws, struct gr_work *w)
+static void deliver_direct(struct worker *me, struct gr_generation *g, struct gr_work *w,
+                           const struct gr_route_outcome *o, const char *text, size_t len);
+
+static void route(struct worker *me, struct gr_work *w)
 {
+    struct gr_workers *ws = me->ws;
     struct gr_store *store = ws->store;
     struct gr_route_outcome o = {.result = GR_ROUTE_DROPPED};
     json_t *item = json_loadb(w->body, w->len, 0, NULL);
@@ -139,16 +144,31 @@ static void route(struct gr_workers *ws, struct gr_work *w)
     o.result = GR_ROUTED;
     o.handlers = names;
     bool poke = cls.type == GR_RT_LIFECYCLE && lifecycle_action(n, &o);
-    /* For the deliveries, before they can exist; or, keeping nothing, empty
-     * the slot, so that no delivery of this item finds an older item's text. */
-    char *text = o.nhandlers && !rich ? json_dumps(n, JSON_COMPACT) : NULL;
-    gr_msgcache_put(&ws->cache, w->item_id, w->received_ms, text, text ? strlen(text) : 0,
-                    (unsigned)o.nhandlers);
+    /* Delivered at once, unless a delivery needs a unit of its own from the
+     * start (store.h): the item was taken before, or a target limits how
+     * many of its deliveries run at once. A duplicate is not delivered. */
+    bool direct = o.nhandlers && !w->tried && !w->duplicate;
+    for (size_t i = 0; i < g->nhandlers && direct; i++)
+        direct = !targets[i] || g->handlers[i].conf->concurrency == 0;
     if (!nfired)
         gr_info("item not routed: no route matched; resource_type=%s subscription=%.80s",
                 gr_rtype_name(cls.type), in.subscription_id ? in.subscription_id : "(none)");
-    gr_store_routed(store, w, &o); /* copies the names: the generation may go */
-    if (poke) /* after the routed record, which carries the event, is queued */
+    if (direct) {
+        char *text = json_dumps(n, JSON_COMPACT);
+        deliver_direct(me, g, w, &o, text, strlen(text));
+        if (rich) /* decrypted content is held no longer than its deliveries */
+            OPENSSL_cleanse(text, strlen(text));
+        free(text);
+    } else {
+        /* For the deliveries, before they can exist; or, keeping nothing,
+         * empty the slot, so that no delivery of this item finds an older
+         * item's text. */
+        char *text = o.nhandlers && !rich && !w->duplicate ? json_dumps(n, JSON_COMPACT) : NULL;
+        gr_msgcache_put(&ws->cache, w->item_id, w->received_ms, text, text ? strlen(text) : 0,
+                        (unsigned)o.nhandlers);
+        gr_store_routed(store, w, &o); /* copies the names: the generation may go */
+    }
+    if (poke) /* after the record that carries the event is queued */
         gr_manager_poke();
     gr_generation_unpin(g);
     gr_classification_free(&cls);
@@ -185,6 +205,143 @@ static char *rebuild(struct gr_generation *g, const struct gr_work *w, const cha
     return text;
 }
 
+/* One handle() call and its outcome. The outcome's events and state point
+ * into the call, valid until call_free(). */
+struct call {
+    struct gr_msg msg;
+    struct gr_delivery_outcome o;
+    struct gr_emitted_event *events;
+    struct gr_state_write *state; /* taken from the message (call_release) */
+    size_t nstate;
+    char *error;
+    const char *kind; /* delivery_kind() */
+    bool noted;       /* it ran past timeout_s (the watchdog noted it) */
+};
+
+/* Call h's handle() with the message (attempt number `attempts`; unit: the
+ * delivery's id, or 0 for a direct delivery of `item`) and judge what it
+ * returned. A unit's retry and dead letter are logged here; a direct
+ * delivery's are logged by the store, which gives it its unit. */
+static void call_handler(struct worker *me, struct gr_generation *g, struct gr_handler *h,
+                         struct call *c, int kind, const char *json, size_t len,
+                         unsigned attempts, int64_t unit, int64_t item)
+{
+    c->msg = (struct gr_msg){.kind = kind, .json = json, .len = len, .handler = h,
+                             .store = me->ws->store};
+    c->o = (struct gr_delivery_outcome){.result = GR_DELIVERY_DEAD};
+    if (h->serial)
+        pthread_mutex_lock(&h->serial_lock);
+    atomic_fetch_add_explicit(&h->stats->direct_running, unit ? 0 : 1, memory_order_relaxed);
+    gr_callwatch_begin(&me->call, h, "handle", unit, item); /* once the call may run */
+    c->msg.started_mono = gr_mono_ms();
+    int rc = h->lib->desc.handle(h->state, &c->msg);
+    c->noted = gr_callwatch_end(&me->call);
+    atomic_fetch_sub_explicit(&h->stats->direct_running, unit ? 0 : 1, memory_order_relaxed);
+
+    struct gr_msg *msg = &c->msg;
+    unsigned max = h->conf->retry.max_attempts;
+    c->kind = delivery_kind(msg);
+    if (rc == GR_OK) {
+        atomic_fetch_add_explicit(&h->stats->handled, 1, memory_order_relaxed);
+        c->events = gr_xcalloc(msg->nemitted ? msg->nemitted : 1, sizeof *c->events);
+        for (size_t i = 0; i < msg->nemitted; i++)
+            c->events[i] = (struct gr_emitted_event){g->handlers[msg->emitted[i].target].name,
+                                                     msg->emitted[i].json, msg->emitted[i].len};
+        c->o = (struct gr_delivery_outcome){.result = GR_DELIVERED, .events = c->events,
+                                            .nevents = msg->nemitted, .state = msg->writes,
+                                            .nstate = msg->nwrites};
+    } else if (rc == GR_RETRY && attempts < max) {
+        atomic_fetch_add_explicit(&h->stats->retried, 1, memory_order_relaxed);
+        c->o.result = GR_DELIVERY_RETRY;
+        c->o.delay_ms = gr_backoff_ms(&h->conf->retry, attempts);
+        if (msg->retry_after_ms > c->o.delay_ms) /* the receiver's Retry-After */
+            c->o.delay_ms = msg->retry_after_ms;
+        c->o.error = msg->error ? msg->error : "GR_RETRY";
+        if (unit)
+            gr_info("handler \"%s\" asked to retry delivery %lld (%s, attempt %u of %u: %s); "
+                    "next try in %lld ms",
+                    h->name, (long long)unit, c->kind, attempts, max, c->o.error,
+                    (long long)c->o.delay_ms);
+    } else {
+        atomic_fetch_add_explicit(&h->stats->failed, 1, memory_order_relaxed);
+        if (rc == GR_RETRY)
+            c->error = gr_xprintf("gave up after %u attempts: %s", attempts,
+                                  msg->error ? msg->error : "GR_RETRY");
+        else if (rc == GR_FAIL)
+            c->error = gr_xstrdup(msg->error ? msg->error : "GR_FAIL");
+        else
+            c->error = gr_xprintf("handle() returned %d, not GR_OK, GR_RETRY or GR_FAIL", rc);
+        c->o.error = c->error;
+        if (unit)
+            gr_warn("handler \"%s\": delivery %lld (%s) is a dead letter: %s (graphrouter dlq "
+                    "show %lld)",
+                    h->name, (long long)unit, c->kind, c->error, (long long)unit);
+    }
+}
+
+/* Once the store has the call's outcome (its puts are visible then): free
+ * what the services gave the call, and release its state and serial locks. */
+static void call_release(struct gr_handler *h, struct call *c)
+{
+    gr_msg_finish(&c->msg);
+    if (h->serial)
+        pthread_mutex_unlock(&h->serial_lock);
+}
+
+static void call_free(struct call *c)
+{
+    for (size_t i = 0; i < c->msg.nemitted; i++)
+        free(c->msg.emitted[i].json);
+    free(c->msg.emitted);
+    free(c->msg.error);
+    json_decref(c->msg.root);
+    for (size_t i = 0; i < c->nstate; i++) {
+        free(c->state[i].key);
+        free(c->state[i].value);
+    }
+    free(c->state);
+    free(c->events);
+    free(c->error);
+}
+
+/* An item routed to targets that all run any number of deliveries at once,
+ * delivered to each of them now, by this worker, with the text it was
+ * routed from (no rebuild, no second decryption): the store records one
+ * completion for the lot (store.h: completed()). Each call's state writes
+ * enter the store's overlay (stage_state) before its locks are released,
+ * so a call to the same handler that starts next sees them, and no call
+ * holds a lock while the next target runs. */
+static void deliver_direct(struct worker *me, struct gr_generation *g, struct gr_work *w,
+                           const struct gr_route_outcome *o, const char *text, size_t len)
+{
+    struct gr_store *store = me->ws->store;
+    struct call *calls = gr_xcalloc(o->nhandlers, sizeof *calls);
+    struct gr_direct_delivery *d = gr_xcalloc(o->nhandlers, sizeof *d);
+    for (size_t i = 0; i < o->nhandlers; i++) {
+        struct gr_handler *h = gr_generation_handler(g, o->handlers[i]);
+        struct call *c = &calls[i];
+        call_handler(me, g, h, c, GR_MSG_NOTIFICATION, text, len, 1, 0, w->id);
+        uint64_t seq = 0;
+        if (c->o.nstate) { /* the writes stay with the call until the store copied them */
+            seq = gr_store_stage_state(store, h->name, c->o.state, c->o.nstate);
+            c->state = c->msg.writes;
+            c->nstate = c->msg.nwrites;
+            c->msg.writes = NULL;
+            c->msg.nwrites = 0;
+        }
+        call_release(h, c);
+        d[i] = (struct gr_direct_delivery){.handler = h->name, .outcome = c->o,
+                                           .noted = c->noted, .kind = c->kind,
+                                           .max_attempts = h->conf->retry.max_attempts,
+                                           .state_seq = seq};
+    }
+    gr_store_completed(store, w, o, d); /* copies what it keeps */
+    for (size_t i = 0; i < o->nhandlers; i++)
+        call_free(&calls[i]);
+    free(calls);
+    free(d);
+}
+
 static void deliver(struct worker *me, struct gr_work *w)
 {
     struct gr_workers *ws = me->ws;
@@ -219,68 +376,15 @@ static void deliver(struct worker *me, struct gr_work *w)
         free(error);
         return;
     }
-    struct gr_msg msg = {.kind = w->event ? GR_MSG_EVENT : GR_MSG_NOTIFICATION,
-                         .json = w->event ? w->event : text,
-                         .len = w->event ? w->event_len : len,
-                         .handler = h,
-                         .store = store};
-    if (h->serial)
-        pthread_mutex_lock(&h->serial_lock);
-    gr_callwatch_begin(&me->call, h, "handle", w->id); /* once the call may run */
-    msg.started_mono = gr_mono_ms();
-    int rc = h->lib->desc.handle(h->state, &msg);
-    gr_callwatch_end(&me->call);
-
-    struct gr_emitted_event *events = NULL;
-    char *error = NULL;
-    unsigned max = h->conf->retry.max_attempts;
-    if (rc == GR_OK) {
-        atomic_fetch_add_explicit(&h->stats->handled, 1, memory_order_relaxed);
-        events = gr_xcalloc(msg.nemitted ? msg.nemitted : 1, sizeof *events);
-        for (size_t i = 0; i < msg.nemitted; i++)
-            events[i] = (struct gr_emitted_event){g->handlers[msg.emitted[i].target].name,
-                                                  msg.emitted[i].json, msg.emitted[i].len};
-        o = (struct gr_delivery_outcome){.result = GR_DELIVERED, .events = events,
-                                         .nevents = msg.nemitted, .state = msg.writes,
-                                         .nstate = msg.nwrites};
-    } else if (rc == GR_RETRY && w->attempts < max) {
-        atomic_fetch_add_explicit(&h->stats->retried, 1, memory_order_relaxed);
-        o.result = GR_DELIVERY_RETRY;
-        o.delay_ms = gr_backoff_ms(&h->conf->retry, w->attempts);
-        if (msg.retry_after_ms > o.delay_ms) /* the receiver's Retry-After */
-            o.delay_ms = msg.retry_after_ms;
-        o.error = msg.error ? msg.error : "GR_RETRY";
-        gr_info("handler \"%s\" asked to retry delivery %lld (%s, attempt %u of %u: %s); next "
-                "try in %lld ms",
-                h->name, (long long)w->id, delivery_kind(&msg), w->attempts, max, o.error,
-                (long long)o.delay_ms);
-    } else {
-        atomic_fetch_add_explicit(&h->stats->failed, 1, memory_order_relaxed);
-        if (rc == GR_RETRY)
-            error = gr_xprintf("gave up after %u attempts: %s", w->attempts,
-                               msg.error ? msg.error : "GR_RETRY");
-        else if (rc == GR_FAIL)
-            error = gr_xstrdup(msg.error ? msg.error : "GR_FAIL");
-        else
-            error = gr_xprintf("handle() returned %d, not GR_OK, GR_RETRY or GR_FAIL", rc);
-        o.error = error;
-        gr_warn("handler \"%s\": delivery %lld (%s) is a dead letter: %s (graphrouter dlq show "
-                "%lld)",
-                h->name, (long long)w->id, delivery_kind(&msg), error, (long long)w->id);
-    }
-    gr_store_delivered(store, w, &o); /* copies events, error and state */
+    struct call c = {0};
+    call_handler(me, g, h, &c, w->event ? GR_MSG_EVENT : GR_MSG_NOTIFICATION,
+                 w->event ? w->event : text, w->event ? w->event_len : len, w->attempts, w->id,
+                 0);
+    gr_store_delivered(store, w, &c.o); /* copies events, error and state */
     /* Only now are the call's state puts visible: its state lock, and the
      * serial lock, are released after that, so the next call sees them. */
-    gr_msg_finish(&msg);
-    if (h->serial)
-        pthread_mutex_unlock(&h->serial_lock);
-    for (size_t i = 0; i < msg.nemitted; i++)
-        free(msg.emitted[i].json);
-    free(msg.emitted);
-    free(msg.error);
-    json_decref(msg.root);
-    free(events);
-    free(error);
+    call_release(h, &c);
+    call_free(&c);
     free(text);
     gr_generation_unpin(g);
 }
@@ -311,7 +415,7 @@ static void *worker_main(void *arg)
             struct gr_work *next = work->next;
             work->next = NULL;
             if (work->kind == GR_WORK_ROUTE)
-                route(w, work);
+                route(me, work);
             else
                 deliver(me, work);
             work = next;

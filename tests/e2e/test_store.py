@@ -526,54 +526,137 @@ class RichAtRestTest(RouterTest):
         self.assertEqual(os.stat(r.path("var/graphrouter.db")).st_mode & 0o777, 0o600)
 
 
+# The store as graphrouter wrote it before layout 4 (layout 3: every
+# delivery a unit row, items rewritten at each state change).
+LAYOUT3_SCHEMA = """
+CREATE TABLE batches(id INTEGER PRIMARY KEY, tokens TEXT NOT NULL, received_ms INTEGER NOT NULL);
+CREATE INDEX batches_age ON batches(received_ms);
+CREATE TABLE items(id INTEGER PRIMARY KEY, received_ms INTEGER NOT NULL, len INTEGER NOT NULL,
+  batch_id INTEGER, state INTEGER NOT NULL, due_ms INTEGER NOT NULL,
+  attempts INTEGER NOT NULL DEFAULT 0, note TEXT, done_ms INTEGER, dedupe BLOB,
+  body TEXT NOT NULL);
+CREATE INDEX items_open ON items(id) WHERE state IN (0, 3);
+CREATE INDEX items_done ON items(done_ms) WHERE state = 2;
+CREATE INDEX items_batch ON items(batch_id) WHERE batch_id IS NOT NULL;
+CREATE TABLE units(id INTEGER PRIMARY KEY, item_id INTEGER NOT NULL, handler TEXT NOT NULL,
+  event TEXT, state INTEGER NOT NULL, attempts INTEGER NOT NULL DEFAULT 0,
+  due_ms INTEGER NOT NULL, created_ms INTEGER NOT NULL, finished_ms INTEGER, last_error TEXT);
+CREATE INDEX units_ready ON units(handler, due_ms, id) WHERE state = 0;
+CREATE INDEX units_due ON units(due_ms) WHERE state = 0;
+CREATE INDEX units_item ON units(item_id, state);
+CREATE INDEX units_order ON units(handler, item_id, id) WHERE state IN (0, 1);
+CREATE TABLE subscriptions(key TEXT PRIMARY KEY, id TEXT, tenant TEXT NOT NULL,
+  resource TEXT NOT NULL, change_type TEXT NOT NULL, rich INTEGER NOT NULL, cert_id TEXT,
+  cert_thumbprint TEXT, secret BLOB NOT NULL, state INTEGER NOT NULL, resync TEXT,
+  expires_ms INTEGER, renewed_ms INTEGER, due_ms INTEGER, failures INTEGER NOT NULL DEFAULT 0,
+  last_error TEXT, created_ms INTEGER NOT NULL, updated_ms INTEGER NOT NULL, replaced_by TEXT);
+CREATE TABLE subscription_events(seq INTEGER PRIMARY KEY, subscription_id TEXT NOT NULL,
+  event TEXT NOT NULL, item_id INTEGER, received_ms INTEGER NOT NULL);
+CREATE TABLE handler_state(handler TEXT NOT NULL, key TEXT NOT NULL, value BLOB NOT NULL,
+  updated_ms INTEGER NOT NULL, PRIMARY KEY(handler, key)) WITHOUT ROWID;
+PRAGMA user_version = 3;
+"""
+
+
+def write_layout3_store(path):
+    """A layout 3 store with work in every state: two items to route (one
+    was being routed), one routed whose delivery is retrying (attempt 2, due
+    now), one whose delivery is a dead letter, one delivered and done."""
+    now = int(time.time() * 1000)
+    body = lambda i: json.dumps(item(id=i, resource="Users/u1/Messages/%s" % i))
+    db = sqlite3.connect(path)
+    db.executescript(LAYOUT3_SCHEMA)
+    rows = [  # id, name, state, attempts, done_ms
+        (1, "ok", 2, 0, now - 5000), (2, "dead", 2, 0, None), (3, "retrying", 1, 0, None),
+        (4, "pending", 0, 0, None), (5, "routing", 3, 0, None)]
+    for rid, name, state, attempts, done in rows:
+        b = body(name)
+        db.execute("INSERT INTO items(id, received_ms, len, state, due_ms, attempts, done_ms, body)"
+                   " VALUES(?, ?, ?, ?, ?, ?, ?, ?)", (rid, now - 6000, len(b), state, now - 6000,
+                                                       attempts, done, b))
+    units = [  # item, state, attempts, finished_ms, last_error
+        (1, 2, 1, now - 5000, None), (2, 3, 3, now - 4000, "gave up after 3 attempts: GR_RETRY"),
+        (3, 0, 2, None, "HTTP 503")]
+    for it, state, attempts, finished, err in units:
+        db.execute("INSERT INTO units(item_id, handler, state, attempts, due_ms, created_ms, "
+                   "finished_ms, last_error) VALUES(?, 'out', ?, ?, ?, ?, ?, ?)",
+                   (it, state, attempts, now - 3000, now - 6000, finished, err))
+    db.commit()
+    db.close()
+
+
 class LayoutTest(RouterTest):
-    def stopped_with_a_pending_delivery(self):
-        """A router stopped with one delivery pending (its handler keeps asking to retry)."""
-        r = self.router(base_config(handlers={
-            "f": dict(flaky(fail_times=100000), retry={"initial_backoff_ms": 60000,
-                                                      "max_backoff_ms": 60000})},
-            routes=[{"name": "r", "to": "f"}]))
-        self.assertEqual(r.post(batch(item(id="old")))[0], 202)
-        r.wait_for(lambda: db_rows(r, "SELECT count(*) FROM units")[0][0] == 1)
-        self.assertEqual(r.stop(), 0)
+    def stopped_router(self):
+        r = self.router(base_config(), start=False)
+        os.makedirs(r.path("var"), mode=0o700, exist_ok=True)
+        write_layout3_store(r.path("var/graphrouter.db"))
+        os.chmod(r.path("var/graphrouter.db"), 0o600)
         return r
+
+    def assert_layout3_work_carried_over(self, r):
+        # what was pending, being routed or retrying is delivered; the dead
+        # letter stays one, with its attempts and error; what was done stays done
+        lines = r.wait_jsonl(3)
+        r.wait_idle()
+        self.assertEqual(sorted(ids(r.read_jsonl())), ["pending", "retrying", "routing"])
+        status, text, _ = r.cli("dlq", "list")
+        rows = text.splitlines()[1:]
+        self.assertEqual(len(rows), 1, text)
+        self.assertRegex(rows[0], r"^\d+ +out +3 .*Users/u1/Messages/dead +gave up after 3 "
+                                  r"attempts: GR_RETRY$")
+        retried = [l for l in lines if l["id"] == "retrying"]
+        self.assertEqual(len(retried), 1)
+        self.assertEqual(db_rows(r, "PRAGMA user_version"), [(4,)])
+        # replayed, the dead letter is delivered; then nothing is pending
+        dead_id = rows[0].split()[0]
+        self.assertEqual(r.cli("dlq", "replay", dead_id)[:2], (0, "1 dead letter replayed\n"))
+        r.wait_jsonl(4)
+        r.wait_idle()
+        self.assertEqual(sorted(ids(r.read_jsonl())), ["dead", "pending", "retrying", "routing"])
+        self.assertEqual(r.cli("dlq", "list")[2].strip(), "0 dead letters")
+
+    def test_a_layout_3_store_is_converted_with_its_work(self):
+        r = self.stopped_router()
+        r.start()
+        self.assertIn("converted from layout 3 to layout 4", r.log())
+        self.assert_layout3_work_carried_over(r)
+        # every item of the file is still there, and the done one was not delivered again
+        self.assertEqual(db_rows(r, "SELECT count(*) FROM items"), [(5,)])
 
     def test_a_layout_1_store_is_converted(self):
         # Layout 1 kept duplicate keys in a table of their own; layout 2
         # keeps them in memory. The conversion keeps every item.
-        r = self.stopped_with_a_pending_delivery()
+        r = self.stopped_router()
         db = sqlite3.connect(r.path("var/graphrouter.db"))
+        for t in ("subscriptions", "subscription_events", "handler_state"):
+            db.execute("DROP TABLE %s" % t)
         db.execute("CREATE TABLE dedupe(key BLOB PRIMARY KEY, seen_ms INTEGER NOT NULL) "
                    "WITHOUT ROWID")
         db.execute("PRAGMA user_version = 1")
         db.commit()
         db.close()
         r.start()
-        self.assertIn("converted from layout 1 to layout 3", r.log())
-        self.assertEqual(db_rows(r, "PRAGMA user_version"), [(3,)])
+        self.assertIn("converted from layout 1 to layout 4", r.log())
         self.assertEqual(db_rows(r, "SELECT count(*) FROM sqlite_schema WHERE name = 'dedupe'"),
                          [(0,)])
-        self.assertEqual(db_rows(r, "SELECT count(*) FROM units WHERE state = 0"), [(1,)])
+        self.assert_layout3_work_carried_over(r)
 
     def test_a_layout_2_store_is_converted(self):
         # Layout 3 added the control plane's tables (managed subscriptions
-        # and their lifecycle events) and the handlers' state; a layout 2
-        # file keeps its work.
-        r = self.stopped_with_a_pending_delivery()
+        # and their lifecycle events) and the handlers' state.
+        r = self.stopped_router()
         db = sqlite3.connect(r.path("var/graphrouter.db"))
-        db.execute("DROP TABLE subscriptions")
-        db.execute("DROP TABLE subscription_events")
-        db.execute("DROP TABLE handler_state")
+        for t in ("subscriptions", "subscription_events", "handler_state"):
+            db.execute("DROP TABLE %s" % t)
         db.execute("PRAGMA user_version = 2")
         db.commit()
         db.close()
         r.start()
-        self.assertIn("converted from layout 2 to layout 3", r.log())
-        self.assertEqual(db_rows(r, "PRAGMA user_version"), [(3,)])
+        self.assertIn("converted from layout 2 to layout 4", r.log())
         self.assertEqual(db_rows(r, "SELECT count(*) FROM sqlite_schema WHERE name IN "
                                     "('subscriptions', 'subscription_events', 'handler_state')"),
                          [(3,)])
-        self.assertEqual(db_rows(r, "SELECT count(*) FROM units WHERE state = 0"), [(1,)])
+        self.assert_layout3_work_carried_over(r)
         self.assertEqual(r.cli("subscriptions")[0], 0)
 
     def test_a_store_of_another_layout_is_refused(self):
@@ -586,5 +669,5 @@ class LayoutTest(RouterTest):
         with self.assertRaises(AssertionError) as ctx:
             r.start()
         self.assertEqual(r.proc.returncode, 1)
-        self.assertIn("graphrouter.db holds store layout 99; this graphrouter reads layout 3",
+        self.assertIn("graphrouter.db holds store layout 99; this graphrouter reads layout 4",
                       str(ctx.exception).replace('\\"', '"'))

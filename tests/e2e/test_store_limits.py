@@ -334,7 +334,7 @@ class CheckTest(RouterTest):
         status, out, err = self.check(r)
         self.assertEqual(status, 1)
         self.assertIn("store var/graphrouter.db: holds store layout 99; this graphrouter reads "
-                      "layout 3, and would refuse to start on it", err)
+                      "layout 4, and would refuse to start on it", err)
 
     def test_a_store_that_does_not_exist_yet_is_fine_and_not_created(self):
         r = self.router(base_config(store={"path": "var/new/graphrouter.db"}), start=False)

@@ -52,6 +52,27 @@ static void test_window_and_the_same_item(void **state)
     gr_dedupe_free(&d);
 }
 
+/* An item that was not delivered after all forgets its sighting; another
+ * item's sighting is not forgotten on its behalf. */
+static void test_forget(void **state)
+{
+    (void)state;
+    struct gr_dedupe d = {0};
+    unsigned char k[32], other[32];
+    key_of(1, k);
+    key_of(2, other);
+    gr_dedupe_forget(&d, k, 10); /* an empty set: nothing to forget */
+    assert_false(gr_dedupe_check(&d, k, 10, 5000, 5000, WINDOW));
+    assert_false(gr_dedupe_check(&d, other, 20, 5000, 5000, WINDOW));
+    gr_dedupe_forget(&d, k, 11); /* not item 11's sighting */
+    assert_true(gr_dedupe_check(&d, k, 11, 5100, 5100, WINDOW));
+    gr_dedupe_forget(&d, k, 10); /* item 10 was dropped */
+    assert_false(gr_dedupe_check(&d, k, 12, 5200, 5200, WINDOW)); /* item 12 is the first now */
+    assert_true(gr_dedupe_check(&d, k, 13, 5300, 5300, WINDOW));
+    assert_true(gr_dedupe_check(&d, other, 21, 5300, 5300, WINDOW)); /* untouched */
+    gr_dedupe_free(&d);
+}
+
 static void test_keys_survive_rebuilds(void **state)
 {
     (void)state;
@@ -112,6 +133,7 @@ int main(void)
 {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_window_and_the_same_item),
+        cmocka_unit_test(test_forget),
         cmocka_unit_test(test_keys_survive_rebuilds),
         cmocka_unit_test(test_old_keys_make_room),
         cmocka_unit_test(test_set_keeps_the_last_value),
