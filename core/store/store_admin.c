@@ -9,6 +9,7 @@
 #include <string.h>
 
 #include "config.h"
+#include "store/sqlite.h" /* SCHEMA_VERSION */
 #include "util.h"
 
 void gr_admin_duration(int64_t ms, char out[32])
@@ -318,6 +319,24 @@ int gr_store_admin(const char *config_file, int argc, char **argv)
         return 1;
     }
     sqlite3_busy_timeout(db, 10000);
+    /* states and tables are read as this graphrouter's layout: another
+     * layout would be misread (the daemon converts older ones at start) */
+    sqlite3_stmt *uv;
+    int version = SCHEMA_VERSION;
+    if (sqlite3_prepare_v2(db, "PRAGMA user_version", -1, &uv, NULL) == SQLITE_OK) {
+        if (sqlite3_step(uv) == SQLITE_ROW)
+            version = sqlite3_column_int(uv, 0);
+        sqlite3_finalize(uv);
+    }
+    if (version != SCHEMA_VERSION) {
+        fprintf(stderr, "graphrouter: %s holds store layout %d; this graphrouter reads layout %d%s\n",
+                cfg->store_path, version, SCHEMA_VERSION,
+                version < SCHEMA_VERSION ? " (start this graphrouter once: it converts the file)"
+                                         : "");
+        sqlite3_close(db);
+        gr_config_free(cfg);
+        return 1;
+    }
     int rc;
     if (is_status)
         rc = status(db, cfg);

@@ -617,6 +617,12 @@ class LayoutTest(RouterTest):
 
     def test_a_layout_3_store_is_converted_with_its_work(self):
         r = self.stopped_router()
+        # the commands read this graphrouter's layout: until the daemon converted the file,
+        # they say so rather than misread it
+        status, _, err = r.cli("dlq", "list")
+        self.assertEqual(status, 1)
+        self.assertIn("holds store layout 3; this graphrouter reads layout 4 (start this "
+                      "graphrouter once: it converts the file)", err)
         r.start()
         self.assertIn("converted from layout 3 to layout 4", r.log())
         self.assert_layout3_work_carried_over(r)
