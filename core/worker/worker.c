@@ -214,7 +214,7 @@ struct call {
     struct gr_state_write *state; /* taken from the message (call_release) */
     size_t nstate;
     char *error;
-    const char *kind; /* delivery_kind() */
+    const char *kind; /* delivery_kind(), unless it returned GR_OK */
     bool noted;       /* it ran past timeout_s (the watchdog noted it) */
 };
 
@@ -240,7 +240,9 @@ static void call_handler(struct worker *me, struct gr_generation *g, struct gr_h
 
     struct gr_msg *msg = &c->msg;
     unsigned max = h->conf->retry.max_attempts;
-    c->kind = delivery_kind(msg);
+    /* parsing the message for its kind costs as much as routing it: only
+     * for the log lines of a retry or a dead letter */
+    c->kind = rc == GR_OK ? NULL : delivery_kind(msg);
     if (rc == GR_OK) {
         atomic_fetch_add_explicit(&h->stats->handled, 1, memory_order_relaxed);
         c->events = gr_xcalloc(msg->nemitted ? msg->nemitted : 1, sizeof *c->events);
