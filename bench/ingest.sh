@@ -98,6 +98,17 @@
 #   graphrouter/nginx >= 0.30 and ack p99 at half load (from the scheduled
 #   send) <= 2 ms; each "ok", or "over" (a ceiling) / "under" (a floor).
 #   Information only: the exit status does not depend on them.
+#   PERF=1 adds a profile: one more phase-1 run of graphrouter, as the others
+#   (warm-up, then measured until nothing is pending), under perf record -g
+#   -F PERF_FREQ -p (all graphrouter's threads), then perf report
+#   --no-children: self time by thread and object (--sort comm,dso) and the
+#   top 25 symbols (--sort dso,symbol; the object beside each symbol). perf
+#   costs graphrouter CPU (about a fifth more per item measured here: its
+#   per-thread events are switched at every context switch, and graphrouter
+#   switches often), so that run is shown as "graphrouter*" and left out of
+#   every mean, ratio and goal. perf comes from Debian's linux-perf,
+#   installed when missing; without it (or when perf record cannot attach)
+#   the script says so and goes on without a profile.
 #   Any non-202 answer (a 503 means the store refused), socket error or unsent
 #   request is listed under "problems" and makes the script exit 1.
 #
@@ -115,7 +126,9 @@
 #     for the load generators and for the servers under test (nginx and
 #     graphrouter alike); on a machine with enough cores, pinning them apart
 #     measures the servers without the load generator taking their CPU time
-#   KEEP_TMP [0]: 1 keeps the temp dir (configs, logs, raw results)
+#   PERF [0]: 1 profiles graphrouter with perf over one more phase-1 run
+#   PERF_FREQ [999]: perf record's sampling frequency (Hz)
+#   KEEP_TMP [0]: 1 keeps the temp dir (configs, logs, raw results, perf.data)
 #   With the defaults the whole script takes about 1.7 minutes (plus the
 #   install and the build, when they are needed).
 #
@@ -148,6 +161,8 @@ DRAIN_TIMEOUT=${DRAIN_TIMEOUT:-20}
 KEEP_TMP=${KEEP_TMP:-0}
 LOADGEN_CPUS=${LOADGEN_CPUS:-}
 SERVER_CPUS=${SERVER_CPUS:-}
+PERF=${PERF:-0}
+PERF_FREQ=${PERF_FREQ:-999}
 
 die() {
   echo "ingest.sh: $*" >&2
@@ -155,9 +170,10 @@ die() {
 }
 
 for v in CONNS THREADS DURATION WARMUP RUNS GR_HTTP_THREADS GR_WORKERS NGINX_WORKERS OPEN_CONNS \
-         DRAIN_TIMEOUT; do
+         DRAIN_TIMEOUT PERF_FREQ; do
   [[ ${!v} =~ ^[0-9]+$ ]] && ((${!v} > 0)) || die "$v must be a positive integer (got '${!v}')"
 done
+[[ $PERF =~ ^[01]$ ]] || die "PERF must be 0 or 1 (got '$PERF')"
 [[ $LOAD_FRACTION =~ ^(0?\.[0-9]+|1(\.0*)?)$ ]] || die "LOAD_FRACTION must be in (0, 1]"
 loadgen_cpu=() server_cpu=()
 for v in LOADGEN_CPUS SERVER_CPUS; do
@@ -214,6 +230,7 @@ tmp=""
 nginx_pid=""
 gr_pid=""
 loadgen_pid=""
+perf_pid=""
 
 stop_pid() { # pid signal seconds
   local pid=$1 sig=$2 secs=$3 i
@@ -232,6 +249,7 @@ cleanup() {
   local rc=$?
   trap - EXIT INT TERM
   stop_pid "$loadgen_pid" TERM 5
+  stop_pid "$perf_pid" TERM 10
   stop_pid "$gr_pid" TERM 15
   stop_pid "$nginx_pid" QUIT 5
   if [ -n "$policy_created" ]; then $sudo rm -f /usr/sbin/policy-rc.d; fi
@@ -244,7 +262,56 @@ trap cleanup EXIT
 trap 'exit 130' INT
 trap 'exit 143' TERM
 
+# PERF=1: perf, from Debian's linux-perf when it is missing; without it the
+# run goes on with no profile.
+perf_ok=0
+perf_prepare() {
+  ((PERF)) || return 0
+  if ! command -v perf >/dev/null 2>&1; then
+    echo "ingest.sh: PERF=1: installing linux-perf" >&2
+    { apt-cache show linux-perf >/dev/null 2>&1 || $sudo apt-get update -qq; } &&
+      DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq --no-install-recommends linux-perf \
+        >/dev/null 2>&1 || true
+  fi
+  if command -v perf >/dev/null 2>&1; then
+    perf_ok=1
+  else
+    echo "ingest.sh: PERF=1: perf is not installed and Debian's linux-perf could not be; no profile" >&2
+  fi
+}
+# perf record -g on graphrouter (all its threads) from before the measured run
+# until nothing is pending; stopped with SIGTERM, on which it writes its file.
+perf_start() {
+  perf record -g -F "$PERF_FREQ" -p "$gr_pid" -o "$tmp/perf.data" >"$tmp/perf-record.log" 2>&1 &
+  perf_pid=$!
+  sleep 0.5
+  if ! kill -0 "$perf_pid" 2>/dev/null; then
+    wait "$perf_pid" 2>/dev/null || true
+    perf_pid="" perf_ok=0
+    echo "ingest.sh: PERF=1: perf record did not start, no profile:" >&2
+    sed 's/^/  /' "$tmp/perf-record.log" | tail -5 >&2
+  fi
+}
+perf_stop() {
+  stop_pid "$perf_pid" TERM 30
+  perf_pid=""
+}
+perf_report() {
+  ((perf_ok)) && [ -s "$tmp/perf.data" ] || return 0
+  # perf 6.1 adds IPC columns, "-" without hardware counters (as in most VMs): cut off.
+  local cut='s/[[:space:]]+-[[:space:]]+-[[:space:]]*$//; s/[[:space:]]+$//'
+  echo
+  echo "perf: graphrouter during the run marked graphrouter* above, until nothing was pending (perf record -g -F $PERF_FREQ)"
+  echo "self time by thread and object (perf report --no-children --sort comm,dso):"
+  perf report -i "$tmp/perf.data" --no-children --sort comm,dso --stdio -g none 2>/dev/null |
+    grep -v -e '^#' -e '^[[:space:]]*$' | sed -E "$cut" | head -12 || true
+  echo "self time by symbol, top 25 (perf report --no-children --sort dso,symbol):"
+  perf report -i "$tmp/perf.data" --no-children --sort dso,symbol --stdio -g none 2>/dev/null |
+    grep -v -e '^#' -e '^[[:space:]]*$' | sed -E "$cut" | head -25 || true
+}
+
 install_missing
+perf_prepare
 ngx=$(nginx_bin)
 [ -n "$ngx" ] || die "nginx is not installed"
 
@@ -582,8 +649,14 @@ declare -a r_server r_rps r_p50 r_p99 r_p999 r_non2xx r_sockerr r_items r_cpu r_
 n_workers=0
 declare -a g_acc g_ack g_non202 g_backlog g_drain g_routed g_commits g_batch g_commit_ms
 nruns=0
-for ((run = 1; run <= RUNS; run++)); do
-  for server in nginx graphrouter; do
+# PERF=1: one more graphrouter run, profiled, shown as "graphrouter*" and left
+# out of the means (perf costs graphrouter CPU: see the header).
+total_runs=$RUNS
+((perf_ok)) && total_runs=$((RUNS + 1))
+for ((run = 1; run <= total_runs; run++)); do
+  servers="nginx graphrouter"
+  ((run <= RUNS)) || servers=graphrouter
+  for server in $servers; do
     if [ "$server" = nginx ]; then url="http://127.0.0.1:$nginx_port/notifications"
     else url="http://127.0.0.1:$gr_port/notifications"; fi
     wrk_run "$url" "$WARMUP" "$tmp/wrk-$server-$run-warmup.txt"
@@ -592,6 +665,7 @@ for ((run = 1; run <= RUNS; run++)); do
       drained_or_note "phase 1 run $run warm-up"
       truncate_events
       scrape "$tmp/gr-$run-a.prom"
+      if ((run > RUNS)); then perf_start; fi
       thread_ticks "$tmp/threads-$run-a.txt"
     fi
     t_a=$(now)
@@ -601,6 +675,7 @@ for ((run = 1; run <= RUNS; run++)); do
     cpu_b=$(cpu_s "$server")
     check_wrk "phase 1 run $run $server" "$line"
     r_server[nruns]=$server
+    ((run <= RUNS)) || r_server[nruns]="$server*"
     r_rps[nruns]=$(kv "$line" rps)
     r_p50[nruns]=$(kv "$line" p50_us)
     r_p99[nruns]=$(kv "$line" p99_us)
@@ -621,6 +696,7 @@ for ((run = 1; run <= RUNS; run++)); do
       t_c=$(now)
       cpu_c=$(cpu_s graphrouter)
       thread_ticks "$tmp/threads-$run-c.txt"
+      if [ -n "$perf_pid" ]; then perf_stop; fi
       # graphrouter's CPU per item: from the start of the run until nothing is
       # pending, so it includes the workers' routing and the file plugin's
       # writes of the run's items; per item acknowledged (accepted), each of
@@ -677,6 +753,8 @@ for ((i = 0; i < nruns; i++)); do
   printf '%-4s %-12s %10.0f %9s %9s %9s %8s %8s\n' $((i / 2 + 1)) "${r_server[i]}" "${r_rps[i]}" \
     "$(us2ms "${r_p50[i]}")" "$(us2ms "${r_p99[i]}")" "$(us2ms "${r_p999[i]}")" "${r_non2xx[i]}" "${r_sockerr[i]}"
 done
+perf_note() { ((total_runs == RUNS)) || echo "(graphrouter*: profiled with perf record, PERF=1; not in the means)"; }
+perf_note
 
 mean_of() { # SERVER ARRAY-NAME
   local -n arr=$2
@@ -726,6 +804,7 @@ done
 printf '%-17s %10s %9s %9s %9s %9s\n' "mean nginx" "" "$n_cpu" - - -
 printf '%-17s %10s %9s %9s %9s %9s\n' "mean graphrouter" "" "$g_cpu" "$g_wcpu" "$g_kcpu" "$g_ocpu"
 echo "ratio graphrouter/nginx CPU per item: $cpu_ratio (per pair: ${cpu_pairs% })"
+perf_note
 echo "(gr-store: the store's writer thread, commits and their fsync's CPU included, not the wait"
 echo " for the disk; gr-worker: the $n_workers workers together, routing and the file plugin;"
 echo " other: the rest of the process: libmicrohttpd's MHD-worker threads, gr-gate, main)"
@@ -871,6 +950,8 @@ goal "CPU per item, graphrouter / nginx" "$cpu_ratio" "" "<=" 5
 goal "CPU per item, store writer thread (gr-store)" "$g_wcpu" us "<=" 10
 goal "req/s, graphrouter / nginx" "$rps_ratio" "" ">=" 0.30
 goal "ack p99 at half load (from the scheduled send)" "$p2_p99" ms "<=" 2
+
+perf_report
 echo
 if ((${#problems[@]})); then
   echo "problems:"
