@@ -52,19 +52,63 @@
 #   graphrouter sustains end to end, not just acknowledges), and the store's
 #   transactions: how many, requests grouped per transaction (appends, takes
 #   and completions) and their mean duration, fsync included.
-#   "CPU us/req" is the server's CPU time (user + system, all its threads or
-#   processes, from /proc) per request: less sensitive to a noisy neighbour
-#   than req/s. graphrouter's is counted until nothing is pending, so it
-#   includes the workers' routing and the file plugin's writes.
+#   "CPU us per item" is each server's CPU time (user + system) per item, one
+#   row per measured run, then the means and the ratio graphrouter/nginx (mean
+#   over mean, per-pair ratios beside it). It is less sensitive than req/s to
+#   the load generator and a noisy neighbour taking the cores. For nginx it is
+#   per request answered (wrk's count), all its processes (master and
+#   workers). For graphrouter it is per item acknowledged (items accepted,
+#   each POST carrying one) and delivered, and it is counted from the start of
+#   the run until nothing is pending, so it includes the workers' routing and
+#   the file plugin's writes of the run's items (and the /metrics polls of
+#   the wait, ten a second). Columns:
+#     process    the whole process, from /proc/<pid>/stat;
+#     gr-store   the store's writer thread alone: the thread whose comm
+#                (/proc/<pid>/task/<tid>/comm) is gr-store, from its own
+#                /proc/<pid>/task/<tid>/stat, over the same window. It
+#                includes the CPU of its SQLite work and of the commits' write
+#                and fsync system calls, but not the time it waits for the
+#                disk (a thread asleep in fsync uses no CPU);
+#     gr-worker  the workers together (every thread named gr-worker);
+#     other      process - gr-store - gr-worker: libmicrohttpd's threads
+#                (MHD-worker, the HTTP work, most of it the kernel's TCP),
+#                gr-gate, the main thread, and any thread that ended.
+#   How the times are read: fields 14 and 15 of a stat file (utime and
+#   stime; counted after the ") " that ends the comm field, which may hold
+#   spaces) are in clock ticks of getconf CLK_TCK (usually 100 per second).
+#   The kernel scales its sampled user/system split so that their sum is the
+#   thread's exact run time, so the sum is exact to one tick per reading:
+#   with the defaults, well under 1% of a run's figure. A thread's counts
+#   are its own; the process's also keep those of threads that ended.
+#   Counts are taken per thread id, before and after; a thread that starts in
+#   the window counts from 0, one that ends in it is missing from its column
+#   (the writer and the workers live as long as the process). The line
+#   "graphrouter's threads" near the top lists the threads by name; a
+#   missing gr-store or gr-worker is reported on stderr and shown as n/a.
 #   Then, for scale, one run of graphrouter's request path without the store
 #   (a clientState it refuses: 202, nothing stored) as a fraction of nginx.
 #   Phase 2 prints target and achieved rate, latency from the scheduled send
 #   (p50/p99/p99.9/max) and from the actual send ("service"), and graphrouter's
 #   own ack-latency histogram over the run (bucket upper bounds).
-#   Last, the run's figures against graphrouter's goals for the durable
-#   request path: at least 0.5 of nginx's rate, and ack p99 (from the
-#   scheduled send) under 5 ms at half load; "met" or "NOT met" (informative:
-#   the exit status does not depend on it).
+#   "Summary" is a Markdown table to paste into the README: phase 1's req/s
+#   and CPU per item (mean over runs, the runs' range in brackets), and phase
+#   2's latencies at half load (one run each).
+#   "goals" compares the run's figures to issue 13's goals: CPU per item
+#   graphrouter/nginx <= 5, the writer thread <= 10 us per item, req/s
+#   graphrouter/nginx >= 0.30 and ack p99 at half load (from the scheduled
+#   send) <= 2 ms; each "ok", or "over" (a ceiling) / "under" (a floor).
+#   Information only: the exit status does not depend on them.
+#   PERF=1 adds a profile: one more phase-1 run of graphrouter, as the others
+#   (warm-up, then measured until nothing is pending), under perf record -g
+#   -F PERF_FREQ -p (all graphrouter's threads), then perf report
+#   --no-children: self time by thread and object (--sort comm,dso) and the
+#   top 25 symbols (--sort dso,symbol; the object beside each symbol). perf
+#   costs graphrouter CPU (about a fifth more per item measured here: its
+#   per-thread events are switched at every context switch, and graphrouter
+#   switches often), so that run is shown as "graphrouter*" and left out of
+#   every mean, ratio and goal. perf comes from Debian's linux-perf,
+#   installed when missing; without it (or when perf record cannot attach)
+#   the script says so and goes on without a profile.
 #   Any non-202 answer (a 503 means the store refused), socket error or unsent
 #   request is listed under "problems" and makes the script exit 1.
 #
@@ -82,8 +126,10 @@
 #     for the load generators and for the servers under test (nginx and
 #     graphrouter alike); on a machine with enough cores, pinning them apart
 #     measures the servers without the load generator taking their CPU time
-#   KEEP_TMP [0]: 1 keeps the temp dir (configs, logs, raw results)
-#   With the defaults the whole script takes about 1.5 minutes (plus the
+#   PERF [0]: 1 profiles graphrouter with perf over one more phase-1 run
+#   PERF_FREQ [999]: perf record's sampling frequency (Hz)
+#   KEEP_TMP [0]: 1 keeps the temp dir (configs, logs, raw results, perf.data)
+#   With the defaults the whole script takes about 1.7 minutes (plus the
 #   install and the build, when they are needed).
 #
 # Needs: Debian packages wrk, nginx-light (or nginx), curl, a C compiler;
@@ -115,6 +161,8 @@ DRAIN_TIMEOUT=${DRAIN_TIMEOUT:-20}
 KEEP_TMP=${KEEP_TMP:-0}
 LOADGEN_CPUS=${LOADGEN_CPUS:-}
 SERVER_CPUS=${SERVER_CPUS:-}
+PERF=${PERF:-0}
+PERF_FREQ=${PERF_FREQ:-999}
 
 die() {
   echo "ingest.sh: $*" >&2
@@ -122,9 +170,10 @@ die() {
 }
 
 for v in CONNS THREADS DURATION WARMUP RUNS GR_HTTP_THREADS GR_WORKERS NGINX_WORKERS OPEN_CONNS \
-         DRAIN_TIMEOUT; do
+         DRAIN_TIMEOUT PERF_FREQ; do
   [[ ${!v} =~ ^[0-9]+$ ]] && ((${!v} > 0)) || die "$v must be a positive integer (got '${!v}')"
 done
+[[ $PERF =~ ^[01]$ ]] || die "PERF must be 0 or 1 (got '$PERF')"
 [[ $LOAD_FRACTION =~ ^(0?\.[0-9]+|1(\.0*)?)$ ]] || die "LOAD_FRACTION must be in (0, 1]"
 loadgen_cpu=() server_cpu=()
 for v in LOADGEN_CPUS SERVER_CPUS; do
@@ -181,6 +230,7 @@ tmp=""
 nginx_pid=""
 gr_pid=""
 loadgen_pid=""
+perf_pid=""
 
 stop_pid() { # pid signal seconds
   local pid=$1 sig=$2 secs=$3 i
@@ -199,6 +249,7 @@ cleanup() {
   local rc=$?
   trap - EXIT INT TERM
   stop_pid "$loadgen_pid" TERM 5
+  stop_pid "$perf_pid" TERM 10
   stop_pid "$gr_pid" TERM 15
   stop_pid "$nginx_pid" QUIT 5
   if [ -n "$policy_created" ]; then $sudo rm -f /usr/sbin/policy-rc.d; fi
@@ -211,7 +262,56 @@ trap cleanup EXIT
 trap 'exit 130' INT
 trap 'exit 143' TERM
 
+# PERF=1: perf, from Debian's linux-perf when it is missing; without it the
+# run goes on with no profile.
+perf_ok=0
+perf_prepare() {
+  ((PERF)) || return 0
+  if ! command -v perf >/dev/null 2>&1; then
+    echo "ingest.sh: PERF=1: installing linux-perf" >&2
+    { apt-cache show linux-perf >/dev/null 2>&1 || $sudo apt-get update -qq; } &&
+      DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq --no-install-recommends linux-perf \
+        >/dev/null 2>&1 || true
+  fi
+  if command -v perf >/dev/null 2>&1; then
+    perf_ok=1
+  else
+    echo "ingest.sh: PERF=1: perf is not installed and Debian's linux-perf could not be; no profile" >&2
+  fi
+}
+# perf record -g on graphrouter (all its threads) from before the measured run
+# until nothing is pending; stopped with SIGTERM, on which it writes its file.
+perf_start() {
+  perf record -g -F "$PERF_FREQ" -p "$gr_pid" -o "$tmp/perf.data" >"$tmp/perf-record.log" 2>&1 &
+  perf_pid=$!
+  sleep 0.5
+  if ! kill -0 "$perf_pid" 2>/dev/null; then
+    wait "$perf_pid" 2>/dev/null || true
+    perf_pid="" perf_ok=0
+    echo "ingest.sh: PERF=1: perf record did not start, no profile:" >&2
+    sed 's/^/  /' "$tmp/perf-record.log" | tail -5 >&2
+  fi
+}
+perf_stop() {
+  stop_pid "$perf_pid" TERM 30
+  perf_pid=""
+}
+perf_report() {
+  ((perf_ok)) && [ -s "$tmp/perf.data" ] || return 0
+  # perf 6.1 adds IPC columns, "-" without hardware counters (as in most VMs): cut off.
+  local cut='s/[[:space:]]+-[[:space:]]+-[[:space:]]*$//; s/[[:space:]]+$//'
+  echo
+  echo "perf: graphrouter during the run marked graphrouter* above, until nothing was pending (perf record -g -F $PERF_FREQ)"
+  echo "self time by thread and object (perf report --no-children --sort comm,dso):"
+  perf report -i "$tmp/perf.data" --no-children --sort comm,dso --stdio -g none 2>/dev/null |
+    grep -v -e '^#' -e '^[[:space:]]*$' | sed -E "$cut" | head -12 || true
+  echo "self time by symbol, top 25 (perf report --no-children --sort dso,symbol):"
+  perf report -i "$tmp/perf.data" --no-children --sort dso,symbol --stdio -g none 2>/dev/null |
+    grep -v -e '^#' -e '^[[:space:]]*$' | sed -E "$cut" | head -25 || true
+}
+
 install_missing
+perf_prepare
 ngx=$(nginx_bin)
 [ -n "$ngx" ] || die "nginx is not installed"
 
@@ -301,7 +401,9 @@ drained_or_note() { # LABEL: after drain, note a backlog that was not done
 }
 
 # CPU time (user + system, all threads) of a server, in seconds: cpu_s nginx|graphrouter.
-# nginx's is its master's plus its workers'.
+# nginx's is its master's plus its workers'. Fields 14 and 15 of /proc/<pid>/stat
+# (utime, stime; $12 and $13 once the "pid (comm) " prefix is cut, as comm may
+# hold spaces), in clock ticks of getconf CLK_TCK.
 clk_tck=$(getconf CLK_TCK)
 cpu_s() {
   local pids p t=0 v
@@ -314,10 +416,56 @@ cpu_s() {
     v=$(awk '{sub(/^.*\) /, ""); print $12 + $13}' "/proc/$p/stat" 2>/dev/null) || v=0
     t=$((t + v))
   done
-  awk -v t="$t" -v hz="$clk_tck" 'BEGIN {printf "%.2f", t / hz}'
+  awk -v t="$t" -v hz="$clk_tck" 'BEGIN {printf "%.4f", t / hz}'
 }
 # microseconds of CPU per request: cpu_per_req CPU-BEFORE CPU-AFTER REQUESTS
-cpu_per_req() { awk -v a="$1" -v b="$2" -v n="$3" 'BEGIN {if (n > 0) printf "%.1f", (b - a) * 1e6 / n; else print "n/a"}'; }
+cpu_per_req() {
+  awk -v a="$1" -v b="$2" -v n="$3" 'BEGIN {if (n > 0 && a b !~ /n\/a/) printf "%.1f", (b - a) * 1e6 / n; else print "n/a"}'
+}
+
+# The CPU time of each of graphrouter's threads: thread_ticks OUTFILE writes one
+# line "tid ticks comm" per thread, ticks = utime + stime from
+# /proc/<pid>/task/<tid>/stat. cat, not awk on the glob: a thread that ends
+# between the glob and the read is skipped instead of stopping the read.
+thread_ticks() {
+  cat /proc/"$gr_pid"/task/*/stat 2>/dev/null |
+    awk '{l = $0; c = substr(l, index(l, "(") + 1); sub(/\) [^)]*$/, "", c)
+          sub(/^.*\) /, "", l); split(l, f, " "); print $1, f[12] + f[13], c}' >"$1" || true
+}
+# CPU seconds of the threads named COMM between two snapshots, and how many
+# there were: thread_cpu_s BEFORE AFTER COMM prints "SECONDS COUNT" ("n/a 0" when
+# none). A thread that started in between counts from 0; one that ended in
+# between is not counted (graphrouter's writer and workers live as long as it).
+thread_cpu_s() {
+  awk -v name="$3" -v hz="$clk_tck" '
+    FILENAME == ARGV[1] {if ($3 == name) t0[$1] = $2; next}
+    $3 == name {d += $2 - ($1 in t0 ? t0[$1] : 0); n++}
+    END {if (n) printf "%.4f %d\n", d / hz, n; else print "n/a 0"}' "$1" "$2"
+}
+# "N name, N name, ..." of graphrouter's threads, from /proc/<pid>/task/*/comm
+thread_names() {
+  cat /proc/"$gr_pid"/task/*/comm 2>/dev/null | sort | uniq -c |
+    awk '{n = $1; sub(/^ *[0-9]+ /, ""); s = s (s == "" ? "" : ", ") n " " $0} END {print s}'
+}
+
+# Mean, minimum and maximum of a server's values over the phase-1 runs,
+# skipping values that are not numbers: stats SERVER ARRAY-NAME prints
+# "MEAN MIN MAX" (or "n/a n/a n/a").
+stats() {
+  local -n arr=$2
+  local i v=""
+  for ((i = 0; i < nruns; i++)); do
+    [ "${r_server[i]}" = "$1" ] && v+="${arr[i]} "
+  done
+  awk -v v="$v" 'BEGIN {k = split(v, x, " ")
+    for (i = 1; i <= k; i++) if (x[i] ~ /^[0-9.]+$/) {s += x[i]; n++
+      if (n == 1 || x[i] < lo) lo = x[i]; if (n == 1 || x[i] > hi) hi = x[i]}
+    if (n) printf "%.1f %s %s\n", s / n, lo, hi; else print "n/a n/a n/a"}'
+}
+# "MEAN" or "MEAN (MIN-MAX)" when the runs differ: span MEAN MIN MAX
+span() { if [ "$2" = "$3" ] || [ "$1" = n/a ]; then echo "$1"; else echo "$1 ($2-$3)"; fi; }
+# a / b to 2 decimals, n/a when either is not a number: ratio A B
+ratio() { awk -v a="$1" -v b="$2" 'BEGIN {if (a b ~ /n\/a/ || b + 0 == 0) print "n/a"; else printf "%.2f", a / b}'; }
 
 # Histogram quantile from the bucket deltas of two scrapes: upper bound of the
 # first bucket holding the q-th fraction. hquant BEFORE AFTER Q
@@ -490,17 +638,25 @@ echo "request: POST /notifications, $(wc -c <"$body") bytes ($(basename "$body_s
 echo "graphrouter: $GR_HTTP_THREADS HTTP threads, $GR_WORKERS workers, file plugin; nginx: $NGINX_WORKERS workers, return 202"
 echo "phase 1: wrk -t$THREADS -c$CONNS, ${WARMUP}s warm-up + ${DURATION}s measured, $RUNS runs per server, alternating"
 echo "CPUs: load generators ${LOADGEN_CPUS:-any}, servers ${SERVER_CPUS:-any}"
-echo
 
 start_nginx
 start_graphrouter
 smoke_test
+echo "graphrouter's threads (comm): $(thread_names)"
+echo
 
-declare -a r_server r_rps r_p50 r_p99 r_p999 r_non2xx r_sockerr r_cpu
+declare -a r_server r_rps r_p50 r_p99 r_p999 r_non2xx r_sockerr r_items r_cpu r_wcpu r_kcpu r_ocpu
+n_workers=0
 declare -a g_acc g_ack g_non202 g_backlog g_drain g_routed g_commits g_batch g_commit_ms
 nruns=0
-for ((run = 1; run <= RUNS; run++)); do
-  for server in nginx graphrouter; do
+# PERF=1: one more graphrouter run, profiled, shown as "graphrouter*" and left
+# out of the means (perf costs graphrouter CPU: see the header).
+total_runs=$RUNS
+((perf_ok)) && total_runs=$((RUNS + 1))
+for ((run = 1; run <= total_runs; run++)); do
+  servers="nginx graphrouter"
+  ((run <= RUNS)) || servers=graphrouter
+  for server in $servers; do
     if [ "$server" = nginx ]; then url="http://127.0.0.1:$nginx_port/notifications"
     else url="http://127.0.0.1:$gr_port/notifications"; fi
     wrk_run "$url" "$WARMUP" "$tmp/wrk-$server-$run-warmup.txt"
@@ -509,6 +665,8 @@ for ((run = 1; run <= RUNS; run++)); do
       drained_or_note "phase 1 run $run warm-up"
       truncate_events
       scrape "$tmp/gr-$run-a.prom"
+      if ((run > RUNS)); then perf_start; fi
+      thread_ticks "$tmp/threads-$run-a.txt"
     fi
     t_a=$(now)
     cpu_a=$(cpu_s "$server")
@@ -517,13 +675,18 @@ for ((run = 1; run <= RUNS; run++)); do
     cpu_b=$(cpu_s "$server")
     check_wrk "phase 1 run $run $server" "$line"
     r_server[nruns]=$server
+    ((run <= RUNS)) || r_server[nruns]="$server*"
     r_rps[nruns]=$(kv "$line" rps)
     r_p50[nruns]=$(kv "$line" p50_us)
     r_p99[nruns]=$(kv "$line" p99_us)
     r_p999[nruns]=$(kv "$line" p999_us)
     r_non2xx[nruns]=$(kv "$line" non2xx)
     r_sockerr[nruns]=$(($(kv "$line" connect_err) + $(kv "$line" read_err) + $(kv "$line" write_err) + $(kv "$line" timeout_err)))
-    r_cpu[nruns]=$(cpu_per_req "$cpu_a" "$cpu_b" "$(kv "$line" requests)")
+    # nginx: CPU per request answered; graphrouter's is replaced below by its
+    # CPU per item, counted until nothing is pending.
+    r_items[nruns]=$(kv "$line" requests)
+    r_cpu[nruns]=$(cpu_per_req "$cpu_a" "$cpu_b" "${r_items[nruns]}")
+    r_wcpu[nruns]=- r_kcpu[nruns]=- r_ocpu[nruns]=-
     if [ "$server" = graphrouter ]; then
       a="$tmp/gr-$run-a.prom" b="$tmp/gr-$run-b.prom" c="$tmp/gr-$run-c.prom"
       scrape "$b"
@@ -531,9 +694,30 @@ for ((run = 1; run <= RUNS; run++)); do
       drained_or_note "phase 1 run $run"
       scrape "$c"
       t_c=$(now)
-      # graphrouter's CPU per request includes its workers' routing and writing
-      # of the run's items, done by the time nothing is pending.
-      r_cpu[nruns]=$(cpu_per_req "$cpu_a" "$(cpu_s graphrouter)" "$(kv "$line" requests)")
+      cpu_c=$(cpu_s graphrouter)
+      thread_ticks "$tmp/threads-$run-c.txt"
+      if [ -n "$perf_pid" ]; then perf_stop; fi
+      # graphrouter's CPU per item: from the start of the run until nothing is
+      # pending, so it includes the workers' routing and the file plugin's
+      # writes of the run's items; per item acknowledged (accepted), each of
+      # which has been delivered once nothing is pending (one handler: one
+      # delivery per item; a few deliveries of the warm-up's last items may
+      # be counted in the window too, hence >=).
+      items=$(($(msum "$c" graphrouter_items_accepted_total) - $(msum "$a" graphrouter_items_accepted_total)))
+      handled=$(($(msum "$c" graphrouter_handler_handled_total) - $(msum "$a" graphrouter_handler_handled_total)))
+      ((handled >= items)) ||
+        problems+=("phase 1 run $run graphrouter: $items items accepted but only $handled delivered by the end of the drain")
+      r_items[nruns]=$items
+      r_cpu[nruns]=$(cpu_per_req "$cpu_a" "$cpu_c" "$items")
+      read -r w_s w_n < <(thread_cpu_s "$tmp/threads-$run-a.txt" "$tmp/threads-$run-c.txt" gr-store)
+      read -r k_s k_n < <(thread_cpu_s "$tmp/threads-$run-a.txt" "$tmp/threads-$run-c.txt" gr-worker)
+      ((w_n == 1)) || echo "ingest.sh: run $run: $w_n threads named gr-store (expected 1)" >&2
+      ((k_n > 0)) || echo "ingest.sh: run $run: no thread named gr-worker" >&2
+      n_workers=$k_n
+      r_wcpu[nruns]=$(cpu_per_req 0 "$w_s" "$items")
+      r_kcpu[nruns]=$(cpu_per_req 0 "$k_s" "$items")
+      r_ocpu[nruns]=$(awk -v p="${r_cpu[nruns]}" -v w="${r_wcpu[nruns]}" -v k="${r_kcpu[nruns]}" \
+        'BEGIN {if (p w k ~ /n\/a/) print "n/a"; else printf "%.1f", p - w - k}')
       g_acc[run]=$(($(msum "$b" graphrouter_items_accepted_total) - $(msum "$a" graphrouter_items_accepted_total)))
       g_ack[run]=$(($(msum "$b" graphrouter_ack_latency_seconds_count) - $(msum "$a" graphrouter_ack_latency_seconds_count)))
       g_non202[run]=$(($(msum "$b" graphrouter_http_requests_total 'endpoint="notifications"' 'code="202"') -
@@ -549,7 +733,6 @@ for ((run = 1; run <= RUNS; run++)); do
         END {if (n > 0) printf "%.3f", (v[g] - v[f]) * 1000 / n; else print "n/a"}' "$a" "$b")
       dups=$(($(msum "$b" graphrouter_items_duplicate_total) - $(msum "$a" graphrouter_items_duplicate_total)))
       ((dups == 0)) || problems+=("phase 1 run $run graphrouter: $dups requests were duplicates (the body did not vary)")
-      handled=$(($(msum "$c" graphrouter_handler_handled_total) - $(msum "$a" graphrouter_handler_handled_total)))
       g_routed[run]=$(awk -v n="$handled" -v a="$t_a" -v c="$t_c" 'BEGIN {printf "%.0f", n / (c - a)}')
       dropped=$(($(msum "$b" graphrouter_items_dropped_total) - $(msum "$a" graphrouter_items_dropped_total)))
       failed=$(($(msum "$c" graphrouter_handler_failed_total) - $(msum "$a" graphrouter_handler_failed_total)))
@@ -565,12 +748,13 @@ ngx_non202=$(wc -l <"$tmp/nginx/non202.log")
 ((ngx_non202 == 0)) || problems+=("phase 1 nginx: $ngx_non202 non-202 answers (nginx access log)")
 
 echo "Phase 1: maximum rate (wrk, closed loop)"
-printf '%-4s %-12s %10s %9s %9s %9s %8s %8s %11s\n' run server req/s "p50 ms" "p99 ms" "p99.9 ms" non-2xx sock-err "CPU us/req"
+printf '%-4s %-12s %10s %9s %9s %9s %8s %8s\n' run server req/s "p50 ms" "p99 ms" "p99.9 ms" non-2xx sock-err
 for ((i = 0; i < nruns; i++)); do
-  printf '%-4s %-12s %10.0f %9s %9s %9s %8s %8s %11s\n' $((i / 2 + 1)) "${r_server[i]}" "${r_rps[i]}" \
-    "$(us2ms "${r_p50[i]}")" "$(us2ms "${r_p99[i]}")" "$(us2ms "${r_p999[i]}")" "${r_non2xx[i]}" "${r_sockerr[i]}" \
-    "${r_cpu[i]}"
+  printf '%-4s %-12s %10.0f %9s %9s %9s %8s %8s\n' $((i / 2 + 1)) "${r_server[i]}" "${r_rps[i]}" \
+    "$(us2ms "${r_p50[i]}")" "$(us2ms "${r_p99[i]}")" "$(us2ms "${r_p999[i]}")" "${r_non2xx[i]}" "${r_sockerr[i]}"
 done
+perf_note() { ((total_runs == RUNS)) || echo "(graphrouter*: profiled with perf record, PERF=1; not in the means)"; }
+perf_note
 
 mean_of() { # SERVER ARRAY-NAME
   local -n arr=$2
@@ -583,22 +767,48 @@ mean_of() { # SERVER ARRAY-NAME
   awk -v s="$s" -v n="$n" 'BEGIN {printf "%.1f", s / n}'
 }
 n_rps=$(mean_of nginx r_rps) g_rps=$(mean_of graphrouter r_rps)
-pairs=""
+rps_ratio=$(ratio "$g_rps" "$n_rps")
+pairs="" cpu_pairs=""
 for ((i = 0; i + 1 < nruns; i += 2)); do
-  pairs+="$(awk -v g="${r_rps[i + 1]}" -v n="${r_rps[i]}" 'BEGIN {printf "%.2f", g / n}') "
+  pairs+="$(ratio "${r_rps[i + 1]}" "${r_rps[i]}") "
+  cpu_pairs+="$(ratio "${r_cpu[i + 1]}" "${r_cpu[i]}") "
 done
 echo
 printf '%-22s %12s %12s %10s\n' "summary (mean of runs)" nginx graphrouter gr/nginx
-printf '%-22s %12.0f %12.0f %10s\n' "req/s" "$n_rps" "$g_rps" "$(awk -v g="$g_rps" -v n="$n_rps" 'BEGIN {printf "%.2f", g / n}')"
+printf '%-22s %12.0f %12.0f %10s\n' "req/s" "$n_rps" "$g_rps" "$rps_ratio"
 for k in p50 p99 p999; do
   label=$k; [ "$k" = p999 ] && label=p99.9
   nv=$(mean_of nginx "r_$k") gv=$(mean_of graphrouter "r_$k")
-  printf '%-22s %12s %12s %10s\n' "$label latency ms" "$(us2ms "$nv")" "$(us2ms "$gv")" \
-    "$(awk -v g="$gv" -v n="$nv" 'BEGIN {printf "%.2f", g / n}')"
+  printf '%-22s %12s %12s %10s\n' "$label latency ms" "$(us2ms "$nv")" "$(us2ms "$gv")" "$(ratio "$gv" "$nv")"
 done
-nv=$(mean_of nginx r_cpu) gv=$(mean_of graphrouter r_cpu)
-printf '%-22s %12s %12s %10s\n' "server CPU us/req" "$nv" "$gv" "$(awk -v g="$gv" -v n="$nv" 'BEGIN {printf "%.2f", g / n}')"
-echo "ratio graphrouter/nginx req/s: $(awk -v g="$g_rps" -v n="$n_rps" 'BEGIN {printf "%.2f", g / n}') (per pair: ${pairs% })"
+echo "ratio graphrouter/nginx req/s: $rps_ratio (per pair: ${pairs% })"
+
+# CPU per item, per run and their means.
+read -r n_cpu n_cpu_lo n_cpu_hi < <(stats nginx r_cpu)
+read -r g_cpu g_cpu_lo g_cpu_hi < <(stats graphrouter r_cpu)
+read -r g_wcpu g_wcpu_lo g_wcpu_hi < <(stats graphrouter r_wcpu)
+read -r g_kcpu g_kcpu_lo g_kcpu_hi < <(stats graphrouter r_kcpu)
+read -r g_ocpu g_ocpu_lo g_ocpu_hi < <(stats graphrouter r_ocpu)
+cpu_ratio=$(ratio "$g_cpu" "$n_cpu")
+read -r _ cpu_ratio_lo cpu_ratio_hi < <(awk -v v="$cpu_pairs" 'BEGIN {k = split(v, x, " ")
+  for (i = 1; i <= k; i++) if (x[i] ~ /^[0-9.]+$/) {n++; if (n == 1 || x[i] < lo) lo = x[i]; if (n == 1 || x[i] > hi) hi = x[i]}
+  if (n) print "x", lo, hi; else print "x n/a n/a"}')
+echo
+echo "CPU us per item (user + system from /proc; nginx: per request answered; graphrouter: per item"
+echo "acknowledged and delivered, from the start of the run until nothing was pending)"
+printf '%-4s %-12s %10s %9s %9s %9s %9s\n' run server items process gr-store gr-worker other
+for ((i = 0; i < nruns; i++)); do
+  printf '%-4s %-12s %10s %9s %9s %9s %9s\n' $((i / 2 + 1)) "${r_server[i]}" "${r_items[i]}" "${r_cpu[i]}" \
+    "${r_wcpu[i]}" "${r_kcpu[i]}" "${r_ocpu[i]}"
+done
+printf '%-17s %10s %9s %9s %9s %9s\n' "mean nginx" "" "$n_cpu" - - -
+printf '%-17s %10s %9s %9s %9s %9s\n' "mean graphrouter" "" "$g_cpu" "$g_wcpu" "$g_kcpu" "$g_ocpu"
+echo "ratio graphrouter/nginx CPU per item: $cpu_ratio (per pair: ${cpu_pairs% })"
+perf_note
+echo "(gr-store: the store's writer thread, commits and their fsync's CPU included, not the wait"
+echo " for the disk; gr-worker: the $n_workers workers together, routing and the file plugin;"
+echo " other: the rest of the process: libmicrohttpd's MHD-worker threads, gr-gate, main)"
+
 echo
 echo "graphrouter /metrics per run (over the measured ${DURATION}s)"
 printf '%-4s %10s %12s %8s %12s %9s %10s %9s %10s %10s\n' run accepted "ack count" non-202 \
@@ -694,16 +904,54 @@ echo "  ack latency (headers in -> 202, commit included) mean $mean_ms ms, p50 $
 echo "  backlog when the load stopped $p2_backlog, emptied in ${p2_drain}s"
 ((non202 == 0)) || problems+=("phase 2 graphrouter: $non202 non-202 answers in /metrics")
 
-# graphrouter's goals for its durable request path, checked on this run's figures
-ratio=$(awk -v g="$g_rps" -v n="$n_rps" 'BEGIN {printf "%.2f", g / n}')
-p2_p99=$(us2ms "$(kv "$gline" p99_us)")
-goal() { awk -v v="$2" -v t="$3" -v op="$4" 'BEGIN {ok = op == ">=" ? v >= t : v < t
-                                                   printf "%s: %s (goal %s %s): %s\n", ARGV[1], v, op, t,
-                                                          ok ? "met" : "NOT met"}' "$1"; }
-echo
-goal "req/s ratio graphrouter/nginx" "$ratio" 0.5 ">="
-goal "ack p99 ms at half load (from the scheduled send)" "$p2_p99" 5 "<"
+# ---- summary and goals ----------------------------------------------------------------
 
+# A Markdown table of the run's main figures (means over the phase-1 runs, with
+# their range when the runs differ), to paste into the README.
+p2ms() { # SERVER-LINE KEY: phase-2 latency in ms, "-" without a line
+  if [ -n "$1" ]; then us2ms "$(kv "$1" "$2")"; else echo -; fi
+}
+md() { printf '| %-58s | %-21s | %-21s | %-21s |\n' "$@"; }
+echo
+echo "Summary: $(date -u +%Y-%m-%d), $(nproc) CPUs shared by servers and load generators, $RUNS runs (mean, range)"
+echo
+md figure nginx graphrouter "graphrouter / nginx"
+echo "|$(printf '%0.s-' {1..60})|$(printf '%0.s-' {1..23})|$(printf '%0.s-' {1..23})|$(printf '%0.s-' {1..23})|"
+read -r _ pr_lo pr_hi < <(awk -v v="$pairs" 'BEGIN {k = split(v, x, " "); lo = x[1]; hi = x[1]
+  for (i = 2; i <= k; i++) {if (x[i] < lo) lo = x[i]; if (x[i] > hi) hi = x[i]}; print "x", lo, hi}')
+read -r _ n_rps_lo n_rps_hi < <(stats nginx r_rps)
+read -r _ g_rps_lo g_rps_hi < <(stats graphrouter r_rps)
+md "req/s, phase 1 (wrk -t$THREADS -c$CONNS, closed loop)" \
+  "$(span "$(printf '%.0f' "$n_rps")" "$(printf '%.0f' "$n_rps_lo")" "$(printf '%.0f' "$n_rps_hi")")" \
+  "$(span "$(printf '%.0f' "$g_rps")" "$(printf '%.0f' "$g_rps_lo")" "$(printf '%.0f' "$g_rps_hi")")" \
+  "$(span "$rps_ratio" "$pr_lo" "$pr_hi")"
+md "CPU us per item, whole process (user + system)" "$(span "$n_cpu" "$n_cpu_lo" "$n_cpu_hi")" \
+  "$(span "$g_cpu" "$g_cpu_lo" "$g_cpu_hi")" "$(span "$cpu_ratio" "$cpu_ratio_lo" "$cpu_ratio_hi")"
+md "CPU us per item, store writer thread (gr-store)" "" "$(span "$g_wcpu" "$g_wcpu_lo" "$g_wcpu_hi")" ""
+md "CPU us per item, workers ($n_workers x gr-worker)" "" "$(span "$g_kcpu" "$g_kcpu_lo" "$g_kcpu_hi")" ""
+md "CPU us per item, other threads (MHD-worker, gr-gate, main)" "" "$(span "$g_ocpu" "$g_ocpu_lo" "$g_ocpu_hi")" ""
+for k in p50 p99 p999; do
+  label=$k; [ "$k" = p999 ] && label=p99.9
+  nv=$(p2ms "${nline:-}" "${k}_us") gv=$(p2ms "$gline" "${k}_us")
+  md "ack $label ms at half load ($rate req/s, open loop)" "$nv" "$gv" "$(ratio "$gv" "$nv")"
+done
+
+# issue 13's goals, on this run's figures: information only, the exit status
+# does not depend on them.
+p2_p99=$(us2ms "$(kv "$gline" p99_us)")
+goal() { # LABEL VALUE UNIT OP TARGET: ok, or over (a ceiling) / under (a floor)
+  awk -v l="$1" -v v="$2" -v u="$3" -v op="$4" -v t="$5" 'BEGIN {
+    if (v == "n/a") r = "n/a"; else if (op == "<=") r = v + 0 <= t + 0 ? "ok" : "over"; else r = v + 0 >= t + 0 ? "ok" : "under"
+    printf "  %-48s %-10s goal %-10s %s\n", l, v (u == "" ? "" : " " u), op " " t (u == "" ? "" : " " u), r}'
+}
+echo
+echo "goals (issue 13; information only)"
+goal "CPU per item, graphrouter / nginx" "$cpu_ratio" "" "<=" 5
+goal "CPU per item, store writer thread (gr-store)" "$g_wcpu" us "<=" 10
+goal "req/s, graphrouter / nginx" "$rps_ratio" "" ">=" 0.30
+goal "ack p99 at half load (from the scheduled send)" "$p2_p99" ms "<=" 2
+
+perf_report
 echo
 if ((${#problems[@]})); then
   echo "problems:"
