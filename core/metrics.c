@@ -60,6 +60,7 @@ static struct {
     atomic_uint_fast64_t reload_ok, reload_failed;
     atomic_uint_fast64_t stuck_init, stuck_reopen, stuck_fini; /* plugin_job.c */
     atomic_uint_fast64_t tokens[GR_TOKEN_RESULT_COUNT];
+    atomic_uint_fast64_t rsa_private_ops, content_key_hits, content_key_misses;
     atomic_uint_fast64_t jwks_ok, jwks_failed, jwks_keys;
     atomic_int_fast64_t jwks_loaded_ms;
     atomic_int_fast64_t tls_not_after_s;
@@ -172,6 +173,12 @@ void gr_metrics_token(int result)
 {
     if (result >= 0 && result < GR_TOKEN_RESULT_COUNT)
         INC(m.tokens[result]);
+}
+
+void gr_metrics_rsa_private_op(void) { INC(m.rsa_private_ops); }
+void gr_metrics_content_key_cache(bool hit)
+{
+    hit ? INC(m.content_key_hits) : INC(m.content_key_misses);
 }
 
 static size_t graph_slot(long status)
@@ -489,6 +496,16 @@ void gr_metrics_render(struct gr_buf *o, const struct gr_metrics_gauges *g)
     for (int r = 0; r < GR_TOKEN_RESULT_COUNT; r++)
         gr_buf_printf(o, "graphrouter_validation_tokens_total{result=\"%s\"} %llu\n",
                       gr_token_result_name((enum gr_token_result)r), GET(m.tokens[r]));
+    help_line(o, "graphrouter_rsa_private_operations_total", "counter",
+              "RSA private-key operations: rich items' content keys (dataKey) unwrapped.");
+    gr_buf_printf(o, "graphrouter_rsa_private_operations_total %llu\n", GET(m.rsa_private_ops));
+    help_line(o, "graphrouter_content_key_cache_total", "counter",
+              "Rich items' content keys looked up in memory, by result (miss: unwrapped with "
+              "RSA).");
+    gr_buf_printf(o, "graphrouter_content_key_cache_total{result=\"hit\"} %llu\n",
+                  GET(m.content_key_hits));
+    gr_buf_printf(o, "graphrouter_content_key_cache_total{result=\"miss\"} %llu\n",
+                  GET(m.content_key_misses));
     help_line(o, "graphrouter_jwks_refreshes_total", "counter",
               "Loads of the validation-token signing keys, by result.");
     gr_buf_printf(o, "graphrouter_jwks_refreshes_total{result=\"success\"} %llu\n", GET(m.jwks_ok));

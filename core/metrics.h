@@ -86,6 +86,10 @@ void gr_metrics_reload(bool ok);
 void gr_metrics_plugin_call_stuck(const char *what);
 /* Validation tokens, counted once per distinct token when first verified. */
 void gr_metrics_token(int result);
+/* An RSA private-key operation (a rich item's dataKey unwrapped), and a
+ * lookup of a content key kept in memory (crypto/keycache.h). */
+void gr_metrics_rsa_private_op(void);
+void gr_metrics_content_key_cache(bool hit);
 /* The key set in force: how many keys, and when it was last loaded. */
 void gr_metrics_jwks(size_t keys, int64_t loaded_wall_ms);
 void gr_metrics_jwks_refresh(bool ok);

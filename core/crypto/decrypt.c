@@ -13,8 +13,10 @@
 #include <strings.h>
 
 #include "crypto/base64.h"
+#include "crypto/keycache.h"
 #include "crypto/keyfile.h"
 #include "check.h"
+#include "metrics.h"
 #include "route/notification.h"
 #include "util.h"
 
@@ -23,6 +25,10 @@ struct ring_key {
     char thumbprint[41]; /* "" without a certificate */
     char *certificate;   /* base64 DER; NULL without a certificate */
     EVP_PKEY *pkey;
+    /* SHA-256 of the public key (SubjectPublicKeyInfo DER): what the content
+     * keys it unwrapped are cached under (keycache.h), so that a reload that
+     * replaces the key, even under the same certificate id, finds none. */
+    unsigned char identity[GR_KEYCACHE_ID_LEN];
 };
 
 struct gr_keyring {
@@ -54,6 +60,18 @@ static int load_one(const struct gr_decryption_key_conf *k, struct ring_key *out
         EVP_PKEY_free(pkey);
         return -1;
     }
+    unsigned char *der = NULL;
+    int der_len = i2d_PUBKEY(pkey, &der);
+    unsigned int md_len = 0;
+    if (der_len <= 0 ||
+        EVP_Digest(der, (size_t)der_len, out->identity, &md_len, gr_sha256(), NULL) != 1) {
+        OPENSSL_free(der);
+        *why = gr_xprintf("%s: the public key cannot be encoded", k->private_key_file);
+        X509_free(cert);
+        EVP_PKEY_free(pkey);
+        return -1;
+    }
+    OPENSSL_free(der);
     out->certificate_id = gr_xstrdup(k->certificate_id);
     out->pkey = pkey;
     if (cert) {
@@ -136,7 +154,12 @@ static size_t candidate_keys(const struct gr_keyring *ring, const char *id, cons
     return n;
 }
 
-/* RSA-OAEP with SHA-1 and MGF1-SHA-1, as Graph encrypts dataKey. */
+/* What RSA-OAEP may unwrap: keys are at most 4096 bits, 512 bytes. */
+#define GR_UNWRAPPED_MAX 512
+
+/* RSA-OAEP with SHA-1 and MGF1-SHA-1, as Graph encrypts dataKey: the one
+ * RSA private-key operation graphrouter does, counted in
+ * graphrouter_rsa_private_operations_total. */
 static bool unwrap_key(EVP_PKEY *pkey, const unsigned char *in, size_t in_len,
                        unsigned char *out, size_t *out_len)
 {
@@ -144,8 +167,11 @@ static bool unwrap_key(EVP_PKEY *pkey, const unsigned char *in, size_t in_len,
     bool ok = ctx && EVP_PKEY_decrypt_init(ctx) == 1 &&
               EVP_PKEY_CTX_set_rsa_padding(ctx, RSA_PKCS1_OAEP_PADDING) == 1 &&
               EVP_PKEY_CTX_set_rsa_oaep_md(ctx, EVP_sha1()) == 1 &&
-              EVP_PKEY_CTX_set_rsa_mgf1_md(ctx, EVP_sha1()) == 1 &&
-              EVP_PKEY_decrypt(ctx, out, out_len, in, in_len) == 1;
+              EVP_PKEY_CTX_set_rsa_mgf1_md(ctx, EVP_sha1()) == 1;
+    if (ok) {
+        gr_metrics_rsa_private_op();
+        ok = EVP_PKEY_decrypt(ctx, out, out_len, in, in_len) == 1;
+    }
     EVP_PKEY_CTX_free(ctx);
     return ok;
 }
@@ -157,6 +183,49 @@ static const EVP_CIPHER *aes_cbc(size_t key_len)
 
 enum gr_decrypt_result gr_decrypt(const struct gr_keyring *ring, const json_t *ec,
                                   json_t **content)
+{
+    return gr_decrypt_cached(ring, NULL, ec, content);
+}
+
+/* The content key of an item: from the cache when a candidate key unwrapped
+ * this dataKey before, else unwrapped with RSA (each candidate in turn). */
+static bool content_key(const struct ring_key *const *candidates, size_t ncandidates,
+                        struct gr_keycache *cache, const char *key64,
+                        unsigned char ids[][GR_KEYCACHE_ID_LEN], unsigned char *key,
+                        size_t *key_len, bool *malformed, size_t *unwrapped_by)
+{
+    *unwrapped_by = SIZE_MAX;
+    if (cache) {
+        size_t len = strlen(key64);
+        for (size_t i = 0; i < ncandidates; i++) {
+            gr_keycache_id(candidates[i]->identity, key64, len, ids[i]);
+            if (gr_keycache_get(cache, ids[i], key, key_len)) {
+                gr_metrics_content_key_cache(true);
+                return true;
+            }
+        }
+        gr_metrics_content_key_cache(false);
+    }
+    size_t wrapped_len = 0;
+    unsigned char *wrapped = gr_base64_decode(key64, strlen(key64), &wrapped_len);
+    if (!wrapped) {
+        *malformed = true;
+        return false;
+    }
+    bool unwrapped = false;
+    for (size_t i = 0; i < ncandidates && !unwrapped; i++) {
+        *key_len = GR_UNWRAPPED_MAX;
+        unwrapped = unwrap_key(candidates[i]->pkey, wrapped, wrapped_len, key, key_len) &&
+                    (*key_len == 16 || *key_len == 24 || *key_len == 32);
+        if (unwrapped)
+            *unwrapped_by = i;
+    }
+    free(wrapped);
+    return unwrapped;
+}
+
+enum gr_decrypt_result gr_decrypt_cached(const struct gr_keyring *ring, struct gr_keycache *cache,
+                                         const json_t *ec, json_t **content)
 {
     *content = NULL;
     const char *data64 = gr_json_string_ci(ec, "data");
@@ -176,25 +245,23 @@ enum gr_decrypt_result gr_decrypt(const struct gr_keyring *ring, const json_t *e
     }
 
     enum gr_decrypt_result rc = GR_DECRYPT_MALFORMED;
-    size_t wrapped_len = 0, data_len = 0, sig_len = 0, key_len = 0, plain_len = 0;
-    unsigned char *wrapped = gr_base64_decode(key64, strlen(key64), &wrapped_len);
+    size_t data_len = 0, sig_len = 0, key_len = 0, plain_len = 0;
     unsigned char *data = gr_base64_decode(data64, strlen(data64), &data_len);
     unsigned char *sig = gr_base64_decode(sig64, strlen(sig64), &sig_len);
-    unsigned char key[512]; /* RSA-4096 output at most */
+    unsigned char key[GR_UNWRAPPED_MAX];
+    unsigned char (*ids)[GR_KEYCACHE_ID_LEN] = gr_xcalloc(ncandidates, sizeof *ids);
     unsigned char *plain = NULL;
     EVP_CIPHER_CTX *aes = NULL;
-    if (!wrapped || !data || !sig)
+    if (!data || !sig)
         goto out;
 
-    rc = GR_DECRYPT_BAD_KEY; /* keys are at most 4096 bits: 512 bytes suffice */
-    bool unwrapped = false;
-    for (size_t i = 0; i < ncandidates && !unwrapped; i++) {
-        key_len = sizeof key;
-        unwrapped = unwrap_key(candidates[i]->pkey, wrapped, wrapped_len, key, &key_len) &&
-                    (key_len == 16 || key_len == 24 || key_len == 32);
-    }
-    if (!unwrapped)
+    bool malformed = false;
+    size_t unwrapped_by;
+    if (!content_key(candidates, ncandidates, cache, key64, ids, key, &key_len, &malformed,
+                     &unwrapped_by)) {
+        rc = malformed ? GR_DECRYPT_MALFORMED : GR_DECRYPT_BAD_KEY; /* a failed key is not cached */
         goto out;
+    }
 
     /* The MAC first: tampered ciphertext is never decrypted. */
     rc = GR_DECRYPT_BAD_SIGNATURE;
@@ -203,6 +270,10 @@ enum gr_decrypt_result gr_decrypt(const struct gr_keyring *ring, const json_t *e
     if (!HMAC(EVP_sha256(), key, (int)key_len, data, data_len, mac, &mac_len) ||
         sig_len != mac_len || CRYPTO_memcmp(mac, sig, mac_len) != 0)
         goto out;
+    /* Kept once the MAC proves it is the key this item was encrypted with;
+     * the MAC is checked again at every use. */
+    if (cache && unwrapped_by != SIZE_MAX)
+        gr_keycache_put(cache, ids[unwrapped_by], key, key_len);
 
     rc = GR_DECRYPT_BAD_PADDING;
     int n1 = 0, n2 = 0;
@@ -224,13 +295,13 @@ enum gr_decrypt_result gr_decrypt(const struct gr_keyring *ring, const json_t *e
     }
 out:
     free(candidates);
+    free(ids);
     EVP_CIPHER_CTX_free(aes);
     OPENSSL_cleanse(key, sizeof key);
     if (plain) {
         OPENSSL_cleanse(plain, data_len + 16);
         free(plain);
     }
-    free(wrapped);
     free(data);
     free(sig);
     ERR_clear_error();

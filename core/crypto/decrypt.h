@@ -9,8 +9,8 @@
  * The key is chosen by encryptionCertificateId, else by
  * encryptionCertificateThumbprint (upper-case hex SHA-1 of the certificate's
  * DER). A key ring is loaded with its generation and immutable afterwards;
- * gr_decrypt may run on any number of threads at once. Decrypted content is
- * never logged here.
+ * gr_decrypt may run on any number of threads at once. Decrypted content and
+ * keys are never logged here.
  */
 #ifndef GR_DECRYPT_H
 #define GR_DECRYPT_H
@@ -61,5 +61,15 @@ const char *gr_keyring_certificate(const struct gr_keyring *ring, const char *id
  * JSON object. */
 enum gr_decrypt_result gr_decrypt(const struct gr_keyring *ring, const json_t *encrypted_content,
                                   json_t **content);
+
+/* The same, taking the content key from `cache` (keycache.h; NULL: none)
+ * when one of the item's candidate keys unwrapped its dataKey before, and
+ * keeping it there once unwrapped and its MAC verified. The MAC is checked
+ * with the key at every call, cached or not. Every RSA decryption is counted
+ * in graphrouter_rsa_private_operations_total, every lookup in
+ * graphrouter_content_key_cache_total. */
+struct gr_keycache;
+enum gr_decrypt_result gr_decrypt_cached(const struct gr_keyring *ring, struct gr_keycache *cache,
+                                         const json_t *encrypted_content, json_t **content);
 
 #endif
