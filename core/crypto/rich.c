@@ -1,5 +1,5 @@
 /* Token coverage and decryption of rich items (see rich.h). Stateless; the
- * JWKS object and key ring it uses are thread-safe. */
+ * JWKS object, key ring and content key cache it uses are thread-safe. */
 #define _GNU_SOURCE
 #include "crypto/rich.h"
 
@@ -81,9 +81,10 @@ static enum gr_rich_outcome drop(enum gr_drop_reason *out, enum gr_drop_reason r
     return GR_RICH_DROP;
 }
 
-enum gr_rich_outcome gr_rich_open(struct gr_generation *g, const json_t *item,
-                                  const struct gr_token_list *tokens, int64_t received_ms,
-                                  json_t **content, enum gr_drop_reason *reason)
+enum gr_rich_outcome gr_rich_open(struct gr_generation *g, struct gr_keycache *keys,
+                                  const json_t *item, const struct gr_token_list *tokens,
+                                  int64_t received_ms, json_t **content,
+                                  enum gr_drop_reason *reason)
 {
     *content = NULL;
     const json_t *ec = gr_json_get_ci(item, "encryptedContent");
@@ -115,7 +116,7 @@ enum gr_rich_outcome gr_rich_open(struct gr_generation *g, const json_t *item,
                                       : "no validation token of the POST is for this item's "
                                         "tenant");
     }
-    enum gr_decrypt_result d = gr_decrypt(g->keyring, ec, content);
+    enum gr_decrypt_result d = gr_decrypt_cached(g->keyring, keys, ec, content);
     if (d != GR_DECRYPT_OK) {
         char *why = gr_xprintf("decryption failed: %s", gr_decrypt_result_name(d));
         enum gr_rich_outcome rc = drop(reason, decrypt_reason(d), item, why);
@@ -125,12 +126,12 @@ enum gr_rich_outcome gr_rich_open(struct gr_generation *g, const json_t *item,
     return GR_RICH_OK;
 }
 
-enum gr_decrypt_result gr_rich_content(struct gr_generation *g, const json_t *item,
-                                       json_t **content)
+enum gr_decrypt_result gr_rich_content(struct gr_generation *g, struct gr_keycache *keys,
+                                       const json_t *item, json_t **content)
 {
     *content = NULL;
     const json_t *ec = gr_json_get_ci(item, "encryptedContent");
     if (!json_is_object(ec))
         return GR_DECRYPT_OK;
-    return g->keyring ? gr_decrypt(g->keyring, ec, content) : GR_DECRYPT_UNKNOWN_KEY;
+    return g->keyring ? gr_decrypt_cached(g->keyring, keys, ec, content) : GR_DECRYPT_UNKNOWN_KEY;
 }

@@ -25,16 +25,22 @@ enum gr_rich_outcome {
 /* How long an item may wait for keys before it is dropped. */
 #define GR_RICH_MAX_WAIT_MS (10 * 60 * 1000)
 
+struct gr_keycache;
+
 /* `tokens` is the item's POST's validationTokens (NULL: none usable).
- * Tokens are judged as of `received_ms`, when Graph delivered them. */
-enum gr_rich_outcome gr_rich_open(struct gr_generation *g, const json_t *item,
-                                  const struct gr_token_list *tokens, int64_t received_ms,
-                                  json_t **content, enum gr_drop_reason *reason);
+ * Tokens are judged as of `received_ms`, when Graph delivered them. The
+ * content key unwrapped is kept in `keys` (crypto/keycache.h; NULL: not
+ * kept) for the deliveries. */
+enum gr_rich_outcome gr_rich_open(struct gr_generation *g, struct gr_keycache *keys,
+                                  const json_t *item, const struct gr_token_list *tokens,
+                                  int64_t received_ms, json_t **content,
+                                  enum gr_drop_reason *reason);
 
 /* At delivery: the content of an item routed earlier (its tokens were checked
- * then). GR_DECRYPT_OK with *content NULL for a basic item. */
-enum gr_decrypt_result gr_rich_content(struct gr_generation *g, const json_t *item,
-                                       json_t **content);
+ * then), decrypted again with the keys of g, its content key taken from
+ * `keys` when kept there. GR_DECRYPT_OK with *content NULL for a basic item. */
+enum gr_decrypt_result gr_rich_content(struct gr_generation *g, struct gr_keycache *keys,
+                                       const json_t *item, json_t **content);
 
 /* An item is checked against at most this many tokens claiming its tenant
  * (Graph sends one per tenant and app). */

@@ -23,7 +23,11 @@
  * Checks, beyond "no crash, leak or UB": the result is a valid enum value
  * with a name; content is set exactly on GR_DECRYPT_OK and is then a JSON
  * object; gr_rich_content() on an item carrying the same value agrees with
- * gr_decrypt() (result and content). Structured mode knows the answer and
+ * gr_decrypt() (result and content), and so does it twice in a row through
+ * a content key cache (crypto/keycache.h) shared by every input: the second
+ * call takes the key from the cache whenever the first one kept it, and a
+ * cached key never changes a result (a tampered data or MAC under a known
+ * dataKey still gives bad_signature). Structured mode knows the answer and
  * checks it: an unknown id gives unknown_key; untampered content decrypts to
  * exactly what jansson reads from the plaintext (ok), or not_json when that
  * is not an object, never bad_padding; a flipped or shortened data or
@@ -50,6 +54,7 @@
 #include "config.h"
 #include "crypto/base64.h"
 #include "crypto/decrypt.h"
+#include "crypto/keycache.h"
 #include "crypto/rich.h"
 #include "generation.h"
 
@@ -60,6 +65,7 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size);
 #define THUMBPRINT "1B241614F1EF233102EB4A3CCF6815BD553F654A"
 
 static struct gr_keyring *ring;
+static struct gr_keycache *keys; /* small, so that inputs also evict */
 static EVP_PKEY *public_key; /* the certificate's, to encrypt to */
 
 static char *copy_key(const char *src)
@@ -104,6 +110,7 @@ int LLVMFuzzerInitialize(int *argc, char ***argv)
     X509 *cert = f ? PEM_read_X509(f, NULL, NULL, NULL) : NULL;
     if (f)
         fclose(f);
+    keys = gr_keycache_new(64);
     public_key = cert ? X509_get_pubkey(cert) : NULL;
     X509_free(cert);
     return public_key ? 0 : -1;
@@ -122,10 +129,17 @@ static enum gr_decrypt_result decrypt_both(const json_t *ec, json_t **content)
     struct gr_generation g = {.keyring = ring};
     json_t *item = json_pack("{sO}", "encryptedContent", (json_t *)ec);
     json_t *again = NULL;
-    enum gr_decrypt_result r2 = gr_rich_content(&g, item, &again);
+    enum gr_decrypt_result r2 = gr_rich_content(&g, NULL, item, &again);
     if (r2 != r || (r == GR_DECRYPT_OK && !json_equal(again, *content)))
         abort();
     json_decref(again);
+    for (int i = 0; i < 2; i++) { /* a miss or a hit, then a hit if it was kept */
+        again = NULL;
+        r2 = gr_rich_content(&g, keys, item, &again);
+        if (r2 != r || (r == GR_DECRYPT_OK && !json_equal(again, *content)))
+            abort();
+        json_decref(again);
+    }
     json_decref(item);
     return r;
 }
@@ -140,7 +154,7 @@ static void raw_mode(const uint8_t *data, size_t size)
     } else if (ec) { /* not an object: a worker delivers the item as it is */
         struct gr_generation g = {.keyring = ring};
         json_t *item = json_pack("{sO}", "encryptedContent", ec), *content = NULL;
-        if (gr_rich_content(&g, item, &content) != GR_DECRYPT_OK || content)
+        if (gr_rich_content(&g, keys, item, &content) != GR_DECRYPT_OK || content)
             abort();
         json_decref(item);
     }
