@@ -2,8 +2,10 @@
 decryption, with keys made fresh for each test by graphrouter-simulate (and
 once with the fixed shared vectors). Covers two tenants in one POST, covered
 and uncovered items, key rotation and thumbprint lookup, every tampering,
-every kind of bad token, keys reloaded on SIGHUP, and JWKS fetched over
-HTTPS from a local server, with a key rotation while the router runs."""
+every kind of bad token, keys reloaded on SIGHUP, JWKS fetched over HTTPS
+from a local server, with a key rotation while the router runs, and the
+content keys kept in memory: one RSA operation per item at any fan-out,
+again after a restart, and none that outlives a reload replacing its key."""
 
 import copy
 import http.server
@@ -19,7 +21,7 @@ import threading
 import time
 
 from grtest import (APP_ID, BINARY, SECRET, TENANT_A, TENANT_B, VECTORS, Router, RouterTest,
-                    base_config, rich_config, simulate)
+                    base_config, fixture_plugin, rich_config, simulate)
 
 NOW = int(time.time())
 
@@ -257,6 +259,112 @@ class RichTest(RouterTest):
         self.assertRegex(p.stderr, r'graphrouter\.json:\d+:\d+: decryption key "test-cert": .*'
                                    r'encryption-key\.pem is readable or writable by group or '
                                    r'others \(mode 0644\)')
+
+
+CHAT_TEXT = '<div><at id="0">Adele</at> the build is green</div>'
+RSA = "graphrouter_rsa_private_operations_total"
+KEYS = "graphrouter_content_key_cache_total"
+
+
+def flaky(**config):
+    return {"plugin": fixture_plugin("flaky"), "config": config}
+
+
+class ContentKeyCacheTest(RouterTest):
+    """Each rich item's dataKey is unwrapped with RSA once, when it is routed;
+    its deliveries decrypt the content again with the content key kept in
+    memory (core/crypto/keycache.c). Counted from the router's /metrics."""
+
+    def test_two_handlers_one_rsa_operation_per_item(self):
+        k = self.keys()
+        r = self.router(rich_config(k, handlers={
+            "a": {"plugin": "file", "config": {"path": "a.jsonl"}},
+            "b": {"plugin": "file", "config": {"path": "b.jsonl"}}},
+            routes=[{"name": "both", "match": {"resource_type": "chatMessage"},
+                     "to": ["a", "b"]}]))
+        self.assertEqual(r.metric(RSA), 0)
+        doc = simulate(*k.notify_args("--type", "chatMessage", "--count", "10", "--tenant",
+                                      TENANT_A, "--tenant", TENANT_B))
+        n = len(doc["value"])
+        self.assertEqual(n, 20)
+        self.assertEqual(r.post(doc)[0], 202)
+        sent = sorted(v["resource"] for v in doc["value"])
+        for name in ("a.jsonl", "b.jsonl"):
+            lines = r.wait_jsonl(n, name)
+            self.assertEqual(sorted(l["resource"] for l in lines), sent, name)
+            for l in lines:
+                self.assertEqual(l["content"]["body"]["content"], CHAT_TEXT)
+                self.assertEqual(l["content"]["chatId"], l["resource_ids"]["chat"])
+        r.wait_idle()
+        self.assertEqual(len(r.read_jsonl("a.jsonl")) + len(r.read_jsonl("b.jsonl")), 2 * n)
+        # one unwrap per item (routing), each of the 2n deliveries from the cache
+        self.assertEqual(r.metric(RSA), n)
+        self.assertEqual(r.metric(KEYS, result="miss"), n)
+        self.assertEqual(r.metric(KEYS, result="hit"), 2 * n)
+        self.assertNotIn("the build is green", r.log())
+
+    def test_after_a_restart_a_pending_item_is_decrypted_again(self):
+        k = self.keys()
+        cfg = rich_config(k, handlers={
+            # hangs on the decrypted text: the delivery stays running until the kill
+            "f": flaky(hang_on="the build is green", emit_to="out"),
+            "out": {"plugin": "file", "config": {"path": "out.jsonl"}}},
+            routes=[{"name": "r", "match": {"resource_type": "chatMessage"}, "to": "f"}])
+        r = self.router(cfg)
+        doc = simulate(*k.notify_args("--type", "chatMessage", "--tenant", TENANT_A))
+        self.assertEqual(r.post(doc)[0], 202)
+        r.wait_log(r"hanging on purpose")
+        # routed (one RSA operation), then the delivery decrypted it from the cache
+        self.assertEqual(r.metric(RSA), 1)
+        self.assertEqual(r.metric(KEYS, result="hit"), 1)
+        self.assertEqual(r.stop(sig=signal.SIGKILL), -signal.SIGKILL)
+        cfg["handlers"]["f"] = flaky(emit_to="out")
+        r.write_config(cfg)
+        r.start()
+        lines = r.wait_jsonl(1)
+        r.wait_idle()
+        self.assertEqual(len(lines), 1)
+        self.assertEqual(lines[0]["resource"], doc["value"][0]["resource"])
+        self.assertEqual(lines[0]["content"]["body"]["content"], CHAT_TEXT)
+        self.assertEqual(r.metric("graphrouter_deliveries_interrupted", handler="f"), 1)
+        # the new process knew no content key: it unwrapped the item's again
+        self.assertEqual(r.metric(RSA), 1)
+        self.assertEqual(r.metric(KEYS, result="miss"), 1)
+        self.assertEqual(r.metric(KEYS, result="hit"), 0)
+
+    def test_a_reload_that_replaces_the_key_leaves_no_cached_key_usable(self):
+        k, other = self.keys(), self.keys("other", "other-cert")
+        cfg = rich_config(k, handlers={
+            "f": dict(flaky(fail_times=100000, emit_to="out"),
+                      retry={"max_attempts": 1000, "initial_backoff_ms": 200,
+                             "max_backoff_ms": 200}),
+            "out": {"plugin": "file", "config": {"path": "out.jsonl"}}},
+            routes=[{"name": "r", "match": {"resource_type": "chatMessage"}, "to": "f"}])
+        r = self.router(cfg)
+        self.assertEqual(r.post(simulate(*k.notify_args("--type", "chatMessage")))[0], 202)
+        retried = lambda: r.metric("graphrouter_handler_retried_total", handler="f")
+        r.wait_for(lambda: retried() >= 2)
+        # every retry decrypts the content again, with the key from the cache
+        self.assertEqual(r.metric(RSA), 1)
+        # a reload that keeps the key keeps its cached content keys
+        cfg["log_level"] = "info"
+        r.write_config(cfg)
+        r.send_signal(signal.SIGHUP)
+        r.wait_for(lambda: r.metric("graphrouter_reloads_total", result="success") == 1)
+        before = retried()
+        r.wait_for(lambda: retried() >= before + 2)
+        self.assertEqual(r.metric(RSA), 1)
+        # the same certificate id, another key (its certificate, thumbprint and all)
+        cfg["decryption_keys"] = [other.decryption_key(cert_id=k.cert_id)]
+        r.write_config(cfg)
+        r.send_signal(signal.SIGHUP)
+        r.wait_for(lambda: r.metric("graphrouter_reloads_total", result="success") == 2)
+        r.wait_for(lambda: r.metric("graphrouter_handler_failed_total", handler="f") == 1)
+        r.wait_log(r'delivery to handler "f" is a dead letter: the content no longer decrypts: '
+                   r'bad_key')
+        r.wait_idle()
+        self.assertEqual(r.read_jsonl(), [])
+        self.assertGreaterEqual(r.metric(RSA), 2)  # tried with the new key, which fails
 
 
 class JwksServer:
