@@ -19,6 +19,7 @@ struct entry {
     unsigned char key[GR_KEYCACHE_KEY_MAX];
     uint64_t used; /* the set's clock at its last use; 0: empty */
     unsigned char key_len;
+    bool awaiting; /* put and not got since: its item's deliveries are still to come */
 };
 
 struct set {
@@ -125,6 +126,7 @@ bool gr_keycache_get(struct gr_keycache *c, const unsigned char id[GR_KEYCACHE_I
     struct entry *e = find(s, id);
     if (e) {
         e->used = ++s->clock;
+        e->awaiting = false;
         memcpy(key, e->key, e->key_len);
         *key_len = e->key_len;
     }
@@ -140,17 +142,26 @@ void gr_keycache_put(struct gr_keycache *c, const unsigned char id[GR_KEYCACHE_I
     struct set *s = set_of(c, id);
     pthread_mutex_lock(&s->lock);
     struct entry *e = find(s, id);
-    if (!e) { /* an empty entry (used 0), else the least recently used */
-        e = &s->e[0];
-        for (size_t w = 1; w < GR_KEYCACHE_WAYS; w++)
-            if (s->e[w].used < e->used)
-                e = &s->e[w];
+    if (!e) {
+        /* An empty entry (used 0), else the least recently used of those got
+         * since they were put, else the least recently used: a key whose
+         * deliveries are still to come goes only from a set of such keys. */
+        struct entry *used = NULL, *any = NULL;
+        for (size_t w = 0; w < GR_KEYCACHE_WAYS; w++) {
+            struct entry *x = &s->e[w];
+            if (!x->awaiting && (!used || x->used < used->used))
+                used = x;
+            if (!any || x->used < any->used)
+                any = x;
+        }
+        e = used ? used : any;
     }
     wipe(e); /* what it held, evicted or replaced */
     memcpy(e->id, id, GR_KEYCACHE_ID_LEN);
     memcpy(e->key, key, key_len);
     e->key_len = (unsigned char)key_len;
     e->used = ++s->clock;
+    e->awaiting = true;
     pthread_mutex_unlock(&s->lock);
 }
 

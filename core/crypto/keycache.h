@@ -20,7 +20,10 @@
  * stay, wiped, until evicted.
  *
  * Bounded and evicting: a fixed table of 8-way sets (the set chosen by the
- * id), least recently used entry of the set replaced. Every key that leaves
+ * id). A put replaces an empty entry, else the set's least recently used
+ * entry among those got since they were put (their item has been delivered
+ * at least once), else the set's least recently used: keys whose items are
+ * routed and not yet delivered are the last to go. Every key that leaves
  * the table (evicted, replaced, cleared, freed) is wiped with
  * OPENSSL_cleanse first. The table is excluded from core dumps
  * (MADV_DONTDUMP) and locked in memory when RLIMIT_MEMLOCK allows it (else
@@ -57,7 +60,7 @@ void gr_keycache_id(const unsigned char identity[GR_KEYCACHE_ID_LEN], const char
 bool gr_keycache_get(struct gr_keycache *c, const unsigned char id[GR_KEYCACHE_ID_LEN],
                      unsigned char *key, size_t *key_len);
 /* Keep `key` (1 to GR_KEYCACHE_KEY_MAX bytes; others are not kept) for
- * `id`, replacing what `id` had or evicting the set's least recently used. */
+ * `id`, replacing what `id` had or evicting an entry as described above. */
 void gr_keycache_put(struct gr_keycache *c, const unsigned char id[GR_KEYCACHE_ID_LEN],
                      const unsigned char *key, size_t key_len);
 

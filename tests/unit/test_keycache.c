@@ -4,7 +4,9 @@
  *
  * Checked: a key put is got back exactly (16 and 32 bytes), an unknown id
  * misses and keys of other lengths are not kept; the table never holds more
- * than its capacity and evicts a set's least recently used entry; an evicted,
+ * than its capacity; a full set evicts its least recently used key among those
+ * got since they were put (a delivery used them), else its least recently
+ * used, so keys still awaited by deliveries are the last to go; an evicted,
  * replaced or cleared key no longer occurs anywhere in the table's memory
  * (the scan is shown to find live keys, so it can fail). Through
  * decryption, from graphrouter's own /metrics counters: one RSA operation
@@ -94,35 +96,62 @@ static void test_hit_and_miss(void **state)
     gr_keycache_free(NULL);
 }
 
+static void put_n(struct gr_keycache *c, unsigned n)
+{
+    unsigned char id[32], key[32];
+    id_of(n, id);
+    key_of(n, key);
+    gr_keycache_put(c, id, key, sizeof key);
+}
+
+static bool has(struct gr_keycache *c, unsigned n)
+{
+    unsigned char id[32], key[32], got[GR_KEYCACHE_KEY_MAX];
+    size_t len = 0;
+    id_of(n, id);
+    key_of(n, key);
+    bool hit = gr_keycache_get(c, id, got, &len);
+    if (hit && (len != 32 || memcmp(got, key, 32) != 0))
+        fail_msg("the wrong key for %u", n);
+    return hit;
+}
+
 static void test_bound_and_lru(void **state)
 {
     (void)state;
-    /* one set: exact least-recently-used order */
+    /* one set: the order of eviction can be told exactly */
     struct gr_keycache *c = gr_keycache_new(GR_KEYCACHE_WAYS);
     assert_int_equal(gr_keycache_capacity(c), GR_KEYCACHE_WAYS);
-    unsigned char id[32], key[32], got[GR_KEYCACHE_KEY_MAX];
+    unsigned char id[32], got[GR_KEYCACHE_KEY_MAX];
     size_t len;
-    for (unsigned n = 0; n < GR_KEYCACHE_WAYS; n++) {
-        id_of(n, id);
-        key_of(n, key);
-        gr_keycache_put(c, id, key, sizeof key);
-    }
-    id_of(0, id);
-    assert_true(gr_keycache_get(c, id, got, &len)); /* 0 is now the most recent; 1 the least */
-    id_of(100, id);
-    key_of(100, key);
-    gr_keycache_put(c, id, key, sizeof key);
+    for (unsigned n = 0; n < GR_KEYCACHE_WAYS; n++)
+        put_n(c, n);
+    /* a full set of keys nobody got yet: the least recently put goes */
+    put_n(c, 100);
     assert_int_equal(gr_keycache_count(c), GR_KEYCACHE_WAYS);
-    id_of(1, id);
+    id_of(0, id);
     assert_false(gr_keycache_get(c, id, got, &len));
-    for (unsigned n = 0; n < GR_KEYCACHE_WAYS; n++) {
-        if (n == 1)
-            continue;
-        id_of(n, id);
-        assert_true(gr_keycache_get(c, id, got, &len));
-        key_of(n, key);
-        assert_memory_equal(got, key, 32);
-    }
+    /* a key got since it was put goes before those still awaited, even newer ones */
+    assert_true(has(c, 5));
+    put_n(c, 101);
+    id_of(5, id);
+    assert_false(gr_keycache_get(c, id, got, &len));
+    id_of(1, id);
+    assert_true(gr_keycache_get(c, id, got, &len)); /* 1 stayed, and is now got */
+    /* among keys got, the least recently used goes */
+    for (unsigned n = 2; n < GR_KEYCACHE_WAYS; n++)
+        if (n != 5)
+            assert_true(has(c, n));
+    assert_true(has(c, 1)); /* 1 is now the most recent; 2 the least */
+    put_n(c, 102);
+    id_of(2, id);
+    assert_false(gr_keycache_get(c, id, got, &len));
+    put_n(c, 103);
+    id_of(3, id);
+    assert_false(gr_keycache_get(c, id, got, &len));
+    assert_true(has(c, 1) && has(c, 4) && has(c, 100) && has(c, 101) && has(c, 102) &&
+                has(c, 103));
+    assert_int_equal(gr_keycache_count(c), GR_KEYCACHE_WAYS);
     /* putting an id it holds replaces its key, evicting nothing */
     id_of(100, id);
     unsigned char other[32];
@@ -133,6 +162,7 @@ static void test_bound_and_lru(void **state)
     assert_int_equal(gr_keycache_count(c), GR_KEYCACHE_WAYS);
     gr_keycache_free(c);
 
+    unsigned char key[32];
     /* many sets: never more than the capacity, which is rounded up */
     c = gr_keycache_new(1000);
     assert_int_equal(gr_keycache_capacity(c), 1024);
