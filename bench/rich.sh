@@ -53,11 +53,11 @@
 #   within DRAIN_TIMEOUT is listed under "problems" and makes the script exit 1.
 #
 # Settings (environment variables, defaults in brackets)
-#   POSTS [300]: POSTs of 100 items per run     RUNS [2]: runs per configuration
+#   POSTS [300]: POSTs of 100 items per run     RUNS [3]: runs per configuration
 #   CONNS [4]: concurrent POSTs                 GR_WORKERS [nproc]: workers (= W)
 #   GR_HTTP_THREADS [2]                         RSA_SECONDS [5]: each openssl speed test
 #   DRAIN_TIMEOUT [120]: seconds a run may take KEEP_TMP [0]: 1 keeps the temp dir
-#   With the defaults the script takes about 1.5 minutes on 2 CPUs (plus the build).
+#   With the defaults the script takes about 2 minutes on 2 CPUs (plus the build).
 #
 # Needs: curl, openssl (the command), and what graphrouter builds with.
 set -euo pipefail
@@ -71,7 +71,7 @@ plugin_dir="$build/plugins"
 vectors="$root/tests/vectors/synthetic"
 
 POSTS=${POSTS:-300}
-RUNS=${RUNS:-2}
+RUNS=${RUNS:-3}
 CONNS=${CONNS:-4}
 GR_WORKERS=${GR_WORKERS:-$(nproc)}
 GR_HTTP_THREADS=${GR_HTTP_THREADS:-2}
