@@ -184,23 +184,26 @@ static const EVP_CIPHER *aes_cbc(size_t key_len)
 enum gr_decrypt_result gr_decrypt(const struct gr_keyring *ring, const json_t *ec,
                                   json_t **content)
 {
-    return gr_decrypt_cached(ring, NULL, ec, content);
+    return gr_decrypt_cached(ring, NULL, ec, content, NULL);
 }
 
 /* The content key of an item: from the cache when a candidate key unwrapped
- * this dataKey before, else unwrapped with RSA (each candidate in turn). */
+ * this dataKey before (*found_at: its id's index), else unwrapped with RSA
+ * (each candidate in turn; *unwrapped_by: the one that did). */
 static bool content_key(const struct ring_key *const *candidates, size_t ncandidates,
                         struct gr_keycache *cache, const char *key64,
                         unsigned char ids[][GR_KEYCACHE_ID_LEN], unsigned char *key,
-                        size_t *key_len, bool *malformed, size_t *unwrapped_by)
+                        size_t *key_len, bool *malformed, size_t *found_at,
+                        size_t *unwrapped_by)
 {
-    *unwrapped_by = SIZE_MAX;
+    *found_at = *unwrapped_by = SIZE_MAX;
     if (cache) {
         size_t len = strlen(key64);
         for (size_t i = 0; i < ncandidates; i++) {
             gr_keycache_id(candidates[i]->identity, key64, len, ids[i]);
             if (gr_keycache_get(cache, ids[i], key, key_len)) {
                 gr_metrics_content_key_cache(true);
+                *found_at = i;
                 return true;
             }
         }
@@ -225,8 +228,11 @@ static bool content_key(const struct ring_key *const *candidates, size_t ncandid
 }
 
 enum gr_decrypt_result gr_decrypt_cached(const struct gr_keyring *ring, struct gr_keycache *cache,
-                                         const json_t *ec, json_t **content)
+                                         const json_t *ec, json_t **content,
+                                         struct gr_keycache_ref *ref)
 {
+    if (ref)
+        ref->set = false;
     *content = NULL;
     const char *data64 = gr_json_string_ci(ec, "data");
     const char *key64 = gr_json_string_ci(ec, "dataKey");
@@ -256,9 +262,9 @@ enum gr_decrypt_result gr_decrypt_cached(const struct gr_keyring *ring, struct g
         goto out;
 
     bool malformed = false;
-    size_t unwrapped_by;
+    size_t found_at, unwrapped_by;
     if (!content_key(candidates, ncandidates, cache, key64, ids, key, &key_len, &malformed,
-                     &unwrapped_by)) {
+                     &found_at, &unwrapped_by)) {
         rc = malformed ? GR_DECRYPT_MALFORMED : GR_DECRYPT_BAD_KEY; /* a failed key is not cached */
         goto out;
     }
@@ -274,6 +280,11 @@ enum gr_decrypt_result gr_decrypt_cached(const struct gr_keyring *ring, struct g
      * the MAC is checked again at every use. */
     if (cache && unwrapped_by != SIZE_MAX)
         gr_keycache_put(cache, ids[unwrapped_by], key, key_len);
+    size_t at = found_at != SIZE_MAX ? found_at : unwrapped_by;
+    if (cache && ref && at != SIZE_MAX) {
+        ref->set = true;
+        memcpy(ref->id, ids[at], GR_KEYCACHE_ID_LEN);
+    }
 
     rc = GR_DECRYPT_BAD_PADDING;
     int n1 = 0, n2 = 0;

@@ -65,11 +65,14 @@ enum gr_decrypt_result gr_decrypt(const struct gr_keyring *ring, const json_t *e
 /* The same, taking the content key from `cache` (keycache.h; NULL: none)
  * when one of the item's candidate keys unwrapped its dataKey before, and
  * keeping it there once unwrapped and its MAC verified. The MAC is checked
- * with the key at every call, cached or not. Every RSA decryption is counted
- * in graphrouter_rsa_private_operations_total, every lookup in
- * graphrouter_content_key_cache_total. */
+ * with the key at every call, cached or not. `ref` (may be NULL) is set to
+ * the cache entry once the MAC verified, for gr_keycache_forget. Every RSA
+ * decryption is counted in graphrouter_rsa_private_operations_total, every
+ * lookup in graphrouter_content_key_cache_total. */
 struct gr_keycache;
+struct gr_keycache_ref;
 enum gr_decrypt_result gr_decrypt_cached(const struct gr_keyring *ring, struct gr_keycache *cache,
-                                         const json_t *encrypted_content, json_t **content);
+                                         const json_t *encrypted_content, json_t **content,
+                                         struct gr_keycache_ref *ref);
 
 #endif

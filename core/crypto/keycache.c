@@ -165,6 +165,18 @@ void gr_keycache_put(struct gr_keycache *c, const unsigned char id[GR_KEYCACHE_I
     pthread_mutex_unlock(&s->lock);
 }
 
+void gr_keycache_forget(struct gr_keycache *c, const struct gr_keycache_ref *ref)
+{
+    if (!c || !ref || !ref->set)
+        return;
+    struct set *s = set_of(c, ref->id);
+    pthread_mutex_lock(&s->lock);
+    struct entry *e = find(s, ref->id);
+    if (e)
+        wipe(e);
+    pthread_mutex_unlock(&s->lock);
+}
+
 size_t gr_keycache_capacity(const struct gr_keycache *c)
 {
     return c->nsets * GR_KEYCACHE_WAYS;

@@ -19,6 +19,11 @@
  * because a lookup only forms ids from the keys of the ring in force. They
  * stay, wiped, until evicted.
  *
+ * An item that needs its key no more (delivered to every target as it was
+ * routed, or dropped) has it wiped at once (gr_keycache_forget): the table
+ * holds the keys of items whose deliveries are still to come (a retry, a
+ * handler with concurrency 1, an item routed again after a restart).
+ *
  * Bounded and evicting: a fixed table of 8-way sets (the set chosen by the
  * id). A put replaces an empty entry, else the set's least recently used
  * entry among those got since they were put (their item has been delivered
@@ -63,6 +68,16 @@ bool gr_keycache_get(struct gr_keycache *c, const unsigned char id[GR_KEYCACHE_I
  * `id`, replacing what `id` had or evicting an entry as described above. */
 void gr_keycache_put(struct gr_keycache *c, const unsigned char id[GR_KEYCACHE_ID_LEN],
                      const unsigned char *key, size_t key_len);
+
+/* Which entry a decryption used or filled (gr_decrypt_cached): set only
+ * once the item's MAC verified with the key. */
+struct gr_keycache_ref {
+    bool set;
+    unsigned char id[GR_KEYCACHE_ID_LEN];
+};
+/* Wipe the entry `ref` names, if it is still there (its item needs it no
+ * more: delivered, dropped). Nothing if ref is not set. */
+void gr_keycache_forget(struct gr_keycache *c, const struct gr_keycache_ref *ref);
 
 /* Entries the table can hold, and holds now. */
 size_t gr_keycache_capacity(const struct gr_keycache *c);

@@ -10,6 +10,7 @@
 #include "crypto/decrypt.h"
 #include "crypto/jwks.h"
 #include "crypto/jwt.h"
+#include "crypto/keycache.h"
 #include "log.h"
 #include "route/notification.h"
 #include "util.h"
@@ -84,9 +85,10 @@ static enum gr_rich_outcome drop(enum gr_drop_reason *out, enum gr_drop_reason r
 enum gr_rich_outcome gr_rich_open(struct gr_generation *g, struct gr_keycache *keys,
                                   const json_t *item, const struct gr_token_list *tokens,
                                   int64_t received_ms, json_t **content,
-                                  enum gr_drop_reason *reason)
+                                  enum gr_drop_reason *reason, struct gr_keycache_ref *key)
 {
     *content = NULL;
+    key->set = false;
     const json_t *ec = gr_json_get_ci(item, "encryptedContent");
     if (!ec || json_is_null(ec))
         return GR_RICH_PLAIN;
@@ -116,7 +118,7 @@ enum gr_rich_outcome gr_rich_open(struct gr_generation *g, struct gr_keycache *k
                                       : "no validation token of the POST is for this item's "
                                         "tenant");
     }
-    enum gr_decrypt_result d = gr_decrypt_cached(g->keyring, keys, ec, content);
+    enum gr_decrypt_result d = gr_decrypt_cached(g->keyring, keys, ec, content, key);
     if (d != GR_DECRYPT_OK) {
         char *why = gr_xprintf("decryption failed: %s", gr_decrypt_result_name(d));
         enum gr_rich_outcome rc = drop(reason, decrypt_reason(d), item, why);
@@ -133,5 +135,6 @@ enum gr_decrypt_result gr_rich_content(struct gr_generation *g, struct gr_keycac
     const json_t *ec = gr_json_get_ci(item, "encryptedContent");
     if (!json_is_object(ec))
         return GR_DECRYPT_OK;
-    return g->keyring ? gr_decrypt_cached(g->keyring, keys, ec, content) : GR_DECRYPT_UNKNOWN_KEY;
+    return g->keyring ? gr_decrypt_cached(g->keyring, keys, ec, content, NULL)
+                      : GR_DECRYPT_UNKNOWN_KEY;
 }

@@ -30,11 +30,13 @@ struct gr_keycache;
 /* `tokens` is the item's POST's validationTokens (NULL: none usable).
  * Tokens are judged as of `received_ms`, when Graph delivered them. The
  * content key unwrapped is kept in `keys` (crypto/keycache.h; NULL: not
- * kept) for the deliveries. */
+ * kept) for the deliveries; *key names its entry (set once the MAC
+ * verified), to forget once the item needs it no more. */
+struct gr_keycache_ref;
 enum gr_rich_outcome gr_rich_open(struct gr_generation *g, struct gr_keycache *keys,
                                   const json_t *item, const struct gr_token_list *tokens,
                                   int64_t received_ms, json_t **content,
-                                  enum gr_drop_reason *reason);
+                                  enum gr_drop_reason *reason, struct gr_keycache_ref *key);
 
 /* At delivery: the content of an item routed earlier (its tokens were checked
  * then), decrypted again with the keys of g, its content key taken from

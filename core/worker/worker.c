@@ -32,16 +32,19 @@
  * worst, about 1.5 MiB for Graph's usual notifications. */
 #define GR_MSGCACHE_SLOTS 1024
 #define GR_MSGCACHE_MAX_LEN (64 * 1024)
-/* Rich items' content keys kept from routing to delivery (crypto/keycache.h),
- * so that an item costs one RSA operation at any fan-out. An entry is 80
- * bytes (an id, a key, a use stamp), a set of 8 entries 688 bytes with its
- * lock: 16,384 entries take 1.4 MiB, locked in memory when the limit allows.
- * That covers the items routed and not yet delivered, with room: workers
- * take chains of 32 and alternate routing and delivery, and routing, at one
- * RSA operation (about 0.7 ms of a core) per item, is the slow side. A
- * backlog of deliveries longer than that (a handler that stalls) costs one
- * more RSA operation for each item whose key was evicted, nothing else. */
-#define GR_KEYCACHE_ENTRIES 16384
+/* Rich items' content keys kept from routing to the deliveries that rebuild
+ * the notification (crypto/keycache.h): a direct delivery's retry, every
+ * delivery of an item with a target of concurrency 1, or of an item taken
+ * before; so that an item costs one RSA operation at any fan-out. An item
+ * delivered at once to all its targets keeps nothing (its key is forgotten
+ * as soon as they all returned GR_OK). An entry is 80 bytes (an id, a key, a
+ * use stamp), a set of 8 entries 688 bytes with its lock: 8,192 entries take
+ * 704 KiB, locked in memory when RLIMIT_MEMLOCK allows. That is 8,192 items
+ * waiting for a retry or for a handler of concurrency 1, four minutes of a
+ * 30-items/s handler's backlog; an item whose key was evicted before its
+ * delivery costs one more RSA operation (about 0.25 to 0.45 ms of a core on
+ * the 2-core development machine), nothing else. */
+#define GR_KEYCACHE_ENTRIES 8192
 
 struct worker {
     struct gr_workers *ws;
@@ -96,7 +99,7 @@ static bool lifecycle_action(const json_t *n, struct gr_route_outcome *o)
     return false;
 }
 
-static void deliver_direct(struct worker *me, struct gr_generation *g, struct gr_work *w,
+static bool deliver_direct(struct worker *me, struct gr_generation *g, struct gr_work *w,
                            const struct gr_route_outcome *o, const char *text, size_t len);
 
 static void route(struct worker *me, struct gr_work *w)
@@ -115,7 +118,8 @@ static void route(struct worker *me, struct gr_work *w)
     struct gr_generation *g = gr_generation_pin();
     json_t *content = NULL;
     enum gr_drop_reason why;
-    switch (gr_rich_open(g, ws->keys, item, w->tokens, w->received_ms, &content, &why)) {
+    struct gr_keycache_ref key; /* a rich item's content key, kept for its deliveries */
+    switch (gr_rich_open(g, ws->keys, item, w->tokens, w->received_ms, &content, &why, &key)) {
     case GR_RICH_WAIT:
         /* A kid not yet known while keys are refreshed: again in 1, 2, 4 ... 60 s. */
         o.result = GR_ROUTE_WAIT;
@@ -126,6 +130,7 @@ static void route(struct worker *me, struct gr_work *w)
         gr_store_routed(store, w, &o);
         return;
     case GR_RICH_DROP:
+        gr_keycache_forget(ws->keys, &key); /* its MAC verified, its content did not */
         gr_metrics_item_dropped(why);
         o.note = gr_drop_reason_name(why);
         json_decref(item);
@@ -165,9 +170,12 @@ static void route(struct worker *me, struct gr_work *w)
     if (!nfired)
         gr_info("item not routed: no route matched; resource_type=%s subscription=%.80s",
                 gr_rtype_name(cls.type), in.subscription_id ? in.subscription_id : "(none)");
+    /* The key stays for deliveries that will rebuild the notification: a
+     * direct delivery's retry, or every delivery through a unit. */
+    bool keep_key = o.nhandlers && !w->duplicate;
     if (direct) {
         char *text = json_dumps(n, JSON_COMPACT);
-        deliver_direct(me, g, w, &o, text, strlen(text));
+        keep_key = deliver_direct(me, g, w, &o, text, strlen(text));
         if (rich) /* decrypted content is held no longer than its deliveries */
             OPENSSL_cleanse(text, strlen(text));
         free(text);
@@ -180,6 +188,8 @@ static void route(struct worker *me, struct gr_work *w)
                         (unsigned)o.nhandlers);
         gr_store_routed(store, w, &o); /* copies the names: the generation may go */
     }
+    if (!keep_key)
+        gr_keycache_forget(ws->keys, &key);
     if (poke) /* after the record that carries the event is queued */
         gr_manager_poke();
     gr_generation_unpin(g);
@@ -322,16 +332,20 @@ static void call_free(struct call *c)
     free(c->error);
 }
 
-/* An item routed to targets that all run any number of deliveries at once,
+/* Returns whether a delivery is to be retried (it will rebuild the
+ * notification from the stored item).
+ *
+ * An item routed to targets that all run any number of deliveries at once,
  * delivered to each of them now, by this worker, with the text it was
  * routed from (no rebuild, no second decryption): the store records one
  * completion for the lot (store.h: completed()). Each call's state writes
  * enter the store's overlay (stage_state) before its locks are released,
  * so a call to the same handler that starts next sees them, and no call
  * holds a lock while the next target runs. */
-static void deliver_direct(struct worker *me, struct gr_generation *g, struct gr_work *w,
+static bool deliver_direct(struct worker *me, struct gr_generation *g, struct gr_work *w,
                            const struct gr_route_outcome *o, const char *text, size_t len)
 {
+    bool retry = false;
     struct gr_store *store = me->ws->store;
     struct call *calls = gr_xcalloc(o->nhandlers, sizeof *calls);
     struct gr_direct_delivery *d = gr_xcalloc(o->nhandlers, sizeof *d);
@@ -348,6 +362,7 @@ static void deliver_direct(struct worker *me, struct gr_generation *g, struct gr
             c->msg.nwrites = 0;
         }
         call_release(h, c);
+        retry |= c->o.result == GR_DELIVERY_RETRY;
         d[i] = (struct gr_direct_delivery){.handler = h->name, .outcome = c->o,
                                            .noted = c->noted, .kind = c->kind,
                                            .max_attempts = h->conf->retry.max_attempts,
@@ -358,6 +373,7 @@ static void deliver_direct(struct worker *me, struct gr_generation *g, struct gr
         call_free(&calls[i]);
     free(calls);
     free(d);
+    return retry;
 }
 
 static void deliver(struct worker *me, struct gr_work *w)

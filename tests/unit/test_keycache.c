@@ -13,7 +13,7 @@
  * for an item decrypted twice (a miss, then a hit); a tampered data or MAC
  * under a dataKey already cached still fails with bad_signature and does no
  * RSA; a dataKey that does not unwrap, or an item whose MAC fails, is not
- * cached; a ring whose key was replaced under the same certificate id (a
+ * cached; a key forgotten is unwrapped again; a ring whose key was replaced under the same certificate id (a
  * reload) does not decrypt an item from the key the old one cached, while the
  * old key's entries still serve a ring that keeps it. And four threads
  * getting and putting 40,000 ids in 256 entries only ever get an id's own key
@@ -222,6 +222,22 @@ static void test_wiped_when_it_leaves(void **state)
     size_t len;
     id_of(2, id);
     assert_false(gr_keycache_get(c, id, got, &len));
+    /* forgotten (its item needs it no more): gone and wiped; others stay */
+    struct gr_keycache_ref ref = {.set = true};
+    id_of(3, ref.id);
+    gr_keycache_put(c, ref.id, keys[3], 32);
+    id_of(4, id);
+    gr_keycache_put(c, id, keys[4], 32);
+    gr_keycache_forget(c, &ref);
+    assert_false(gr_keycache_get(c, ref.id, got, &len));
+    assert_false(gr_keycache_memory_holds(c, keys[3], 32));
+    assert_true(gr_keycache_get(c, id, got, &len));
+    assert_int_equal(gr_keycache_count(c), 1);
+    ref.set = false; /* an unset ref forgets nothing */
+    memcpy(ref.id, id, sizeof id);
+    gr_keycache_forget(c, &ref);
+    assert_int_equal(gr_keycache_count(c), 1);
+    gr_keycache_forget(NULL, &ref);
     gr_keycache_free(c);
 }
 
@@ -323,9 +339,12 @@ static void expect(const struct gr_keyring *ring, struct gr_keycache *c, const j
                    enum gr_decrypt_result want)
 {
     json_t *content = NULL;
-    enum gr_decrypt_result r = gr_decrypt_cached(ring, c, ec, &content);
+    struct gr_keycache_ref ref = {.set = true};
+    enum gr_decrypt_result r = gr_decrypt_cached(ring, c, ec, &content, &ref);
     if (r != want)
         fail_msg("%s, expected %s", gr_decrypt_result_name(r), gr_decrypt_result_name(want));
+    /* the entry is named once the MAC verified, and only then */
+    assert_int_equal(ref.set, c != NULL && r == GR_DECRYPT_OK);
     if (r == GR_DECRYPT_OK) {
         json_t *expected = json_loads(plain, 0, NULL);
         assert_true(json_equal(content, expected));
@@ -388,6 +407,15 @@ static void test_one_rsa_operation_and_the_mac_every_time(void **state)
     assert_int_equal(gr_decrypt(ring, ec, &content), GR_DECRYPT_OK);
     json_decref(content);
     assert_true(rsa_ops() == rsa0 + 7 && hits() == hit1 && misses() == miss1);
+
+    /* forgotten: the next decryption unwraps again */
+    struct gr_keycache_ref ref;
+    assert_int_equal(gr_decrypt_cached(ring, c, ec, &content, &ref), GR_DECRYPT_OK);
+    json_decref(content);
+    assert_true(ref.set && rsa_ops() == rsa0 + 7);
+    gr_keycache_forget(c, &ref);
+    expect(ring, c, ec, GR_DECRYPT_OK);
+    assert_true(rsa_ops() == rsa0 + 8);
 
     json_decref(ec);
     X509_free(cert);
