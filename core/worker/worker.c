@@ -37,14 +37,18 @@
  * delivery of an item with a target of concurrency 1, or of an item taken
  * before; so that an item costs one RSA operation at any fan-out. An item
  * delivered at once to all its targets keeps nothing (its key is forgotten
- * as soon as they all returned GR_OK). An entry is 80 bytes (an id, a key, a
- * use stamp), a set of 8 entries 688 bytes with its lock: 8,192 entries take
- * 704 KiB, locked in memory when RLIMIT_MEMLOCK allows. That is 8,192 items
- * waiting for a retry or for a handler of concurrency 1, four minutes of a
- * 30-items/s handler's backlog; an item whose key was evicted before its
- * delivery costs one more RSA operation (about 0.25 to 0.45 ms of a core on
- * the 2-core development machine), nothing else. */
-#define GR_KEYCACHE_ENTRIES 8192
+ * as soon as they all returned GR_OK). An entry is 88 bytes (an id, a key,
+ * list links, a count and a time) plus 4 of hash bucket: 16,384 entries take
+ * 1.4 MiB, locked in memory when RLIMIT_MEMLOCK allows. That holds the keys
+ * of 16,384 items waiting for retries or for a handler of concurrency 1: a
+ * burst of 15,000 rich items to such a handler (bench/rich.sh, CONFIGS=file2s
+ * POSTS=150) costs one RSA operation each; beyond, each item past the first
+ * 16,384 costs one more (about 0.25 to 0.45 ms of a core on the 2-core
+ * development machine), nothing else. Keys whose deliveries have been
+ * expected for 10 minutes (past the default max_backoff_ms, or never coming:
+ * a handler removed, a dead letter) may be evicted like the others. */
+#define GR_KEYCACHE_ENTRIES 16384
+#define GR_KEYCACHE_PENDING_TTL_MS (10 * 60 * 1000)
 
 struct worker {
     struct gr_workers *ws;
@@ -99,8 +103,8 @@ static bool lifecycle_action(const json_t *n, struct gr_route_outcome *o)
     return false;
 }
 
-static bool deliver_direct(struct worker *me, struct gr_generation *g, struct gr_work *w,
-                           const struct gr_route_outcome *o, const char *text, size_t len);
+static unsigned deliver_direct(struct worker *me, struct gr_generation *g, struct gr_work *w,
+                               const struct gr_route_outcome *o, const char *text, size_t len);
 
 static void route(struct worker *me, struct gr_work *w)
 {
@@ -170,12 +174,12 @@ static void route(struct worker *me, struct gr_work *w)
     if (!nfired)
         gr_info("item not routed: no route matched; resource_type=%s subscription=%.80s",
                 gr_rtype_name(cls.type), in.subscription_id ? in.subscription_id : "(none)");
-    /* The key stays for deliveries that will rebuild the notification: a
-     * direct delivery's retry, or every delivery through a unit. */
-    bool keep_key = o.nhandlers && !w->duplicate;
+    /* The key stays for the deliveries that will rebuild the notification:
+     * a direct delivery's retry, or every delivery through a unit. */
+    unsigned rebuilds = o.nhandlers && !w->duplicate ? (unsigned)o.nhandlers : 0;
     if (direct) {
         char *text = json_dumps(n, JSON_COMPACT);
-        keep_key = deliver_direct(me, g, w, &o, text, strlen(text));
+        rebuilds = deliver_direct(me, g, w, &o, text, strlen(text));
         if (rich) /* decrypted content is held no longer than its deliveries */
             OPENSSL_cleanse(text, strlen(text));
         free(text);
@@ -188,7 +192,9 @@ static void route(struct worker *me, struct gr_work *w)
                         (unsigned)o.nhandlers);
         gr_store_routed(store, w, &o); /* copies the names: the generation may go */
     }
-    if (!keep_key)
+    if (rebuilds)
+        gr_keycache_expect(ws->keys, &key, rebuilds);
+    else
         gr_keycache_forget(ws->keys, &key);
     if (poke) /* after the record that carries the event is queued */
         gr_manager_poke();
@@ -332,7 +338,7 @@ static void call_free(struct call *c)
     free(c->error);
 }
 
-/* Returns whether a delivery is to be retried (it will rebuild the
+/* Returns how many deliveries are to be retried (they will rebuild the
  * notification from the stored item).
  *
  * An item routed to targets that all run any number of deliveries at once,
@@ -342,10 +348,10 @@ static void call_free(struct call *c)
  * enter the store's overlay (stage_state) before its locks are released,
  * so a call to the same handler that starts next sees them, and no call
  * holds a lock while the next target runs. */
-static bool deliver_direct(struct worker *me, struct gr_generation *g, struct gr_work *w,
-                           const struct gr_route_outcome *o, const char *text, size_t len)
+static unsigned deliver_direct(struct worker *me, struct gr_generation *g, struct gr_work *w,
+                               const struct gr_route_outcome *o, const char *text, size_t len)
 {
-    bool retry = false;
+    unsigned retries = 0;
     struct gr_store *store = me->ws->store;
     struct call *calls = gr_xcalloc(o->nhandlers, sizeof *calls);
     struct gr_direct_delivery *d = gr_xcalloc(o->nhandlers, sizeof *d);
@@ -362,7 +368,7 @@ static bool deliver_direct(struct worker *me, struct gr_generation *g, struct gr
             c->msg.nwrites = 0;
         }
         call_release(h, c);
-        retry |= c->o.result == GR_DELIVERY_RETRY;
+        retries += c->o.result == GR_DELIVERY_RETRY;
         d[i] = (struct gr_direct_delivery){.handler = h->name, .outcome = c->o,
                                            .noted = c->noted, .kind = c->kind,
                                            .max_attempts = h->conf->retry.max_attempts,
@@ -373,7 +379,7 @@ static bool deliver_direct(struct worker *me, struct gr_generation *g, struct gr
         call_free(&calls[i]);
     free(calls);
     free(d);
-    return retry;
+    return retries;
 }
 
 static void deliver(struct worker *me, struct gr_work *w)
@@ -463,7 +469,7 @@ struct gr_workers *gr_workers_start(struct gr_store *store, unsigned n)
     struct gr_workers *w = gr_xcalloc(1, sizeof *w);
     w->store = store;
     gr_msgcache_init(&w->cache, GR_MSGCACHE_SLOTS, GR_MSGCACHE_MAX_LEN);
-    w->keys = gr_keycache_new(GR_KEYCACHE_ENTRIES);
+    w->keys = gr_keycache_new(GR_KEYCACHE_ENTRIES, GR_KEYCACHE_PENDING_TTL_MS);
     w->workers = gr_xcalloc(n ? n : 1, sizeof *w->workers);
     for (unsigned i = 0; i < n; i++) {
         struct worker *me = &w->workers[i];

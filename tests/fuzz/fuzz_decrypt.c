@@ -110,7 +110,7 @@ int LLVMFuzzerInitialize(int *argc, char ***argv)
     X509 *cert = f ? PEM_read_X509(f, NULL, NULL, NULL) : NULL;
     if (f)
         fclose(f);
-    keys = gr_keycache_new(64);
+    keys = gr_keycache_new(64, 0);
     public_key = cert ? X509_get_pubkey(cert) : NULL;
     X509_free(cert);
     return public_key ? 0 : -1;

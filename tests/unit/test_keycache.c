@@ -3,10 +3,11 @@
  * gr_decrypt_cached (core/crypto/decrypt.c).
  *
  * Checked: a key put is got back exactly (16 and 32 bytes), an unknown id
- * misses and keys of other lengths are not kept; the table never holds more
- * than its capacity; a full set evicts its least recently used key among those
- * got since they were put (a delivery used them), else its least recently
- * used, so keys still awaited by deliveries are the last to go; an evicted,
+ * misses and keys of other lengths are not kept; the table holds exactly its
+ * capacity, and a full table evicts its least recently used key that no
+ * delivery is expected for, else one whose deliveries have been expected for
+ * longer than pending_ttl_ms, else keeps nothing; a key expected by two
+ * deliveries stays expected after the first; an evicted,
  * replaced or cleared key no longer occurs anywhere in the table's memory
  * (the scan is shown to find live keys, so it can fail). Through
  * decryption, from graphrouter's own /metrics counters: one RSA operation
@@ -16,7 +17,8 @@
  * cached; a key forgotten is unwrapped again; a ring whose key was replaced under the same certificate id (a
  * reload) does not decrypt an item from the key the old one cached, while the
  * old key's entries still serve a ring that keeps it. And four threads
- * getting and putting 40,000 ids in 256 entries only ever get an id's own key
+ * getting, putting, expecting and forgetting 40,000 ids in 256 entries only
+ * ever get an id's own key
  * (run under ThreadSanitizer and ASan by scripts/test.sh).
  */
 #define _GNU_SOURCE
@@ -49,6 +51,9 @@
 
 static char dir[] = "/tmp/gr-keycache-XXXXXX";
 
+#define SMALL 8
+#define NEVER INT64_MAX /* keys with deliveries to come never age */
+
 static void id_of(unsigned n, unsigned char id[GR_KEYCACHE_ID_LEN])
 {
     unsigned char in[sizeof n];
@@ -67,7 +72,7 @@ static void key_of(unsigned n, unsigned char key[32])
 static void test_hit_and_miss(void **state)
 {
     (void)state;
-    struct gr_keycache *c = gr_keycache_new(64);
+    struct gr_keycache *c = gr_keycache_new(64, NEVER);
     assert_int_equal(gr_keycache_capacity(c), 64);
     unsigned char a[32], b[16], ida[32], idb[32], idc[32], got[GR_KEYCACHE_KEY_MAX];
     size_t len = 0;
@@ -116,92 +121,115 @@ static bool has(struct gr_keycache *c, unsigned n)
     return hit;
 }
 
-static void test_bound_and_lru(void **state)
+static void expect_n(struct gr_keycache *c, unsigned n, unsigned deliveries)
+{
+    struct gr_keycache_ref ref = {.set = true};
+    id_of(n, ref.id);
+    gr_keycache_expect(c, &ref, deliveries);
+}
+
+static void test_bound_and_eviction(void **state)
 {
     (void)state;
-    /* one set: the order of eviction can be told exactly */
-    struct gr_keycache *c = gr_keycache_new(GR_KEYCACHE_WAYS);
-    assert_int_equal(gr_keycache_capacity(c), GR_KEYCACHE_WAYS);
-    unsigned char id[32], got[GR_KEYCACHE_KEY_MAX];
-    size_t len;
-    for (unsigned n = 0; n < GR_KEYCACHE_WAYS; n++)
+    struct gr_keycache *c = gr_keycache_new(SMALL, NEVER);
+    assert_int_equal(gr_keycache_capacity(c), SMALL);
+    for (unsigned n = 0; n < SMALL; n++)
         put_n(c, n);
-    /* a full set of keys nobody got yet: the least recently put goes */
-    put_n(c, 100);
-    assert_int_equal(gr_keycache_count(c), GR_KEYCACHE_WAYS);
-    id_of(0, id);
-    assert_false(gr_keycache_get(c, id, got, &len));
-    /* a key got since it was put goes before those still awaited, even newer ones */
-    assert_true(has(c, 5));
-    put_n(c, 101);
-    id_of(5, id);
-    assert_false(gr_keycache_get(c, id, got, &len));
-    id_of(1, id);
-    assert_true(gr_keycache_get(c, id, got, &len)); /* 1 stayed, and is now got */
-    /* among keys got, the least recently used goes */
-    for (unsigned n = 2; n < GR_KEYCACHE_WAYS; n++)
-        if (n != 5)
-            assert_true(has(c, n));
-    assert_true(has(c, 1)); /* 1 is now the most recent; 2 the least */
-    put_n(c, 102);
-    id_of(2, id);
-    assert_false(gr_keycache_get(c, id, got, &len));
-    put_n(c, 103);
-    id_of(3, id);
-    assert_false(gr_keycache_get(c, id, got, &len));
-    assert_true(has(c, 1) && has(c, 4) && has(c, 100) && has(c, 101) && has(c, 102) &&
-                has(c, 103));
-    assert_int_equal(gr_keycache_count(c), GR_KEYCACHE_WAYS);
+    /* no delivery expected: the least recently used goes */
+    assert_true(has(c, 0));
+    put_n(c, 8);
+    assert_int_equal(gr_keycache_count(c), SMALL);
+    assert_false(has(c, 1));
+    /* keys with deliveries expected stay while others can go, even older ones */
+    expect_n(c, 2, 1);
+    expect_n(c, 3, 1);
+    expect_n(c, 4, 2);
+    assert_int_equal(gr_keycache_pending(c), 3);
+    put_n(c, 9);
+    put_n(c, 10);
+    put_n(c, 11);
+    assert_false(has(c, 5));
+    assert_false(has(c, 6));
+    assert_false(has(c, 7));
+    for (unsigned n = 12; n <= 17; n++) /* evicts 0, 8, 9, 10, 11, then 12 */
+        put_n(c, n);
+    assert_false(has(c, 0) || has(c, 8) || has(c, 11) || has(c, 12));
+    for (unsigned n = 13; n <= 17; n++)
+        expect_n(c, n, 1);
+    /* every key has a delivery to come: a new one is not kept, none is evicted */
+    assert_int_equal(gr_keycache_pending(c), SMALL);
+    put_n(c, 18);
+    assert_false(has(c, 18));
+    assert_int_equal(gr_keycache_count(c), SMALL);
+    /* the delivery came: 2 is used up, and the next to go */
+    assert_true(has(c, 2));
+    assert_int_equal(gr_keycache_pending(c), SMALL - 1);
+    put_n(c, 19);
+    assert_false(has(c, 2));
+    /* 4 expected two deliveries: it stays expected after the first */
+    assert_true(has(c, 4));
+    assert_int_equal(gr_keycache_pending(c), SMALL - 1);
+    assert_true(has(c, 4));
+    assert_int_equal(gr_keycache_pending(c), SMALL - 2);
+    put_n(c, 20); /* 19 and 4 are idle now; 19 is the least recently used */
+    assert_false(has(c, 19));
+    assert_true(has(c, 3) && has(c, 4) && has(c, 13) && has(c, 17) && has(c, 20));
     /* putting an id it holds replaces its key, evicting nothing */
-    id_of(100, id);
-    unsigned char other[32];
+    unsigned char id[32], got[GR_KEYCACHE_KEY_MAX], other[32];
+    size_t len;
+    id_of(20, id);
     RAND_bytes(other, sizeof other);
     gr_keycache_put(c, id, other, sizeof other);
     assert_true(gr_keycache_get(c, id, got, &len));
     assert_memory_equal(got, other, 32);
-    assert_int_equal(gr_keycache_count(c), GR_KEYCACHE_WAYS);
+    assert_int_equal(gr_keycache_count(c), SMALL);
     gr_keycache_free(c);
 
-    unsigned char key[32];
-    /* many sets: never more than the capacity, which is rounded up */
-    c = gr_keycache_new(1000);
-    assert_int_equal(gr_keycache_capacity(c), 1024);
+    /* keys expected for longer than pending_ttl_ms (here 0) can go, least recent first */
+    c = gr_keycache_new(4, 0);
+    for (unsigned n = 0; n < 4; n++) {
+        put_n(c, n);
+        expect_n(c, n, 1);
+    }
+    put_n(c, 4);
+    assert_false(has(c, 0));
+    assert_true(has(c, 1) && has(c, 4));
+    gr_keycache_free(c);
+
+    /* exactly the capacity, and exactly the most recent */
+    c = gr_keycache_new(1000, NEVER);
+    assert_int_equal(gr_keycache_capacity(c), 1000);
     for (unsigned n = 0; n < 20000; n++) {
-        id_of(n, id);
-        key_of(n, key);
-        gr_keycache_put(c, id, key, sizeof key);
+        put_n(c, n);
         if (n % 997 == 0)
-            assert_true(gr_keycache_count(c) <= 1024);
+            assert_true(gr_keycache_count(c) <= 1000);
     }
-    size_t count = gr_keycache_count(c);
-    assert_true(count <= 1024 && count > 900); /* every set full, or nearly */
-    /* the latest are there: each set evicts its oldest */
-    for (unsigned n = 19990; n < 20000; n++) {
-        id_of(n, id);
-        assert_true(gr_keycache_get(c, id, got, &len));
-    }
+    assert_int_equal(gr_keycache_count(c), 1000);
+    assert_false(has(c, 18999));
+    for (unsigned n = 19000; n < 20000; n++)
+        assert_true(has(c, n));
     gr_keycache_free(c);
 }
 
 static void test_wiped_when_it_leaves(void **state)
 {
     (void)state;
-    struct gr_keycache *c = gr_keycache_new(GR_KEYCACHE_WAYS);
-    unsigned char keys[GR_KEYCACHE_WAYS + 1][32], id[32];
-    for (unsigned n = 0; n <= GR_KEYCACHE_WAYS; n++)
+    struct gr_keycache *c = gr_keycache_new(SMALL, NEVER);
+    unsigned char keys[SMALL + 1][32], id[32];
+    for (unsigned n = 0; n <= SMALL; n++)
         RAND_bytes(keys[n], 32);
-    for (unsigned n = 0; n < GR_KEYCACHE_WAYS; n++) {
+    for (unsigned n = 0; n < SMALL; n++) {
         id_of(n, id);
         gr_keycache_put(c, id, keys[n], 32);
     }
-    for (unsigned n = 0; n < GR_KEYCACHE_WAYS; n++) /* the scan finds what is there */
+    for (unsigned n = 0; n < SMALL; n++) /* the scan finds what is there */
         assert_true(gr_keycache_memory_holds(c, keys[n], 32));
     /* evicted: key 0 was the least recently used */
-    id_of(GR_KEYCACHE_WAYS, id);
-    gr_keycache_put(c, id, keys[GR_KEYCACHE_WAYS], 32);
+    id_of(SMALL, id);
+    gr_keycache_put(c, id, keys[SMALL], 32);
     assert_false(gr_keycache_memory_holds(c, keys[0], 32));
     assert_false(gr_keycache_memory_holds(c, keys[0] + 16, 16));
-    assert_true(gr_keycache_memory_holds(c, keys[GR_KEYCACHE_WAYS], 32));
+    assert_true(gr_keycache_memory_holds(c, keys[SMALL], 32));
     /* replaced by a shorter key: nothing of the longer one is left behind */
     unsigned char short_key[16];
     RAND_bytes(short_key, sizeof short_key);
@@ -213,7 +241,7 @@ static void test_wiped_when_it_leaves(void **state)
     /* cleared: nothing left at all */
     gr_keycache_clear(c);
     assert_int_equal(gr_keycache_count(c), 0);
-    for (unsigned n = 0; n <= GR_KEYCACHE_WAYS; n++) {
+    for (unsigned n = 0; n <= SMALL; n++) {
         assert_false(gr_keycache_memory_holds(c, keys[n], 32));
         assert_false(gr_keycache_memory_holds(c, keys[n] + 16, 16));
     }
@@ -359,7 +387,7 @@ static void test_one_rsa_operation_and_the_mac_every_time(void **state)
 {
     (void)state;
     struct gr_keyring *ring = vector_ring();
-    struct gr_keycache *c = gr_keycache_new(64);
+    struct gr_keycache *c = gr_keycache_new(64, NEVER);
     X509 *cert = sim_read_cert(VECTORS "enc_certificate.pem");
     json_t *ec = sim_encrypt(plain, cert, CERT_ID, true, true, SIM_TAMPER_NONE, 256);
 
@@ -429,7 +457,7 @@ static void test_a_replaced_key_finds_nothing(void **state)
 {
     (void)state;
     struct gr_keyring *old_ring = vector_ring();
-    struct gr_keycache *c = gr_keycache_new(64);
+    struct gr_keycache *c = gr_keycache_new(64, NEVER);
     X509 *cert = sim_read_cert(VECTORS "enc_certificate.pem");
     /* by certificate id only, as an item whose thumbprint is not sent */
     json_t *ec = sim_encrypt(plain, cert, CERT_ID, true, false, SIM_TAMPER_NONE, 256);
@@ -480,6 +508,12 @@ static void *race(void *arg)
             r->wrong += len != 32 || memcmp(got, key, 32) != 0;
         } else {
             gr_keycache_put(r->c, id, key, sizeof key);
+            struct gr_keycache_ref ref = {.set = true};
+            memcpy(ref.id, id, sizeof id);
+            if (i % 3 == 0)
+                gr_keycache_expect(r->c, &ref, 2);
+            else if (i % 7 == 0)
+                gr_keycache_forget(r->c, &ref);
         }
     }
     return NULL;
@@ -488,7 +522,7 @@ static void *race(void *arg)
 static void test_threads(void **state)
 {
     (void)state;
-    struct gr_keycache *c = gr_keycache_new(256);
+    struct gr_keycache *c = gr_keycache_new(256, 0);
     struct racer r[4];
     pthread_t t[4];
     for (unsigned i = 0; i < 4; i++) {
@@ -522,7 +556,7 @@ int main(void)
 {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_hit_and_miss),
-        cmocka_unit_test(test_bound_and_lru),
+        cmocka_unit_test(test_bound_and_eviction),
         cmocka_unit_test(test_wiped_when_it_leaves),
         cmocka_unit_test(test_one_rsa_operation_and_the_mac_every_time),
         cmocka_unit_test(test_a_replaced_key_finds_nothing),
