@@ -7,9 +7,13 @@
  * target handler, and the delivery takes it instead of rebuilding: the
  * result is the same bytes, since the notification of an item without
  * encrypted content depends on nothing but the stored item and its receive
- * time. Rich items are not kept: their content is decrypted at each delivery,
- * with the keys of that moment, and decrypted content is held no longer than
- * one delivery.
+ * time. Rich items are not kept here: decrypted content is held no longer
+ * than one delivery (or, delivered as routed, than its routing). A delivery
+ * that rebuilds a rich item decrypts its content again, with the decryption
+ * keys of that moment, but not with RSA: the content key unwrapped when the
+ * item was routed is kept in memory, bounded and wiped on eviction
+ * (crypto/keycache.h), so an item costs one RSA operation at any fan-out
+ * until a restart or an eviction.
  *
  * A direct-mapped table of items: a slot holds the latest text put there; a
  * put evicts what the slot held. An entry is the item's only if both its id
