@@ -169,7 +169,9 @@ struct sqlite_store {
     pthread_cond_t answered; /* takers: a take was answered */
     pthread_cond_t work;     /* idle takers: new work may exist */
     struct req *head, *tail;
-    size_t queued, urgent; /* requests in the queue; appends and takes among them */
+    size_t queued, urgent; /* requests in the queue; appends, syncs and calls among them */
+    size_t takes;          /* takes in the queue, the first queued at takes_since_ms */
+    int64_t takes_since_ms;
     bool stopping, taking_stopped;
     uint64_t work_seq;
     uint64_t items_pending, bytes_pending, items_to_route;

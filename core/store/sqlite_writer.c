@@ -23,6 +23,13 @@
  * it came was most of the writer's work while POSTs kept coming. */
 #define COMPLETION_DELAY_MS 10
 #define COMPLETIONS_MAX 256
+/* A worker's take waits up to TAKE_DELAY_MS for the next append, or other
+ * urgent request, to share its commit. Committing each take as it came made
+ * most commits hold a take alone, each rewriting the pages of the items it
+ * marked: 2 commits per 10 items, 35 WAL frames each, at the maximum rate.
+ * Under load an append comes within microseconds; idle, a delivery starts
+ * a millisecond later. */
+#define TAKE_DELAY_MS 1
 
 static bool parts_write_state(const struct req *r)
 {
@@ -34,8 +41,7 @@ static bool parts_write_state(const struct req *r)
 
 static bool urgent(const struct req *r)
 {
-    return r->kind == REQ_APPEND || r->kind == REQ_TAKE || r->kind == REQ_SYNC ||
-           r->kind == REQ_CALL;
+    return r->kind == REQ_APPEND || r->kind == REQ_SYNC || r->kind == REQ_CALL;
 }
 
 /* When the queue should run (monotonic ms): INT64_MAX while empty (under lock). */
@@ -45,7 +51,10 @@ static int64_t queue_due(const struct sqlite_store *s)
         return INT64_MAX;
     if (s->urgent || s->stopping || s->queued >= COMPLETIONS_MAX)
         return 0;
-    return s->head->queued_ms + COMPLETION_DELAY_MS; /* only completions: the head is the oldest */
+    int64_t due = s->head->queued_ms + COMPLETION_DELAY_MS; /* the head is the oldest */
+    if (s->takes && s->takes_since_ms + TAKE_DELAY_MS < due)
+        due = s->takes_since_ms + TAKE_DELAY_MS;
+    return due;
 }
 
 void sq_enqueue(struct sqlite_store *s, struct req *r)
@@ -66,18 +75,22 @@ void sq_enqueue_locked(struct sqlite_store *s, struct req *r)
     s->tail = r;
     s->queued++;
     s->urgent += urgent(r);
-    if (urgent(r) || was_empty || s->queued == COMPLETIONS_MAX)
+    if (r->kind == REQ_TAKE && s->takes++ == 0)
+        s->takes_since_ms = r->queued_ms;
+    if (urgent(r) || r->kind == REQ_TAKE || was_empty || s->queued == COMPLETIONS_MAX)
         pthread_cond_signal(&s->wake);
 }
 
 /* The queue's counts, after it was cut or added to (under lock). */
 void sq_count_queue(struct sqlite_store *s)
 {
-    s->queued = s->urgent = 0;
+    s->queued = s->urgent = s->takes = 0;
     s->tail = NULL;
     for (struct req *r = s->head; r; r = r->next) {
         s->queued++;
         s->urgent += urgent(r);
+        if (r->kind == REQ_TAKE && s->takes++ == 0)
+            s->takes_since_ms = r->queued_ms;
         s->tail = r;
     }
 }
