@@ -38,15 +38,17 @@
     "  value BLOB NOT NULL, updated_ms INTEGER NOT NULL, PRIMARY KEY(handler, key))"         \
     "  WITHOUT ROWID;"
 
-/* Layout 4's items: the columns a state change writes first, each keeping
- * its width (sqlite.h), the body last, so reading the others never reads
- * its overflow pages. */
+/* Layout 4's items: small records (some 70 bytes, about 50 to a page)
+ * whose state changes keep their width (sqlite.h); the bodies, written once,
+ * in a table of their own (same id), so that marking an item taken or done
+ * rewrites a page of item records, not a page of bodies. */
 #define LAYOUT4_ITEMS(name)                                                                \
     "CREATE TABLE IF NOT EXISTS " name "("                                                 \
     "  id INTEGER PRIMARY KEY, state INTEGER NOT NULL, due_ms INTEGER NOT NULL,"           \
     "  done_ms INTEGER NOT NULL, tries INTEGER NOT NULL DEFAULT 0,"                        \
     "  waits INTEGER NOT NULL DEFAULT 0, received_ms INTEGER NOT NULL, len INTEGER NOT NULL," \
-    "  batch_id INTEGER, dedupe BLOB, note TEXT, body TEXT NOT NULL);"
+    "  batch_id INTEGER, dedupe BLOB, note TEXT);"                                         \
+    "CREATE TABLE IF NOT EXISTS bodies(id INTEGER PRIMARY KEY, body TEXT NOT NULL);"
 
 static const char schema[] =
     "CREATE TABLE IF NOT EXISTS batches(id INTEGER PRIMARY KEY, tokens TEXT NOT NULL,"
@@ -83,10 +85,11 @@ static const char schema[] =
 static const char upgrade_3_to_4[] =
     "BEGIN IMMEDIATE; " LAYOUT4_ITEMS("items_4")
     "INSERT INTO items_4(id, state, due_ms, done_ms, tries, waits, received_ms, len, batch_id,"
-    "  dedupe, note, body) "
+    "  dedupe, note) "
     "SELECT id, CASE WHEN state IN (0, 3) THEN 2 WHEN state = 1 THEN 4 "
     "  WHEN done_ms IS NULL THEN 6 ELSE 5 END, due_ms, coalesce(done_ms, received_ms), 0,"
-    "  attempts, received_ms, len, batch_id, dedupe, note, body FROM items ORDER BY id;"
+    "  attempts, received_ms, len, batch_id, dedupe, note FROM items ORDER BY id;"
+    "INSERT INTO bodies(id, body) SELECT id, body FROM items ORDER BY id;"
     "DROP TABLE items; ALTER TABLE items_4 RENAME TO items; PRAGMA user_version = 4; COMMIT";
 
 const char sq_close_finished_items[] =
@@ -97,11 +100,13 @@ const char sq_close_finished_items[] =
 
 static const char *const stmt_sql[S_COUNT] = {
     [S_INS_BATCH] = "INSERT INTO batches(tokens, received_ms) VALUES(?1, ?2)",
-    [S_INS_ITEM] = "INSERT INTO items(state, due_ms, done_ms, received_ms, body, len, batch_id, "
-                   "dedupe) VALUES(2, ?1, ?1, ?1, ?2, ?4, ?3, ?5)",
-    [S_ROUTE_NEXT] = "SELECT i.id, i.body, i.received_ms, i.waits, b.tokens, i.batch_id, "
+    [S_INS_ITEM] = "INSERT INTO items(state, due_ms, done_ms, received_ms, len, batch_id, "
+                   "dedupe) VALUES(2, ?1, ?1, ?1, ?4, ?3, ?5)",
+    [S_INS_BODY] = "INSERT INTO bodies(id, body) VALUES(?1, ?2)",
+    [S_ROUTE_NEXT] = "SELECT i.id, bd.body, i.received_ms, i.waits, b.tokens, i.batch_id, "
                      "i.dedupe, i.tries FROM items i "
-                     "INDEXED BY items_open LEFT JOIN batches b ON b.id = i.batch_id "
+                     "INDEXED BY items_open JOIN bodies bd ON bd.id = i.id "
+                     "LEFT JOIN batches b ON b.id = i.batch_id "
                      "WHERE i.state IN (2, 3) AND i.state = 2 AND "
                      "i.due_ms <= ?1 ORDER BY i.id LIMIT ?2",
     [S_ITEM_STATE] = "UPDATE items SET state = ?2 WHERE id = ?1",
@@ -123,8 +128,9 @@ static const char *const stmt_sql[S_COUNT] = {
                     "handler = ?1 AND state IN (0, 1) ORDER BY item_id, id LIMIT 1",
     [S_FIRST_UNROUTED] = "SELECT 1 FROM items INDEXED BY items_open WHERE state IN (2, 3) AND "
                          "id < ?2 AND (state = 3 OR due_ms <= ?1) LIMIT 1",
-    [S_UNIT_GET] = "SELECT u.item_id, u.event, u.attempts, i.body, i.received_ms FROM units u "
-                   "JOIN items i ON i.id = u.item_id WHERE u.id = ?1",
+    [S_UNIT_GET] = "SELECT u.item_id, u.event, u.attempts, bd.body, i.received_ms FROM units u "
+                   "JOIN items i ON i.id = u.item_id JOIN bodies bd ON bd.id = u.item_id "
+                   "WHERE u.id = ?1",
     /* A running unit's last_error is this attempt's, if any (S_UNIT_NOTE) */
     [S_UNIT_RUN] = "UPDATE units SET state = 1, attempts = attempts + 1, last_error = NULL "
                    "WHERE id = ?1",

@@ -25,7 +25,8 @@
  * Tables (layout 4):
  *   batches(id, tokens, received_ms)      a POST's validationTokens, once
  *   items(id, state, due_ms, done_ms, tries, waits, received_ms, len, batch_id,
- *         dedupe, note, body)
+ *         dedupe, note)
+ *   bodies(id, body)                      an item's body as received, by its id
  *       state (ITEM_*): to route, taken, routed (units open), done, held
  *       (done, with dead letters: retention leaves it)
  *   units(id, item_id, handler, event, state, attempts, due_ms, created_ms,
@@ -147,7 +148,7 @@ struct req {
 };
 
 enum stmt_id {
-    S_INS_BATCH, S_INS_ITEM, S_ROUTE_NEXT, S_ITEM_STATE,
+    S_INS_BATCH, S_INS_ITEM, S_INS_BODY, S_ROUTE_NEXT, S_ITEM_STATE,
     S_ITEM_WAIT, S_ITEM_DONE, S_ITEM_TAKE, S_ITEM_COMPLETE, S_INS_UNIT, S_UNIT_NEXT, S_UNIT_HEAD,
     S_FIRST_UNROUTED, S_UNIT_GET, S_UNIT_RUN, S_UNIT_NOTE, S_UNIT_NOTE_DIRECT, S_UNIT_NOTED, S_UNIT_EXISTS,
     S_UNIT_FINISH, S_UNIT_RETRY, S_ITEM_CLOSE, S_NEXT_DUE_UNIT, S_NEXT_DUE_ITEM, S_USED_PAGES,
@@ -242,6 +243,8 @@ void *sq_writer_main(void *arg);
 int sq_do_append(struct sqlite_store *s, struct gr_append *a, uint64_t batch_items,
                  uint64_t batch_bytes, uint64_t rewritten, uint64_t *bytes);
 int sq_do_take(struct sqlite_store *s, struct req *r, int64_t now);
+/* The body of the item just inserted (S_INS_ITEM), in bodies. */
+int sq_insert_body(struct sqlite_store *s, const char *body, size_t len);
 int sq_do_routed(struct sqlite_store *s, struct req *r, int64_t now, uint64_t *done_items,
                  uint64_t *done_bytes, uint64_t *routed, bool *new_work);
 int sq_do_delivered(struct sqlite_store *s, struct req *r, int64_t now, uint64_t *done_items,

@@ -60,6 +60,8 @@ const char *const sq_purge_sql[] = {
         /* finished items past retention: their deliveries, then themselves */
         "DELETE FROM units WHERE item_id IN (SELECT id FROM items INDEXED BY items_done WHERE "
         "state = 5 AND done_ms < ?1 ORDER BY done_ms LIMIT ?3)",
+        "DELETE FROM bodies WHERE id IN (SELECT id FROM items INDEXED BY items_done WHERE "
+        "state = 5 AND done_ms < ?1 ORDER BY done_ms LIMIT ?3)",
         "DELETE FROM items WHERE id IN (SELECT id FROM items INDEXED BY items_done WHERE "
         "state = 5 AND done_ms < ?1 ORDER BY done_ms LIMIT ?3)",
         "DELETE FROM batches WHERE id IN (SELECT id FROM batches b WHERE received_ms < ?1 AND "

@@ -193,12 +193,13 @@ static int insert_resync(struct sqlite_store *s, const struct gr_store_item *it,
 {
     sqlite3_stmt *ins = S(s, S_INS_ITEM);
     sqlite3_bind_int64(ins, 1, now);
-    sqlite3_bind_text(ins, 2, it->body, (int)it->len, SQLITE_STATIC);
     sqlite3_bind_null(ins, 3);
     sqlite3_bind_int64(ins, 4, (sqlite3_int64)it->len);
     sqlite3_bind_null(ins, 5); /* never a duplicate */
     int rc = sq_step(ins);
     sqlite3_clear_bindings(ins);
+    if (!rc)
+        rc = sq_insert_body(s, it->body, it->len);
     if (!rc) {
         d->added_items = 1;
         d->added_bytes = it->len;

@@ -100,7 +100,6 @@ int sq_do_append(struct sqlite_store *s, struct gr_append *a, uint64_t batch_ite
         struct gr_store_item *it = &a->items[i];
         sqlite3_stmt *ins = S(s, S_INS_ITEM);
         sqlite3_bind_int64(ins, 1, a->received_ms);
-        sqlite3_bind_text(ins, 2, it->body, (int)it->len, SQLITE_STATIC);
         sqlite3_bind_int64(ins, 4, (sqlite3_int64)it->len);
         if (it->rich && batch)
             sqlite3_bind_int64(ins, 3, batch);
@@ -111,10 +110,22 @@ int sq_do_append(struct sqlite_store *s, struct gr_append *a, uint64_t batch_ite
         else
             sqlite3_bind_null(ins, 5);
         int rc = sq_step(ins);
+        if (!rc)
+            rc = sq_insert_body(s, it->body, it->len);
         if (rc)
             return rc;
     }
     return 0;
+}
+
+int sq_insert_body(struct sqlite_store *s, const char *body, size_t len)
+{
+    sqlite3_stmt *st = S(s, S_INS_BODY);
+    sqlite3_bind_int64(st, 1, sqlite3_last_insert_rowid(s->db)); /* the item's id */
+    sqlite3_bind_text(st, 2, body, (int)len, SQLITE_STATIC);
+    int rc = sq_step(st);
+    sqlite3_clear_bindings(st);
+    return rc;
 }
 
 /* Up to ROUTE_CHAIN items due for routing, marked as taken: the attempt of

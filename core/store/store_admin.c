@@ -101,7 +101,7 @@ static int dlq_list(sqlite3 *db)
 {
     sqlite3_stmt *st;
     if (sqlite3_prepare_v2(db, "SELECT u.id, u.handler, u.attempts, u.finished_ms, u.last_error, "
-                               "i.body, u.event FROM units u JOIN items i ON i.id = u.item_id "
+                               "bd.body, u.event FROM units u JOIN bodies bd ON bd.id = u.item_id "
                                "WHERE u.state = 3 ORDER BY u.id",
                            -1, &st, NULL) != SQLITE_OK)
         return fail(db, "reading the store");
@@ -130,8 +130,9 @@ static int dlq_show(sqlite3 *db, const char *id)
 {
     sqlite3_stmt *st;
     if (sqlite3_prepare_v2(db, "SELECT u.id, u.handler, u.state, u.attempts, u.created_ms, "
-                               "u.finished_ms, u.last_error, i.body, u.event, i.received_ms "
-                               "FROM units u JOIN items i ON i.id = u.item_id WHERE u.id = ?1",
+                               "u.finished_ms, u.last_error, bd.body, u.event, i.received_ms "
+                               "FROM units u JOIN items i ON i.id = u.item_id JOIN bodies bd ON bd.id = u.item_id "
+                               "WHERE u.id = ?1",
                            -1, &st, NULL) != SQLITE_OK)
         return fail(db, "reading the store");
     sqlite3_bind_int64(st, 1, strtoll(id, NULL, 10));

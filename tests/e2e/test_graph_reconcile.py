@@ -297,8 +297,8 @@ class CrashTest(GraphTest):
         db = sqlite3.connect(r.path("var/graphrouter.db"))
         try:
             # items to route (state 2) or taken (3): store/sqlite.h
-            rows = db.execute("SELECT count(*) FROM items WHERE state IN (2, 3) AND "
-                              "body LIKE ?", ("%" + event + "%",)).fetchall()
+            rows = db.execute("SELECT count(*) FROM items JOIN bodies USING (id) WHERE state IN "
+                              "(2, 3) AND body LIKE ?", ("%" + event + "%",)).fetchall()
         finally:
             db.close()
         return rows[0][0]
@@ -334,8 +334,9 @@ class CrashTest(GraphTest):
         body = json.dumps({"subscriptionId": sid, "tenantId": TENANT,
                            "subscriptionExpirationDateTime": "2030-01-01T00:00:00Z",
                            "lifecycleEvent": "reauthorizationRequired"})
-        db.execute("INSERT INTO items(received_ms, body, len, state, due_ms, done_ms) "
-                   "VALUES(strftime('%s') * 1000, ?, ?, 2, 0, 0)", (body, len(body)))
+        db.execute("INSERT INTO items(received_ms, len, state, due_ms, done_ms) "
+                   "VALUES(strftime('%s') * 1000, ?, 2, 0, 0)", (len(body),))
+        db.execute("INSERT INTO bodies(id, body) VALUES(last_insert_rowid(), ?)", (body,))
         db.commit()
         db.close()
         r.start()
