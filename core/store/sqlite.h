@@ -173,6 +173,7 @@ struct sqlite_store {
     size_t queued, urgent; /* requests in the queue; appends, syncs and calls among them */
     size_t takes;          /* takes in the queue, the first queued at takes_since_ms */
     int64_t takes_since_ms;
+    int64_t last_append_ms; /* when the last append was queued (monotonic) */
     bool stopping, taking_stopped;
     uint64_t work_seq;
     uint64_t items_pending, bytes_pending, items_to_route;

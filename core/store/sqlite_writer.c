@@ -23,12 +23,12 @@
  * it came was most of the writer's work while POSTs kept coming. */
 #define COMPLETION_DELAY_MS 10
 #define COMPLETIONS_MAX 256
-/* A worker's take waits up to TAKE_DELAY_MS for the next append, or other
- * urgent request, to share its commit. Committing each take as it came made
- * most commits hold a take alone, each rewriting the pages of the items it
- * marked: 2 commits per 10 items, 35 WAL frames each, at the maximum rate.
- * Under load an append comes within microseconds; idle, a delivery starts
- * a millisecond later. */
+/* While POSTs keep coming (an append was queued within TAKE_DELAY_MS), a
+ * worker's take waits up to TAKE_DELAY_MS for the next append to share its
+ * commit, instead of a commit of its own that rewrites the pages of the
+ * items it marks; under load the next append comes within microseconds.
+ * Without appends (a backlog being worked off, or idle) a take runs at once:
+ * waiting would only leave the worker idle. */
 #define TAKE_DELAY_MS 1
 
 static bool parts_write_state(const struct req *r)
@@ -52,6 +52,8 @@ static int64_t queue_due(const struct sqlite_store *s)
     if (s->urgent || s->stopping || s->queued >= COMPLETIONS_MAX)
         return 0;
     int64_t due = s->head->queued_ms + COMPLETION_DELAY_MS; /* the head is the oldest */
+    if (s->takes && s->last_append_ms + TAKE_DELAY_MS < gr_mono_ms())
+        return 0; /* no POST is coming to share the commit with */
     if (s->takes && s->takes_since_ms + TAKE_DELAY_MS < due)
         due = s->takes_since_ms + TAKE_DELAY_MS;
     return due;
@@ -77,6 +79,8 @@ void sq_enqueue_locked(struct sqlite_store *s, struct req *r)
     s->urgent += urgent(r);
     if (r->kind == REQ_TAKE && s->takes++ == 0)
         s->takes_since_ms = r->queued_ms;
+    if (r->kind == REQ_APPEND)
+        s->last_append_ms = r->queued_ms;
     if (urgent(r) || r->kind == REQ_TAKE || was_empty || s->queued == COMPLETIONS_MAX)
         pthread_cond_signal(&s->wake);
 }
