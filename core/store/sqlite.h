@@ -41,12 +41,12 @@
  * to its targets at once (store.h: completed()). Units exist only where a
  * delivery carries information of its own: a retry, a dead letter, an
  * emitted event, a handler with a concurrency limit, an item taken before a
- * restart. Every value a state change writes has the width of the value it
- * replaces (states are one-byte integers, done_ms starts as received_ms,
- * tries goes from 0 to 1, which SQLite both stores in no bytes), so the
- * record keeps its size and SQLite overwrites it in place, writing only the
- * page that holds the bytes that changed: the body's pages are written
- * once, by the insert.
+ * restart. Bodies live in a table of their own, written once, so that a
+ * state change rewrites a page of small item records (about 50 to a page),
+ * not a page of bodies; and every value a state change writes has the width
+ * of the value it replaces (states are one-byte integers, done_ms starts as
+ * received_ms, tries goes from 0 to 1, which SQLite both stores in no
+ * bytes), so the record keeps its size and SQLite overwrites it in place.
  *
  * Locking: `lock` guards the request queue, the counters and the cached
  * statistics; the main connection is used by the writer thread only.
