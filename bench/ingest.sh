@@ -164,10 +164,9 @@ SERVER_CPUS=${SERVER_CPUS:-}
 PERF=${PERF:-0}
 PERF_FREQ=${PERF_FREQ:-999}
 
-die() {
-  echo "ingest.sh: $*" >&2
-  exit 1
-}
+BENCH_NAME=ingest.sh
+# shellcheck source=bench/lib.sh
+. "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
 
 for v in CONNS THREADS DURATION WARMUP RUNS GR_HTTP_THREADS GR_WORKERS NGINX_WORKERS OPEN_CONNS \
          DRAIN_TIMEOUT PERF_FREQ; do
@@ -232,18 +231,6 @@ gr_pid=""
 loadgen_pid=""
 perf_pid=""
 
-stop_pid() { # pid signal seconds
-  local pid=$1 sig=$2 secs=$3 i
-  [ -n "$pid" ] || return 0
-  kill -0 "$pid" 2>/dev/null || { wait "$pid" 2>/dev/null || true; return 0; }
-  kill -"$sig" "$pid" 2>/dev/null || true
-  for ((i = 0; i < secs * 10; i++)); do
-    kill -0 "$pid" 2>/dev/null || break
-    sleep 0.1
-  done
-  kill -0 "$pid" 2>/dev/null && kill -KILL "$pid" 2>/dev/null
-  wait "$pid" 2>/dev/null || true
-}
 
 cleanup() {
   local rc=$?
@@ -339,7 +326,6 @@ client_state=$(sed -n 's/.*"clientState"[[:space:]]*:[[:space:]]*"\([^"\\]*\)".*
 
 # ---- helpers ------------------------------------------------------------------
 
-now() { echo "$EPOCHREALTIME"; }
 
 # A TCP port nothing listens on (checked against /proc/net/tcp{,6}).
 free_port() {
@@ -359,16 +345,6 @@ free_port() {
 kv() { awk -v k="$2" '{for (i = 1; i <= NF; i++) {split($i, a, "="); if (a[1] == k) {print a[2]; exit}}}' <<<"$1"; }
 
 # Sum of the samples of a metric in a scrape: msum FILE NAME [LABEL-SUBSTRING [EXCLUDED-SUBSTRING]]
-msum() {
-  awk -v name="$2" -v inc="${3:-}" -v exc="${4:-}" '
-    /^#/ {next}
-    { metric = $1; base = metric; sub(/\{.*/, "", base)
-      if (base != name) next
-      if (inc != "" && index(metric, inc) == 0) next
-      if (exc != "" && index(metric, exc) > 0) next
-      s += $2 }
-    END {printf "%.0f\n", s}' "$1"
-}
 
 scrape() {
   curl -sf --max-time 5 "http://127.0.0.1:$gr_port/metrics" >"$1" ||

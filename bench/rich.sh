@@ -92,10 +92,9 @@ RSA_SECONDS=${RSA_SECONDS:-5}
 DRAIN_TIMEOUT=${DRAIN_TIMEOUT:-120}
 KEEP_TMP=${KEEP_TMP:-0}
 
-die() {
-  echo "rich.sh: $*" >&2
-  exit 1
-}
+BENCH_NAME=rich.sh
+# shellcheck source=bench/lib.sh
+. "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
 for v in POSTS RUNS CONNS GR_WORKERS GR_HTTP_THREADS RSA_SECONDS DRAIN_TIMEOUT; do
   [[ ${!v} =~ ^[0-9]+$ ]] && ((${!v} > 0)) || die "$v must be a positive integer (got '${!v}')"
 done
@@ -119,18 +118,6 @@ client_state=bench-rich-client-state
 
 tmp=""
 gr_pid=""
-stop_pid() { # pid signal seconds
-  local pid=$1 sig=$2 secs=$3 i
-  [ -n "$pid" ] || return 0
-  kill -0 "$pid" 2>/dev/null || { wait "$pid" 2>/dev/null || true; return 0; }
-  kill -"$sig" "$pid" 2>/dev/null || true
-  for ((i = 0; i < secs * 10; i++)); do
-    kill -0 "$pid" 2>/dev/null || break
-    sleep 0.1
-  done
-  kill -0 "$pid" 2>/dev/null && kill -KILL "$pid" 2>/dev/null
-  wait "$pid" 2>/dev/null || true
-}
 cleanup() {
   local rc=$?
   trap - EXIT INT TERM
@@ -171,7 +158,6 @@ post_bytes=$(cat "$tmp"/posts/*.json | wc -c)
 
 # ---- helpers ------------------------------------------------------------------
 
-now() { echo "$EPOCHREALTIME"; }
 clk_tck=$(getconf CLK_TCK)
 cpu_ticks() { awk '{sub(/^.*\) /, ""); print $12 + $13}' "/proc/$gr_pid/stat"; }
 # CPU ticks of the worker threads alone (named gr-worker)
@@ -185,15 +171,6 @@ worker_ticks() {
 }
 
 # Sum of the samples of a metric: msum FILE NAME [LABEL-SUBSTRING]
-msum() {
-  awk -v name="$2" -v inc="${3:-}" '
-    /^#/ {next}
-    { metric = $1; base = metric; sub(/\{.*/, "", base)
-      if (base != name) next
-      if (inc != "" && index(metric, inc) == 0) next
-      s += $2 }
-    END {printf "%.0f\n", s}' "$1"
-}
 scrape() {
   curl -sf --max-time 5 "http://127.0.0.1:$gr_port/metrics" >"$1" ||
     { tail -5 "$run_dir/graphrouter.log" >&2; die "cannot read graphrouter's /metrics"; }
