@@ -446,16 +446,18 @@ static int64_t sq_note_running(struct gr_store *base, int64_t unit, int64_t item
     r->item = item;
     r->handler = handler ? gr_xstrdup(handler) : NULL;
     r->text = gr_xstrdup(note);
-    int64_t id = 0;
-    if (!sq_run_now((struct sqlite_store *)base, r, &id) && unit)
+    int64_t id = 0; /* stays 0 if a direct delivery's completion was written first */
+    if (sq_run_now((struct sqlite_store *)base, r, &id))
+        return id;
+    if (unit)
         gr_warn("store: why delivery %lld is stuck could not be written; after the restart it "
                 "reads as a crash",
                 (long long)unit);
-    else if (!id)
+    else
         gr_warn("store: why the delivery of item %lld to handler \"%s\" is stuck could not be "
                 "written; after the restart it reads as a crash",
                 (long long)item, handler ? handler : "?");
-    return id;
+    return 0;
 }
 
 static void sq_flush(struct gr_store *base)
@@ -628,9 +630,26 @@ static int prepare_path(const char *path, char **err)
 /* A delivery found running runs again 1, 2, 4 ... 60 s after the start (by
  * its attempts), not at once: a plugin that crashes the process then
  * restarts it no faster than that, and systemd's start limit is not hit. */
-static int64_t recovery_wait_ms(unsigned attempts)
+int64_t sq_recovery_wait_ms(unsigned attempts)
 {
     return attempts >= 7 ? 60000 : INT64_C(1000) << (attempts ? attempts - 1 : 0);
+}
+
+bool sq_interrupted(int64_t id, const char *name, unsigned attempts, unsigned max)
+{
+    if (max) /* configured: its metrics exist */
+        atomic_fetch_add_explicit(&gr_metrics_handler(name)->interrupted, 1,
+                                  memory_order_relaxed);
+    bool dead = max && attempts >= max;
+    if (dead)
+        gr_warn("store: delivery %lld to handler \"%s\" was running when graphrouter stopped "
+                "and has used its %u attempts: a dead letter (graphrouter dlq show %lld)",
+                (long long)id, name, attempts, (long long)id);
+    else
+        gr_warn("store: delivery %lld to handler \"%s\" was running when graphrouter stopped "
+                "(attempt %u); it runs again in %lld s",
+                (long long)id, name, attempts, (long long)(sq_recovery_wait_ms(attempts) / 1000));
+    return dead;
 }
 
 static int recover(struct sqlite_store *s, const struct gr_store_handler *h, size_t nh)
@@ -652,8 +671,7 @@ static int recover(struct sqlite_store *s, const struct gr_store_handler *h, siz
         return sqlite3_errcode(s->db);
     if (sqlite3_prepare_v2(s->db, "UPDATE units SET state = ?2, due_ms = ?3, finished_ms = CASE "
                                   "WHEN ?2 = 3 THEN ?3 END, last_error = coalesce(last_error, "
-                                  "'graphrouter stopped while the handler ran (a crash?)') "
-                                  "WHERE id = ?1",
+                                  "'" SQ_INTERRUPTED_ERROR "') WHERE id = ?1",
                            -1, &up, NULL) != SQLITE_OK) {
         sqlite3_finalize(st);
         return sqlite3_errcode(s->db);
@@ -666,19 +684,8 @@ static int recover(struct sqlite_store *s, const struct gr_store_handler *h, siz
         for (size_t i = 0; i < nh; i++)
             if (strcmp(h[i].name, name) == 0)
                 max = h[i].max_attempts;
-        if (max) /* configured: its metrics exist */
-            atomic_fetch_add_explicit(&gr_metrics_handler(name)->interrupted, 1,
-                                      memory_order_relaxed);
-        bool dead = max && attempts >= max;
-        if (dead)
-            gr_warn("store: delivery %lld to handler \"%s\" was running when graphrouter stopped "
-                    "and has used its %u attempts: a dead letter (graphrouter dlq show %lld)",
-                    (long long)id, name, attempts, (long long)id);
-        else
-            gr_warn("store: delivery %lld to handler \"%s\" was running when graphrouter stopped "
-                    "(attempt %u); it runs again in %lld s",
-                    (long long)id, name, attempts, (long long)(recovery_wait_ms(attempts) / 1000));
-        int64_t wait = recovery_wait_ms(attempts);
+        bool dead = sq_interrupted(id, name, attempts, max);
+        int64_t wait = sq_recovery_wait_ms(attempts);
         sqlite3_bind_int64(up, 1, id);
         sqlite3_bind_int(up, 2, dead ? UNIT_DEAD : UNIT_PENDING);
         sqlite3_bind_int64(up, 3, dead ? now : now + wait);

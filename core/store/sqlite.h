@@ -219,6 +219,16 @@ const char *sq_statement(int i);
 extern const char *const sq_purge_sql[];
 extern const size_t sq_npurge;
 
+/* sqlite.c: a delivery found interrupted by a stop (recover(), or an item
+ * taken before it, routed again: sq_do_routed), its attempt-th attempt
+ * charged: counted and logged. True if that used up its handler's max
+ * attempts (0: the handler is not configured, never). It runs again
+ * sq_recovery_wait_ms(attempts) later: 1, 2, 4 ... 60 s, so that a plugin
+ * that crashes the process restarts it no faster than that. */
+bool sq_interrupted(int64_t id, const char *name, unsigned attempts, unsigned max);
+int64_t sq_recovery_wait_ms(unsigned attempts);
+#define SQ_INTERRUPTED_ERROR "graphrouter stopped while the handler ran (a crash?)"
+
 /* sqlite.c: helpers */
 int sq_step(sqlite3_stmt *st); /* step and reset: 0, or an SQLite error */
 char *sq_column_text(sqlite3_stmt *st, int col, size_t *len); /* a malloc'd copy, or NULL */

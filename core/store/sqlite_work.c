@@ -9,6 +9,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "store/outcome_log.h"
 #include "store/sqlite.h"
 #include "log.h"
 #include "metrics.h"
@@ -375,14 +376,21 @@ static int close_item_if_finished(struct sqlite_store *s, int64_t item, int64_t 
     return sqlite3_changes(s->db) > 0;
 }
 
+/* The configured handler's retry.max_attempts (at least 1), or 0: not configured. */
+static unsigned max_attempts_of(struct sqlite_store *s, const char *name)
+{
+    unsigned max = 0;
+    pthread_mutex_lock(&s->lock);
+    for (size_t i = 0; i < s->nhandlers && !max; i++)
+        if (strcmp(s->handlers[i].name, name) == 0)
+            max = s->handlers[i].max_attempts;
+    pthread_mutex_unlock(&s->lock);
+    return max;
+}
+
 static bool handler_configured(struct sqlite_store *s, const char *name)
 {
-    bool found = false;
-    pthread_mutex_lock(&s->lock);
-    for (size_t i = 0; i < s->nhandlers && !found; i++)
-        found = strcmp(s->handlers[i].name, name) == 0;
-    pthread_mutex_unlock(&s->lock);
-    return found;
+    return max_attempts_of(s, name) > 0;
 }
 
 /* A new delivery, pending; or a dead letter at once when its handler is no
@@ -430,17 +438,6 @@ static int insert_unit(struct sqlite_store *s, int64_t item, const char *handler
     return rc;
 }
 
-static unsigned max_attempts_of(struct sqlite_store *s, const char *name)
-{
-    unsigned max = 0;
-    pthread_mutex_lock(&s->lock);
-    for (size_t i = 0; i < s->nhandlers; i++)
-        if (strcmp(s->handlers[i].name, name) == 0)
-            max = s->handlers[i].max_attempts;
-    pthread_mutex_unlock(&s->lock);
-    return max;
-}
-
 /* A delivery of an item taken before graphrouter stopped (its attempt
  * charged, as recover() charges a running unit's): a unit that runs again
  * after the same wait, or a dead letter once the attempts are used up. The
@@ -455,26 +452,16 @@ static int insert_tried_unit(struct sqlite_store *s, int64_t item, const char *h
     sqlite3_reset(ex);
     if (exists)
         return 0;
-    if (!handler_configured(s, handler))
-        return insert_unit(s, item, handler, NULL, 0, now, any_dead);
     unsigned max = max_attempts_of(s, handler);
-    atomic_fetch_add_explicit(&gr_metrics_handler(handler)->interrupted, 1, memory_order_relaxed);
-    bool dead = max && max <= 1;
+    if (!max) /* no longer configured */
+        return insert_unit(s, item, handler, NULL, 0, now, any_dead);
+    bool dead = max <= 1;
     *any_dead |= dead;
     int rc = write_unit(s, item, handler, NULL, 0, dead ? UNIT_DEAD : UNIT_PENDING, 1,
-                        now + 1000, now, "graphrouter stopped while the handler ran (a crash?)");
-    if (rc)
-        return rc;
-    long long id = (long long)sqlite3_last_insert_rowid(s->db);
-    if (dead)
-        gr_warn("store: delivery %lld to handler \"%s\" was running when graphrouter stopped "
-                "and has used its %u attempts: a dead letter (graphrouter dlq show %lld)",
-                id, handler, max, id);
-    else
-        gr_warn("store: delivery %lld to handler \"%s\" was running when graphrouter stopped "
-                "(attempt 1); it runs again in 1 s",
-                id, handler);
-    return 0;
+                        now + sq_recovery_wait_ms(1), now, SQ_INTERRUPTED_ERROR);
+    if (!rc)
+        sq_interrupted(sqlite3_last_insert_rowid(s->db), handler, 1, max);
+    return rc;
 }
 
 /* An item not delivered after all leaves no duplicate key behind. */
@@ -649,17 +636,12 @@ static int complete_part(struct sqlite_store *s, const struct gr_work *w, struct
         if (rc)
             return rc;
     }
-    long long id = (long long)sqlite3_last_insert_rowid(s->db);
-    if (state == UNIT_PENDING && !written) {
-        gr_info("handler \"%s\" asked to retry delivery %lld (%s, attempt 1 of %u: %s); next "
-                "try in %lld ms",
-                p->handler, id, p->kind, p->max_attempts, p->text ? p->text : "GR_RETRY",
-                (long long)p->delay_ms);
-    } else if (state == UNIT_DEAD && !written) {
-        gr_warn("handler \"%s\": delivery %lld (%s) is a dead letter: %s (graphrouter dlq show "
-                "%lld)",
-                p->handler, id, p->kind, p->text ? p->text : "failed", id);
-    }
+    int64_t id = sqlite3_last_insert_rowid(s->db);
+    if (state == UNIT_PENDING && !written)
+        gr_log_retry(p->handler, id, p->kind, 1, p->max_attempts,
+                     p->text ? p->text : "GR_RETRY", p->delay_ms);
+    else if (state == UNIT_DEAD && !written)
+        gr_log_dead_letter(p->handler, id, p->kind, p->text ? p->text : "failed");
     *open |= state == UNIT_PENDING;
     *dead |= state == UNIT_DEAD;
     for (size_t i = 0; i < p->nevents; i++) {

@@ -19,6 +19,7 @@
 #include "graph/manager.h"
 #include "log.h"
 #include "metrics.h"
+#include "store/outcome_log.h"
 #include "worker/msgcache.h"
 #include "route/notification.h"
 #include "crypto/keycache.h"
@@ -292,10 +293,7 @@ static void call_handler(struct worker *me, struct gr_generation *g, struct gr_h
             c->o.delay_ms = msg->retry_after_ms;
         c->o.error = msg->error ? msg->error : "GR_RETRY";
         if (unit)
-            gr_info("handler \"%s\" asked to retry delivery %lld (%s, attempt %u of %u: %s); "
-                    "next try in %lld ms",
-                    h->name, (long long)unit, c->kind, attempts, max, c->o.error,
-                    (long long)c->o.delay_ms);
+            gr_log_retry(h->name, unit, c->kind, attempts, max, c->o.error, c->o.delay_ms);
     } else {
         atomic_fetch_add_explicit(&h->stats->failed, 1, memory_order_relaxed);
         if (rc == GR_RETRY)
@@ -307,9 +305,7 @@ static void call_handler(struct worker *me, struct gr_generation *g, struct gr_h
             c->error = gr_xprintf("handle() returned %d, not GR_OK, GR_RETRY or GR_FAIL", rc);
         c->o.error = c->error;
         if (unit)
-            gr_warn("handler \"%s\": delivery %lld (%s) is a dead letter: %s (graphrouter dlq "
-                    "show %lld)",
-                    h->name, (long long)unit, c->kind, c->error, (long long)unit);
+            gr_log_dead_letter(h->name, unit, c->kind, c->error);
     }
 }
 
